@@ -1,0 +1,311 @@
+//! Streaming verification of a stored archive against its manifest.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, BufReader, Read};
+use std::rc::Rc;
+
+use sha2::{Digest, Sha256};
+
+use super::safety::canonical_key;
+use super::{
+    check_entries_safe, check_entry_safe, walk, ArchiveError, Compression, EntryKind, EntryRecord,
+    BUF_SIZE,
+};
+use crate::manifest::Manifest;
+
+/// One discrepancy found by [`verify_archive`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// The stored bytes do not hash to `manifest.archive.sha256`.
+    ArchiveSha256 { expected: String, actual: String },
+    /// The stored byte count differs from `manifest.archive.size`.
+    ArchiveSize { expected: u64, actual: u64 },
+    /// An entry exists in both but a field differs. `field` is the
+    /// manifest field name (`kind`, `size`, `mode`, `uid`, `gid`, `mtime`,
+    /// `link_target`, `sha256`).
+    Mismatch {
+        path: String,
+        field: &'static str,
+        expected: String,
+        actual: String,
+    },
+    /// In the manifest but not in the archive (only reported when the
+    /// archive could be read to the end).
+    Missing { path: String },
+    /// In the archive but not in the manifest (or present twice).
+    Unexpected { path: String },
+    /// The decompressed tar stream ends early.
+    Truncated { detail: String },
+    /// The gzip/zstd stream is corrupt.
+    Decompression { detail: String },
+    /// The tar stream is malformed (bad header checksum, unsupported type).
+    Corrupt { detail: String },
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::ArchiveSha256 { expected, actual } => write!(
+                f,
+                "archive sha256 is {actual}, manifest says {expected}: the file was modified \
+                 or damaged"
+            ),
+            Problem::ArchiveSize { expected, actual } => write!(
+                f,
+                "archive is {actual} bytes, manifest says {expected}: the file was truncated \
+                 or modified"
+            ),
+            Problem::Mismatch {
+                path,
+                field,
+                expected,
+                actual,
+            } => write!(f, "{path:?}: {field} is {actual}, manifest says {expected}"),
+            Problem::Missing { path } => {
+                write!(f, "{path:?}: in the manifest but not in the archive")
+            }
+            Problem::Unexpected { path } => {
+                write!(f, "{path:?}: in the archive but not in the manifest")
+            }
+            Problem::Truncated { detail } => write!(f, "the archive is truncated: {detail}"),
+            Problem::Decompression { detail } => {
+                write!(f, "decompression failed, the archive is corrupt: {detail}")
+            }
+            Problem::Corrupt { detail } => write!(f, "the tar stream is corrupt: {detail}"),
+        }
+    }
+}
+
+/// Outcome of [`verify_archive`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// sha256 of the stored bytes as read.
+    pub archive_sha256: String,
+    /// Stored bytes read.
+    pub stored_bytes: u64,
+    /// Archive entries read and compared.
+    pub entries_checked: u64,
+    /// Regular files whose content was hashed.
+    pub files_hashed: u64,
+    /// Whether the tar stream was read through its end-of-archive marker.
+    pub complete: bool,
+    /// Everything that did not match; empty when the archive is intact.
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty() && self.complete
+    }
+}
+
+/// Reader that hashes and counts what passes and keeps the first error so
+/// a real I/O failure is not mistaken for corruption.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+    error: Option<io::Error>,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.inner.read(buf) {
+            Ok(n) => {
+                self.hasher.update(&buf[..n]);
+                self.count += n as u64;
+                Ok(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
+            Err(e) => {
+                let copy = io::Error::new(e.kind(), e.to_string());
+                self.error.get_or_insert(e);
+                Err(copy)
+            }
+        }
+    }
+}
+
+/// Records the first error of the decompressor (shared: the walker owns it).
+struct ErrorTrap<R> {
+    inner: R,
+    error: Rc<RefCell<Option<String>>>,
+}
+
+impl<R: Read> Read for ErrorTrap<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).inspect_err(|e| {
+            if e.kind() != io::ErrorKind::Interrupted {
+                self.error.borrow_mut().get_or_insert_with(|| e.to_string());
+            }
+        })
+    }
+}
+
+fn opt(s: &Option<String>) -> String {
+    s.clone().unwrap_or_else(|| "none".into())
+}
+
+fn compare(m: &EntryRecord, a: &EntryRecord, problems: &mut Vec<Problem>) {
+    let mut diff = |field: &'static str, expected: String, actual: String| {
+        if expected != actual {
+            problems.push(Problem::Mismatch {
+                path: a.path.clone(),
+                field,
+                expected,
+                actual,
+            });
+        }
+    };
+    diff("kind", m.kind.to_string(), a.kind.to_string());
+    diff("size", m.size.to_string(), a.size.to_string());
+    diff("mode", format!("{:04o}", m.mode), format!("{:04o}", a.mode));
+    diff("uid", m.uid.to_string(), a.uid.to_string());
+    diff("gid", m.gid.to_string(), a.gid.to_string());
+    if m.kind == EntryKind::File && a.kind == EntryKind::File {
+        diff("mtime", m.mtime.to_string(), a.mtime.to_string());
+    }
+    let target = |e: &EntryRecord| {
+        e.raw_link_target()
+            .map(|t| String::from_utf8_lossy(&t).into_owned())
+    };
+    diff("link_target", opt(&target(m)), opt(&target(a)));
+    diff("sha256", opt(&m.sha256), opt(&a.sha256));
+}
+
+/// Verify a stored archive against its manifest in one streaming pass:
+/// sha256 + size of the stored bytes, decompression, and every entry's
+/// metadata and content hash.
+///
+/// Content problems are collected in the returned [`VerifyReport`]
+/// (check [`VerifyReport::is_ok`]). `Err` is returned when `stored` cannot
+/// be read (an I/O error, not corruption) and when the manifest or the
+/// archive contains an entry that would be unsafe to restore.
+pub fn verify_archive<R: Read>(
+    stored: R,
+    compression: Compression,
+    manifest: &Manifest,
+) -> Result<VerifyReport, ArchiveError> {
+    check_entries_safe(&manifest.entries)?;
+    let mut expected: HashMap<Vec<u8>, (usize, bool)> =
+        HashMap::with_capacity(manifest.entries.len());
+    for (i, e) in manifest.entries.iter().enumerate() {
+        expected.insert(canonical_key(&e.raw_path()), (i, false));
+    }
+
+    let mut problems = Vec::new();
+    let mut entries_checked = 0u64;
+    let mut files_hashed = 0u64;
+    let mut hr = HashingReader {
+        inner: stored,
+        hasher: Sha256::new(),
+        count: 0,
+        error: None,
+    };
+    let trap = Rc::new(RefCell::new(None));
+    let walked = {
+        let decoder = compression
+            .decoder(&mut hr)
+            .map_err(|source| ArchiveError::Decompress {
+                algorithm: compression.algorithm(),
+                source,
+            })?;
+        let src = BufReader::with_capacity(
+            BUF_SIZE,
+            ErrorTrap {
+                inner: decoder,
+                error: Rc::clone(&trap),
+            },
+        );
+        walk::walk(src, io::sink(), None, |rec| {
+            check_entry_safe(&rec)?;
+            entries_checked += 1;
+            if rec.sha256.is_some() {
+                files_hashed += 1;
+            }
+            match expected.get_mut(canonical_key(&rec.raw_path()).as_slice()) {
+                Some((i, seen)) if !*seen => {
+                    *seen = true;
+                    compare(&manifest.entries[*i], &rec, &mut problems);
+                }
+                _ => problems.push(Problem::Unexpected { path: rec.path }),
+            }
+            Ok(())
+        })
+    };
+
+    // Hash whatever the decompressor did not consume (trailing bytes, or
+    // everything after a corruption) so the archive hash covers the file.
+    if hr.error.is_none() {
+        let _ = io::copy(&mut hr, &mut io::sink());
+    }
+    if let Some(source) = hr.error.take() {
+        return Err(ArchiveError::Read { source });
+    }
+
+    let complete = match walked {
+        Ok(_) => true,
+        Err(e) => {
+            if let Some(detail) = trap.borrow_mut().take() {
+                problems.push(Problem::Decompression { detail });
+            } else {
+                match e {
+                    ArchiveError::Truncated { offset, detail } => {
+                        problems.push(Problem::Truncated {
+                            detail: format!("{detail} (at tar byte {offset})"),
+                        })
+                    }
+                    ArchiveError::Corrupt { offset, source } => problems.push(Problem::Corrupt {
+                        detail: format!("{source} (at tar byte {offset})"),
+                    }),
+                    e @ ArchiveError::UnsupportedEntry { .. } => problems.push(Problem::Corrupt {
+                        detail: e.to_string(),
+                    }),
+                    other => return Err(other),
+                }
+            }
+            false
+        }
+    };
+    if complete {
+        let mut missing: Vec<usize> = expected
+            .values()
+            .filter(|(_, seen)| !seen)
+            .map(|(i, _)| *i)
+            .collect();
+        missing.sort_unstable();
+        for i in missing {
+            problems.push(Problem::Missing {
+                path: manifest.entries[i].path.clone(),
+            });
+        }
+    }
+
+    let archive_sha256 = hex::encode(hr.hasher.finalize());
+    let stored_bytes = hr.count;
+    // Put the archive-level findings first: they explain the rest.
+    let mut head = Vec::new();
+    if archive_sha256 != manifest.archive.sha256 {
+        head.push(Problem::ArchiveSha256 {
+            expected: manifest.archive.sha256.clone(),
+            actual: archive_sha256.clone(),
+        });
+    }
+    if stored_bytes != manifest.archive.size {
+        head.push(Problem::ArchiveSize {
+            expected: manifest.archive.size,
+            actual: stored_bytes,
+        });
+    }
+    head.append(&mut problems);
+    Ok(VerifyReport {
+        archive_sha256,
+        stored_bytes,
+        entries_checked,
+        files_hashed,
+        complete,
+        problems: head,
+    })
+}

@@ -1,0 +1,333 @@
+//! `pods/exec`: validates the request like the apiserver and kubelet do, upgrades the
+//! connection (WebSocket or SPDY, see `exec_transport`), runs the command inside the
+//! container, and reports the outcome as the kubelet's remotecommand server does
+//! (staging/src/k8s.io/kubelet/pkg/cri/streaming/remotecommand/exec.go: `NonZeroExitCode`
+//! with an `ExitCode` cause). Faults: kill after N bytes, bandwidth caps, outages, NotReady nodes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::api::{full, Body, Target};
+use crate::errors::{ApiError, ApiResult};
+use crate::exec_io::{ExecIo, StreamsWanted};
+use crate::exec_transport;
+use crate::resources;
+use crate::sandbox::{Container, SandboxError};
+use crate::sim::SimRef;
+
+fn flag(q: &HashMap<String, Vec<String>>, k: &str) -> bool {
+    q.get(k)
+        .and_then(|v| v.first())
+        .is_some_and(|v| v == "true" || v == "1")
+}
+
+pub async fn handle(
+    sim: SimRef,
+    t: Target,
+    q: HashMap<String, Vec<String>>,
+    mut req: Request<Incoming>,
+) -> ApiResult<Response<Body>> {
+    let name = t.name.clone().unwrap_or_default();
+    let ns = t.namespace.clone().unwrap_or_default();
+    let pod = sim.store.get(resources::pods(), Some(&ns), &name)?;
+    let argv: Vec<String> = q.get("command").cloned().unwrap_or_default();
+    if argv.is_empty() {
+        return Err(ApiError::bad_request("you must specify at least 1 command"));
+    }
+    let wanted = StreamsWanted {
+        stdin: flag(&q, "stdin"),
+        stdout: flag(&q, "stdout"),
+        stderr: flag(&q, "stderr"),
+        tty: flag(&q, "tty"),
+    };
+    if !wanted.stdin && !wanted.stdout && !wanted.stderr {
+        return Err(ApiError::bad_request(
+            "you must specify at least 1 of stdin, stdout, stderr",
+        ));
+    }
+    // Container choice as pkg/registry/core/pod/strategy.go `streamLocation`.
+    let names: Vec<String> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(str::to_string))
+        .collect();
+    let init_names: Vec<String> = pod["spec"]["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(str::to_string))
+        .collect();
+    let cname = match q.get("container").and_then(|v| v.first()) {
+        Some(c) if !c.is_empty() => c.clone(),
+        _ if names.len() == 1 => names[0].clone(),
+        _ => {
+            let mut msg = format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                names.join(" ")
+            );
+            if !init_names.is_empty() {
+                msg.push_str(&format!(
+                    " or one of the init containers: [{}]",
+                    init_names.join(" ")
+                ));
+            }
+            return Err(ApiError::bad_request(msg));
+        }
+    };
+    if !names.contains(&cname) && !init_names.contains(&cname) {
+        return Err(ApiError::bad_request(format!(
+            "container {cname} is not valid for pod {name}"
+        )));
+    }
+    let Some(node) = pod["spec"]["nodeName"].as_str().map(str::to_string) else {
+        return Err(ApiError::bad_request(format!(
+            "pod {name} does not have a host assigned"
+        )));
+    };
+    if !sim.faults.node_ready(&node) {
+        // The apiserver cannot reach the kubelet (pkg/kubelet/client + proxy dial errors).
+        return Err(ApiError::internal(format!(
+            "error dialing backend: dial tcp {}:10250: connect: no route to host",
+            node
+        )));
+    }
+    let uid = pod["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let container = sim
+        .runtime
+        .container(&uid, &cname)
+        .filter(|c| c.is_running())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "unable to upgrade connection: container not found (\"{cname}\")"
+            ))
+        })?;
+    let (negotiated, headers) = exec_transport::negotiate(req.headers())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let upgrade = hyper::upgrade::on(&mut req);
+    let sim2 = sim.clone();
+    tokio::spawn(async move {
+        let upgraded = match upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!("exec upgrade failed: {e}");
+                return;
+            }
+        };
+        let io = match exec_transport::accept(TokioIo::new(upgraded), &negotiated, wanted).await {
+            Ok(io) => io,
+            Err(e) => {
+                tracing::debug!("exec transport failed: {e}");
+                return;
+            }
+        };
+        run(sim2, container, node, argv, io).await;
+    });
+    let mut resp = Response::new(full(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *resp.headers_mut() = headers;
+    Ok(resp)
+}
+
+/// Sleeps as needed so that `sent` bytes since `start` stay within `rate` bytes/s.
+async fn throttle(rate: Option<u64>, start: Instant, sent: u64) {
+    if let Some(rate) = rate.filter(|r| *r > 0) {
+        let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+        let elapsed = start.elapsed();
+        if due > elapsed {
+            tokio::time::sleep(due - elapsed).await;
+        }
+    }
+}
+
+fn chunk_size(rate: Option<u64>) -> usize {
+    match rate {
+        Some(r) if r > 0 => (r / 20).clamp(512, 64 * 1024) as usize,
+        _ => 64 * 1024,
+    }
+}
+
+enum Ended {
+    Exited(i32),
+    /// The connection went away (client gone, outage, node unreachable): no status is sent.
+    Aborted,
+}
+
+async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<String>, io: ExecIo) {
+    let ExecIo {
+        stdin,
+        stdout,
+        stderr,
+        status,
+    } = io;
+    let mut child = match container.exec(&argv, &[]) {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = match &e {
+                SandboxError::ExecutableNotFound(_) | SandboxError::NoSuchExecutable(_) => format!(
+                    "Internal error occurred: error executing command in container: failed to exec in container: failed to start exec: OCI runtime exec failed: exec failed: unable to start container process: {e}: unknown"
+                ),
+                SandboxError::NotRunning => "Internal error occurred: error executing command in container: container is not running".to_string(),
+                other => format!("Internal error occurred: error executing command in container: {other}"),
+            };
+            let _ = status.send(json!({"metadata": {}, "status": "Failure", "message": msg, "reason": "InternalError", "details": {"causes": [{"message": msg}]}, "code": 500}));
+            return;
+        }
+    };
+    let rate = sim.faults.bandwidth();
+    let kill_after = sim.faults.take_kill_exec();
+    let mut child_stdin = child.stdin.take();
+    let child_stdout = child.stdout.take();
+    let child_stderr = child.stderr.take();
+
+    let stdin_task = tokio::spawn(async move {
+        let Some(mut rx) = stdin else { return };
+        let Some(w) = child_stdin.as_mut() else {
+            return;
+        };
+        let start = Instant::now();
+        let mut total = 0u64;
+        while let Some(chunk) = rx.recv().await {
+            total += chunk.len() as u64;
+            throttle(rate, start, total).await;
+            if w.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = w.shutdown().await;
+        drop(child_stdin);
+    });
+
+    let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pump = |r: Option<tokio::process::ChildStdout>,
+                tx: Option<tokio::sync::mpsc::Sender<Bytes>>,
+                limit: Option<u64>,
+                killed: Arc<std::sync::atomic::AtomicBool>,
+                container: Arc<Container>| async move {
+        let Some(mut r) = r else { return true };
+        let mut buf = vec![0u8; chunk_size(rate)];
+        let start = Instant::now();
+        let mut total = 0u64;
+        loop {
+            let n = match r.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(n) => n,
+            };
+            let mut n = n;
+            if let Some(limit) = limit {
+                if total + n as u64 >= limit {
+                    n = (limit - total) as usize;
+                    if let Some(tx) = &tx {
+                        let _ = tx.send(Bytes::copy_from_slice(&buf[..n])).await;
+                    }
+                    // A container crash: the exec'd process and the container die together.
+                    killed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    container.kill_all();
+                    return true;
+                }
+            }
+            total += n as u64;
+            throttle(rate, start, total).await;
+            if let Some(tx) = &tx {
+                if tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                    return false;
+                }
+            }
+        }
+    };
+    let out_task = tokio::spawn(pump(
+        child_stdout,
+        stdout,
+        kill_after,
+        killed.clone(),
+        container.clone(),
+    ));
+    let err_task = tokio::spawn(async move {
+        let Some(mut r) = child_stderr else {
+            return true;
+        };
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(n) => {
+                    if let Some(tx) = &stderr {
+                        if tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                            return false;
+                        }
+                    }
+                }
+            }
+        }
+    });
+
+    let mut outage = sim.faults.outage_signal();
+    let node_watch = {
+        let sim = sim.clone();
+        let node = node.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if !sim.faults.node_ready(&node) {
+                    return;
+                }
+            }
+        }
+    };
+    let ended = tokio::select! {
+        r = async {
+            let out_ok = out_task.await.unwrap_or(false);
+            let err_ok = err_task.await.unwrap_or(false);
+            (out_ok && err_ok, child.wait().await)
+        } => match r {
+            (true, Ok(st)) => Ended::Exited(exit_code(st)),
+            (true, Err(_)) => Ended::Exited(137),
+            (false, _) => Ended::Aborted,
+        },
+        _ = outage.changed() => Ended::Aborted,
+        _ = node_watch => Ended::Aborted,
+    };
+    stdin_task.abort();
+    match ended {
+        Ended::Exited(0) => {
+            let _ = status.send(json!({"metadata": {}, "status": "Success"}));
+        }
+        Ended::Exited(code) => {
+            let _ = status.send(non_zero(&argv, code));
+        }
+        Ended::Aborted => {
+            // Like a broken pipe on the kubelet side: the process does not outlive its stream.
+            let _ = child.start_kill();
+            drop(status);
+        }
+    }
+    let _ = child.wait().await;
+}
+
+fn exit_code(st: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(9))
+}
+
+/// The Status the kubelet writes for a non-zero exit (remotecommand `ServeExec`), whose
+/// `ExitCode` cause kubectl turns into `command terminated with exit code N`.
+fn non_zero(argv: &[String], code: i32) -> Value {
+    json!({
+        "metadata": {},
+        "status": "Failure",
+        "message": format!("command terminated with non-zero exit code: command '{}' exited with {code}: ", argv.join(" ")),
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]},
+    })
+}

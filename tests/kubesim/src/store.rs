@@ -1,0 +1,307 @@
+//! The object store: every API object as JSON, one global resourceVersion counter (etcd's
+//! revision), and a bounded event history so watches can resume from a resourceVersion.
+//!
+//! Like etcd-backed storage, a watch from a resourceVersion older than the retained history gets
+//! 410 Gone `too old resource version` (staging/src/k8s.io/apiserver/pkg/storage/cacher).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+
+use crate::errors::{ApiError, ApiResult};
+use crate::resources::ResourceDef;
+
+const HISTORY: usize = 20_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct WatchEvent {
+    pub rv: u64,
+    pub kind: EventType,
+    pub resource: String,
+    pub namespace: Option<String>,
+    pub object: Value,
+}
+
+type Key = (String, String, String);
+
+struct Inner {
+    rv: u64,
+    objects: BTreeMap<Key, Value>,
+    history: VecDeque<Arc<WatchEvent>>,
+}
+
+pub struct Store {
+    inner: Mutex<Inner>,
+    tx: broadcast::Sender<Arc<WatchEvent>>,
+}
+
+fn key(res: &ResourceDef, ns: Option<&str>, name: &str) -> Key {
+    (
+        res.qualified(),
+        ns.unwrap_or_default().to_string(),
+        name.to_string(),
+    )
+}
+
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+pub fn new_uid() -> String {
+    let b: [u8; 16] = rand::random();
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+        u16::from_be_bytes([b[4], b[5]]),
+        u16::from_be_bytes([b[6], b[7]]) & 0x0fff,
+        (u16::from_be_bytes([b[8], b[9]]) & 0x3fff) | 0x8000,
+        u64::from_be_bytes([0, 0, b[10], b[11], b[12], b[13], b[14], b[15]])
+    )
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Store {
+    pub fn new() -> Self {
+        let (tx, _) = broadcast::channel(65_536);
+        Store {
+            inner: Mutex::new(Inner {
+                rv: 1,
+                objects: BTreeMap::new(),
+                history: VecDeque::new(),
+            }),
+            tx,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn emit(
+        &self,
+        inner: &mut Inner,
+        kind: EventType,
+        res: &ResourceDef,
+        ns: Option<&str>,
+        obj: &Value,
+    ) {
+        let ev = Arc::new(WatchEvent {
+            rv: inner.rv,
+            kind,
+            resource: res.qualified(),
+            namespace: ns.map(str::to_string),
+            object: obj.clone(),
+        });
+        if inner.history.len() >= HISTORY {
+            inner.history.pop_front();
+        }
+        inner.history.push_back(ev.clone());
+        let _ = self.tx.send(ev);
+    }
+
+    pub fn current_rv(&self) -> u64 {
+        self.lock().rv
+    }
+
+    /// Stores a new object: assigns uid, creationTimestamp, resourceVersion, generation.
+    pub fn create(&self, res: &ResourceDef, ns: Option<&str>, mut obj: Value) -> ApiResult<Value> {
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let mut inner = self.lock();
+        let k = key(res, ns, &name);
+        if inner.objects.contains_key(&k) {
+            return Err(ApiError::already_exists(&res.qualified(), &name));
+        }
+        inner.rv += 1;
+        let rv = inner.rv;
+        obj["apiVersion"] = json!(res.api_version());
+        obj["kind"] = json!(res.kind);
+        let md = &mut obj["metadata"];
+        if let Some(ns) = ns {
+            md["namespace"] = json!(ns);
+        }
+        if md.get("uid").and_then(Value::as_str).is_none() {
+            md["uid"] = json!(new_uid());
+        }
+        md["creationTimestamp"] = json!(now_rfc3339());
+        md["resourceVersion"] = json!(rv.to_string());
+        md["generation"] = json!(1);
+        inner.objects.insert(k, obj.clone());
+        self.emit(&mut inner, EventType::Added, res, ns, &obj);
+        Ok(obj)
+    }
+
+    pub fn get(&self, res: &ResourceDef, ns: Option<&str>, name: &str) -> ApiResult<Value> {
+        self.lock()
+            .objects
+            .get(&key(res, ns, name))
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(&res.qualified(), name))
+    }
+
+    pub fn try_get(&self, res: &ResourceDef, ns: Option<&str>, name: &str) -> Option<Value> {
+        self.lock().objects.get(&key(res, ns, name)).cloned()
+    }
+
+    /// Every object of a resource (in one namespace, or all), and the list's resourceVersion.
+    pub fn list(&self, res: &ResourceDef, ns: Option<&str>) -> (Vec<Value>, u64) {
+        let inner = self.lock();
+        let q = res.qualified();
+        let items = inner
+            .objects
+            .iter()
+            .filter(|((r, n, _), _)| *r == q && ns.is_none_or(|ns| n == ns))
+            .map(|(_, v)| v.clone())
+            .collect();
+        (items, inner.rv)
+    }
+
+    /// Mutates an object in place. The closure may refuse with an error; an unchanged object
+    /// produces no event and keeps its resourceVersion, like a no-op update in the real server.
+    pub fn update<F>(
+        &self,
+        res: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        f: F,
+    ) -> ApiResult<Value>
+    where
+        F: FnOnce(&mut Value) -> ApiResult<()>,
+    {
+        let mut inner = self.lock();
+        let k = key(res, ns, name);
+        let current = inner
+            .objects
+            .get(&k)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(&res.qualified(), name))?;
+        let mut next = current.clone();
+        f(&mut next)?;
+        // Identity fields are not the caller's to change.
+        next["metadata"]["name"] = current["metadata"]["name"].clone();
+        next["metadata"]["uid"] = current["metadata"]["uid"].clone();
+        next["metadata"]["creationTimestamp"] = current["metadata"]["creationTimestamp"].clone();
+        next["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+        if next == current {
+            return Ok(current);
+        }
+        if next["spec"] != current["spec"] {
+            let g = current["metadata"]["generation"].as_i64().unwrap_or(1);
+            next["metadata"]["generation"] = json!(g + 1);
+        }
+        inner.rv += 1;
+        next["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
+        inner.objects.insert(k, next.clone());
+        self.emit(&mut inner, EventType::Modified, res, ns, &next);
+        Ok(next)
+    }
+
+    /// Removes an object now (after any graceful-deletion dance the caller did).
+    pub fn remove(&self, res: &ResourceDef, ns: Option<&str>, name: &str) -> ApiResult<Value> {
+        let mut inner = self.lock();
+        let mut obj = inner
+            .objects
+            .remove(&key(res, ns, name))
+            .ok_or_else(|| ApiError::not_found(&res.qualified(), name))?;
+        inner.rv += 1;
+        obj["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
+        self.emit(&mut inner, EventType::Deleted, res, ns, &obj);
+        Ok(obj)
+    }
+
+    /// Events after `rv` from the history, plus a receiver for what comes next. Both are taken
+    /// under one lock so nothing falls between them.
+    pub fn watch_from(
+        &self,
+        rv: Option<u64>,
+    ) -> ApiResult<(Vec<Arc<WatchEvent>>, broadcast::Receiver<Arc<WatchEvent>>)> {
+        let inner = self.lock();
+        let rx = self.tx.subscribe();
+        let Some(rv) = rv else {
+            return Ok((Vec::new(), rx));
+        };
+        if let Some(oldest) = inner.history.front() {
+            if rv + 1 < oldest.rv && rv < inner.rv {
+                return Err(ApiError::gone(format!(
+                    "too old resource version: {rv} ({})",
+                    oldest.rv
+                )));
+            }
+        }
+        let past = inner
+            .history
+            .iter()
+            .filter(|e| e.rv > rv)
+            .cloned()
+            .collect();
+        Ok((past, rx))
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<WatchEvent>> {
+        self.tx.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources;
+
+    #[test]
+    fn create_get_update_remove_and_watch_history() {
+        let s = Store::new();
+        let pods = resources::pods();
+        let start = s.current_rv();
+        s.create(
+            pods,
+            Some("a"),
+            json!({"metadata": {"name": "p"}, "spec": {}}),
+        )
+        .unwrap();
+        assert_eq!(
+            s.create(pods, Some("a"), json!({"metadata": {"name": "p"}}))
+                .unwrap_err()
+                .code,
+            409
+        );
+        let u = s.update(pods, Some("a"), "p", |o| {
+            o["metadata"]["labels"] = json!({"x": "y"});
+            Ok(())
+        });
+        assert_eq!(u.unwrap()["metadata"]["labels"]["x"], "y");
+        s.remove(pods, Some("a"), "p").unwrap();
+        assert_eq!(s.get(pods, Some("a"), "p").unwrap_err().code, 404);
+        let (past, _) = s.watch_from(Some(start)).unwrap();
+        let kinds: Vec<_> = past.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![EventType::Added, EventType::Modified, EventType::Deleted]
+        );
+    }
+}
