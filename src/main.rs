@@ -1,1 +1,35 @@
-fn main() {}
+//! kubectl-pvbackup: parse, log to stderr, run, map the outcome to an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use kubectl_pvbackup::{cli::Cli, exit::ExitKind, run};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.global.verbose {
+        0 => "warn",
+        1 => "info,kube=warn",
+        2 => "debug,kube=info,hyper=info",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PVBACKUP_LOG").unwrap_or_else(|_| level.into()))
+        .with_target(false)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(ExitKind::Runtime.code());
+        }
+    };
+    match rt.block_on(run::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {f}");
+            ExitCode::from(f.kind.code())
+        }
+    }
+}

@@ -351,3 +351,216 @@ impl Manifest {
         check_entries_safe(&self.entries).map_err(|source| ManifestError::Unsafe { source })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::EntryRecord;
+
+    fn entry(path: &str, kind: EntryKind, sha: Option<&str>) -> EntryRecord {
+        EntryRecord {
+            path: path.into(),
+            path_hex: None,
+            kind,
+            size: if sha.is_some() { 5 } else { 0 },
+            mode: 0o644,
+            uid: 1000,
+            gid: 1000,
+            mtime: 1_735_732_800,
+            link_target: None,
+            link_target_hex: None,
+            sha256: sha.map(str::to_string),
+        }
+    }
+
+    const SHA: &str = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+
+    fn sample() -> Manifest {
+        let mut link = entry("a b/link", EntryKind::Symlink, None);
+        link.link_target = Some("../ünï\ncode".into());
+        let mut bad = entry("bad-\u{fffd}", EntryKind::File, Some(SHA));
+        bad.path_hex = Some(hex::encode(b"bad-\xff"));
+        Manifest {
+            schema_version: SCHEMA_VERSION,
+            kind: MANIFEST_KIND.into(),
+            backup_id: "data-web-0-20250101T120000Z".into(),
+            tool_version: "0.1.0".into(),
+            created: DateTime::parse_from_rfc3339("2025-01-01T12:00:00Z")
+                .unwrap()
+                .into(),
+            cluster: ClusterInfo {
+                server: "https://10.0.0.1:6443".into(),
+                context: Some("prod".into()),
+            },
+            namespace: "shop".into(),
+            pvc: PvcInfo {
+                name: "data-web-0".into(),
+                uid: "6f1c".into(),
+                capacity: Some("10Gi".into()),
+                access_modes: vec!["ReadWriteOnce".into()],
+                storage_class: Some("standard".into()),
+                volume_mode: Some("Filesystem".into()),
+                labels: [("app".to_string(), "web".to_string())].into(),
+            },
+            source_pods: vec![SourcePod {
+                name: "web-0".into(),
+                node: Some("n1".into()),
+                mesh: Some("istio".into()),
+                proxy_container: Some("istio-proxy".into()),
+                proxy_version: Some("1.22.0".into()),
+            }],
+            helper_image: "busybox:1.36".into(),
+            compression: Compression::Zstd { level: 1 },
+            archive: ArchiveInfo {
+                file_name: "data-web-0.tar.zst".into(),
+                size: 1234,
+                sha256: SHA.into(),
+            },
+            uncompressed_size: 10240,
+            entry_count: 5,
+            entries: vec![
+                entry(".", EntryKind::Dir, None),
+                entry("a b", EntryKind::Dir, None),
+                entry("ünï\ncode", EntryKind::File, Some(SHA)),
+                link,
+                bad,
+            ],
+        }
+    }
+
+    fn json_value(m: &Manifest) -> serde_json::Value {
+        serde_json::from_str(&m.to_json_pretty()).unwrap()
+    }
+
+    fn load(v: &serde_json::Value) -> Result<Manifest, ManifestError> {
+        Manifest::from_json(serde_json::to_string(v).unwrap().as_bytes())
+    }
+
+    #[test]
+    fn round_trip() {
+        let m = sample();
+        let json = m.to_json_pretty();
+        assert!(json.contains("\"kind\": \"PVBackupManifest\""), "{json}");
+        assert!(
+            json.contains("\"created\": \"2025-01-01T12:00:00Z\""),
+            "{json}"
+        );
+        assert!(json.contains("\"algorithm\": \"zstd\""), "{json}");
+        assert!(json.contains("ünï\\ncode"), "{json}");
+        assert_eq!(Manifest::from_json(json.as_bytes()).unwrap(), m);
+    }
+
+    #[test]
+    fn rejects_bad_sha() {
+        let mut v = json_value(&sample());
+        v["archive"]["sha256"] = SHA.to_uppercase().into();
+        let msg = load(&v).unwrap_err().to_string();
+        assert!(
+            msg.contains("archive.sha256") && msg.contains("64 lowercase hex"),
+            "{msg}"
+        );
+
+        let mut v = json_value(&sample());
+        v["entries"][2]["sha256"] = "abc".into();
+        let msg = load(&v).unwrap_err().to_string();
+        assert!(
+            msg.contains("\"ünï\\ncode\"") && msg.contains("\"abc\""),
+            "{msg}"
+        );
+
+        let mut v = json_value(&sample());
+        v["entries"][2].as_object_mut().unwrap().remove("sha256");
+        assert!(matches!(load(&v), Err(ManifestError::MissingSha256 { .. })));
+
+        let mut v = json_value(&sample());
+        v["entries"][1]["sha256"] = SHA.into();
+        assert!(matches!(
+            load(&v),
+            Err(ManifestError::UnexpectedSha256 { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_duplicate_paths() {
+        let mut m = sample();
+        m.entries.push(entry("a b/", EntryKind::Dir, None));
+        m.entry_count += 1;
+        let err = Manifest::from_json(m.to_json_pretty().as_bytes()).unwrap_err();
+        assert!(matches!(err, ManifestError::DuplicatePath { .. }), "{err}");
+        assert!(err.to_string().contains("\"a b/\""), "{err}");
+        assert!(err.to_string().contains("remove the duplicate"), "{err}");
+    }
+
+    #[test]
+    fn rejects_unknown_fields() {
+        let mut v = json_value(&sample());
+        let entries = v.as_object_mut().unwrap().remove("entries").unwrap();
+        v["entires"] = entries;
+        let msg = load(&v).unwrap_err().to_string();
+        assert!(msg.contains("unknown field `entires`"), "{msg}");
+        assert!(msg.contains("typo"), "{msg}");
+
+        let mut v = json_value(&sample());
+        v["entries"][0]["sha265"] = SHA.into();
+        let msg = load(&v).unwrap_err().to_string();
+        assert!(msg.contains("unknown field `sha265`"), "{msg}");
+
+        let mut v = json_value(&sample());
+        v["pvc"]["storageClass"] = "x".into();
+        assert!(load(&v).is_err());
+    }
+
+    #[test]
+    fn rejects_other_invariant_violations() {
+        let mut v = json_value(&sample());
+        v["entry_count"] = 4.into();
+        let msg = load(&v).unwrap_err().to_string();
+        assert!(
+            msg.contains("entry_count is 4") && msg.contains("5 entries"),
+            "{msg}"
+        );
+
+        let mut v = json_value(&sample());
+        v["schema_version"] = 2.into();
+        v["new_field"] = true.into();
+        assert!(matches!(
+            load(&v),
+            Err(ManifestError::UnsupportedSchema { found: 2 })
+        ));
+
+        let mut v = json_value(&sample());
+        v["kind"] = "Other".into();
+        assert!(matches!(load(&v), Err(ManifestError::WrongKind { .. })));
+
+        let mut v = json_value(&sample());
+        v["entries"][4]["path_hex"] = "zz".into();
+        assert!(matches!(load(&v), Err(ManifestError::BadHexName { .. })));
+
+        let mut v = json_value(&sample());
+        v["entries"][0]["mode"] = (0o100755).into();
+        assert!(matches!(load(&v), Err(ManifestError::BadMode { .. })));
+
+        let mut v = json_value(&sample());
+        v["created"] = "yesterday".into();
+        assert!(matches!(load(&v), Err(ManifestError::Json { .. })));
+    }
+
+    #[test]
+    fn rejects_unsafe_entries() {
+        for (path, kind, target) in [
+            ("../evil", EntryKind::Dir, None),
+            ("/etc/passwd", EntryKind::Fifo, None),
+            ("a/x", EntryKind::Symlink, Some("../../x")),
+            ("dev", EntryKind::Block, None),
+        ] {
+            let mut m = sample();
+            let mut e = entry(path, kind, None);
+            e.link_target = target.map(str::to_string);
+            m.entries.push(e);
+            m.entry_count += 1;
+            let err = Manifest::from_json(m.to_json_pretty().as_bytes()).unwrap_err();
+            assert!(matches!(err, ManifestError::Unsafe { .. }), "{err}");
+            assert!(err.to_string().contains(&format!("{path:?}")), "{err}");
+        }
+    }
+}

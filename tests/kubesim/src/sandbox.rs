@@ -726,7 +726,8 @@ struct ExecContext {
 ///   containers from runtime worker threads (not `spawn_blocking` threads, which exit when
 ///   idle), or the container is SIGKILLed early.
 pub struct Container {
-    child: tokio::process::Child,
+    /// Locked by whichever `wait` call is currently reaping; the others queue behind it.
+    child: tokio::sync::Mutex<tokio::process::Child>,
     pid: u32,
     pidfd: OwnedFd,
     mnt_ns: Option<MntNs>,
@@ -734,7 +735,7 @@ pub struct Container {
     /// pidfds of exec'd processes, for `kill_all` (complements the namespace scan for execs
     /// caught between fork and setns).
     execs: Mutex<Vec<OwnedFd>>,
-    exit: Option<ContainerExit>,
+    exit: std::sync::OnceLock<ContainerExit>,
 }
 
 impl std::fmt::Debug for Container {
@@ -886,13 +887,13 @@ impl Container {
         let mnt_ns = MntNs::of(pid).ok();
         tracing::debug!(pid, root = %root.display(), argv = ?cfg.argv, "container started");
         Ok(Container {
-            child,
+            child: tokio::sync::Mutex::new(child),
             pid,
             pidfd,
             mnt_ns,
             ctx,
             execs: Mutex::new(Vec::new()),
-            exit: None,
+            exit: std::sync::OnceLock::new(),
         })
     }
 
@@ -1066,17 +1067,22 @@ impl Container {
 
     /// True until the main process has terminated (even if not yet reaped by `wait`).
     pub fn is_running(&self) -> bool {
-        self.exit.is_none() && !pidfd_exited(&self.pidfd)
+        self.exit.get().is_none() && !pidfd_exited(&self.pidfd)
     }
 
     /// Waits for the main process to exit, then kills everything still running in the
     /// container (exec'd processes, orphaned children), as the kernel does when the init of a
-    /// real container's PID namespace exits. Cancel-safe; returns the same result once done.
-    pub async fn wait(&mut self) -> ContainerExit {
-        if let Some(exit) = self.exit {
-            return exit;
+    /// real container's PID namespace exits. Any number of tasks may wait concurrently; all
+    /// get the same result. Cancel-safe.
+    pub async fn wait(&self) -> ContainerExit {
+        if let Some(exit) = self.exit.get() {
+            return *exit;
         }
-        let exit = match self.child.wait().await {
+        let mut child = self.child.lock().await;
+        if let Some(exit) = self.exit.get() {
+            return *exit;
+        }
+        let exit = match child.wait().await {
             Ok(status) => ContainerExit {
                 code: status.code(),
                 signal: status.signal(),
@@ -1089,7 +1095,8 @@ impl Container {
                 }
             }
         };
-        self.exit = Some(exit);
+        let _ = self.exit.set(exit);
+        drop(child);
         self.kill_all();
         tracing::debug!(pid = self.pid, ?exit, "container exited");
         exit
@@ -1397,7 +1404,7 @@ mod tests {
             container_path: "/data".into(),
             read_only: false,
         }];
-        let mut c = Container::start(&fx.base, &cfg).unwrap();
+        let c = Container::start(&fx.base, &cfg).unwrap();
         assert!(c.is_running());
         assert_eq!(wait_for_log(&cfg.log_path, "hi").await, "hi\n");
 
@@ -1540,7 +1547,7 @@ mod tests {
             container_path: "/data".into(),
             read_only: false,
         }];
-        let mut c = Container::start(&fx.base, &cfg).unwrap();
+        let c = Container::start(&fx.base, &cfg).unwrap();
         let out = run(
             &c,
             &[
@@ -1569,7 +1576,7 @@ mod tests {
     #[tokio::test]
     async fn kill_all_ends_execs_and_orphans() {
         let Some(fx) = fixture() else { return };
-        let mut c = Container::start(&fx.base, &fx.config("killer", SLEEPER)).unwrap();
+        let c = Container::start(&fx.base, &fx.config("killer", SLEEPER)).unwrap();
         let sleeper = c.exec(&args(&["sleep", "30"]), &[]).unwrap();
         // An orphan: its parent shell exits right away.
         let orphan: u32 = stdout_of(&c, &["sh", "-c", "sleep 300 >/dev/null 2>&1 & echo $!"])
@@ -1604,7 +1611,7 @@ mod tests {
     #[tokio::test]
     async fn main_exit_kills_in_flight_exec() {
         let Some(fx) = fixture() else { return };
-        let mut c = Container::start(
+        let c = Container::start(
             &fx.base,
             &fx.config("crash", &["sh", "-c", "sleep 0.5; exit 3"]),
         )
@@ -1725,6 +1732,24 @@ mod tests {
         );
         // runc creates the mount point inside the parent volume.
         assert!(outer.join("sub").is_dir());
+    }
+
+    #[tokio::test]
+    async fn concurrent_waiters_get_the_same_exit() {
+        let Some(fx) = fixture() else { return };
+        let c = Arc::new(Container::start(&fx.base, &fx.config("waiters", SLEEPER)).unwrap());
+        let (c1, c2) = (Arc::clone(&c), Arc::clone(&c));
+        let w1 = tokio::spawn(async move { c1.wait().await });
+        let w2 = tokio::spawn(async move { c2.wait().await });
+        // A cancelled waiter must not lose the exit for the others.
+        assert!(tokio::time::timeout(Duration::from_millis(50), c.wait())
+            .await
+            .is_err());
+        c.signal(Signal::SIGKILL).unwrap();
+        let e1 = w1.await.unwrap();
+        assert_eq!(e1, w2.await.unwrap());
+        assert_eq!(e1, c.wait().await);
+        assert_eq!(e1.exit_code(), 137);
     }
 
     #[tokio::test]

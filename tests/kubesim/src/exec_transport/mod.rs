@@ -283,7 +283,8 @@ fn negotiate_spdy(headers: &HeaderMap) -> Result<(Negotiated, HeaderMap), Negoti
     // Mirrors `httpstream.Handshake`, including its error texts and status codes.
     let client = comma_separated(headers, HEADER_PROTOCOL_VERSION).ok_or(
         NegotiateError::MissingProtocolVersion {
-            header_count: headers.keys_len(),
+            // Go's server moves Host out of `req.Header`, so it is not counted.
+            header_count: headers.keys_len() - usize::from(headers.contains_key(header::HOST)),
         },
     )?;
     if client.is_empty() {

@@ -591,6 +591,7 @@ async fn serve<IO>(
         compressor,
         scratch: BytesMut::new(),
         want_stdin: wanted.stdin,
+        want_resize: wanted.tty,
         enforce: flow == SpdySendFlowControl::Enforce,
         ready_tx: Some(ready_tx),
         last_client_stream: 0,
@@ -602,6 +603,7 @@ async fn serve<IO>(
         stdout: Outbound::new(ends.stdout, wanted.stdout),
         stderr: Outbound::new(ends.stderr, stderr_used(wanted)),
         stdin_id: None,
+        resize_id: None,
         stdin_tx: ends.stdin,
         stdin_buf: VecDeque::new(),
         stdin_buffered: 0,
@@ -689,6 +691,7 @@ struct Session<W> {
     compressor: HeaderCompressor,
     scratch: BytesMut,
     want_stdin: bool,
+    want_resize: bool,
     enforce: bool,
     ready_tx: Option<oneshot::Sender<Result<(), TransportError>>>,
     last_client_stream: u32,
@@ -699,6 +702,7 @@ struct Session<W> {
     stdout: Outbound,
     stderr: Outbound,
     stdin_id: Option<u32>,
+    resize_id: Option<u32>,
     stdin_tx: Option<mpsc::Sender<Bytes>>,
     stdin_buf: VecDeque<Bytes>,
     stdin_buffered: usize,
@@ -930,7 +934,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             // Echo pings the client started (odd ids); even ids would answer our own pings,
             // which we never send (spdystream `handlePingFrame`).
             Frame::Ping(id) => {
-                if id % 2 == 1 {
+                if !id.is_multiple_of(2) {
                     self.send(&Frame::Ping(id)).await?;
                 }
             }
@@ -960,7 +964,10 @@ impl<W: AsyncWrite + Unpin> Session<W> {
     ) -> Result<(), SpdyError> {
         // spdystream `checkStreamFrame`/`validateStreamId`: client ids are odd and increasing;
         // after a GOAWAY new streams are refused.
-        if self.goaway_received || stream_id % 2 == 0 || stream_id <= self.last_client_stream {
+        if self.goaway_received
+            || stream_id.is_multiple_of(2)
+            || stream_id <= self.last_client_stream
+        {
             let status = if self.goaway_received {
                 RST_REFUSED_STREAM
             } else {
@@ -993,15 +1000,21 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 if stream_type == Some("stdin") && self.stdin_id.is_none() {
                     self.stdin_id = Some(stream_id);
                     self.stdin_fin = fin;
-                } else if stream_type != Some("resize") {
+                } else if stream_type == Some("resize") && self.resize_id.is_none() {
+                    self.resize_id = Some(stream_id);
+                } else {
                     debug!(?stream_type, stream_id, "unexpected SPDY exec stream");
                 }
                 self.other_open.push(stream_id);
             }
         }
 
+        // With a TTY the resize stream is expected too, as in the kubelet (`expectedStreams++`
+        // when `opts.TTY && handler.supportsTerminalResizing()`): kubectl creates it last and
+        // waits for its SYN_REPLY, so a session that could end before then would fail kubectl.
         let all_open = self.error.id.is_some()
             && (!self.want_stdin || self.stdin_id.is_some())
+            && (!self.want_resize || self.resize_id.is_some())
             && (!self.stdout.wanted || self.stdout.id.is_some())
             && (!self.stderr.wanted || self.stderr.id.is_some());
         if all_open {
@@ -1424,7 +1437,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn tty_session_is_ready_without_resize_and_ends_cleanly() {
+    async fn tty_session_waits_for_resize_and_ends_cleanly() {
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
         let wanted = StreamsWanted {
             stdin: true,
@@ -1432,17 +1445,20 @@ mod tests {
             stderr: true,
             tty: true,
         };
-        let server = tokio::spawn(async move {
+        let mut server = tokio::spawn(async move {
             accept_with_options(server_io, &SPDY, wanted, TransportOptions::default()).await
         });
         let mut c = Client::new(client_io);
         for (id, ty) in [(1, "error"), (3, "stdin"), (5, "stdout")] {
             c.open(id, ty).await;
         }
+        // Not ready before kubectl's last stream, resize.
+        let early = tokio::time::timeout(Duration::from_millis(200), &mut server).await;
+        assert!(early.is_err(), "ready before the resize stream was opened");
+        c.open(7, "resize").await;
         let io = server.await.unwrap().unwrap();
         assert!(io.stderr.is_none(), "no stderr with a tty");
-        // kubectl opens resize last and writes JSON sizes on it.
-        c.open(7, "resize").await;
+        // kubectl writes JSON terminal sizes on the resize stream; they are dropped.
         c.send(Frame::Data {
             stream_id: 7,
             fin: false,

@@ -1,0 +1,261 @@
+//! Backing up one PVC: helper pod → `tar -c` over exec → hash + parse + compress → destination,
+//! then the manifest as the commit marker. Retries transient failures with a fresh helper pod
+//! and a fresh partial file; the destination never shows a half-written archive as complete.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, Pod};
+use kube::api::Api;
+use serde::Serialize;
+use tokio::io::AsyncReadExt;
+
+use crate::archive::{stream_backup, Compression};
+use crate::connect::explain;
+use crate::destination::{archive_key, manifest_key, Destination};
+use crate::discover::{detect_mesh, placement, Target};
+use crate::exit::{ExitKind, Failure};
+use crate::helper_pod::{build_helper_pod, podsecurity_conflict, HelperPodRequest, Purpose};
+use crate::helper_session::{HelperPod, Registry};
+use crate::manifest::{ClusterInfo, Manifest, ManifestMeta, PvcInfo, SourcePod};
+use crate::progress::Progress;
+
+/// Everything a backup run needs besides the targets.
+pub struct BackupSettings {
+    pub backup_id: String,
+    pub compression: Compression,
+    pub image: String,
+    pub run_as_user: Option<i64>,
+    pub pod_timeout: Duration,
+    pub retries: u32,
+    pub cluster: ClusterInfo,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetResult {
+    pub namespace: String,
+    pub pvc: String,
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip)]
+    pub kind: Option<ExitKind>,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archive: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
+    pub files: u64,
+    pub bytes: u64,
+    pub stored_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    pub seconds: f64,
+}
+
+/// What the cluster told us about the target, gathered once.
+pub struct TargetContext {
+    pub target: Target,
+    pub pvc: PersistentVolumeClaim,
+    pub pods: Vec<Pod>,
+    pub namespace: Option<Namespace>,
+    pub nodes: Vec<Node>,
+}
+
+pub fn helper_request(ctx: &TargetContext, s: &BackupSettings) -> Result<HelperPodRequest, Failure> {
+    let place = placement(&ctx.target, &ctx.nodes).map_err(|e| Failure::refused(e.to_string()))?;
+    let mut req = HelperPodRequest::new(&ctx.target.namespace, &ctx.target.pvc, &s.backup_id, Purpose::Backup);
+    req.image = s.image.clone();
+    req.node = place.node;
+    req.tolerations = place.tolerations;
+    req.run_as_user = s.run_as_user;
+    Ok(req)
+}
+
+/// Transient failures get another attempt; refusals and integrity problems of our own making do not.
+fn retryable(f: &Failure) -> bool {
+    f.kind == ExitKind::Runtime && !f.message.contains("forbidden") && !f.message.contains("PodSecurity") && !f.message.contains("cannot be pulled")
+}
+
+pub async fn backup_target(client: &kube::Client, ctx: &TargetContext, s: &BackupSettings, dest: Arc<dyn Destination>, registry: &Registry, progress: &Progress) -> TargetResult {
+    let started = Instant::now();
+    let mut result = TargetResult {
+        namespace: ctx.target.namespace.clone(),
+        pvc: ctx.target.pvc.clone(),
+        status: "failed",
+        error: None,
+        kind: None,
+        attempts: 0,
+        archive: None,
+        manifest: None,
+        files: 0,
+        bytes: 0,
+        stored_bytes: 0,
+        sha256: None,
+        seconds: 0.0,
+    };
+    let bar = progress.bar(&format!("{}/{}", ctx.target.namespace, ctx.target.pvc));
+    let mut delay = Duration::from_secs(1);
+    loop {
+        result.attempts += 1;
+        match attempt(client, ctx, s, dest.clone(), registry, &bar).await {
+            Ok(m) => {
+                result.status = "ok";
+                result.files = m.entries.iter().filter(|e| e.sha256.is_some()).count() as u64;
+                result.bytes = m.uncompressed_size;
+                result.stored_bytes = m.archive.size;
+                result.sha256 = Some(m.archive.sha256.clone());
+                result.archive = Some(dest.locate(&archive_key(&s.backup_id, &m.namespace, &m.pvc.name, s.compression.extension())));
+                result.manifest = Some(dest.locate(&manifest_key(&s.backup_id, &m.namespace, &m.pvc.name)));
+                bar.finish(&format!("done, {} files", result.files));
+                break;
+            }
+            Err(f) => {
+                if result.attempts > s.retries || !retryable(&f) {
+                    bar.finish(&format!("failed: {}", f.message));
+                    result.kind = Some(f.kind);
+                    result.error = Some(f.message);
+                    break;
+                }
+                bar.note(&format!("attempt {} failed: {}; retrying in {}s", result.attempts, f.message, delay.as_secs()));
+                tracing::warn!("{}/{}: attempt {} failed: {}", ctx.target.namespace, ctx.target.pvc, result.attempts, f.message);
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    result.seconds = started.elapsed().as_secs_f64();
+    result
+}
+
+async fn attempt(client: &kube::Client, ctx: &TargetContext, s: &BackupSettings, dest: Arc<dyn Destination>, registry: &Registry, bar: &crate::progress::Bar) -> Result<Manifest, Failure> {
+    let req = helper_request(ctx, s)?;
+    let pod = build_helper_pod(&req);
+    if let Some(ns) = &ctx.namespace {
+        if let Some(conflict) = podsecurity_conflict(ns, &pod) {
+            return Err(Failure::runtime(conflict));
+        }
+    }
+    bar.note("starting helper pod");
+    let mut helper = HelperPod::launch(client, pod, s.pod_timeout, registry).await?;
+    let out = stream(&helper, ctx, s, dest, bar).await;
+    helper.delete().await;
+    out
+}
+
+async fn stream(helper: &HelperPod, ctx: &TargetContext, s: &BackupSettings, dest: Arc<dyn Destination>, bar: &crate::progress::Bar) -> Result<Manifest, Failure> {
+    // A cheap size estimate for the progress bar; the backup does not depend on it.
+    if let Ok(du) = helper.run(&["du", "-sk", "/data"]).await {
+        if let Some(kib) = du.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()) {
+            bar.set_length(kib * 1024);
+        }
+    }
+    bar.note("streaming");
+    let mut proc = helper.exec(&["tar", "-cf", "-", "-C", "/data", "."], false).await?;
+    let stdout = proc.stdout().ok_or_else(|| Failure::runtime("exec gave no stdout"))?;
+    let mut stderr = proc.stderr().ok_or_else(|| Failure::runtime("exec gave no stderr"))?;
+    let status = proc.take_status().ok_or_else(|| Failure::runtime("exec gave no status channel"))?;
+    let key = archive_key(&s.backup_id, &ctx.target.namespace, &ctx.target.pvc, s.compression.extension());
+    let compression = s.compression;
+    let bar2 = bar.clone();
+    let dest2 = dest.clone();
+    let writer_job = tokio::task::spawn_blocking(move || -> Result<(crate::archive::ArchiveSummary, Box<dyn crate::destination::ObjectWriter>), Failure> {
+        let reader = tokio_util::io::SyncIoBridge::new(stdout);
+        let mut writer = dest2.create(&key)?;
+        let summary = stream_backup(reader, compression, &mut writer, &|n| bar2.set_position(n))?;
+        Ok((summary, writer))
+    });
+    let stderr_job = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        let _ = (&mut stderr).take(64 << 10).read_to_end(&mut buf).await;
+        String::from_utf8_lossy(&buf).to_string()
+    });
+    let written = writer_job.await.map_err(|e| Failure::runtime(format!("the archive writer failed: {e}")))?;
+    let errors = stderr_job.await.unwrap_or_default();
+    let st = status.await;
+    // The copy counts only when tar exited 0, said nothing alarming, and the stream ended with
+    // the end-of-archive marker (checked by stream_backup). Anything else discards the partial
+    // file (the writer's Drop removes it).
+    let (summary, writer) = match (st, written) {
+        (Some(st), Ok(w)) if st.status.as_deref() == Some("Success") => w,
+        (Some(st), Err(_)) if st.status.as_deref() != Some("Success") => {
+            return Err(Failure::runtime(format!("tar in helper pod {} failed: {}", helper.name, st.message.unwrap_or_default())))
+        }
+        (Some(st), Ok(_)) => {
+            return Err(Failure::runtime(format!(
+                "tar in helper pod {} failed: {}{}",
+                helper.name,
+                st.message.unwrap_or_default(),
+                if errors.trim().is_empty() { String::new() } else { format!(" (stderr: {})", errors.trim()) }
+            )))
+        }
+        (None, _) => return Err(Failure::runtime(format!("the exec stream from helper pod {} ended without a status: the connection or the container was lost mid-stream", helper.name))),
+        (Some(_), Err(f)) => return Err(Failure::new(ExitKind::Runtime, format!("the archive stream was not complete: {}", f.message))),
+    };
+    let serious: Vec<&str> = errors.lines().filter(|l| !l.trim().is_empty() && !l.contains("socket ignored")).collect();
+    if !serious.is_empty() {
+        return Err(Failure::runtime(format!("tar reported read errors, so the copy is not trusted: {}", serious.join("; "))));
+    }
+    writer.commit()?;
+    let manifest = Manifest::new(meta(ctx, s), s.compression, file_name(&ctx.target.pvc, s.compression), summary);
+    let mut mw = dest.create(&manifest_key(&s.backup_id, &ctx.target.namespace, &ctx.target.pvc))?;
+    use std::io::Write;
+    mw.write_all(manifest.to_json_pretty().as_bytes()).map_err(|e| Failure::runtime(format!("writing the manifest: {e}")))?;
+    mw.commit()?;
+    Ok(manifest)
+}
+
+pub fn file_name(pvc: &str, c: Compression) -> String {
+    format!("{pvc}{}", c.extension())
+}
+
+fn meta(ctx: &TargetContext, s: &BackupSettings) -> ManifestMeta {
+    let spec = ctx.pvc.spec.clone().unwrap_or_default();
+    let capacity = ctx
+        .pvc
+        .status
+        .as_ref()
+        .and_then(|st| st.capacity.as_ref())
+        .and_then(|c| c.get("storage"))
+        .or_else(|| spec.resources.as_ref().and_then(|r| r.requests.as_ref()).and_then(|r| r.get("storage")))
+        .map(|q| q.0.clone());
+    let source_pods = ctx
+        .pods
+        .iter()
+        .map(|p| {
+            let m = detect_mesh(p, ctx.namespace.as_ref());
+            SourcePod {
+                name: p.metadata.name.clone().unwrap_or_default(),
+                node: p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                mesh: m.as_ref().map(|m| m.mesh.to_string()),
+                proxy_container: m.as_ref().and_then(|m| m.proxy_container.clone()),
+                proxy_version: m.as_ref().and_then(|m| m.proxy_version.clone()),
+            }
+        })
+        .collect();
+    ManifestMeta {
+        backup_id: s.backup_id.clone(),
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        created: chrono::Utc::now(),
+        cluster: s.cluster.clone(),
+        namespace: ctx.target.namespace.clone(),
+        pvc: PvcInfo {
+            name: ctx.target.pvc.clone(),
+            uid: ctx.pvc.metadata.uid.clone().unwrap_or_default(),
+            capacity,
+            access_modes: spec.access_modes.clone().unwrap_or_default(),
+            storage_class: spec.storage_class_name.clone(),
+            volume_mode: spec.volume_mode.clone(),
+            labels: ctx.pvc.metadata.labels.clone().unwrap_or_default(),
+        },
+        source_pods,
+        helper_image: s.image.clone(),
+    }
+}
+
+/// Fetches the PVC object for a target (fresh, for its uid and spec).
+pub async fn get_pvc(client: &kube::Client, t: &Target) -> Result<PersistentVolumeClaim, Failure> {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &t.namespace);
+    api.get(&t.pvc).await.map_err(|e| explain(&format!("reading PVC {}/{}", t.namespace, t.pvc), &e))
+}

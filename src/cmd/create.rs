@@ -1,0 +1,225 @@
+//! `kubectl pvbackup create`: back up the selected PVCs, one archive and manifest each.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
+use kube::api::{Api, PostParams};
+
+use crate::archive::Compression;
+use crate::backup::{backup_target, get_pvc, helper_request, BackupSettings, TargetContext, TargetResult};
+use crate::cli::OutputFormat;
+use crate::collect::{collect_inventory, collect_nodes};
+use crate::connect::Connection;
+use crate::destination::Destination;
+use crate::discover::{discover_targets, Mesh, TargetSelection};
+use crate::exit::{ExitKind, Failure};
+use crate::helper_pod::build_helper_pod;
+use crate::helper_session::Registry;
+use crate::manifest::ClusterInfo;
+use crate::output;
+use crate::progress::Progress;
+
+pub struct CreatePlan {
+    pub selection: TargetSelection,
+    pub selector: Option<String>,
+    pub destination: Arc<dyn Destination>,
+    pub compression: Compression,
+    pub image: String,
+    pub run_as_user: Option<i64>,
+    pub pod_timeout: Duration,
+    pub retries: u32,
+    pub parallel: usize,
+    pub dry_run: bool,
+    pub output: OutputFormat,
+    pub progress: bool,
+}
+
+/// `--mesh` text to a mesh, with the list of valid names on error.
+pub fn parse_mesh(s: &str) -> Result<Mesh, Failure> {
+    s.parse::<Mesh>().map_err(|e| Failure::usage(format!("{e}")))
+}
+
+pub fn new_backup_id() -> String {
+    format!("{}-{:04x}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"), rand::random::<u16>())
+}
+
+/// The permissions a backup needs in each namespace, checked before anything is created.
+const NEEDED: &[(&str, &str, &str)] = &[
+    ("create", "pods", ""),
+    ("get", "pods", ""),
+    ("delete", "pods", ""),
+    ("create", "pods", "exec"),
+    ("get", "persistentvolumeclaims", ""),
+];
+
+async fn preflight(client: &kube::Client, namespaces: &[String]) -> Result<(), Failure> {
+    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let mut missing = Vec::new();
+    for ns in namespaces {
+        for (verb, resource, sub) in NEEDED {
+            let review = SelfSubjectAccessReview {
+                spec: SelfSubjectAccessReviewSpec {
+                    resource_attributes: Some(ResourceAttributes {
+                        namespace: Some(ns.clone()),
+                        verb: Some(verb.to_string()),
+                        resource: Some(resource.to_string()),
+                        subresource: (!sub.is_empty()).then(|| sub.to_string()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let allowed = api
+                .create(&PostParams::default(), &review)
+                .await
+                .map_err(|e| crate::connect::explain("checking permissions (SelfSubjectAccessReview)", &e))?
+                .status
+                .is_some_and(|s| s.allowed);
+            if !allowed {
+                let r = if sub.is_empty() { resource.to_string() } else { format!("{resource}/{sub}") };
+                missing.push(format!("{verb} {r} (namespace {ns})"));
+            }
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::runtime(format!(
+            "missing permissions, nothing was created: {}. Grant them with the Role in the README (RBAC section).",
+            missing.join(", ")
+        )))
+    }
+}
+
+pub async fn run(conn: &Connection, plan: CreatePlan) -> Result<(), Failure> {
+    let inv = collect_inventory(conn, None).await?;
+    let mut selection = plan.selection.clone();
+    if let Some(sel) = &plan.selector {
+        // `-l` picks pods; their PVCs become the named targets.
+        let labelled = collect_inventory(conn, Some(sel)).await?;
+        let names: std::collections::BTreeSet<String> = crate::discover::extract_rows(&labelled.pods, &labelled.pvcs, &labelled.namespaces, &crate::discover::DiscoverOptions { all_pods: true })
+            .into_iter()
+            .filter(|r| r.pod.is_some() && r.pvc_exists)
+            .filter(|r| selection.mesh.is_none_or(|m| r.mesh == Some(m)) || selection.all_pvcs)
+            .map(|r| format!("{}/{}", r.namespace, r.pvc))
+            .collect();
+        if names.is_empty() {
+            return Err(Failure::runtime(format!("no pod matching -l {sel} mounts a PVC in scope")));
+        }
+        selection.pvc_names.extend(names);
+    }
+    let targets = discover_targets(&inv.pods, &inv.pvcs, &inv.namespaces, &selection).map_err(|e| Failure::runtime(e.to_string()))?;
+    let nodes = collect_nodes(conn).await;
+    let backup_id = new_backup_id();
+    let settings = BackupSettings {
+        backup_id: backup_id.clone(),
+        compression: plan.compression,
+        image: plan.image.clone(),
+        run_as_user: plan.run_as_user,
+        pod_timeout: plan.pod_timeout,
+        retries: plan.retries,
+        cluster: ClusterInfo { server: conn.server.clone(), context: conn.context.clone() },
+    };
+    let mut contexts = Vec::new();
+    for t in targets {
+        let pvc = get_pvc(&conn.client, &t).await?;
+        let pods = inv.pods.iter().filter(|p| p.metadata.namespace.as_deref() == Some(t.namespace.as_str()) && t.pods.iter().any(|m| Some(&m.name) == p.metadata.name.as_ref())).cloned().collect();
+        let namespace = inv.namespaces.iter().find(|n| n.metadata.name.as_deref() == Some(t.namespace.as_str())).cloned();
+        contexts.push(TargetContext { target: t, pvc, pods, namespace, nodes: nodes.clone() });
+    }
+    if plan.dry_run {
+        return print_dry_run(&contexts, &settings, plan.destination.as_ref(), plan.output);
+    }
+    let mut namespaces: Vec<String> = contexts.iter().map(|c| c.target.namespace.clone()).collect();
+    namespaces.dedup();
+    preflight(&conn.client, &namespaces).await?;
+
+    let registry = Registry::default();
+    let progress = Progress::new(plan.progress && matches!(plan.output, OutputFormat::Table | OutputFormat::Wide));
+    let work = futures::stream::iter(contexts.iter())
+        .map(|ctx| backup_target(&conn.client, ctx, &settings, plan.destination.clone(), &registry, &progress))
+        .buffer_unordered(plan.parallel)
+        .collect::<Vec<TargetResult>>();
+    let results = tokio::select! {
+        r = work => r,
+        _ = crate::signals::interrupted() => {
+            let left = registry.delete_all(&conn.client).await;
+            if !left.is_empty() {
+                eprintln!("could not delete helper pods {}; run `kubectl pvbackup cleanup`", left.join(", "));
+            }
+            return Err(Failure::interrupted());
+        }
+    };
+    let left = registry.delete_all(&conn.client).await;
+    if !left.is_empty() {
+        eprintln!("warning: could not delete helper pods {}; run `kubectl pvbackup cleanup`", left.join(", "));
+    }
+    let mut results = results;
+    results.sort_by(|a, b| (&a.namespace, &a.pvc).cmp(&(&b.namespace, &b.pvc)));
+    report(&backup_id, plan.destination.as_ref(), &results, plan.output)?;
+    let worst = results.iter().filter_map(|r| r.kind).reduce(ExitKind::worst);
+    match worst {
+        None => Ok(()),
+        Some(kind) => {
+            let failed = results.iter().filter(|r| r.status != "ok").count();
+            Err(Failure::new(kind, format!("{failed} of {} PVC backups failed", results.len())))
+        }
+    }
+}
+
+fn report(id: &str, dest: &dyn Destination, results: &[TargetResult], format: OutputFormat) -> Result<(), Failure> {
+    match format {
+        OutputFormat::Json | OutputFormat::Yaml => output::structured(format, &serde_json::json!({"backupId": id, "destination": dest.describe(), "results": results})),
+        _ => {
+            let rows = results
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.namespace.clone(),
+                        r.pvc.clone(),
+                        r.status.to_string(),
+                        r.files.to_string(),
+                        output::human_bytes(r.bytes),
+                        output::human_bytes(r.stored_bytes),
+                        format!("{:.1}s", r.seconds),
+                        r.attempts.to_string(),
+                        r.error.clone().or_else(|| r.archive.clone()).unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            output::print_stdout(&format!("backup {id} → {}\n{}\n", dest.describe(), output::table(&["namespace", "pvc", "status", "files", "size", "stored", "time", "attempts", "archive"], rows)))
+        }
+    }
+}
+
+fn print_dry_run(contexts: &[TargetContext], s: &BackupSettings, dest: &dyn Destination, format: OutputFormat) -> Result<(), Failure> {
+    let mut plans = Vec::new();
+    for c in contexts {
+        let pod = helper_request(c, s).map(|r| build_helper_pod(&r));
+        plans.push(serde_json::json!({
+            "namespace": c.target.namespace,
+            "pvc": c.target.pvc,
+            "archive": dest.locate(&crate::destination::archive_key(&s.backup_id, &c.target.namespace, &c.target.pvc, s.compression.extension())),
+            "helperPod": pod.as_ref().ok(),
+            "refused": pod.as_ref().err().map(|f| f.message.clone()),
+        }));
+    }
+    match format {
+        OutputFormat::Json | OutputFormat::Yaml => output::structured(format, &serde_json::json!({"dryRun": true, "backupId": s.backup_id, "targets": plans})),
+        _ => {
+            let mut text = format!("dry run: backup {} → {} ({} PVCs); nothing is created\n", s.backup_id, dest.describe(), plans.len());
+            for p in &plans {
+                text.push_str(&format!("\n# {}/{} → {}\n", p["namespace"].as_str().unwrap_or_default(), p["pvc"].as_str().unwrap_or_default(), p["archive"].as_str().unwrap_or_default()));
+                if let Some(r) = p["refused"].as_str() {
+                    text.push_str(&format!("refused: {r}\n"));
+                } else {
+                    text.push_str(&serde_yaml::to_string(&p["helperPod"]).unwrap_or_default());
+                }
+            }
+            output::print_stdout(&text)
+        }
+    }
+}

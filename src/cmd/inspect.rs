@@ -1,0 +1,59 @@
+//! `kubectl pvbackup inspect`: a manifest's summary, and with `--files` its entries.
+
+use crate::cli::OutputFormat;
+use crate::exit::Failure;
+use crate::locate::locate;
+use crate::output;
+
+pub fn run(backup: &str, from: Option<&str>, files: bool, format: OutputFormat) -> Result<(), Failure> {
+    let loc = locate(backup, from)?;
+    let m = &loc.manifest;
+    match format {
+        OutputFormat::Json | OutputFormat::Yaml => {
+            if files {
+                output::structured(format, m)
+            } else {
+                let mut v = serde_json::to_value(m).map_err(|e| Failure::runtime(e.to_string()))?;
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("entries");
+                }
+                output::structured(format, &v)
+            }
+        }
+        _ => {
+            let pods: Vec<String> = m.source_pods.iter().map(|p| format!("{}{}", p.name, p.mesh.as_ref().map(|x| format!(" ({x})")).unwrap_or_default())).collect();
+            let mut text = format!(
+                "Backup:        {}\nCreated:       {}\nCluster:       {}{}\nPVC:           {}/{} (uid {})\nCapacity:      {}\nAccess modes:  {}\nStorage class: {}\nSource pods:   {}\nHelper image:  {}\nArchive:       {} ({}, {}, sha256 {})\nData:          {} in {} entries\n",
+                m.backup_id,
+                m.created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                m.cluster.server,
+                m.cluster.context.as_ref().map(|c| format!(" (context {c})")).unwrap_or_default(),
+                m.namespace,
+                m.pvc.name,
+                m.pvc.uid,
+                m.pvc.capacity.clone().unwrap_or_else(|| "-".into()),
+                m.pvc.access_modes.join(","),
+                m.pvc.storage_class.clone().unwrap_or_else(|| "-".into()),
+                if pods.is_empty() { "-".into() } else { pods.join(", ") },
+                m.helper_image,
+                loc.destination.locate(&loc.archive_key),
+                m.compression.algorithm(),
+                output::human_bytes(m.archive.size),
+                m.archive.sha256,
+                output::human_bytes(m.uncompressed_size),
+                m.entry_count,
+            );
+            if files {
+                let rows = m
+                    .entries
+                    .iter()
+                    .map(|e| vec![format!("{:?}", e.kind).to_lowercase(), format!("{:04o}", e.mode & 0o7777), format!("{}:{}", e.uid, e.gid), e.size.to_string(), e.path.clone(), e.link_target.clone().map(|t| format!("-> {t}")).unwrap_or_default()])
+                    .collect();
+                text.push('\n');
+                text.push_str(&output::table(&["type", "mode", "owner", "size", "path", "link"], rows));
+                text.push('\n');
+            }
+            output::print_stdout(&text)
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! One module per subcommand, each with one entry function that takes a validated plan.
+
+pub mod cleanup;
+pub mod create;
+pub mod discover;
+pub mod inspect;
+pub mod list;
+pub mod verify;
+pub mod version;

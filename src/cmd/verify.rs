@@ -1,0 +1,50 @@
+//! `kubectl pvbackup verify`: recompute every checksum of an archive and compare it with its
+//! manifest. Offline; streams; exit 3 on any difference.
+
+use serde_json::json;
+
+use crate::archive::verify_archive;
+use crate::cli::OutputFormat;
+use crate::exit::Failure;
+use crate::locate::locate;
+use crate::output;
+
+pub fn run(backup: &str, from: Option<&str>, format: OutputFormat) -> Result<(), Failure> {
+    let loc = locate(backup, from)?;
+    let reader = loc.destination.open(&loc.archive_key).map_err(|e| Failure::integrity(format!("{e} (the manifest names it, so the backup is damaged)")))?;
+    let started = std::time::Instant::now();
+    let report = verify_archive(std::io::BufReader::with_capacity(1 << 20, reader), loc.manifest.compression, &loc.manifest)?;
+    let secs = started.elapsed().as_secs_f64();
+    let problems: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
+    let ok = report.is_ok();
+    match format {
+        OutputFormat::Json | OutputFormat::Yaml => output::structured(format, &json!({
+            "backup": loc.destination.locate(&loc.manifest_key),
+            "archive": loc.destination.locate(&loc.archive_key),
+            "ok": ok,
+            "entries": loc.manifest.entry_count,
+            "bytes": loc.manifest.archive.size,
+            "seconds": secs,
+            "problems": problems,
+        }))?,
+        _ => {
+            let mut text = String::new();
+            for p in &problems {
+                text.push_str(&format!("MISMATCH {p}\n"));
+            }
+            text.push_str(&format!(
+                "{}: {} ({} entries, {} checked in {secs:.2}s)\n",
+                loc.destination.locate(&loc.archive_key),
+                if ok { "OK" } else { "DAMAGED" },
+                loc.manifest.entry_count,
+                output::human_bytes(loc.manifest.archive.size)
+            ));
+            output::print_stdout(&text)?;
+        }
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::integrity(format!("{} problem(s) found; do not restore this backup", problems.len())))
+    }
+}

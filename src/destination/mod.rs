@@ -1,0 +1,86 @@
+//! Where backups are stored. One trait, so object storage can join the local directory
+//! without the backup and restore paths changing.
+//!
+//! Layout, the same for every destination:
+//! `<root>/<backup-id>/<namespace>/<pvc>.tar[.gz|.zst]` and `<pvc>.manifest.json` beside it.
+//! The manifest is the commit marker: an archive without one is an incomplete leftover.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+pub mod local;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DestinationError {
+    #[error("destination {url:?} is not a valid location: {why}. Use a local directory such as ./backups or file:///var/backups")]
+    BadUrl { url: String, why: String },
+    #[error("destination {url:?} uses {scheme}://, which this build does not support yet. Use a local directory or file:// URL")]
+    Unsupported { url: String, scheme: String },
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} not found at {path}")]
+    NotFound { what: String, path: String },
+}
+
+/// An object being written; nothing is visible under its final name until `commit`.
+pub trait ObjectWriter: Write + Send {
+    /// Make the object durable and visible under its final name.
+    fn commit(self: Box<Self>) -> Result<(), DestinationError>;
+}
+
+pub trait Destination: Send + Sync {
+    /// How to show the destination to a user.
+    fn describe(&self) -> String;
+    /// Start writing `key` (a `/`-separated relative path).
+    fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>, DestinationError>;
+    fn open(&self, key: &str) -> Result<Box<dyn Read + Send>, DestinationError>;
+    /// Every key under `prefix`, sorted.
+    fn list(&self, prefix: &str) -> Result<Vec<String>, DestinationError>;
+    /// A user-facing location for `key` (a path or URL).
+    fn locate(&self, key: &str) -> String;
+}
+
+/// Parses a destination argument: a path, or `file://` URL.
+pub fn parse(url: &str) -> Result<Box<dyn Destination>, DestinationError> {
+    if url.trim().is_empty() {
+        return Err(DestinationError::BadUrl { url: url.into(), why: "it is empty".into() });
+    }
+    if let Some(rest) = url.strip_prefix("file://") {
+        if !rest.starts_with('/') {
+            return Err(DestinationError::BadUrl { url: url.into(), why: "a file:// URL needs an absolute path (file:///path)".into() });
+        }
+        return Ok(Box::new(local::LocalDir::new(PathBuf::from(rest))));
+    }
+    if let Some((scheme, _)) = url.split_once("://") {
+        return Err(DestinationError::Unsupported { url: url.into(), scheme: scheme.into() });
+    }
+    Ok(Box::new(local::LocalDir::new(PathBuf::from(url))))
+}
+
+/// Keys of one backup's files.
+pub fn archive_key(backup_id: &str, namespace: &str, pvc: &str, extension: &str) -> String {
+    format!("{backup_id}/{namespace}/{pvc}{extension}")
+}
+
+pub fn manifest_key(backup_id: &str, namespace: &str, pvc: &str) -> String {
+    format!("{backup_id}/{namespace}/{pvc}.manifest.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_paths_and_refuses_unknown_schemes() {
+        assert!(parse("./backups").is_ok());
+        assert!(parse("file:///tmp/b").is_ok());
+        assert!(matches!(parse("file://relative").err(), Some(DestinationError::BadUrl { .. })));
+        assert!(matches!(parse("ftp://x/y").err(), Some(DestinationError::Unsupported { .. })));
+        assert!(matches!(parse("").err(), Some(DestinationError::BadUrl { .. })));
+    }
+}

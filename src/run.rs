@@ -1,0 +1,95 @@
+//! From parsed arguments to a command: validate flags into plans, connect only when the
+//! command needs a cluster, dispatch.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::archive::Compression;
+use crate::cli::{Cli, Command, CompressionArg};
+use crate::cmd;
+use crate::connect::{connect, ConnectOptions, Connection};
+use crate::destination;
+use crate::discover::TargetSelection;
+use crate::exit::Failure;
+
+fn compression(arg: CompressionArg, level: Option<i32>) -> Result<Compression, Failure> {
+    Ok(match (arg, level) {
+        (CompressionArg::None, Some(_)) => return Err(Failure::usage("--level makes no sense with --compression none")),
+        (CompressionArg::None, None) => Compression::None,
+        (CompressionArg::Gzip, l) => {
+            let l = l.unwrap_or(1);
+            if !(0..=9).contains(&l) {
+                return Err(Failure::usage(format!("--level {l} is out of range for gzip (0-9)")));
+            }
+            Compression::Gzip { level: l as u32 }
+        }
+        (CompressionArg::Zstd, l) => {
+            let l = l.unwrap_or(1);
+            if !(1..=19).contains(&l) {
+                return Err(Failure::usage(format!("--level {l} is out of range for zstd (1-19)")));
+            }
+            Compression::Zstd { level: l }
+        }
+    })
+}
+
+async fn connection(cli: &Cli) -> Result<Connection, Failure> {
+    connect(&ConnectOptions {
+        kubeconfig: cli.global.kubeconfig.as_deref(),
+        context: cli.global.context.as_deref(),
+        namespace: cli.global.namespace.as_deref(),
+        all_namespaces: cli.global.all_namespaces,
+    })
+    .await
+}
+
+pub async fn run(cli: Cli) -> Result<(), Failure> {
+    let out = cli.global.output;
+    match &cli.command {
+        Command::Version => cmd::version::run(out),
+        Command::Verify(a) => cmd::verify::run(&a.backup, a.from.as_deref(), out),
+        Command::List(a) => cmd::list::run(&a.dest, out),
+        Command::Inspect(a) => cmd::inspect::run(&a.backup, a.from.as_deref(), a.files, out),
+        Command::Discover(a) => {
+            let plan = cmd::discover::DiscoverPlan { all_pods: a.all_pods, selector: a.selector.clone(), output: out };
+            let conn = connection(&cli).await?;
+            cmd::discover::run(&conn, &plan).await
+        }
+        Command::Cleanup(a) => {
+            let conn = connection(&cli).await?;
+            cmd::cleanup::run(&conn, a.yes, out).await
+        }
+        Command::Create(a) => {
+            let mesh = a.mesh.as_deref().map(cmd::create::parse_mesh).transpose()?;
+            let plan = cmd::create::CreatePlan {
+                selection: TargetSelection { pvc_names: a.pvcs.clone(), mesh, all_pvcs: a.all_pvcs },
+                selector: a.selector.clone(),
+                destination: Arc::from(destination::parse(&a.to)?),
+                compression: compression(a.data.compression, a.data.level)?,
+                image: a.helper.image.clone(),
+                run_as_user: a.helper.run_as_user,
+                pod_timeout: Duration::from_secs(a.helper.pod_timeout),
+                retries: a.data.retries,
+                parallel: a.parallel as usize,
+                dry_run: a.dry_run,
+                output: out,
+                progress: !cli.global.no_progress,
+            };
+            let conn = connection(&cli).await?;
+            cmd::create::run(&conn, plan).await
+        }
+        Command::Restore(_) => Err(Failure::runtime("restore is not available in this build yet; `verify` and `inspect` work offline")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compression_levels_are_checked() {
+        assert!(matches!(compression(CompressionArg::Gzip, Some(12)), Err(f) if f.kind == crate::exit::ExitKind::Usage));
+        assert!(compression(CompressionArg::Zstd, None).is_ok());
+        assert!(compression(CompressionArg::None, Some(3)).is_err());
+    }
+}
