@@ -173,8 +173,15 @@ impl HelperPod {
         }
     }
 
+    /// Deletes the pod and waits (bounded) until it is gone, so that when a command returns,
+    /// no helper pod of it is left, not even a Terminating one.
     pub async fn delete(&mut self) {
+        let uid = self.api.get_opt(&self.name).await.ok().flatten().and_then(|p| p.metadata.uid);
         if delete_with_retry(&self.api, &self.name).await {
+            if let Some(uid) = uid {
+                let gone = await_condition(self.api.clone(), &self.name, kube::runtime::conditions::is_deleted(&uid));
+                let _ = tokio::time::timeout(Duration::from_secs(30), gone).await;
+            }
             self.registry.remove(&self.namespace, &self.name);
         }
     }

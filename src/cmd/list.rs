@@ -29,9 +29,12 @@ pub struct ListedBackup {
     pub problem: Option<String>,
 }
 
+/// `(backup id, namespace, pvc)` → `(manifest key, archive key)`.
+pub type Grouped = BTreeMap<(String, String, String), (Option<String>, Option<String>)>;
+
 /// Groups keys `<id>/<ns>/<pvc>.<ext>` into backups (pure; unit-tested).
-pub fn group_keys(keys: &[String]) -> BTreeMap<(String, String, String), (Option<String>, Option<String>)> {
-    let mut out: BTreeMap<(String, String, String), (Option<String>, Option<String>)> = BTreeMap::new();
+pub fn group_keys(keys: &[String]) -> Grouped {
+    let mut out = Grouped::new();
     for k in keys {
         let parts: Vec<&str> = k.split('/').collect();
         let [id, ns, file] = parts.as_slice() else { continue };

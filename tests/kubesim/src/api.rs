@@ -707,7 +707,7 @@ fn rules_review(user: &User, mut obj: Value) -> Value {
     let rules: Vec<Value> = user
         .rules
         .iter()
-        .filter(|r| r.namespaces.is_empty() || r.namespaces.iter().any(|n| *n == ns))
+        .filter(|r| r.namespaces.is_empty() || r.namespaces.contains(&ns))
         .map(|r| json!({"verbs": r.verbs, "apiGroups": ["*"], "resources": r.resources}))
         .collect();
     obj["apiVersion"] = json!("authorization.k8s.io/v1");

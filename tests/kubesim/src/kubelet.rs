@@ -32,6 +32,7 @@ pub struct Runtime {
     /// Which node each attached PersistentVolume is attached to.
     attachments: Mutex<HashMap<String, String>>,
     base: std::sync::OnceLock<BaseRootfs>,
+    base_lock: Mutex<()>,
     next_ip: std::sync::atomic::AtomicU32,
 }
 
@@ -58,6 +59,11 @@ impl Runtime {
     }
 
     pub fn base(&self, state_dir: &Path) -> Result<&BaseRootfs, String> {
+        if let Some(b) = self.base.get() {
+            return Ok(b);
+        }
+        // Pod workers start concurrently; only one may build the shared rootfs.
+        let _guard = self.base_lock.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(b) = self.base.get() {
             return Ok(b);
         }

@@ -43,6 +43,9 @@ pub struct WatchEvent {
 
 type Key = (String, String, String);
 
+/// Past events to replay, and the receiver for what follows.
+pub type WatchStart = (Vec<Arc<WatchEvent>>, broadcast::Receiver<Arc<WatchEvent>>);
+
 struct Inner {
     rv: u64,
     objects: BTreeMap<Key, Value>,
@@ -240,7 +243,7 @@ impl Store {
     pub fn watch_from(
         &self,
         rv: Option<u64>,
-    ) -> ApiResult<(Vec<Arc<WatchEvent>>, broadcast::Receiver<Arc<WatchEvent>>)> {
+    ) -> ApiResult<WatchStart> {
         let inner = self.lock();
         let rx = self.tx.subscribe();
         let Some(rv) = rv else {

@@ -137,6 +137,9 @@ const EVENT_COLUMNS: &[Col] = &[
     ("Name", "string", "name", 1, DESC_NAME),
 ];
 
+/// A printer: one object's cells, with ages computed against the given clock.
+type Printer = fn(&Value, DateTime<Utc>) -> Vec<Value>;
+
 /// rest/table.go `defaultTableConvertor`: Name and an RFC 3339 "Created At".
 const DEFAULT_COLUMNS: &[Col] = &[
     ("Name", "string", "name", 0, DESC_NAME),
@@ -152,9 +155,8 @@ pub fn to_table(res: &ResourceDef, objects: &[Value], include_object: IncludeObj
     to_table_at(res, objects, include_object, false, Utc::now())
 }
 
-/// [`to_table`] with the `noHeaders` table option (`?includeObject=..&noHeaders=true`, which
-/// omits `columnDefinitions`, as kubectl asks for on watch events after the first) and an explicit
-/// clock, for deterministic ages.
+/// [`to_table`] with the `noHeaders` table option (`metav1.TableOptions.NoHeaders`, which omits
+/// `columnDefinitions`) and an explicit clock, for deterministic ages.
 pub fn to_table_at(
     res: &ResourceDef,
     objects: &[Value],
@@ -162,17 +164,16 @@ pub fn to_table_at(
     no_headers: bool,
     now: DateTime<Utc>,
 ) -> Value {
-    let (columns, printer): (&[Col], fn(&Value, DateTime<Utc>) -> Vec<Value>) =
-        match (res.group, res.plural) {
-            ("", "pods") => (POD_COLUMNS, pod_cells),
-            ("", "persistentvolumeclaims") => (PVC_COLUMNS, pvc_cells),
-            ("", "persistentvolumes") => (PV_COLUMNS, pv_cells),
-            ("", "nodes") => (NODE_COLUMNS, node_cells),
-            ("", "namespaces") => (NAMESPACE_COLUMNS, namespace_cells),
-            ("", "events") => (EVENT_COLUMNS, event_cells),
-            ("storage.k8s.io", "storageclasses") => (STORAGECLASS_COLUMNS, storageclass_cells),
-            _ => (DEFAULT_COLUMNS, default_cells),
-        };
+    let (columns, printer): (&[Col], Printer) = match (res.group, res.plural) {
+        ("", "pods") => (POD_COLUMNS, pod_cells),
+        ("", "persistentvolumeclaims") => (PVC_COLUMNS, pvc_cells),
+        ("", "persistentvolumes") => (PV_COLUMNS, pv_cells),
+        ("", "nodes") => (NODE_COLUMNS, node_cells),
+        ("", "namespaces") => (NAMESPACE_COLUMNS, namespace_cells),
+        ("", "events") => (EVENT_COLUMNS, event_cells),
+        ("storage.k8s.io", "storageclasses") => (STORAGECLASS_COLUMNS, storageclass_cells),
+        _ => (DEFAULT_COLUMNS, default_cells),
+    };
     let group_version = "meta.k8s.io/v1";
     let rows: Vec<Value> = objects
         .iter()
