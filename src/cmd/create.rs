@@ -160,6 +160,9 @@ pub async fn run(conn: &Connection, plan: CreatePlan) -> Result<(), Failure> {
     let mut results = results;
     results.sort_by(|a, b| (&a.namespace, &a.pvc).cmp(&(&b.namespace, &b.pvc)));
     report(&backup_id, plan.destination.as_ref(), &results, plan.output)?;
+    for r in results.iter().filter(|r| r.status != "ok") {
+        eprintln!("error: {}/{}: {}", r.namespace, r.pvc, r.error.clone().unwrap_or_default());
+    }
     let worst = results.iter().filter_map(|r| r.kind).reduce(ExitKind::worst);
     match worst {
         None => Ok(()),

@@ -143,6 +143,21 @@ fn parse_json(bytes: &[u8]) -> ApiResult<Value> {
     })
 }
 
+/// A create body: JSON, or protobuf for the kinds client-go ≥ 1.32 sends that way (see
+/// [`crate::protobuf`]); the decoder is chosen by Content-Type, as the apiserver's is.
+fn parse_body(def: &ResourceDef, headers: &hyper::HeaderMap, bytes: &[u8]) -> ApiResult<Value> {
+    let ct = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if ct.split(';').next().unwrap_or_default().trim() == crate::protobuf::CONTENT_TYPE
+        || bytes.starts_with(crate::protobuf::MAGIC)
+    {
+        return crate::protobuf::decode(def.kind, bytes).map_err(ApiError::unsupported_body);
+    }
+    parse_json(bytes)
+}
+
 async fn route(sim: SimRef, req: Request<Incoming>) -> ApiResult<Response<Body>> {
     let path = req.uri().path().to_string();
     if matches!(path.as_str(), "/healthz" | "/livez" | "/readyz") {
@@ -323,8 +338,8 @@ async fn resource(
             ))
         }
         (_, "create") => {
-            let (_, body) = read_body(req).await?;
-            let obj = parse_json(&body)?;
+            let (parts, body) = read_body(req).await?;
+            let obj = parse_body(t.def, &parts.headers, &body)?;
             let dry = q1(&q, "dryRun").is_some();
             create(&sim, user, &t, obj, dry).map(|(code, v)| json_response(code, &v))
         }

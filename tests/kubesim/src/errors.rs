@@ -164,6 +164,11 @@ impl ApiError {
         Self::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json; got {content_type}"))
     }
 
+    /// 415 for a create/update body in an encoding kubesim cannot decode.
+    pub fn unsupported_body(message: impl Into<String>) -> Self {
+        Self::new(415, "UnsupportedMediaType", message)
+    }
+
     /// 410 for a watch from a resourceVersion the server no longer has history for.
     pub fn gone(message: impl Into<String>) -> Self {
         Self::new(410, "Expired", message)

@@ -186,7 +186,7 @@ async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<Str
         }
     };
     let rate = sim.faults.bandwidth();
-    let kill_after = sim.faults.take_kill_exec();
+    let kill_after = sim.faults.kill_exec_threshold();
     let mut child_stdin = child.stdin.take();
     let child_stdout = child.stdout.take();
     let child_stderr = child.stderr.take();
@@ -210,6 +210,7 @@ async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<Str
     });
 
     let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let faults_sim = sim.clone();
     let pump = |r: Option<tokio::process::ChildStdout>,
                 tx: Option<tokio::sync::mpsc::Sender<Bytes>>,
                 limit: Option<u64>,
@@ -226,7 +227,7 @@ async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<Str
             };
             let mut n = n;
             if let Some(limit) = limit {
-                if total + n as u64 >= limit {
+                if total + n as u64 >= limit && faults_sim.faults.fire_kill_exec() {
                     n = (limit - total) as usize;
                     if let Some(tx) = &tx {
                         let _ = tx.send(Bytes::copy_from_slice(&buf[..n])).await;

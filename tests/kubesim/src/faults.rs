@@ -118,16 +118,23 @@ impl Faults {
         self.outage_tx.subscribe()
     }
 
-    /// Called when an exec session starts: the byte count after which to kill it, if armed.
-    pub fn take_kill_exec(&self) -> Option<u64> {
+    /// The stdout byte count after which an exec session is killed, if the fault is armed.
+    pub fn kill_exec_threshold(&self) -> Option<u64> {
+        self.state().kill_exec.map(|(after, _)| after)
+    }
+
+    /// Called when a session reaches the threshold: true if it is to be killed (the fault was
+    /// still armed), counting it against `count`. Sessions that never reach the threshold
+    /// (a short `du`) do not use up the fault.
+    pub fn fire_kill_exec(&self) -> bool {
         let mut s = self.state();
-        let (after, count) = s.kill_exec?;
+        let Some((after, count)) = s.kill_exec else { return false };
         match count {
             0 => {}
             1 => s.kill_exec = None,
             n => s.kill_exec = Some((after, n - 1)),
         }
-        Some(after)
+        true
     }
 
     pub fn bandwidth(&self) -> Option<u64> {
@@ -154,9 +161,11 @@ mod tests {
             after_bytes: 10,
             count: 2,
         });
-        assert_eq!(f.take_kill_exec(), Some(10));
-        assert_eq!(f.take_kill_exec(), Some(10));
-        assert_eq!(f.take_kill_exec(), None);
+        assert_eq!(f.kill_exec_threshold(), Some(10));
+        assert!(f.fire_kill_exec());
+        assert!(f.fire_kill_exec());
+        assert!(!f.fire_kill_exec());
+        assert_eq!(f.kill_exec_threshold(), None);
         f.apply(&FaultRequest::Outage { seconds: 0.05 });
         assert!(f.in_outage());
         std::thread::sleep(Duration::from_millis(80));

@@ -14,6 +14,7 @@ pub mod exec_transport;
 pub mod faults;
 pub mod kubelet;
 pub mod patch;
+pub mod protobuf;
 pub mod resources;
 pub mod sandbox;
 pub mod scenario;

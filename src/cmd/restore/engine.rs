@@ -1,0 +1,372 @@
+//! The cluster-free half of a restore: the shell scripts the helper pod runs (busybox `sh`,
+//! `find`, `stat`, `sha256sum`, `readlink`, `mv`), parsing what they print, and comparing a
+//! restored tree with the manifest.
+//!
+//! # Layout on the volume during a restore (`ID` = this run's id)
+//!
+//! * `/data/.pvbackup-staging-ID`: the archive is extracted here, on the same filesystem, so
+//!   the swap is a series of `rename(2)`s.
+//! * `/data/.pvbackup-old-ID`: replace mode moves the original top-level entries here; merge
+//!   mode moves here the originals it overwrites (at their own relative path).
+//! * `/data/.pvbackup-new-ID`: merge mode's journal of paths that did not exist before (one
+//!   empty file per path), so a rollback can remove them.
+//! * `/data/.pvbackup-swapped-ID`: replace mode's marker "every original is in old/".
+//! * `/data/.pvbackup-root-ID`: the volume root's original `mode uid:gid`.
+//!
+//! Every step is idempotent with [`ROLLBACK`], which puts the originals back from any state
+//! the swap can be interrupted in, and [`COMMIT`], which drops them once the restored tree
+//! was verified in place.
+
+use std::collections::HashMap;
+
+use crate::archive::{canonical_key, EntryKind, EntryRecord};
+use crate::manifest::Manifest;
+
+pub const MOUNT: &str = "/data";
+
+pub fn staging_name(id: &str) -> String {
+    format!(".pvbackup-staging-{id}")
+}
+
+/// Names of this run's own top-level entries, never treated as volume content.
+pub fn own_names(id: &str) -> Vec<String> {
+    ["staging", "old", "new", "swapped", "root", "trash"].iter().map(|k| format!(".pvbackup-{k}-{id}")).collect()
+}
+
+/// `sh -c LIST LIST DIR EXCLUDE` (the script is its own `$0`, so it can run itself under
+/// `find -exec`): one NUL-separated record per entry under DIR (DIR itself is `.`):
+/// `KIND\0MODE UID GID SIZE INODE MTIME\0PATH\0EXTRA\0`, where KIND is F (regular file,
+/// EXTRA = `sha256sum` output), L (symlink, EXTRA = `readlink` output with its newline), D
+/// (directory) or O (anything else). Top-level names starting with EXCLUDE are skipped.
+pub const LIST: &str = r#"
+cd "$1" || exit 1
+ex="$2"
+one() {
+  for p; do
+    m=$(stat -c '%a %u %g %s %i %Y' "$p") || exit 1
+    if [ -L "$p" ]; then printf 'L\0%s\0%s\0' "$m" "$p"; readlink "$p" || exit 1; printf '\0'
+    elif [ -f "$p" ]; then printf 'F\0%s\0%s\0' "$m" "$p"; sha256sum < "$p" || exit 1; printf '\0'
+    elif [ -d "$p" ]; then printf 'D\0%s\0%s\0\0' "$m" "$p"
+    else printf 'O\0%s\0%s\0\0' "$m" "$p"
+    fi
+  done
+}
+if [ "$3" = one ]; then shift 3; one "$@"; exit $?; fi
+one .
+for e in * .[!.]* ..?*; do
+  [ -e "$e" ] || [ -L "$e" ] || continue
+  case "$e" in "$ex"*) continue;; esac
+  if [ -d "$e" ] && [ ! -L "$e" ]; then
+    find "./$e" -exec sh -c "$0" "$0" . "$ex" one {} + || exit 1
+  else
+    one "./$e" || exit 1
+  fi
+done
+"#;
+
+/// `sh -c SWAP_REPLACE sh ID KEEP...`: moves every original top-level entry (except this
+/// run's own and the KEEP names) into old/, then every staged entry into /data, then gives
+/// /data the root entry's mode and owner. Prints a line after each phase.
+pub const SWAP_REPLACE: &str = r#"
+set -e
+cd /data
+id="$1"; shift
+S=".pvbackup-staging-$id"; O=".pvbackup-old-$id"; M=".pvbackup-swapped-$id"; R=".pvbackup-root-$id"
+[ -d "$S" ]
+stat -c '%a %u:%g' . > "$R"
+mkdir "$O"
+for e in * .[!.]* ..?*; do
+  [ -e "$e" ] || [ -L "$e" ] || continue
+  case "$e" in .pvbackup-*-"$id") continue;; esac
+  keep=
+  for k; do [ "$e" = "$k" ] && keep=1; done
+  [ -n "$keep" ] && continue
+  mv -- "$e" "$O/$e"
+done
+: > "$M"
+echo moved-out
+for e in "$S"/* "$S"/.[!.]* "$S"/..?*; do
+  [ -e "$e" ] || [ -L "$e" ] || continue
+  mv -- "$e" ./
+done
+chown "$(stat -c %u:%g "$S")" .
+chmod "$(stat -c %a "$S")" .
+rmdir "$S"
+echo moved-in
+"#;
+
+/// `sh -c SWAP_MERGE SWAP_MERGE ID`: for every staged path, the original (if any) is moved
+/// to old/PATH and journaled in swapped/PATH, a path that did not exist is journaled in
+/// new/PATH, then the staged entry is renamed into place; directories are merged and get the
+/// staged directory's mode and owner.
+pub const SWAP_MERGE: &str = r#"
+set -e
+cd /data
+id="$1"; phase="$2"
+S=".pvbackup-staging-$id"; O=".pvbackup-old-$id"; N=".pvbackup-new-$id"; J=".pvbackup-swapped-$id"; R=".pvbackup-root-$id"
+aside() {
+  mkdir -p "$O/$(dirname "$1")" "$J/$(dirname "$1")"
+  : > "$J/$1"
+  mv -- "$1" "$O/$1"
+}
+case "$phase" in
+dirs) shift 2
+  for d; do
+    d="${d#$S/}"
+    if [ -L "$d" ] || { [ -e "$d" ] && [ ! -d "$d" ]; }; then aside "$d"; fi
+    if [ ! -d "$d" ]; then mkdir -p "$N/$(dirname "$d")"; : > "$N/$d.pvbackup-dir"; mkdir -- "$d"; fi
+  done
+  exit 0;;
+files) shift 2
+  for f; do
+    f="${f#$S/}"
+    if [ -e "$f" ] || [ -L "$f" ]; then aside "$f"
+    else mkdir -p "$N/$(dirname "$f")"; : > "$N/$f"
+    fi
+    mv -- "$S/$f" "$f"
+  done
+  exit 0;;
+meta) shift 2
+  for d; do
+    t="${d#$S}"; t=".$t"
+    chown "$(stat -c %u:%g "$d")" "$t"
+    chmod "$(stat -c %a "$d")" "$t"
+  done
+  exit 0;;
+esac
+[ -d "$S" ]
+stat -c '%a %u:%g' . > "$R"
+mkdir "$O" "$N" "$J"
+find "$S" -mindepth 1 -type d -exec sh -c "$0" "$0" "$id" dirs {} +
+echo dirs-merged
+find "$S" -mindepth 1 ! -type d -exec sh -c "$0" "$0" "$id" files {} +
+find "$S" -type d -exec sh -c "$0" "$0" "$id" meta {} +
+echo moved-in
+"#;
+
+/// `sh -c ROLLBACK sh ID MODE KEEP...`: puts the originals back from whatever state the swap
+/// was left in, then removes staging and every journal of this run. Safe to run again.
+pub const ROLLBACK: &str = r#"
+cd /data || exit 1
+id="$1"; mode="$2"; shift 2
+S=".pvbackup-staging-$id"; O=".pvbackup-old-$id"; N=".pvbackup-new-$id"; M=".pvbackup-swapped-$id"; R=".pvbackup-root-$id"; T=".pvbackup-trash-$id"
+fail=0
+if [ "$mode" = replace ] && [ -d "$O" ]; then
+  if [ -e "$M" ]; then
+    # every original is in old/: what is at the top level now came from staging
+    for e in * .[!.]* ..?*; do
+      [ -e "$e" ] || [ -L "$e" ] || continue
+      case "$e" in .pvbackup-*-"$id") continue;; esac
+      keep=
+      for k; do [ "$e" = "$k" ] && keep=1; done
+      [ -n "$keep" ] && continue
+      rm -rf -- "$e" || fail=1
+    done
+  fi
+  for e in "$O"/* "$O"/.[!.]* "$O"/..?*; do
+    [ -e "$e" ] || [ -L "$e" ] || continue
+    mv -- "$e" ./ || fail=1
+  done
+fi
+if [ "$mode" = merge ] && [ -d "$O" ]; then
+  if [ -d "$N" ]; then
+    find "$N" ! -type d ! -name '*.pvbackup-dir' -exec sh -c 'n="$1"; shift; for j; do rm -f -- "${j#$n/}"; done' sh "$N" {} + || fail=1
+  fi
+  if [ -d "$M" ]; then
+    find "$M" ! -type d -exec sh -c 'm="$1"; o="$2"; shift 2; for j; do p="${j#$m/}"; if [ -e "$o/$p" ] || [ -L "$o/$p" ]; then rm -rf -- "$p"; mv -- "$o/$p" "$p" || exit 1; fi; done' sh "$M" "$O" {} + || fail=1
+  fi
+  if [ -d "$N" ]; then
+    find "$N" -name '*.pvbackup-dir' -exec sh -c 'n="$1"; shift; for j; do p="${j#$n/}"; rm -rf -- "${p%.pvbackup-dir}"; done' sh "$N" {} + || fail=1
+  fi
+fi
+if [ -f "$R" ] && [ "$fail" = 0 ]; then
+  set -- $(cat "$R")
+  chmod "$1" . ; chown "$2" .
+fi
+if [ "$fail" = 0 ]; then
+  rm -rf -- "$S" "$O" "$N" "$M" "$R" "$T"
+fi
+exit $fail
+"#;
+
+/// `sh -c COMMIT sh ID`: the restored tree was verified; drop the originals. old/ is renamed
+/// first, so an interruption never leaves it half deleted for a rollback to find.
+pub const COMMIT: &str = r#"
+cd /data || exit 1
+id="$1"
+O=".pvbackup-old-$id"; T=".pvbackup-trash-$id"
+if [ -d "$O" ]; then mv -- "$O" "$T" || exit 1; fi
+rm -rf -- ".pvbackup-staging-$id" ".pvbackup-new-$id" ".pvbackup-swapped-$id" ".pvbackup-root-$id" "$T"
+"#;
+
+/// `sh -c FIX_SYMLINKS sh DIR UID:GID PATH ...`: busybox tar does not restore the owner of
+/// symlinks; `chown -h` does.
+pub const FIX_SYMLINKS: &str = r#"
+cd "$1" || exit 1
+shift
+while [ $# -gt 1 ]; do chown -h "$1" "$2" || exit 1; shift 2; done
+"#;
+
+/// One entry as the helper pod saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub kind: char,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub size: u64,
+    pub inode: u64,
+    pub mtime: i64,
+    pub path: Vec<u8>,
+    pub sha256: Option<String>,
+    pub link_target: Option<Vec<u8>>,
+}
+
+/// Parses [`LIST`]'s output.
+pub fn parse_listing(out: &[u8]) -> Result<Vec<Seen>, String> {
+    let mut fields = out.split(|b| *b == 0);
+    let mut seen = Vec::new();
+    loop {
+        let Some(kind) = fields.next() else { break };
+        if kind.is_empty() {
+            // the trailing empty slice after the last NUL
+            if fields.next().is_none() {
+                break;
+            }
+            return Err("an empty record in the listing".into());
+        }
+        let (Some(meta), Some(path), Some(extra)) = (fields.next(), fields.next(), fields.next()) else {
+            return Err("a truncated record in the listing".into());
+        };
+        let meta = String::from_utf8_lossy(meta);
+        let nums: Vec<&str> = meta.split_whitespace().collect();
+        if nums.len() != 6 {
+            return Err(format!("unexpected stat output {meta:?}"));
+        }
+        let n = |i: usize| nums[i].parse::<u64>().map_err(|_| format!("unexpected stat output {meta:?}"));
+        let mode = u32::from_str_radix(nums[0], 8).map_err(|_| format!("unexpected mode {:?}", nums[0]))?;
+        let kind = kind[0] as char;
+        let path = canonical_key(path.strip_prefix(b"./").unwrap_or(path));
+        let (sha256, link_target) = match kind {
+            'F' => {
+                let h = String::from_utf8_lossy(extra);
+                let h = h.split_whitespace().next().unwrap_or_default().to_string();
+                (Some(h), None)
+            }
+            'L' => (None, Some(extra.strip_suffix(b"\n").unwrap_or(extra).to_vec())),
+            _ => (None, None),
+        };
+        seen.push(Seen { kind, mode, uid: n(1)?, gid: n(2)?, size: n(3)?, inode: n(4)?, mtime: n(5)? as i64, path, sha256, link_target });
+    }
+    Ok(seen)
+}
+
+/// Compares what is on the volume with the manifest. `exact`: entries the manifest does not
+/// list are differences (replace mode, and always in staging). Returns one line per difference.
+pub fn compare(manifest: &Manifest, seen: &[Seen], exact: bool) -> Vec<String> {
+    let by_path: HashMap<&[u8], &Seen> = seen.iter().map(|s| (s.path.as_slice(), s)).collect();
+    let mut problems = Vec::new();
+    let mut listed = std::collections::HashSet::new();
+    let show = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
+    for e in &manifest.entries {
+        let key = canonical_key(&e.raw_path());
+        listed.insert(key.clone());
+        let Some(s) = by_path.get(key.as_slice()) else {
+            problems.push(format!("{:?}: missing", e.path));
+            continue;
+        };
+        let mut diff = |field: &str, want: String, got: String| {
+            if want != got {
+                problems.push(format!("{:?}: {field} is {got}, the backup has {want}", e.path));
+            }
+        };
+        let want_kind = match e.kind {
+            EntryKind::File | EntryKind::Hardlink => 'F',
+            EntryKind::Dir => 'D',
+            EntryKind::Symlink => 'L',
+            _ => 'O',
+        };
+        diff("type", want_kind.to_string(), s.kind.to_string());
+        if s.kind != want_kind {
+            continue;
+        }
+        // Modes of symlinks are meaningless on Linux.
+        if e.kind != EntryKind::Symlink {
+            diff("mode", format!("{:04o}", e.mode), format!("{:04o}", s.mode));
+        }
+        diff("owner", format!("{}:{}", e.uid, e.gid), format!("{}:{}", s.uid, s.gid));
+        match e.kind {
+            EntryKind::File => {
+                diff("size", e.size.to_string(), s.size.to_string());
+                diff("sha256", e.sha256.clone().unwrap_or_default(), s.sha256.clone().unwrap_or_default());
+                diff("mtime", e.mtime.to_string(), s.mtime.to_string());
+            }
+            EntryKind::Symlink => {
+                let want = e.raw_link_target().map(|t| t.into_owned()).unwrap_or_default();
+                diff("link target", show(&want), show(s.link_target.as_deref().unwrap_or_default()));
+            }
+            EntryKind::Hardlink => {
+                let target = e.raw_link_target().map(|t| canonical_key(&t)).unwrap_or_default();
+                match by_path.get(target.as_slice()) {
+                    Some(t) if t.inode == s.inode => {}
+                    Some(_) => problems.push(format!("{:?}: is not a hard link to {:?}", e.path, show(&target))),
+                    None => problems.push(format!("{:?}: its hard link target {:?} is missing", e.path, show(&target))),
+                }
+            }
+            _ => {}
+        }
+    }
+    if exact {
+        for s in seen {
+            if !listed.contains(&s.path) && s.path != b"lost+found" {
+                problems.push(format!("{:?}: not in the backup", show(&s.path)));
+            }
+        }
+    }
+    problems
+}
+
+/// Bytes the restored tree occupies, estimated generously: every file rounded up to 4 KiB
+/// pages, a page per directory and symlink, never less than the tar stream itself, plus 1 MiB
+/// for filesystem metadata.
+pub fn needed_bytes(m: &Manifest) -> u64 {
+    let pages: u64 = m
+        .entries
+        .iter()
+        .map(|e: &EntryRecord| match e.kind {
+            EntryKind::File => e.size.div_ceil(4096) * 4096 + 4096,
+            EntryKind::Hardlink => 0,
+            _ => 4096,
+        })
+        .sum();
+    pages.max(m.uncompressed_size) + (1 << 20)
+}
+
+/// Symlinks whose owner busybox tar leaves as root: `(uid:gid, path)` for [`FIX_SYMLINKS`].
+/// Names that are not UTF-8 cannot travel as exec arguments and are skipped (the in-pod
+/// verification then reports them).
+pub fn symlink_owners(m: &Manifest) -> Vec<(String, String)> {
+    m.entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::Symlink && (e.uid != 0 || e.gid != 0) && e.path_hex.is_none())
+        .map(|e| (format!("{}:{}", e.uid, e.gid), format!("./{}", String::from_utf8_lossy(&canonical_key(e.path.as_bytes())))))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listing_parses() {
+        let out = b"D\x00755 0 0 4096 1 10\x00.\x00\x00F\x00600 1000 1000 3 2 11\x00./a b\nc\x00abc  -\n\x00L\x00777 0 0 3 3 12\x00./l\x00a b\n\n\x00";
+        let s = parse_listing(out).unwrap();
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[0].path, b".");
+        assert_eq!(s[1].path, b"a b\nc");
+        assert_eq!(s[1].mode, 0o600);
+        assert_eq!(s[1].sha256.as_deref(), Some("abc"));
+        assert_eq!(s[2].link_target.as_deref(), Some(&b"a b\n"[..]));
+        assert!(parse_listing(b"F\x00600 1 1").is_err());
+    }
+}

@@ -1,0 +1,148 @@
+//! Shared by the plugin's integration tests: a kubesim per test, and running the real binary.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use kubesim::{Cluster, ClusterOptions, Scenario};
+
+pub async fn demo() -> Cluster {
+    let c = Cluster::start(ClusterOptions { scenario: Scenario::Demo, ..Default::default() }).await.expect("kubesim starts");
+    c.wait_for_pods_running(Duration::from_secs(60)).await.expect("demo pods run");
+    c
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `kubectl-pvbackup ARGS` against the cluster, with no TTY and no stdin, off the async
+/// runtime's threads.
+pub async fn plugin(cluster: &Cluster, args: &[&str]) -> Run {
+    plugin_with(cluster.kubeconfig(), args).await
+}
+
+pub async fn plugin_with(kubeconfig: &Path, args: &[&str]) -> Run {
+    let kubeconfig = kubeconfig.to_path_buf();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(env!("CARGO_BIN_EXE_kubectl-pvbackup"))
+            .args(&args)
+            .env("KUBECONFIG", &kubeconfig)
+            .env_remove("PVBACKUP_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("the plugin binary runs");
+        Run { code: out.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&out.stdout).into(), stderr: String::from_utf8_lossy(&out.stderr).into() }
+    })
+    .await
+    .expect("join")
+}
+
+/// What a user compares between two trees: type, content, permission bits, owner, link target,
+/// and which paths are hard links to the same file.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Node {
+    pub kind: &'static str,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub content: Option<Vec<u8>>,
+    pub link: Option<PathBuf>,
+    pub mtime: i64,
+}
+
+pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Node> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().to_path_buf();
+            let (kind, content, link) = if md.file_type().is_symlink() {
+                ("symlink", None, Some(std::fs::read_link(&p).unwrap()))
+            } else if md.is_dir() {
+                stack.push(p.clone());
+                ("dir", None, None)
+            } else {
+                ("file", Some(std::fs::read(&p).unwrap()), None)
+            };
+            let mtime = if kind == "file" { md.mtime() } else { 0 };
+            out.insert(rel, Node { kind, mode: md.permissions().mode() & 0o7777, uid: md.uid(), gid: md.gid(), content, link, mtime });
+        }
+    }
+    out
+}
+
+/// Hard-link groups (paths sharing an inode), as sorted lists.
+pub fn hardlinks(root: &Path) -> Vec<Vec<PathBuf>> {
+    let mut by_ino: BTreeMap<u64, Vec<PathBuf>> = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            if md.is_dir() {
+                stack.push(p);
+            } else if md.is_file() && md.nlink() > 1 {
+                by_ino.entry(md.ino()).or_default().push(p.strip_prefix(root).unwrap().to_path_buf());
+            }
+        }
+    }
+    by_ino.into_values().map(|mut v| {
+        v.sort();
+        v
+    }).collect()
+}
+
+/// Unpacks an archive with the system's tools, the way a user without this plugin would.
+pub fn untar(archive: &Path, into: &Path) {
+    std::fs::create_dir_all(into).unwrap();
+    let name = archive.to_string_lossy();
+    let decompress = if name.ends_with(".zst") { "zstd -dc" } else if name.ends_with(".gz") { "gzip -dc" } else { "cat" };
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{decompress} \"$0\" | tar --numeric-owner -xpf - -C \"$1\""))
+        .arg(archive)
+        .arg(into)
+        .status()
+        .unwrap();
+    assert!(status.success(), "unpacking {} failed", archive.display());
+}
+
+/// Every regular file under `dir` (relative path → bytes), for "nothing was written" checks.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    if !dir.exists() {
+        return out;
+    }
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Helper pods this plugin created that still exist in the cluster.
+pub fn helper_pods(cluster: &Cluster) -> Vec<String> {
+    cluster
+        .objects("pods", None)
+        .iter()
+        .filter(|p| p["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kubectl-pvbackup")
+        .map(|p| format!("{}/{}", p["metadata"]["namespace"].as_str().unwrap_or_default(), p["metadata"]["name"].as_str().unwrap_or_default()))
+        .collect()
+}

@@ -1,0 +1,505 @@
+//! Conformance of kubesim against real kubectl binaries: 1.27 (SPDY exec/cp), 1.32 and 1.33
+//! (WebSocket v5 exec/cp, protobuf request bodies for typed clients).
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use kubesim::{Cluster, ClusterOptions, Scenario};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+const VERSIONS: &[&str] = &["1.27", "1.32", "1.33"];
+
+fn kubectl_bin(version: &str) -> PathBuf {
+    PathBuf::from(format!("/usr/lib/google-cloud-sdk/bin/kubectl.{version}"))
+}
+
+/// Runs kubectl with only the given kubeconfig (HOME points into the cluster's state dir so no
+/// user config or cache leaks in), feeding `stdin`, with a timeout.
+async fn kubectl_in(
+    version: &str,
+    kubeconfig: &Path,
+    home: &Path,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> Output {
+    let mut cmd = tokio::process::Command::new(kubectl_bin(version));
+    cmd.args(args)
+        .env_clear()
+        .env("KUBECONFIG", kubeconfig)
+        .env("HOME", home)
+        .env("PATH", "/usr/bin:/bin")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning kubectl {version}: {e}"));
+    if let Some(data) = stdin {
+        let mut w = child.stdin.take().expect("piped stdin");
+        let data = data.to_vec();
+        tokio::spawn(async move {
+            let _ = w.write_all(&data).await;
+            let _ = w.shutdown().await;
+        });
+    }
+    match tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await {
+        Ok(out) => out.expect("waiting for kubectl"),
+        Err(_) => panic!("kubectl {version} {args:?} timed out"),
+    }
+}
+
+async fn kubectl(c: &Cluster, version: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    kubectl_in(version, c.kubeconfig(), c.state_dir(), args, stdin).await
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn ok(version: &str, args: &[&str], out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "kubectl {version} {args:?} failed ({:?}): stdout={} stderr={}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+async fn demo() -> Cluster {
+    let c = Cluster::start(ClusterOptions {
+        scenario: Scenario::Demo,
+        ..Default::default()
+    })
+    .await
+    .expect("cluster starts");
+    c.wait_for_pods_running(Duration::from_secs(60))
+        .await
+        .expect("demo pods run");
+    c
+}
+
+/// Every regular file under `root` (symlinks excluded: `kubectl cp` skips them), relative.
+fn regular_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("readable dir") {
+            let e = e.expect("dir entry");
+            let ft = e.file_type().expect("file type");
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                out.push(e.path().strip_prefix(root).expect("under root").to_path_buf());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_pods_and_pvcs() {
+    let c = demo().await;
+    let demo_pods = [
+        ("shop", "orders-db-0"),
+        ("shop", "storefront-a"),
+        ("payments", "ledger-0"),
+        ("inventory", "stock-db-0"),
+        ("edge", "edge-cache-0"),
+        ("batch", "report-writer"),
+        ("ambient", "events-0"),
+    ];
+    for v in VERSIONS {
+        let args = ["get", "pods", "-A"];
+        let out = ok(v, &args, &kubectl(&c, v, &args, None).await);
+        let mut lines = out.lines();
+        let header: Vec<&str> = lines.next().expect("header").split_whitespace().collect();
+        assert_eq!(
+            header,
+            ["NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE"],
+            "kubectl {v}"
+        );
+        let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
+        for (ns, name) in demo_pods {
+            let row = rows
+                .iter()
+                .find(|r| r[0] == ns && r[1] == name)
+                .unwrap_or_else(|| panic!("kubectl {v}: {ns}/{name} missing from:\n{out}"));
+            assert_eq!(row[3], "Running", "kubectl {v}: {row:?}");
+            let (ready, total) = row[2].split_once('/').expect("READY is n/m");
+            assert_eq!(ready, total, "kubectl {v}: {row:?} not all ready");
+        }
+        assert_eq!(
+            rows.len(),
+            c.objects("pods", None).len(),
+            "kubectl {v}: one row per pod"
+        );
+
+        let args = ["get", "pvc", "-n", "shop", "-o", "json"];
+        let out = ok(v, &args, &kubectl(&c, v, &args, None).await);
+        let list: Value = serde_json::from_str(&out).expect("kubectl -o json is JSON");
+        assert_eq!(list["kind"], "List", "kubectl {v}");
+        let pvc = list["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .find(|p| p["metadata"]["name"] == "data-orders-db-0")
+            .unwrap_or_else(|| panic!("kubectl {v}: data-orders-db-0 missing"));
+        assert_eq!(pvc["status"]["phase"], "Bound", "kubectl {v}");
+        assert!(
+            pvc["spec"]["volumeName"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty()),
+            "kubectl {v}: bound PVC names its volume"
+        );
+
+        // The table printer path (server-side Table) for PVCs too.
+        let args = ["get", "pvc", "data-orders-db-0", "-n", "shop"];
+        let out = ok(v, &args, &kubectl(&c, v, &args, None).await);
+        let row = out.lines().nth(1).expect("one row");
+        assert!(
+            row.starts_with("data-orders-db-0") && row.contains("Bound"),
+            "kubectl {v}: {out}"
+        );
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_exit_codes_stdout_and_stdin() {
+    let c = demo().await;
+    let vol = c.volume_path("shop", "data-orders-db-0");
+    let rel = regular_files(&vol)
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with(".csv"))
+        .expect("a csv file in the demo volume");
+    let host_bytes = std::fs::read(vol.join(&rel)).expect("host file");
+    assert!(!host_bytes.is_empty());
+    let in_pod = format!("/var/lib/db/{}", rel.display());
+    let big: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    for v in VERSIONS {
+        let args = [
+            "exec",
+            "-n",
+            "shop",
+            "orders-db-0",
+            "-c",
+            "db",
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
+        ];
+        let out = kubectl(&c, v, &args, None).await;
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "kubectl {v} exec exit 3: stderr={}",
+            text(&out.stderr)
+        );
+
+        let args = [
+            "exec",
+            "-n",
+            "shop",
+            "orders-db-0",
+            "-c",
+            "db",
+            "--",
+            "cat",
+            &in_pod,
+        ];
+        let out = kubectl(&c, v, &args, None).await;
+        ok(v, &args, &out);
+        assert!(
+            out.stdout == host_bytes,
+            "kubectl {v}: cat {in_pod} gave {} bytes, host file has {}",
+            out.stdout.len(),
+            host_bytes.len()
+        );
+
+        // stderr is its own stream and a command-not-found is exit 127.
+        let args = [
+            "exec",
+            "-n",
+            "shop",
+            "orders-db-0",
+            "-c",
+            "db",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 0",
+        ];
+        let out = kubectl(&c, v, &args, None).await;
+        assert_eq!(ok(v, &args, &out), "out\n", "kubectl {v}");
+        assert_eq!(text(&out.stderr), "err\n", "kubectl {v}");
+
+        let args = [
+            "exec",
+            "-i",
+            "-n",
+            "shop",
+            "orders-db-0",
+            "-c",
+            "db",
+            "--",
+            "sh",
+            "-c",
+            "cat > /tmp/stdin-check && wc -c < /tmp/stdin-check && sha256sum /tmp/stdin-check",
+        ];
+        let out = kubectl(&c, v, &args, Some(&big)).await;
+        let s = ok(v, &args, &out);
+        let mut lines = s.lines();
+        assert_eq!(
+            lines.next().map(str::trim),
+            Some("3145728"),
+            "kubectl {v}: {s}"
+        );
+        let want = {
+            use sha2::Digest;
+            let d = sha2::Sha256::digest(&big);
+            d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        };
+        assert!(
+            lines.next().is_some_and(|l| l.starts_with(&want)),
+            "kubectl {v}: sha256 mismatch: {s}"
+        );
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cp_both_ways_is_byte_identical() {
+    let c = demo().await;
+    let vol = c.volume_path("shop", "data-orders-db-0");
+    let host_files = regular_files(&vol.join("exports"));
+    assert!(host_files.len() > 3, "demo exports has files");
+    let work = tempfile::tempdir().expect("tempdir");
+    let upload: Vec<u8> = (0..(1024 * 1024 + 17) as u32)
+        .map(|i| (i.wrapping_mul(40503) >> 7) as u8)
+        .collect();
+    let up_path = work.path().join("upload.bin");
+    std::fs::write(&up_path, &upload).expect("write upload");
+    for v in VERSIONS {
+        // Pod → local: a directory tree with unicode and space names.
+        let dest = work.path().join(format!("exports-{v}"));
+        let args = [
+            "cp",
+            "-c",
+            "db",
+            "shop/orders-db-0:/var/lib/db/exports",
+            dest.to_str().expect("utf-8"),
+        ];
+        ok(v, &args, &kubectl(&c, v, &args, None).await);
+        assert_eq!(regular_files(&dest), host_files, "kubectl {v}: same files");
+        for f in &host_files {
+            let a = std::fs::read(vol.join("exports").join(f)).expect("host file");
+            let b = std::fs::read(dest.join(f)).expect("copied file");
+            assert!(a == b, "kubectl {v}: {} differs", f.display());
+        }
+
+        // Local → pod (into the volume), then compare on the host side.
+        let target = format!("shop/orders-db-0:/var/lib/db/upload-{v}.bin");
+        let args = [
+            "cp",
+            "-c",
+            "db",
+            up_path.to_str().expect("utf-8"),
+            target.as_str(),
+        ];
+        ok(v, &args, &kubectl(&c, v, &args, None).await);
+        let landed = std::fs::read(vol.join(format!("upload-{v}.bin"))).expect("uploaded file");
+        assert!(landed == upload, "kubectl {v}: uploaded bytes differ");
+        // And back out again.
+        let back = work.path().join(format!("back-{v}.bin"));
+        let args = [
+            "cp",
+            "-c",
+            "db",
+            target.as_str(),
+            back.to_str().expect("utf-8"),
+        ];
+        ok(v, &args, &kubectl(&c, v, &args, None).await);
+        assert!(
+            std::fs::read(&back).expect("round trip") == upload,
+            "kubectl {v}: round trip differs"
+        );
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_can_i_and_rbac_denials() {
+    let c = demo().await;
+    let viewer = c
+        .add_user(
+            "viewer",
+            vec![kubesim::rule(&["get", "list"], &["pods"], &["shop"])],
+        )
+        .expect("add user");
+    let home = c.state_dir().to_path_buf();
+    for v in VERSIONS {
+        let args = ["auth", "can-i", "create", "pods", "-n", "shop"];
+        let out = kubectl(&c, v, &args, None).await;
+        assert_eq!(ok(v, &args, &out).trim(), "yes", "kubectl {v} admin");
+
+        let out = kubectl_in(v, &viewer, &home, &args, None).await;
+        assert_eq!(text(&out.stdout).trim(), "no", "kubectl {v} viewer: {out:?}");
+        assert_eq!(out.status.code(), Some(1), "kubectl {v} viewer: {out:?}");
+
+        let args = ["auth", "can-i", "list", "pods", "-n", "shop"];
+        let out = kubectl_in(v, &viewer, &home, &args, None).await;
+        assert_eq!(ok(v, &args, &out).trim(), "yes", "kubectl {v} viewer list");
+
+        let args = ["auth", "can-i", "list", "pods", "-n", "payments"];
+        let out = kubectl_in(v, &viewer, &home, &args, None).await;
+        assert_eq!(text(&out.stdout).trim(), "no", "kubectl {v} viewer other ns");
+
+        let args = ["get", "pods", "-n", "shop"];
+        let out = kubectl_in(v, &viewer, &home, &args, None).await;
+        assert!(
+            ok(v, &args, &out).contains("orders-db-0"),
+            "kubectl {v} viewer get"
+        );
+
+        let args = ["delete", "pod", "orders-db-0", "-n", "shop", "--wait=false"];
+        let out = kubectl_in(v, &viewer, &home, &args, None).await;
+        assert!(!out.status.success(), "kubectl {v}: viewer delete succeeded");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("Error from server (Forbidden)")
+                && err.contains(
+                    "pods \"orders-db-0\" is forbidden: User \"viewer\" cannot delete resource \"pods\" in API group \"\" in the namespace \"shop\""
+                ),
+            "kubectl {v}: {err}"
+        );
+
+        let args = ["exec", "-n", "shop", "orders-db-0", "-c", "db", "--", "true"];
+        let out = kubectl_in(v, &viewer, &home, &args, None).await;
+        assert!(!out.status.success(), "kubectl {v}: viewer exec succeeded");
+        assert!(
+            text(&out.stderr).contains("forbidden"),
+            "kubectl {v}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert!(
+        c.objects("pods", Some("shop"))
+            .iter()
+            .any(|p| p["metadata"]["name"] == "orders-db-0"
+                && p["metadata"]["deletionTimestamp"].is_null()),
+        "the denied delete left orders-db-0 alone"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_attach_blocks_a_pod_on_another_node() {
+    let c = demo().await;
+    let db = c
+        .objects("pods", Some("shop"))
+        .into_iter()
+        .find(|p| p["metadata"]["name"] == "orders-db-0")
+        .expect("orders-db-0");
+    let db_node = db["spec"]["nodeName"].as_str().expect("scheduled").to_string();
+    let other = ["node-1", "node-2"]
+        .into_iter()
+        .find(|n| *n != db_node)
+        .expect("another untainted node");
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: thief
+  namespace: shop
+  annotations:
+    sidecar.istio.io/inject: "false"
+spec:
+  nodeSelector:
+    kubernetes.io/hostname: {other}
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: ["sleep", "3600"]
+    volumeMounts:
+    - name: data
+      mountPath: /data
+  volumes:
+  - name: data
+    persistentVolumeClaim:
+      claimName: data-orders-db-0
+"#
+    );
+    let args = ["create", "--validate=false", "-f", "-"];
+    let out = kubectl(&c, "1.33", &args, Some(manifest.as_bytes())).await;
+    assert_eq!(ok("1.33", &args, &out).trim(), "pod/thief created");
+
+    // Wait for the attach/detach controller to report; the pod must never start.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let events = loop {
+        let args = ["get", "events", "-n", "shop"];
+        let out = ok("1.33", &args, &kubectl(&c, "1.33", &args, None).await);
+        if out.contains("Multi-Attach error") {
+            break out;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no Multi-Attach event: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let line = events
+        .lines()
+        .find(|l| l.contains("Multi-Attach error"))
+        .expect("event line");
+    assert!(
+        line.contains("FailedAttachVolume")
+            && line.contains("pod/thief")
+            && line.contains("Volume is already used by pod(s) orders-db-0"),
+        "{line}"
+    );
+    for v in VERSIONS {
+        let args = ["get", "pod", "thief", "-n", "shop"];
+        let out = ok(v, &args, &kubectl(&c, v, &args, None).await);
+        let row: Vec<&str> = out
+            .lines()
+            .nth(1)
+            .expect("row")
+            .split_whitespace()
+            .collect();
+        assert_eq!(row[1], "0/1", "kubectl {v}: {out}");
+        assert_eq!(row[2], "ContainerCreating", "kubectl {v}: {out}");
+
+        let args = ["describe", "pod", "thief", "-n", "shop"];
+        let out = ok(v, &args, &kubectl(&c, v, &args, None).await);
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("Node:") && l.contains(&format!(" {other}/"))),
+            "kubectl {v} describe shows the node: {out}"
+        );
+        assert!(
+            out.contains("FailedAttachVolume") && out.contains("Multi-Attach error"),
+            "kubectl {v} describe: {out}"
+        );
+    }
+    let thief = c
+        .objects("pods", Some("shop"))
+        .into_iter()
+        .find(|p| p["metadata"]["name"] == "thief")
+        .expect("thief exists");
+    assert_eq!(thief["status"]["phase"], "Pending");
+    assert_eq!(thief["spec"]["nodeName"], other);
+    c.shutdown().await;
+}
