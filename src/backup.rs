@@ -63,9 +63,17 @@ pub struct TargetContext {
     pub nodes: Vec<Node>,
 }
 
-pub fn helper_request(ctx: &TargetContext, s: &BackupSettings) -> Result<HelperPodRequest, Failure> {
+pub fn helper_request(
+    ctx: &TargetContext,
+    s: &BackupSettings,
+) -> Result<HelperPodRequest, Failure> {
     let place = placement(&ctx.target, &ctx.nodes).map_err(|e| Failure::refused(e.to_string()))?;
-    let mut req = HelperPodRequest::new(&ctx.target.namespace, &ctx.target.pvc, &s.backup_id, Purpose::Backup);
+    let mut req = HelperPodRequest::new(
+        &ctx.target.namespace,
+        &ctx.target.pvc,
+        &s.backup_id,
+        Purpose::Backup,
+    );
     req.image = s.image.clone();
     req.node = place.node;
     req.tolerations = place.tolerations;
@@ -75,10 +83,20 @@ pub fn helper_request(ctx: &TargetContext, s: &BackupSettings) -> Result<HelperP
 
 /// Transient failures get another attempt; refusals and integrity problems of our own making do not.
 fn retryable(f: &Failure) -> bool {
-    f.kind == ExitKind::Runtime && !f.message.contains("forbidden") && !f.message.contains("PodSecurity") && !f.message.contains("cannot be pulled")
+    f.kind == ExitKind::Runtime
+        && !f.message.contains("forbidden")
+        && !f.message.contains("PodSecurity")
+        && !f.message.contains("cannot be pulled")
 }
 
-pub async fn backup_target(client: &kube::Client, ctx: &TargetContext, s: &BackupSettings, dest: Arc<dyn Destination>, registry: &Registry, progress: &Progress) -> TargetResult {
+pub async fn backup_target(
+    client: &kube::Client,
+    ctx: &TargetContext,
+    s: &BackupSettings,
+    dest: Arc<dyn Destination>,
+    registry: &Registry,
+    progress: &Progress,
+) -> TargetResult {
     let started = Instant::now();
     let mut result = TargetResult {
         namespace: ctx.target.namespace.clone(),
@@ -106,8 +124,14 @@ pub async fn backup_target(client: &kube::Client, ctx: &TargetContext, s: &Backu
                 result.bytes = m.uncompressed_size;
                 result.stored_bytes = m.archive.size;
                 result.sha256 = Some(m.archive.sha256.clone());
-                result.archive = Some(dest.locate(&archive_key(&s.backup_id, &m.namespace, &m.pvc.name, s.compression.extension())));
-                result.manifest = Some(dest.locate(&manifest_key(&s.backup_id, &m.namespace, &m.pvc.name)));
+                result.archive = Some(dest.locate(&archive_key(
+                    &s.backup_id,
+                    &m.namespace,
+                    &m.pvc.name,
+                    s.compression.extension(),
+                )));
+                result.manifest =
+                    Some(dest.locate(&manifest_key(&s.backup_id, &m.namespace, &m.pvc.name)));
                 bar.finish(&format!("done, {} files", result.files));
                 break;
             }
@@ -118,8 +142,19 @@ pub async fn backup_target(client: &kube::Client, ctx: &TargetContext, s: &Backu
                     result.error = Some(f.message);
                     break;
                 }
-                bar.note(&format!("attempt {} failed: {}; retrying in {}s", result.attempts, f.message, delay.as_secs()));
-                tracing::warn!("{}/{}: attempt {} failed: {}", ctx.target.namespace, ctx.target.pvc, result.attempts, f.message);
+                bar.note(&format!(
+                    "attempt {} failed: {}; retrying in {}s",
+                    result.attempts,
+                    f.message,
+                    delay.as_secs()
+                ));
+                tracing::warn!(
+                    "{}/{}: attempt {} failed: {}",
+                    ctx.target.namespace,
+                    ctx.target.pvc,
+                    result.attempts,
+                    f.message
+                );
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
@@ -129,7 +164,14 @@ pub async fn backup_target(client: &kube::Client, ctx: &TargetContext, s: &Backu
     result
 }
 
-async fn attempt(client: &kube::Client, ctx: &TargetContext, s: &BackupSettings, dest: Arc<dyn Destination>, registry: &Registry, bar: &crate::progress::Bar) -> Result<Manifest, Failure> {
+async fn attempt(
+    client: &kube::Client,
+    ctx: &TargetContext,
+    s: &BackupSettings,
+    dest: Arc<dyn Destination>,
+    registry: &Registry,
+    bar: &crate::progress::Bar,
+) -> Result<Manifest, Failure> {
     let req = helper_request(ctx, s)?;
     let pod = build_helper_pod(&req);
     if let Some(ns) = &ctx.namespace {
@@ -144,19 +186,42 @@ async fn attempt(client: &kube::Client, ctx: &TargetContext, s: &BackupSettings,
     out
 }
 
-async fn stream(helper: &HelperPod, ctx: &TargetContext, s: &BackupSettings, dest: Arc<dyn Destination>, bar: &crate::progress::Bar) -> Result<Manifest, Failure> {
+async fn stream(
+    helper: &HelperPod,
+    ctx: &TargetContext,
+    s: &BackupSettings,
+    dest: Arc<dyn Destination>,
+    bar: &crate::progress::Bar,
+) -> Result<Manifest, Failure> {
     // A cheap size estimate for the progress bar; the backup does not depend on it.
     if let Ok(du) = helper.run(&["du", "-sk", "/data"]).await {
-        if let Some(kib) = du.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()) {
+        if let Some(kib) = du
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+        {
             bar.set_length(kib * 1024);
         }
     }
     bar.note("streaming");
-    let mut proc = helper.exec(&["tar", "-cf", "-", "-C", "/data", "."], false).await?;
-    let stdout = proc.stdout().ok_or_else(|| Failure::runtime("exec gave no stdout"))?;
-    let mut stderr = proc.stderr().ok_or_else(|| Failure::runtime("exec gave no stderr"))?;
-    let status = proc.take_status().ok_or_else(|| Failure::runtime("exec gave no status channel"))?;
-    let key = archive_key(&s.backup_id, &ctx.target.namespace, &ctx.target.pvc, s.compression.extension());
+    let mut proc = helper
+        .exec(&["tar", "-cf", "-", "-C", "/data", "."], false)
+        .await?;
+    let stdout = proc
+        .stdout()
+        .ok_or_else(|| Failure::runtime("exec gave no stdout"))?;
+    let mut stderr = proc
+        .stderr()
+        .ok_or_else(|| Failure::runtime("exec gave no stderr"))?;
+    let status = proc
+        .take_status()
+        .ok_or_else(|| Failure::runtime("exec gave no status channel"))?;
+    let key = archive_key(
+        &s.backup_id,
+        &ctx.target.namespace,
+        &ctx.target.pvc,
+        s.compression.extension(),
+    );
     let compression = s.compression;
     let bar2 = bar.clone();
     let dest2 = dest.clone();
@@ -171,7 +236,9 @@ async fn stream(helper: &HelperPod, ctx: &TargetContext, s: &BackupSettings, des
         let _ = (&mut stderr).take(64 << 10).read_to_end(&mut buf).await;
         String::from_utf8_lossy(&buf).to_string()
     });
-    let written = writer_job.await.map_err(|e| Failure::runtime(format!("the archive writer failed: {e}")))?;
+    let written = writer_job
+        .await
+        .map_err(|e| Failure::runtime(format!("the archive writer failed: {e}")))?;
     let errors = stderr_job.await.unwrap_or_default();
     let st = status.await;
     // The copy counts only when tar exited 0, said nothing alarming, and the stream ended with
@@ -193,15 +260,31 @@ async fn stream(helper: &HelperPod, ctx: &TargetContext, s: &BackupSettings, des
         (None, _) => return Err(Failure::runtime(format!("the exec stream from helper pod {} ended without a status: the connection or the container was lost mid-stream", helper.name))),
         (Some(_), Err(f)) => return Err(Failure::new(ExitKind::Runtime, format!("the archive stream was not complete: {}", f.message))),
     };
-    let serious: Vec<&str> = errors.lines().filter(|l| !l.trim().is_empty() && !l.contains("socket ignored")).collect();
+    let serious: Vec<&str> = errors
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.contains("socket ignored"))
+        .collect();
     if !serious.is_empty() {
-        return Err(Failure::runtime(format!("tar reported read errors, so the copy is not trusted: {}", serious.join("; "))));
+        return Err(Failure::runtime(format!(
+            "tar reported read errors, so the copy is not trusted: {}",
+            serious.join("; ")
+        )));
     }
     writer.commit()?;
-    let manifest = Manifest::new(meta(ctx, s), s.compression, file_name(&ctx.target.pvc, s.compression), summary);
-    let mut mw = dest.create(&manifest_key(&s.backup_id, &ctx.target.namespace, &ctx.target.pvc))?;
+    let manifest = Manifest::new(
+        meta(ctx, s),
+        s.compression,
+        file_name(&ctx.target.pvc, s.compression),
+        summary,
+    );
+    let mut mw = dest.create(&manifest_key(
+        &s.backup_id,
+        &ctx.target.namespace,
+        &ctx.target.pvc,
+    ))?;
     use std::io::Write;
-    mw.write_all(manifest.to_json_pretty().as_bytes()).map_err(|e| Failure::runtime(format!("writing the manifest: {e}")))?;
+    mw.write_all(manifest.to_json_pretty().as_bytes())
+        .map_err(|e| Failure::runtime(format!("writing the manifest: {e}")))?;
     mw.commit()?;
     Ok(manifest)
 }
@@ -218,7 +301,12 @@ fn meta(ctx: &TargetContext, s: &BackupSettings) -> ManifestMeta {
         .as_ref()
         .and_then(|st| st.capacity.as_ref())
         .and_then(|c| c.get("storage"))
-        .or_else(|| spec.resources.as_ref().and_then(|r| r.requests.as_ref()).and_then(|r| r.get("storage")))
+        .or_else(|| {
+            spec.resources
+                .as_ref()
+                .and_then(|r| r.requests.as_ref())
+                .and_then(|r| r.get("storage"))
+        })
         .map(|q| q.0.clone());
     let source_pods = ctx
         .pods
@@ -257,5 +345,7 @@ fn meta(ctx: &TargetContext, s: &BackupSettings) -> ManifestMeta {
 /// Fetches the PVC object for a target (fresh, for its uid and spec).
 pub async fn get_pvc(client: &kube::Client, t: &Target) -> Result<PersistentVolumeClaim, Failure> {
     let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &t.namespace);
-    api.get(&t.pvc).await.map_err(|e| explain(&format!("reading PVC {}/{}", t.namespace, t.pvc), &e))
+    api.get(&t.pvc)
+        .await
+        .map_err(|e| explain(&format!("reading PVC {}/{}", t.namespace, t.pvc), &e))
 }

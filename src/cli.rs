@@ -69,22 +69,34 @@ pub enum OutputFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// List pods that run a service-mesh proxy and the PVCs they mount
-    #[command(after_help = "Examples:\n  kubectl pvbackup discover -A\n  kubectl pvbackup discover -n shop -o json\n  kubectl pvbackup discover -A --all-pods -l app=orders-db")]
+    #[command(
+        after_help = "Examples:\n  kubectl pvbackup discover -A\n  kubectl pvbackup discover -n shop -o json\n  kubectl pvbackup discover -A --all-pods -l app=orders-db"
+    )]
     Discover(DiscoverArgs),
     /// Back up PVCs to a destination through a short-lived helper pod
-    #[command(after_help = "Examples:\n  kubectl pvbackup create -n shop --to ./backups\n  kubectl pvbackup create data-orders-db-0 -n shop --to ./backups --compression zstd\n  kubectl pvbackup create -A --mesh linkerd --to /mnt/backups -o json")]
+    #[command(
+        after_help = "Examples:\n  kubectl pvbackup create -n shop --to ./backups\n  kubectl pvbackup create data-orders-db-0 -n shop --to ./backups --compression zstd\n  kubectl pvbackup create -A --mesh linkerd --to /mnt/backups -o json"
+    )]
     Create(CreateArgs),
     /// Check an archive against its manifest (offline, no cluster needed)
-    #[command(after_help = "Examples:\n  kubectl pvbackup verify ./backups/<id>/shop/data-orders-db-0.manifest.json\n  kubectl pvbackup verify <id>/shop/data-orders-db-0 --from ./backups -o json")]
+    #[command(
+        after_help = "Examples:\n  kubectl pvbackup verify ./backups/<id>/shop/data-orders-db-0.manifest.json\n  kubectl pvbackup verify <id>/shop/data-orders-db-0 --from ./backups -o json"
+    )]
     Verify(VerifyArgs),
     /// List the backups at a destination
-    #[command(after_help = "Examples:\n  kubectl pvbackup list ./backups\n  kubectl pvbackup list ./backups -o json")]
+    #[command(
+        after_help = "Examples:\n  kubectl pvbackup list ./backups\n  kubectl pvbackup list ./backups -o json"
+    )]
     List(ListArgs),
     /// Show a backup's manifest
-    #[command(after_help = "Examples:\n  kubectl pvbackup inspect ./backups/<id>/shop/data-orders-db-0.manifest.json --files")]
+    #[command(
+        after_help = "Examples:\n  kubectl pvbackup inspect ./backups/<id>/shop/data-orders-db-0.manifest.json --files"
+    )]
     Inspect(InspectArgs),
     /// Restore a backup into a PVC, all-or-nothing
-    #[command(after_help = "Examples:\n  kubectl pvbackup restore ./backups/<id>/shop/data-orders-db-0.manifest.json --yes\n  kubectl pvbackup restore <id>/shop/data-orders-db-0 --from ./backups -n shop-copy --create-pvc --yes\n  kubectl pvbackup restore ./b/<id>/shop/data-orders-db-0.manifest.json --dry-run")]
+    #[command(
+        after_help = "Examples:\n  kubectl pvbackup restore ./backups/<id>/shop/data-orders-db-0.manifest.json --yes\n  kubectl pvbackup restore <id>/shop/data-orders-db-0 --from ./backups -n shop-copy --create-pvc --yes\n  kubectl pvbackup restore ./b/<id>/shop/data-orders-db-0.manifest.json --dry-run"
+    )]
     Restore(RestoreArgs),
     /// Delete helper pods left behind by an interrupted run
     Cleanup(CleanupArgs),

@@ -13,30 +13,61 @@ pub struct Inventory {
 }
 
 /// Pods (filtered by `selector`), PVCs and namespaces in the connection's scope.
-pub async fn collect_inventory(conn: &Connection, selector: Option<&str>) -> Result<Inventory, Failure> {
+pub async fn collect_inventory(
+    conn: &Connection,
+    selector: Option<&str>,
+) -> Result<Inventory, Failure> {
     let (pods_api, pvc_api): (Api<Pod>, Api<PersistentVolumeClaim>) = if conn.all_namespaces {
         (Api::all(conn.client.clone()), Api::all(conn.client.clone()))
     } else {
-        (Api::namespaced(conn.client.clone(), &conn.namespace), Api::namespaced(conn.client.clone(), &conn.namespace))
+        (
+            Api::namespaced(conn.client.clone(), &conn.namespace),
+            Api::namespaced(conn.client.clone(), &conn.namespace),
+        )
     };
     let mut lp = ListParams::default();
     if let Some(s) = selector {
         lp = lp.labels(s);
     }
-    let pods = pods_api.list(&lp).await.map_err(|e| explain("listing pods", &e))?.items;
-    let pvcs = pvc_api.list(&ListParams::default()).await.map_err(|e| explain("listing persistentvolumeclaims", &e))?.items;
+    let pods = pods_api
+        .list(&lp)
+        .await
+        .map_err(|e| explain("listing pods", &e))?
+        .items;
+    let pvcs = pvc_api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| explain("listing persistentvolumeclaims", &e))?
+        .items;
     let ns_api: Api<Namespace> = Api::all(conn.client.clone());
     // Namespace labels only refine mesh detection (Istio ambient); a user who may not read
     // namespaces still gets a result.
     let namespaces = if conn.all_namespaces {
-        ns_api.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default()
+        ns_api
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
     } else {
-        ns_api.get_opt(&conn.namespace).await.ok().flatten().into_iter().collect()
+        ns_api
+            .get_opt(&conn.namespace)
+            .await
+            .ok()
+            .flatten()
+            .into_iter()
+            .collect()
     };
-    Ok(Inventory { pods, pvcs, namespaces })
+    Ok(Inventory {
+        pods,
+        pvcs,
+        namespaces,
+    })
 }
 
 pub async fn collect_nodes(conn: &Connection) -> Vec<Node> {
     let api: Api<Node> = Api::all(conn.client.clone());
-    api.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default()
+    api.list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
 }

@@ -7,9 +7,15 @@ use crate::exit::Failure;
 
 pub fn confirm(question: &str) -> Result<(), Failure> {
     if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
-        return Err(Failure::refused(format!("{question} Refusing without a terminal to ask on; pass --yes to proceed in scripts.")));
+        return Err(Failure::refused(format!(
+            "{question} Refusing without a terminal to ask on; pass --yes to proceed in scripts."
+        )));
     }
-    let ok = dialoguer::Confirm::new().with_prompt(question).default(false).interact().map_err(|e| Failure::refused(format!("no confirmation: {e}")))?;
+    let ok = dialoguer::Confirm::new()
+        .with_prompt(question)
+        .default(false)
+        .interact()
+        .map_err(|e| Failure::refused(format!("no confirmation: {e}")))?;
     if ok {
         Ok(())
     } else {
@@ -20,7 +26,9 @@ pub fn confirm(question: &str) -> Result<(), Failure> {
 /// Asks the user to type `expected` (e.g. the PVC name) before a destructive step.
 pub fn confirm_typed(question: &str, expected: &str) -> Result<(), Failure> {
     if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
-        return Err(Failure::refused(format!("{question} Refusing without a terminal to ask on; pass --yes to proceed in scripts.")));
+        return Err(Failure::refused(format!(
+            "{question} Refusing without a terminal to ask on; pass --yes to proceed in scripts."
+        )));
     }
     let typed: String = dialoguer::Input::new()
         .with_prompt(format!("{question} Type {expected:?} to confirm"))
@@ -30,6 +38,8 @@ pub fn confirm_typed(question: &str, expected: &str) -> Result<(), Failure> {
     if typed.trim() == expected {
         Ok(())
     } else {
-        Err(Failure::refused(format!("you typed {typed:?}, not {expected:?}; aborted, nothing was changed")))
+        Err(Failure::refused(format!(
+            "you typed {typed:?}, not {expected:?}; aborted, nothing was changed"
+        )))
     }
 }

@@ -32,24 +32,48 @@ pub async fn connect(opts: &ConnectOptions<'_>) -> Result<Connection, Failure> {
             ))
         })?,
     };
-    let context = opts.context.map(str::to_string).or_else(|| kc.current_context.clone());
+    let context = opts
+        .context
+        .map(str::to_string)
+        .or_else(|| kc.current_context.clone());
     if let Some(c) = opts.context {
         if !kc.contexts.iter().any(|nc| nc.name == c) {
             let known: Vec<&str> = kc.contexts.iter().map(|c| c.name.as_str()).collect();
-            return Err(Failure::usage(format!("context {c:?} is not in the kubeconfig; known contexts: {}", known.join(", "))));
+            return Err(Failure::usage(format!(
+                "context {c:?} is not in the kubeconfig; known contexts: {}",
+                known.join(", ")
+            )));
         }
     }
-    let options = KubeConfigOptions { context: opts.context.map(str::to_string), cluster: None, user: None };
+    let options = KubeConfigOptions {
+        context: opts.context.map(str::to_string),
+        cluster: None,
+        user: None,
+    };
     let mut config = kube::Config::from_custom_kubeconfig(kc, &options)
         .await
         .map_err(|e| Failure::runtime(format!("the kubeconfig cannot be used: {e}")))?;
     // Exec streams of large volumes can be quiet for a while (a slow tar on a cold disk);
     // every wait in this tool has its own timeout instead.
     config.read_timeout = None;
-    let namespace = opts.namespace.map(str::to_string).unwrap_or_else(|| config.default_namespace.clone());
-    let server = config.cluster_url.to_string().trim_end_matches('/').to_string();
-    let client = kube::Client::try_from(config).map_err(|e| Failure::runtime(format!("cannot build a client for {server}: {e}")))?;
-    Ok(Connection { client, namespace, all_namespaces: opts.all_namespaces, server, context })
+    let namespace = opts
+        .namespace
+        .map(str::to_string)
+        .unwrap_or_else(|| config.default_namespace.clone());
+    let server = config
+        .cluster_url
+        .to_string()
+        .trim_end_matches('/')
+        .to_string();
+    let client = kube::Client::try_from(config)
+        .map_err(|e| Failure::runtime(format!("cannot build a client for {server}: {e}")))?;
+    Ok(Connection {
+        client,
+        namespace,
+        all_namespaces: opts.all_namespaces,
+        server,
+        context,
+    })
 }
 
 /// A kube API error in words a user can act on.

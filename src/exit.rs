@@ -64,7 +64,10 @@ impl std::error::Error for Failure {}
 
 impl Failure {
     pub fn new(kind: ExitKind, message: impl Into<String>) -> Self {
-        Failure { kind, message: message.into() }
+        Failure {
+            kind,
+            message: message.into(),
+        }
     }
     pub fn runtime(message: impl Into<String>) -> Self {
         Self::new(ExitKind::Runtime, message)
@@ -79,7 +82,10 @@ impl Failure {
         Self::new(ExitKind::Refused, message)
     }
     pub fn interrupted() -> Self {
-        Self::new(ExitKind::Interrupted, "interrupted; helper pods and partial files were removed")
+        Self::new(
+            ExitKind::Interrupted,
+            "interrupted; helper pods and partial files were removed",
+        )
     }
 }
 
@@ -121,7 +127,13 @@ mod tests {
         assert_eq!(ExitKind::Integrity.code(), 3);
         assert_eq!(ExitKind::Refused.code(), 4);
         assert_eq!(ExitKind::Interrupted.code(), 130);
-        assert_eq!(ExitKind::Runtime.worst(ExitKind::Integrity), ExitKind::Integrity);
-        assert_eq!(ExitKind::Integrity.worst(ExitKind::Refused), ExitKind::Integrity);
+        assert_eq!(
+            ExitKind::Runtime.worst(ExitKind::Integrity),
+            ExitKind::Integrity
+        );
+        assert_eq!(
+            ExitKind::Integrity.worst(ExitKind::Refused),
+            ExitKind::Integrity
+        );
     }
 }

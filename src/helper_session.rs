@@ -19,13 +19,24 @@ pub struct Registry(Arc<Mutex<BTreeSet<(String, String)>>>);
 
 impl Registry {
     fn add(&self, ns: &str, name: &str) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert((ns.to_string(), name.to_string()));
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((ns.to_string(), name.to_string()));
     }
     fn remove(&self, ns: &str, name: &str) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&(ns.to_string(), name.to_string()));
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(ns.to_string(), name.to_string()));
     }
     pub fn pending(&self) -> Vec<(String, String)> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Deletes every registered pod, retrying through short outages.
@@ -48,7 +59,10 @@ impl Registry {
 async fn delete_with_retry(api: &Api<Pod>, name: &str) -> bool {
     let mut delay = Duration::from_millis(250);
     for _ in 0..12 {
-        match api.delete(name, &DeleteParams::default().grace_period(1)).await {
+        match api
+            .delete(name, &DeleteParams::default().grace_period(1))
+            .await
+        {
             Ok(_) => return true,
             Err(kube::Error::Api(s)) if s.code == 404 => return true,
             Err(e) => tracing::debug!("deleting helper pod {name}: {e}; retrying"),
@@ -71,13 +85,24 @@ pub struct HelperPod {
 /// Why a helper pod did not come up, in words a user can act on.
 fn diagnose(pod: &Pod, events: &[Event]) -> Option<String> {
     let status = pod.status.as_ref()?;
-    if let Some(c) = status.conditions.iter().flatten().find(|c| c.type_ == "PodScheduled" && c.status == "False") {
-        return Some(format!("the scheduler cannot place it: {}", c.message.clone().unwrap_or_default()));
+    if let Some(c) = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+    {
+        return Some(format!(
+            "the scheduler cannot place it: {}",
+            c.message.clone().unwrap_or_default()
+        ));
     }
     for cs in status.container_statuses.iter().flatten() {
         if let Some(w) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) {
             let reason = w.reason.as_deref().unwrap_or_default();
-            if reason == "ErrImagePull" || reason == "ImagePullBackOff" || reason == "InvalidImageName" {
+            if reason == "ErrImagePull"
+                || reason == "ImagePullBackOff"
+                || reason == "InvalidImageName"
+            {
                 return Some(format!(
                     "its image {} cannot be pulled ({reason}: {}). In an air-gapped cluster, mirror busybox and pass --image REGISTRY/busybox:1.36",
                     cs.image,
@@ -86,42 +111,96 @@ fn diagnose(pod: &Pod, events: &[Event]) -> Option<String> {
             }
         }
         if let Some(t) = cs.state.as_ref().and_then(|s| s.terminated.as_ref()) {
-            return Some(format!("its container exited ({}: {})", t.reason.clone().unwrap_or_default(), t.message.clone().unwrap_or_default()));
+            return Some(format!(
+                "its container exited ({}: {})",
+                t.reason.clone().unwrap_or_default(),
+                t.message.clone().unwrap_or_default()
+            ));
         }
     }
     if matches!(status.phase.as_deref(), Some("Failed") | Some("Succeeded")) {
-        return Some(format!("it ended with phase {} ({})", status.phase.clone().unwrap_or_default(), status.message.clone().unwrap_or_default()));
+        return Some(format!(
+            "it ended with phase {} ({})",
+            status.phase.clone().unwrap_or_default(),
+            status.message.clone().unwrap_or_default()
+        ));
     }
     events
         .iter()
         .rev()
         .find(|e| e.type_.as_deref() == Some("Warning"))
-        .map(|e| format!("{}: {}", e.reason.clone().unwrap_or_default(), e.message.clone().unwrap_or_default()))
-        .map(|m| if m.contains("Multi-Attach") { format!("{m}. The volume is attached to another node; the helper must run there") } else { m })
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e.reason.clone().unwrap_or_default(),
+                e.message.clone().unwrap_or_default()
+            )
+        })
+        .map(|m| {
+            if m.contains("Multi-Attach") {
+                format!("{m}. The volume is attached to another node; the helper must run there")
+            } else {
+                m
+            }
+        })
 }
 
 impl HelperPod {
     /// Creates `pod` and waits until its container runs. On any failure the pod is deleted.
-    pub async fn launch(client: &kube::Client, pod: Pod, timeout: Duration, registry: &Registry) -> Result<HelperPod, Failure> {
+    pub async fn launch(
+        client: &kube::Client,
+        pod: Pod,
+        timeout: Duration,
+        registry: &Registry,
+    ) -> Result<HelperPod, Failure> {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-        api.create(&PostParams::default(), &pod).await.map_err(|e| explain(&format!("creating helper pod {name} in namespace {namespace}"), &e))?;
+        api.create(&PostParams::default(), &pod)
+            .await
+            .map_err(|e| {
+                explain(
+                    &format!("creating helper pod {name} in namespace {namespace}"),
+                    &e,
+                )
+            })?;
         registry.add(&namespace, &name);
-        let mut helper = HelperPod { api: api.clone(), client: client.clone(), namespace: namespace.clone(), name: name.clone(), node: None, registry: registry.clone() };
+        let mut helper = HelperPod {
+            api: api.clone(),
+            client: client.clone(),
+            namespace: namespace.clone(),
+            name: name.clone(),
+            node: None,
+            registry: registry.clone(),
+        };
         let settled = await_condition(api.clone(), &name, |p: Option<&Pod>| {
             let Some(p) = p else { return true };
-            let Some(st) = p.status.as_ref() else { return false };
-            if st.phase.as_deref() == Some("Running") || st.phase.as_deref() == Some("Failed") || st.phase.as_deref() == Some("Succeeded") {
+            let Some(st) = p.status.as_ref() else {
+                return false;
+            };
+            if st.phase.as_deref() == Some("Running")
+                || st.phase.as_deref() == Some("Failed")
+                || st.phase.as_deref() == Some("Succeeded")
+            {
                 return true;
             }
             st.container_statuses.iter().flatten().any(|c| {
-                c.state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.as_deref()).is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff" || r == "InvalidImageName")
+                c.state
+                    .as_ref()
+                    .and_then(|s| s.waiting.as_ref())
+                    .and_then(|w| w.reason.as_deref())
+                    .is_some_and(|r| {
+                        r == "ErrImagePull" || r == "ImagePullBackOff" || r == "InvalidImageName"
+                    })
             })
         });
         let outcome = tokio::time::timeout(timeout, settled).await;
         let current = api.get_opt(&name).await.ok().flatten();
-        let running = current.as_ref().and_then(|p| p.status.as_ref()).and_then(|s| s.phase.as_deref()) == Some("Running");
+        let running = current
+            .as_ref()
+            .and_then(|p| p.status.as_ref())
+            .and_then(|s| s.phase.as_deref())
+            == Some("Running");
         if let (Ok(Ok(_)), true) = (&outcome, running) {
             helper.node = current.and_then(|p| p.spec.and_then(|s| s.node_name));
             return Ok(helper);
@@ -130,9 +209,20 @@ impl HelperPod {
         let why = current
             .as_ref()
             .and_then(|p| diagnose(p, &events))
-            .unwrap_or_else(|| if outcome.is_err() { format!("it was not running after {}s (raise --pod-timeout if the cluster is slow)", timeout.as_secs()) } else { "it disappeared".into() });
+            .unwrap_or_else(|| {
+                if outcome.is_err() {
+                    format!(
+                        "it was not running after {}s (raise --pod-timeout if the cluster is slow)",
+                        timeout.as_secs()
+                    )
+                } else {
+                    "it disappeared".into()
+                }
+            });
         helper.delete().await;
-        Err(Failure::runtime(format!("helper pod {name} in namespace {namespace} did not start: {why}")))
+        Err(Failure::runtime(format!(
+            "helper pod {name} in namespace {namespace} did not start: {why}"
+        )))
     }
 
     /// Runs `argv` in the helper's container with stdout (and stderr) piped back.
@@ -148,7 +238,12 @@ impl HelperPod {
         self.api
             .exec(&self.name, argv.iter().map(|s| s.to_string()), &ap)
             .await
-            .map_err(|e| explain(&format!("exec into helper pod {}/{}", self.namespace, self.name), &e))
+            .map_err(|e| {
+                explain(
+                    &format!("exec into helper pod {}/{}", self.namespace, self.name),
+                    &e,
+                )
+            })
     }
 
     /// Runs a short command and returns its stdout, failing on a non-zero exit.
@@ -157,29 +252,54 @@ impl HelperPod {
         let mut p = self.exec(argv, false).await?;
         let mut out = String::new();
         let mut err = String::new();
-        let mut so = p.stdout().ok_or_else(|| Failure::runtime("exec gave no stdout"))?;
-        let mut se = p.stderr().ok_or_else(|| Failure::runtime("exec gave no stderr"))?;
+        let mut so = p
+            .stdout()
+            .ok_or_else(|| Failure::runtime("exec gave no stdout"))?;
+        let mut se = p
+            .stderr()
+            .ok_or_else(|| Failure::runtime("exec gave no stderr"))?;
         let status = p.take_status();
         let (a, b) = tokio::join!(so.read_to_string(&mut out), se.read_to_string(&mut err));
-        a.and(b).map_err(|e| Failure::runtime(format!("reading from helper pod {}: {e}", self.name)))?;
+        a.and(b)
+            .map_err(|e| Failure::runtime(format!("reading from helper pod {}: {e}", self.name)))?;
         let st = match status {
             Some(s) => s.await,
             None => None,
         };
         match st {
             Some(s) if s.status.as_deref() == Some("Success") => Ok(out),
-            Some(s) => Err(Failure::runtime(format!("`{}` failed in helper pod {}: {} {}", argv.join(" "), self.name, s.message.unwrap_or_default(), err.trim()))),
-            None => Err(Failure::runtime(format!("`{}` in helper pod {}: the stream ended without a status (connection lost?)", argv.join(" "), self.name))),
+            Some(s) => Err(Failure::runtime(format!(
+                "`{}` failed in helper pod {}: {} {}",
+                argv.join(" "),
+                self.name,
+                s.message.unwrap_or_default(),
+                err.trim()
+            ))),
+            None => Err(Failure::runtime(format!(
+                "`{}` in helper pod {}: the stream ended without a status (connection lost?)",
+                argv.join(" "),
+                self.name
+            ))),
         }
     }
 
     /// Deletes the pod and waits (bounded) until it is gone, so that when a command returns,
     /// no helper pod of it is left, not even a Terminating one.
     pub async fn delete(&mut self) {
-        let uid = self.api.get_opt(&self.name).await.ok().flatten().and_then(|p| p.metadata.uid);
+        let uid = self
+            .api
+            .get_opt(&self.name)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|p| p.metadata.uid);
         if delete_with_retry(&self.api, &self.name).await {
             if let Some(uid) = uid {
-                let gone = await_condition(self.api.clone(), &self.name, kube::runtime::conditions::is_deleted(&uid));
+                let gone = await_condition(
+                    self.api.clone(),
+                    &self.name,
+                    kube::runtime::conditions::is_deleted(&uid),
+                );
                 let _ = tokio::time::timeout(Duration::from_secs(30), gone).await;
             }
             self.registry.remove(&self.namespace, &self.name);

@@ -17,14 +17,22 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     }
     // kubectl's tables have no left padding and two spaces between columns.
     let text = t.to_string();
-    text.lines().map(|l| l.trim_start().trim_end()).collect::<Vec<_>>().join("\n")
+    text.lines()
+        .map(|l| l.trim_start().trim_end())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Writes `value` as JSON or YAML; a closed pipe (`| head`) is not an error.
 pub fn structured<T: Serialize>(format: OutputFormat, value: &T) -> Result<(), Failure> {
     let text = match format {
-        OutputFormat::Yaml => serde_yaml::to_string(value).map_err(|e| Failure::runtime(format!("cannot render YAML: {e}")))?,
-        _ => serde_json::to_string_pretty(value).map_err(|e| Failure::runtime(format!("cannot render JSON: {e}")))? + "\n",
+        OutputFormat::Yaml => serde_yaml::to_string(value)
+            .map_err(|e| Failure::runtime(format!("cannot render YAML: {e}")))?,
+        _ => {
+            serde_json::to_string_pretty(value)
+                .map_err(|e| Failure::runtime(format!("cannot render JSON: {e}")))?
+                + "\n"
+        }
     };
     print_stdout(&text)
 }

@@ -19,7 +19,9 @@ pub struct Bar {
 impl Progress {
     pub fn new(enabled: bool) -> Self {
         let on = enabled && std::io::stderr().is_terminal();
-        Progress { multi: on.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())) }
+        Progress {
+            multi: on.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())),
+        }
     }
 
     pub fn bar(&self, label: &str) -> Bar {
@@ -33,7 +35,10 @@ impl Progress {
             b.set_prefix(label.to_string());
             b
         });
-        Bar { bar, label: label.to_string() }
+        Bar {
+            bar,
+            label: label.to_string(),
+        }
     }
 }
 

@@ -14,19 +14,27 @@ use crate::exit::Failure;
 
 fn compression(arg: CompressionArg, level: Option<i32>) -> Result<Compression, Failure> {
     Ok(match (arg, level) {
-        (CompressionArg::None, Some(_)) => return Err(Failure::usage("--level makes no sense with --compression none")),
+        (CompressionArg::None, Some(_)) => {
+            return Err(Failure::usage(
+                "--level makes no sense with --compression none",
+            ))
+        }
         (CompressionArg::None, None) => Compression::None,
         (CompressionArg::Gzip, l) => {
             let l = l.unwrap_or(1);
             if !(0..=9).contains(&l) {
-                return Err(Failure::usage(format!("--level {l} is out of range for gzip (0-9)")));
+                return Err(Failure::usage(format!(
+                    "--level {l} is out of range for gzip (0-9)"
+                )));
             }
             Compression::Gzip { level: l as u32 }
         }
         (CompressionArg::Zstd, l) => {
             let l = l.unwrap_or(1);
             if !(1..=19).contains(&l) {
-                return Err(Failure::usage(format!("--level {l} is out of range for zstd (1-19)")));
+                return Err(Failure::usage(format!(
+                    "--level {l} is out of range for zstd (1-19)"
+                )));
             }
             Compression::Zstd { level: l }
         }
@@ -51,7 +59,11 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::List(a) => cmd::list::run(&a.dest, out),
         Command::Inspect(a) => cmd::inspect::run(&a.backup, a.from.as_deref(), a.files, out),
         Command::Discover(a) => {
-            let plan = cmd::discover::DiscoverPlan { all_pods: a.all_pods, selector: a.selector.clone(), output: out };
+            let plan = cmd::discover::DiscoverPlan {
+                all_pods: a.all_pods,
+                selector: a.selector.clone(),
+                output: out,
+            };
             let conn = connection(&cli).await?;
             cmd::discover::run(&conn, &plan).await
         }
@@ -62,7 +74,11 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Create(a) => {
             let mesh = a.mesh.as_deref().map(cmd::create::parse_mesh).transpose()?;
             let plan = cmd::create::CreatePlan {
-                selection: TargetSelection { pvc_names: a.pvcs.clone(), mesh, all_pvcs: a.all_pvcs },
+                selection: TargetSelection {
+                    pvc_names: a.pvcs.clone(),
+                    mesh,
+                    all_pvcs: a.all_pvcs,
+                },
                 selector: a.selector.clone(),
                 destination: Arc::from(destination::parse(&a.to)?),
                 compression: compression(a.data.compression, a.data.level)?,
@@ -78,7 +94,9 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let conn = connection(&cli).await?;
             cmd::create::run(&conn, plan).await
         }
-        Command::Restore(_) => Err(Failure::runtime("restore is not available in this build yet; `verify` and `inspect` work offline")),
+        Command::Restore(_) => Err(Failure::runtime(
+            "restore is not available in this build yet; `verify` and `inspect` work offline",
+        )),
     }
 }
 
@@ -88,7 +106,9 @@ mod tests {
 
     #[test]
     fn compression_levels_are_checked() {
-        assert!(matches!(compression(CompressionArg::Gzip, Some(12)), Err(f) if f.kind == crate::exit::ExitKind::Usage));
+        assert!(
+            matches!(compression(CompressionArg::Gzip, Some(12)), Err(f) if f.kind == crate::exit::ExitKind::Usage)
+        );
         assert!(compression(CompressionArg::Zstd, None).is_ok());
         assert!(compression(CompressionArg::None, Some(3)).is_err());
     }

@@ -4,11 +4,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
 use kube::api::{Api, PostParams};
 
 use crate::archive::Compression;
-use crate::backup::{backup_target, get_pvc, helper_request, BackupSettings, TargetContext, TargetResult};
+use crate::backup::{
+    backup_target, get_pvc, helper_request, BackupSettings, TargetContext, TargetResult,
+};
 use crate::cli::OutputFormat;
 use crate::collect::{collect_inventory, collect_nodes};
 use crate::connect::Connection;
@@ -38,11 +42,16 @@ pub struct CreatePlan {
 
 /// `--mesh` text to a mesh, with the list of valid names on error.
 pub fn parse_mesh(s: &str) -> Result<Mesh, Failure> {
-    s.parse::<Mesh>().map_err(|e| Failure::usage(format!("{e}")))
+    s.parse::<Mesh>()
+        .map_err(|e| Failure::usage(format!("{e}")))
 }
 
 pub fn new_backup_id() -> String {
-    format!("{}-{:04x}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"), rand::random::<u16>())
+    format!(
+        "{}-{:04x}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+        rand::random::<u16>()
+    )
 }
 
 /// The permissions a backup needs in each namespace, checked before anything is created.
@@ -75,11 +84,17 @@ async fn preflight(client: &kube::Client, namespaces: &[String]) -> Result<(), F
             let allowed = api
                 .create(&PostParams::default(), &review)
                 .await
-                .map_err(|e| crate::connect::explain("checking permissions (SelfSubjectAccessReview)", &e))?
+                .map_err(|e| {
+                    crate::connect::explain("checking permissions (SelfSubjectAccessReview)", &e)
+                })?
                 .status
                 .is_some_and(|s| s.allowed);
             if !allowed {
-                let r = if sub.is_empty() { resource.to_string() } else { format!("{resource}/{sub}") };
+                let r = if sub.is_empty() {
+                    resource.to_string()
+                } else {
+                    format!("{resource}/{sub}")
+                };
                 missing.push(format!("{verb} {r} (namespace {ns})"));
             }
         }
@@ -100,18 +115,26 @@ pub async fn run(conn: &Connection, plan: CreatePlan) -> Result<(), Failure> {
     if let Some(sel) = &plan.selector {
         // `-l` picks pods; their PVCs become the named targets.
         let labelled = collect_inventory(conn, Some(sel)).await?;
-        let names: std::collections::BTreeSet<String> = crate::discover::extract_rows(&labelled.pods, &labelled.pvcs, &labelled.namespaces, &crate::discover::DiscoverOptions { all_pods: true })
-            .into_iter()
-            .filter(|r| r.pod.is_some() && r.pvc_exists)
-            .filter(|r| selection.mesh.is_none_or(|m| r.mesh == Some(m)) || selection.all_pvcs)
-            .map(|r| format!("{}/{}", r.namespace, r.pvc))
-            .collect();
+        let names: std::collections::BTreeSet<String> = crate::discover::extract_rows(
+            &labelled.pods,
+            &labelled.pvcs,
+            &labelled.namespaces,
+            &crate::discover::DiscoverOptions { all_pods: true },
+        )
+        .into_iter()
+        .filter(|r| r.pod.is_some() && r.pvc_exists)
+        .filter(|r| selection.mesh.is_none_or(|m| r.mesh == Some(m)) || selection.all_pvcs)
+        .map(|r| format!("{}/{}", r.namespace, r.pvc))
+        .collect();
         if names.is_empty() {
-            return Err(Failure::runtime(format!("no pod matching -l {sel} mounts a PVC in scope")));
+            return Err(Failure::runtime(format!(
+                "no pod matching -l {sel} mounts a PVC in scope"
+            )));
         }
         selection.pvc_names.extend(names);
     }
-    let targets = discover_targets(&inv.pods, &inv.pvcs, &inv.namespaces, &selection).map_err(|e| Failure::runtime(e.to_string()))?;
+    let targets = discover_targets(&inv.pods, &inv.pvcs, &inv.namespaces, &selection)
+        .map_err(|e| Failure::runtime(e.to_string()))?;
     let nodes = collect_nodes(conn).await;
     let backup_id = new_backup_id();
     let settings = BackupSettings {
@@ -121,26 +144,63 @@ pub async fn run(conn: &Connection, plan: CreatePlan) -> Result<(), Failure> {
         run_as_user: plan.run_as_user,
         pod_timeout: plan.pod_timeout,
         retries: plan.retries,
-        cluster: ClusterInfo { server: conn.server.clone(), context: conn.context.clone() },
+        cluster: ClusterInfo {
+            server: conn.server.clone(),
+            context: conn.context.clone(),
+        },
     };
     let mut contexts = Vec::new();
     for t in targets {
         let pvc = get_pvc(&conn.client, &t).await?;
-        let pods = inv.pods.iter().filter(|p| p.metadata.namespace.as_deref() == Some(t.namespace.as_str()) && t.pods.iter().any(|m| Some(&m.name) == p.metadata.name.as_ref())).cloned().collect();
-        let namespace = inv.namespaces.iter().find(|n| n.metadata.name.as_deref() == Some(t.namespace.as_str())).cloned();
-        contexts.push(TargetContext { target: t, pvc, pods, namespace, nodes: nodes.clone() });
+        let pods = inv
+            .pods
+            .iter()
+            .filter(|p| {
+                p.metadata.namespace.as_deref() == Some(t.namespace.as_str())
+                    && t.pods
+                        .iter()
+                        .any(|m| Some(&m.name) == p.metadata.name.as_ref())
+            })
+            .cloned()
+            .collect();
+        let namespace = inv
+            .namespaces
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(t.namespace.as_str()))
+            .cloned();
+        contexts.push(TargetContext {
+            target: t,
+            pvc,
+            pods,
+            namespace,
+            nodes: nodes.clone(),
+        });
     }
     if plan.dry_run {
         return print_dry_run(&contexts, &settings, plan.destination.as_ref(), plan.output);
     }
-    let mut namespaces: Vec<String> = contexts.iter().map(|c| c.target.namespace.clone()).collect();
+    let mut namespaces: Vec<String> = contexts
+        .iter()
+        .map(|c| c.target.namespace.clone())
+        .collect();
     namespaces.dedup();
     preflight(&conn.client, &namespaces).await?;
 
     let registry = Registry::default();
-    let progress = Progress::new(plan.progress && matches!(plan.output, OutputFormat::Table | OutputFormat::Wide));
+    let progress = Progress::new(
+        plan.progress && matches!(plan.output, OutputFormat::Table | OutputFormat::Wide),
+    );
     let work = futures::stream::iter(contexts.iter())
-        .map(|ctx| backup_target(&conn.client, ctx, &settings, plan.destination.clone(), &registry, &progress))
+        .map(|ctx| {
+            backup_target(
+                &conn.client,
+                ctx,
+                &settings,
+                plan.destination.clone(),
+                &registry,
+                &progress,
+            )
+        })
         .buffer_unordered(plan.parallel)
         .collect::<Vec<TargetResult>>();
     let results = tokio::select! {
@@ -155,27 +215,49 @@ pub async fn run(conn: &Connection, plan: CreatePlan) -> Result<(), Failure> {
     };
     let left = registry.delete_all(&conn.client).await;
     if !left.is_empty() {
-        eprintln!("warning: could not delete helper pods {}; run `kubectl pvbackup cleanup`", left.join(", "));
+        eprintln!(
+            "warning: could not delete helper pods {}; run `kubectl pvbackup cleanup`",
+            left.join(", ")
+        );
     }
     let mut results = results;
     results.sort_by(|a, b| (&a.namespace, &a.pvc).cmp(&(&b.namespace, &b.pvc)));
     report(&backup_id, plan.destination.as_ref(), &results, plan.output)?;
     for r in results.iter().filter(|r| r.status != "ok") {
-        eprintln!("error: {}/{}: {}", r.namespace, r.pvc, r.error.clone().unwrap_or_default());
+        eprintln!(
+            "error: {}/{}: {}",
+            r.namespace,
+            r.pvc,
+            r.error.clone().unwrap_or_default()
+        );
     }
-    let worst = results.iter().filter_map(|r| r.kind).reduce(ExitKind::worst);
+    let worst = results
+        .iter()
+        .filter_map(|r| r.kind)
+        .reduce(ExitKind::worst);
     match worst {
         None => Ok(()),
         Some(kind) => {
             let failed = results.iter().filter(|r| r.status != "ok").count();
-            Err(Failure::new(kind, format!("{failed} of {} PVC backups failed", results.len())))
+            Err(Failure::new(
+                kind,
+                format!("{failed} of {} PVC backups failed", results.len()),
+            ))
         }
     }
 }
 
-fn report(id: &str, dest: &dyn Destination, results: &[TargetResult], format: OutputFormat) -> Result<(), Failure> {
+fn report(
+    id: &str,
+    dest: &dyn Destination,
+    results: &[TargetResult],
+    format: OutputFormat,
+) -> Result<(), Failure> {
     match format {
-        OutputFormat::Json | OutputFormat::Yaml => output::structured(format, &serde_json::json!({"backupId": id, "destination": dest.describe(), "results": results})),
+        OutputFormat::Json | OutputFormat::Yaml => output::structured(
+            format,
+            &serde_json::json!({"backupId": id, "destination": dest.describe(), "results": results}),
+        ),
         _ => {
             let rows = results
                 .iter()
@@ -189,16 +271,41 @@ fn report(id: &str, dest: &dyn Destination, results: &[TargetResult], format: Ou
                         output::human_bytes(r.stored_bytes),
                         format!("{:.1}s", r.seconds),
                         r.attempts.to_string(),
-                        r.error.clone().or_else(|| r.archive.clone()).unwrap_or_default(),
+                        r.error
+                            .clone()
+                            .or_else(|| r.archive.clone())
+                            .unwrap_or_default(),
                     ]
                 })
                 .collect();
-            output::print_stdout(&format!("backup {id} → {}\n{}\n", dest.describe(), output::table(&["namespace", "pvc", "status", "files", "size", "stored", "time", "attempts", "archive"], rows)))
+            output::print_stdout(&format!(
+                "backup {id} → {}\n{}\n",
+                dest.describe(),
+                output::table(
+                    &[
+                        "namespace",
+                        "pvc",
+                        "status",
+                        "files",
+                        "size",
+                        "stored",
+                        "time",
+                        "attempts",
+                        "archive"
+                    ],
+                    rows
+                )
+            ))
         }
     }
 }
 
-fn print_dry_run(contexts: &[TargetContext], s: &BackupSettings, dest: &dyn Destination, format: OutputFormat) -> Result<(), Failure> {
+fn print_dry_run(
+    contexts: &[TargetContext],
+    s: &BackupSettings,
+    dest: &dyn Destination,
+    format: OutputFormat,
+) -> Result<(), Failure> {
     let mut plans = Vec::new();
     for c in contexts {
         let pod = helper_request(c, s).map(|r| build_helper_pod(&r));
@@ -211,11 +318,24 @@ fn print_dry_run(contexts: &[TargetContext], s: &BackupSettings, dest: &dyn Dest
         }));
     }
     match format {
-        OutputFormat::Json | OutputFormat::Yaml => output::structured(format, &serde_json::json!({"dryRun": true, "backupId": s.backup_id, "targets": plans})),
+        OutputFormat::Json | OutputFormat::Yaml => output::structured(
+            format,
+            &serde_json::json!({"dryRun": true, "backupId": s.backup_id, "targets": plans}),
+        ),
         _ => {
-            let mut text = format!("dry run: backup {} → {} ({} PVCs); nothing is created\n", s.backup_id, dest.describe(), plans.len());
+            let mut text = format!(
+                "dry run: backup {} → {} ({} PVCs); nothing is created\n",
+                s.backup_id,
+                dest.describe(),
+                plans.len()
+            );
             for p in &plans {
-                text.push_str(&format!("\n# {}/{} → {}\n", p["namespace"].as_str().unwrap_or_default(), p["pvc"].as_str().unwrap_or_default(), p["archive"].as_str().unwrap_or_default()));
+                text.push_str(&format!(
+                    "\n# {}/{} → {}\n",
+                    p["namespace"].as_str().unwrap_or_default(),
+                    p["pvc"].as_str().unwrap_or_default(),
+                    p["archive"].as_str().unwrap_or_default()
+                ));
                 if let Some(r) = p["refused"].as_str() {
                     text.push_str(&format!("refused: {r}\n"));
                 } else {

@@ -15,19 +15,34 @@ pub struct DiscoverPlan {
 
 pub async fn run(conn: &Connection, plan: &DiscoverPlan) -> Result<(), Failure> {
     let inv = collect_inventory(conn, plan.selector.as_deref()).await?;
-    let mut rows = extract_rows(&inv.pods, &inv.pvcs, &inv.namespaces, &DiscoverOptions { all_pods: plan.all_pods });
+    let mut rows = extract_rows(
+        &inv.pods,
+        &inv.pvcs,
+        &inv.namespaces,
+        &DiscoverOptions {
+            all_pods: plan.all_pods,
+        },
+    );
     if plan.selector.is_some() {
         // A label selector narrows pods; unattached PVCs are not pods and would only add noise.
         rows.retain(|r| r.pod.is_some());
     }
     match plan.output {
-        OutputFormat::Json | OutputFormat::Yaml => output::structured(plan.output, &serde_json::json!({ "items": rows })),
+        OutputFormat::Json | OutputFormat::Yaml => {
+            output::structured(plan.output, &serde_json::json!({ "items": rows }))
+        }
         OutputFormat::Table | OutputFormat::Wide => {
             if rows.is_empty() {
                 eprintln!("No mesh workloads with volumes found in {}. Try -A, or --all-pods to include pods without a proxy.", scope(conn));
                 return Ok(());
             }
-            output::print_stdout(&(render(&rows, plan.output == OutputFormat::Wide, conn.all_namespaces) + "\n"))
+            output::print_stdout(
+                &(render(
+                    &rows,
+                    plan.output == OutputFormat::Wide,
+                    conn.all_namespaces,
+                ) + "\n"),
+            )
         }
     }
 }
@@ -46,7 +61,16 @@ pub fn render(rows: &[VolumeRow], wide: bool, with_namespace: bool) -> String {
     if with_namespace {
         headers.push("namespace");
     }
-    headers.extend(["pod", "mesh", "proxy", "pvc", "capacity", "access", "storageclass", "status"]);
+    headers.extend([
+        "pod",
+        "mesh",
+        "proxy",
+        "pvc",
+        "capacity",
+        "access",
+        "storageclass",
+        "status",
+    ]);
     if wide {
         headers.extend(["volume-mode", "node", "read-only"]);
     }
@@ -81,7 +105,11 @@ pub fn render(rows: &[VolumeRow], wide: bool, with_namespace: bool) -> String {
                 status,
             ]);
             if wide {
-                v.extend([dash(r.volume_mode.as_deref()), dash(r.node.as_deref()), r.read_only.to_string()]);
+                v.extend([
+                    dash(r.volume_mode.as_deref()),
+                    dash(r.node.as_deref()),
+                    r.read_only.to_string(),
+                ]);
             }
             v
         })

@@ -5,7 +5,12 @@ use crate::exit::Failure;
 use crate::locate::locate;
 use crate::output;
 
-pub fn run(backup: &str, from: Option<&str>, files: bool, format: OutputFormat) -> Result<(), Failure> {
+pub fn run(
+    backup: &str,
+    from: Option<&str>,
+    files: bool,
+    format: OutputFormat,
+) -> Result<(), Failure> {
     let loc = locate(backup, from)?;
     let m = &loc.manifest;
     match format {
@@ -21,7 +26,20 @@ pub fn run(backup: &str, from: Option<&str>, files: bool, format: OutputFormat) 
             }
         }
         _ => {
-            let pods: Vec<String> = m.source_pods.iter().map(|p| format!("{}{}", p.name, p.mesh.as_ref().map(|x| format!(" ({x})")).unwrap_or_default())).collect();
+            let pods: Vec<String> = m
+                .source_pods
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{}{}",
+                        p.name,
+                        p.mesh
+                            .as_ref()
+                            .map(|x| format!(" ({x})"))
+                            .unwrap_or_default()
+                    )
+                })
+                .collect();
             let mut text = format!(
                 "Backup:        {}\nCreated:       {}\nCluster:       {}{}\nPVC:           {}/{} (uid {})\nCapacity:      {}\nAccess modes:  {}\nStorage class: {}\nSource pods:   {}\nHelper image:  {}\nArchive:       {} ({}, {}, sha256 {})\nData:          {} in {} entries\n",
                 m.backup_id,
@@ -47,10 +65,25 @@ pub fn run(backup: &str, from: Option<&str>, files: bool, format: OutputFormat) 
                 let rows = m
                     .entries
                     .iter()
-                    .map(|e| vec![format!("{:?}", e.kind).to_lowercase(), format!("{:04o}", e.mode & 0o7777), format!("{}:{}", e.uid, e.gid), e.size.to_string(), e.path.clone(), e.link_target.clone().map(|t| format!("-> {t}")).unwrap_or_default()])
+                    .map(|e| {
+                        vec![
+                            format!("{:?}", e.kind).to_lowercase(),
+                            format!("{:04o}", e.mode & 0o7777),
+                            format!("{}:{}", e.uid, e.gid),
+                            e.size.to_string(),
+                            e.path.clone(),
+                            e.link_target
+                                .clone()
+                                .map(|t| format!("-> {t}"))
+                                .unwrap_or_default(),
+                        ]
+                    })
                     .collect();
                 text.push('\n');
-                text.push_str(&output::table(&["type", "mode", "owner", "size", "path", "link"], rows));
+                text.push_str(&output::table(
+                    &["type", "mode", "owner", "size", "path", "link"],
+                    rows,
+                ));
                 text.push('\n');
             }
             output::print_stdout(&text)

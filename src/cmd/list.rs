@@ -37,15 +37,24 @@ pub fn group_keys(keys: &[String]) -> Grouped {
     let mut out = Grouped::new();
     for k in keys {
         let parts: Vec<&str> = k.split('/').collect();
-        let [id, ns, file] = parts.as_slice() else { continue };
+        let [id, ns, file] = parts.as_slice() else {
+            continue;
+        };
         if file.starts_with('.') {
             // A partial upload (`.<name>.partial-…`): it belongs to no backup yet.
             continue;
         }
         if let Some(pvc) = file.strip_suffix(".manifest.json") {
-            out.entry((id.to_string(), ns.to_string(), pvc.to_string())).or_default().0 = Some(k.clone());
-        } else if let Some(pvc) = [".tar.gz", ".tar.zst", ".tar"].iter().find_map(|s| file.strip_suffix(s)) {
-            out.entry((id.to_string(), ns.to_string(), pvc.to_string())).or_default().1 = Some(k.clone());
+            out.entry((id.to_string(), ns.to_string(), pvc.to_string()))
+                .or_default()
+                .0 = Some(k.clone());
+        } else if let Some(pvc) = [".tar.gz", ".tar.zst", ".tar"]
+            .iter()
+            .find_map(|s| file.strip_suffix(s))
+        {
+            out.entry((id.to_string(), ns.to_string(), pvc.to_string()))
+                .or_default()
+                .1 = Some(k.clone());
         }
     }
     out
@@ -56,17 +65,37 @@ pub fn run(dest_arg: &str, format: OutputFormat) -> Result<(), Failure> {
     let keys = dest.list("")?;
     let mut items = Vec::new();
     for ((id, ns, pvc), (manifest_key, archive_key)) in group_keys(&keys) {
-        let mut item = ListedBackup { id, namespace: ns, pvc, created: None, size: None, files: None, compression: None, complete: false, restorable: false, manifest: manifest_key.as_ref().map(|k| dest.locate(k)), problem: None };
+        let mut item = ListedBackup {
+            id,
+            namespace: ns,
+            pvc,
+            created: None,
+            size: None,
+            files: None,
+            compression: None,
+            complete: false,
+            restorable: false,
+            manifest: manifest_key.as_ref().map(|k| dest.locate(k)),
+            problem: None,
+        };
         match &manifest_key {
-            None => item.problem = Some("archive without manifest: interrupted or failed backup".into()),
+            None => {
+                item.problem = Some("archive without manifest: interrupted or failed backup".into())
+            }
             Some(k) => {
                 let mut bytes = Vec::new();
-                let parsed = dest.open(k).ok().and_then(|mut r| r.read_to_end(&mut bytes).ok()).map(|_| Manifest::from_json(&bytes));
+                let parsed = dest
+                    .open(k)
+                    .ok()
+                    .and_then(|mut r| r.read_to_end(&mut bytes).ok())
+                    .map(|_| Manifest::from_json(&bytes));
                 match parsed {
                     Some(Ok(m)) => {
-                        item.created = Some(m.created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                        item.created =
+                            Some(m.created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
                         item.size = Some(m.archive.size);
-                        item.files = Some(m.entries.iter().filter(|e| e.sha256.is_some()).count() as u64);
+                        item.files =
+                            Some(m.entries.iter().filter(|e| e.sha256.is_some()).count() as u64);
                         item.compression = Some(m.compression.algorithm().to_string());
                         item.complete = archive_key.is_some();
                         item.restorable = archive_key.is_some();
@@ -82,7 +111,10 @@ pub fn run(dest_arg: &str, format: OutputFormat) -> Result<(), Failure> {
         items.push(item);
     }
     match format {
-        OutputFormat::Json | OutputFormat::Yaml => output::structured(format, &serde_json::json!({"destination": dest.describe(), "items": items})),
+        OutputFormat::Json | OutputFormat::Yaml => output::structured(
+            format,
+            &serde_json::json!({"destination": dest.describe(), "items": items}),
+        ),
         _ => {
             if items.is_empty() {
                 eprintln!("No backups at {}", dest.describe());
@@ -96,14 +128,34 @@ pub fn run(dest_arg: &str, format: OutputFormat) -> Result<(), Failure> {
                         i.created.clone().unwrap_or_else(|| "-".into()),
                         i.namespace.clone(),
                         i.pvc.clone(),
-                        i.size.map(output::human_bytes).unwrap_or_else(|| "-".into()),
+                        i.size
+                            .map(output::human_bytes)
+                            .unwrap_or_else(|| "-".into()),
                         i.files.map(|f| f.to_string()).unwrap_or_else(|| "-".into()),
                         i.compression.clone().unwrap_or_else(|| "-".into()),
-                        if i.complete { "complete".into() } else { format!("INCOMPLETE ({})", i.problem.clone().unwrap_or_default()) },
+                        if i.complete {
+                            "complete".into()
+                        } else {
+                            format!("INCOMPLETE ({})", i.problem.clone().unwrap_or_default())
+                        },
                     ]
                 })
                 .collect();
-            output::print_stdout(&(output::table(&["id", "created", "namespace", "pvc", "size", "files", "compression", "state"], rows) + "\n"))
+            output::print_stdout(
+                &(output::table(
+                    &[
+                        "id",
+                        "created",
+                        "namespace",
+                        "pvc",
+                        "size",
+                        "files",
+                        "compression",
+                        "state",
+                    ],
+                    rows,
+                ) + "\n"),
+            )
         }
     }
 }
@@ -114,7 +166,15 @@ mod tests {
 
     #[test]
     fn partials_and_orphans_are_not_backups() {
-        let keys: Vec<String> = ["b1/shop/db.tar.zst", "b1/shop/db.manifest.json", "b2/shop/db.tar.zst", "b3/shop/.db.tar.zst.partial-1234"].iter().map(|s| s.to_string()).collect();
+        let keys: Vec<String> = [
+            "b1/shop/db.tar.zst",
+            "b1/shop/db.manifest.json",
+            "b2/shop/db.tar.zst",
+            "b3/shop/.db.tar.zst.partial-1234",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         let g = group_keys(&keys);
         assert_eq!(g.len(), 2);
         assert!(g[&("b1".into(), "shop".into(), "db".into())].0.is_some());

@@ -11,22 +11,33 @@ use crate::output;
 
 pub fn run(backup: &str, from: Option<&str>, format: OutputFormat) -> Result<(), Failure> {
     let loc = locate(backup, from)?;
-    let reader = loc.destination.open(&loc.archive_key).map_err(|e| Failure::integrity(format!("{e} (the manifest names it, so the backup is damaged)")))?;
+    let reader = loc.destination.open(&loc.archive_key).map_err(|e| {
+        Failure::integrity(format!(
+            "{e} (the manifest names it, so the backup is damaged)"
+        ))
+    })?;
     let started = std::time::Instant::now();
-    let report = verify_archive(std::io::BufReader::with_capacity(1 << 20, reader), loc.manifest.compression, &loc.manifest)?;
+    let report = verify_archive(
+        std::io::BufReader::with_capacity(1 << 20, reader),
+        loc.manifest.compression,
+        &loc.manifest,
+    )?;
     let secs = started.elapsed().as_secs_f64();
     let problems: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
     let ok = report.is_ok();
     match format {
-        OutputFormat::Json | OutputFormat::Yaml => output::structured(format, &json!({
-            "backup": loc.destination.locate(&loc.manifest_key),
-            "archive": loc.destination.locate(&loc.archive_key),
-            "ok": ok,
-            "entries": loc.manifest.entry_count,
-            "bytes": loc.manifest.archive.size,
-            "seconds": secs,
-            "problems": problems,
-        }))?,
+        OutputFormat::Json | OutputFormat::Yaml => output::structured(
+            format,
+            &json!({
+                "backup": loc.destination.locate(&loc.manifest_key),
+                "archive": loc.destination.locate(&loc.archive_key),
+                "ok": ok,
+                "entries": loc.manifest.entry_count,
+                "bytes": loc.manifest.archive.size,
+                "seconds": secs,
+                "problems": problems,
+            }),
+        )?,
         _ => {
             let mut text = String::new();
             for p in &problems {
@@ -45,6 +56,9 @@ pub fn run(backup: &str, from: Option<&str>, format: OutputFormat) -> Result<(),
     if ok {
         Ok(())
     } else {
-        Err(Failure::integrity(format!("{} problem(s) found; do not restore this backup", problems.len())))
+        Err(Failure::integrity(format!(
+            "{} problem(s) found; do not restore this backup",
+            problems.len()
+        )))
     }
 }

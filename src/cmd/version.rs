@@ -16,6 +16,11 @@ pub fn run(format: OutputFormat) -> Result<(), Failure> {
     let v = info();
     match format {
         OutputFormat::Json | OutputFormat::Yaml => output::structured(format, &v),
-        _ => output::print_stdout(&format!("kubectl-pvbackup {} (commit {}, {})\n", v["version"].as_str().unwrap_or_default(), v["gitCommit"].as_str().unwrap_or_default(), v["target"].as_str().unwrap_or_default())),
+        _ => output::print_stdout(&format!(
+            "kubectl-pvbackup {} (commit {}, {})\n",
+            v["version"].as_str().unwrap_or_default(),
+            v["gitCommit"].as_str().unwrap_or_default(),
+            v["target"].as_str().unwrap_or_default()
+        )),
     }
 }

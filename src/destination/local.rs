@@ -21,8 +21,15 @@ impl LocalDir {
     }
 }
 
-fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DestinationError + 'a {
-    move |source| DestinationError::Io { action, path: path.to_path_buf(), source }
+fn io<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> DestinationError + 'a {
+    move |source| DestinationError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 struct LocalWriter {
@@ -43,7 +50,11 @@ impl Write for LocalWriter {
 impl ObjectWriter for LocalWriter {
     fn commit(mut self: Box<Self>) -> Result<(), DestinationError> {
         let file = self.file.take().expect("committed once");
-        let file = file.into_inner().map_err(|e| DestinationError::Io { action: "write", path: self.tmp.clone(), source: e.into_error() })?;
+        let file = file.into_inner().map_err(|e| DestinationError::Io {
+            action: "write",
+            path: self.tmp.clone(),
+            source: e.into_error(),
+        })?;
         file.sync_all().map_err(io("sync", &self.tmp))?;
         fs::rename(&self.tmp, &self.dest).map_err(io("rename into place", &self.dest))?;
         // The rename is durable only once the directory entry is.
@@ -74,18 +85,32 @@ impl Destination for LocalDir {
         let dest = self.path(key);
         let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
-        let name = dest.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
         let tmp = dir.join(format!(".{name}.partial-{:08x}", rand::random::<u32>()));
         let file = File::create(&tmp).map_err(io("create", &tmp))?;
-        Ok(Box::new(LocalWriter { tmp, dest, file: Some(BufWriter::with_capacity(1 << 20, file)) }))
+        Ok(Box::new(LocalWriter {
+            tmp,
+            dest,
+            file: Some(BufWriter::with_capacity(1 << 20, file)),
+        }))
     }
 
     fn open(&self, key: &str) -> Result<Box<dyn Read + Send>, DestinationError> {
         let p = self.path(key);
         match File::open(&p) {
             Ok(f) => Ok(Box::new(f)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(DestinationError::NotFound { what: "backup file".into(), path: p.display().to_string() }),
-            Err(e) => Err(DestinationError::Io { action: "open", path: p, source: e }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(DestinationError::NotFound {
+                what: "backup file".into(),
+                path: p.display().to_string(),
+            }),
+            Err(e) => Err(DestinationError::Io {
+                action: "open",
+                path: p,
+                source: e,
+            }),
         }
     }
 
@@ -93,9 +118,16 @@ impl Destination for LocalDir {
         let mut out = Vec::new();
         let start = self.path(prefix);
         if !self.root.exists() {
-            return Err(DestinationError::NotFound { what: "destination directory".into(), path: self.root.display().to_string() });
+            return Err(DestinationError::NotFound {
+                what: "destination directory".into(),
+                path: self.root.display().to_string(),
+            });
         }
-        let mut stack = vec![if start.is_dir() { start } else { self.root.clone() }];
+        let mut stack = vec![if start.is_dir() {
+            start
+        } else {
+            self.root.clone()
+        }];
         while let Some(dir) = stack.pop() {
             for entry in fs::read_dir(&dir).map_err(io("list", &dir))? {
                 let entry = entry.map_err(io("list", &dir))?;
@@ -131,13 +163,19 @@ mod tests {
             let mut w = dest.create("id/ns/a.tar").unwrap();
             w.write_all(b"partial").unwrap();
         }
-        assert!(dest.list("").unwrap().is_empty(), "a dropped writer must not leave a file");
+        assert!(
+            dest.list("").unwrap().is_empty(),
+            "a dropped writer must not leave a file"
+        );
         let mut w = dest.create("id/ns/a.tar").unwrap();
         w.write_all(b"whole").unwrap();
         w.commit().unwrap();
         assert_eq!(dest.list("").unwrap(), vec!["id/ns/a.tar".to_string()]);
         let mut s = String::new();
-        dest.open("id/ns/a.tar").unwrap().read_to_string(&mut s).unwrap();
+        dest.open("id/ns/a.tar")
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
         assert_eq!(s, "whole");
     }
 }

@@ -48,16 +48,25 @@ pub trait Destination: Send + Sync {
 /// Parses a destination argument: a path, or `file://` URL.
 pub fn parse(url: &str) -> Result<Box<dyn Destination>, DestinationError> {
     if url.trim().is_empty() {
-        return Err(DestinationError::BadUrl { url: url.into(), why: "it is empty".into() });
+        return Err(DestinationError::BadUrl {
+            url: url.into(),
+            why: "it is empty".into(),
+        });
     }
     if let Some(rest) = url.strip_prefix("file://") {
         if !rest.starts_with('/') {
-            return Err(DestinationError::BadUrl { url: url.into(), why: "a file:// URL needs an absolute path (file:///path)".into() });
+            return Err(DestinationError::BadUrl {
+                url: url.into(),
+                why: "a file:// URL needs an absolute path (file:///path)".into(),
+            });
         }
         return Ok(Box::new(local::LocalDir::new(PathBuf::from(rest))));
     }
     if let Some((scheme, _)) = url.split_once("://") {
-        return Err(DestinationError::Unsupported { url: url.into(), scheme: scheme.into() });
+        return Err(DestinationError::Unsupported {
+            url: url.into(),
+            scheme: scheme.into(),
+        });
     }
     Ok(Box::new(local::LocalDir::new(PathBuf::from(url))))
 }
@@ -79,8 +88,17 @@ mod tests {
     fn parses_paths_and_refuses_unknown_schemes() {
         assert!(parse("./backups").is_ok());
         assert!(parse("file:///tmp/b").is_ok());
-        assert!(matches!(parse("file://relative").err(), Some(DestinationError::BadUrl { .. })));
-        assert!(matches!(parse("ftp://x/y").err(), Some(DestinationError::Unsupported { .. })));
-        assert!(matches!(parse("").err(), Some(DestinationError::BadUrl { .. })));
+        assert!(matches!(
+            parse("file://relative").err(),
+            Some(DestinationError::BadUrl { .. })
+        ));
+        assert!(matches!(
+            parse("ftp://x/y").err(),
+            Some(DestinationError::Unsupported { .. })
+        ));
+        assert!(matches!(
+            parse("").err(),
+            Some(DestinationError::BadUrl { .. })
+        ));
     }
 }

@@ -10,8 +10,15 @@ use std::time::Duration;
 use kubesim::{Cluster, ClusterOptions, Scenario};
 
 pub async fn demo() -> Cluster {
-    let c = Cluster::start(ClusterOptions { scenario: Scenario::Demo, ..Default::default() }).await.expect("kubesim starts");
-    c.wait_for_pods_running(Duration::from_secs(60)).await.expect("demo pods run");
+    let c = Cluster::start(ClusterOptions {
+        scenario: Scenario::Demo,
+        ..Default::default()
+    })
+    .await
+    .expect("kubesim starts");
+    c.wait_for_pods_running(Duration::from_secs(60))
+        .await
+        .expect("demo pods run");
     c
 }
 
@@ -38,7 +45,11 @@ pub async fn plugin_with(kubeconfig: &Path, args: &[&str]) -> Run {
             .stdin(Stdio::null())
             .output()
             .expect("the plugin binary runs");
-        Run { code: out.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&out.stdout).into(), stderr: String::from_utf8_lossy(&out.stderr).into() }
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into(),
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+        }
     })
     .await
     .expect("join")
@@ -74,7 +85,18 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Node> {
                 ("file", Some(std::fs::read(&p).unwrap()), None)
             };
             let mtime = if kind == "file" { md.mtime() } else { 0 };
-            out.insert(rel, Node { kind, mode: md.permissions().mode() & 0o7777, uid: md.uid(), gid: md.gid(), content, link, mtime });
+            out.insert(
+                rel,
+                Node {
+                    kind,
+                    mode: md.permissions().mode() & 0o7777,
+                    uid: md.uid(),
+                    gid: md.gid(),
+                    content,
+                    link,
+                    mtime,
+                },
+            );
         }
     }
     out
@@ -91,24 +113,38 @@ pub fn hardlinks(root: &Path) -> Vec<Vec<PathBuf>> {
             if md.is_dir() {
                 stack.push(p);
             } else if md.is_file() && md.nlink() > 1 {
-                by_ino.entry(md.ino()).or_default().push(p.strip_prefix(root).unwrap().to_path_buf());
+                by_ino
+                    .entry(md.ino())
+                    .or_default()
+                    .push(p.strip_prefix(root).unwrap().to_path_buf());
             }
         }
     }
-    by_ino.into_values().map(|mut v| {
-        v.sort();
-        v
-    }).collect()
+    by_ino
+        .into_values()
+        .map(|mut v| {
+            v.sort();
+            v
+        })
+        .collect()
 }
 
 /// Unpacks an archive with the system's tools, the way a user without this plugin would.
 pub fn untar(archive: &Path, into: &Path) {
     std::fs::create_dir_all(into).unwrap();
     let name = archive.to_string_lossy();
-    let decompress = if name.ends_with(".zst") { "zstd -dc" } else if name.ends_with(".gz") { "gzip -dc" } else { "cat" };
+    let decompress = if name.ends_with(".zst") {
+        "zstd -dc"
+    } else if name.ends_with(".gz") {
+        "gzip -dc"
+    } else {
+        "cat"
+    };
     let status = Command::new("sh")
         .arg("-c")
-        .arg(format!("{decompress} \"$0\" | tar --numeric-owner -xpf - -C \"$1\""))
+        .arg(format!(
+            "{decompress} \"$0\" | tar --numeric-owner -xpf - -C \"$1\""
+        ))
         .arg(archive)
         .arg(into)
         .status()
@@ -143,6 +179,12 @@ pub fn helper_pods(cluster: &Cluster) -> Vec<String> {
         .objects("pods", None)
         .iter()
         .filter(|p| p["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kubectl-pvbackup")
-        .map(|p| format!("{}/{}", p["metadata"]["namespace"].as_str().unwrap_or_default(), p["metadata"]["name"].as_str().unwrap_or_default()))
+        .map(|p| {
+            format!(
+                "{}/{}",
+                p["metadata"]["namespace"].as_str().unwrap_or_default(),
+                p["metadata"]["name"].as_str().unwrap_or_default()
+            )
+        })
         .collect()
 }

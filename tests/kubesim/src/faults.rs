@@ -128,7 +128,9 @@ impl Faults {
     /// (a short `du`) do not use up the fault.
     pub fn fire_kill_exec(&self) -> bool {
         let mut s = self.state();
-        let Some((after, count)) = s.kill_exec else { return false };
+        let Some((after, count)) = s.kill_exec else {
+            return false;
+        };
         match count {
             0 => {}
             1 => s.kill_exec = None,

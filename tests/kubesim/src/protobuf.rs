@@ -184,7 +184,11 @@ mod tests {
         .concat();
         let spec = ld(1, &ra);
         let raw = [ld(1, &[]), ld(2, &spec), ld(3, &[])].concat();
-        let tm = [ld(1, b"authorization.k8s.io/v1"), ld(2, b"SelfSubjectAccessReview")].concat();
+        let tm = [
+            ld(1, b"authorization.k8s.io/v1"),
+            ld(2, b"SelfSubjectAccessReview"),
+        ]
+        .concat();
         let body = [MAGIC.to_vec(), ld(1, &tm), ld(2, &raw), ld(4, b"")].concat();
         let v = decode("SelfSubjectAccessReview", &body).unwrap();
         assert_eq!(v["kind"], "SelfSubjectAccessReview");

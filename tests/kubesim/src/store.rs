@@ -240,10 +240,7 @@ impl Store {
 
     /// Events after `rv` from the history, plus a receiver for what comes next. Both are taken
     /// under one lock so nothing falls between them.
-    pub fn watch_from(
-        &self,
-        rv: Option<u64>,
-    ) -> ApiResult<WatchStart> {
+    pub fn watch_from(&self, rv: Option<u64>) -> ApiResult<WatchStart> {
         let inner = self.lock();
         let rx = self.tx.subscribe();
         let Some(rv) = rv else {

@@ -98,7 +98,12 @@ fn regular_files(root: &Path) -> Vec<PathBuf> {
             if ft.is_dir() {
                 stack.push(e.path());
             } else if ft.is_file() {
-                out.push(e.path().strip_prefix(root).expect("under root").to_path_buf());
+                out.push(
+                    e.path()
+                        .strip_prefix(root)
+                        .expect("under root")
+                        .to_path_buf(),
+                );
             }
         }
     }
@@ -356,7 +361,11 @@ async fn auth_can_i_and_rbac_denials() {
         assert_eq!(ok(v, &args, &out).trim(), "yes", "kubectl {v} admin");
 
         let out = kubectl_in(v, &viewer, &home, &args, None).await;
-        assert_eq!(text(&out.stdout).trim(), "no", "kubectl {v} viewer: {out:?}");
+        assert_eq!(
+            text(&out.stdout).trim(),
+            "no",
+            "kubectl {v} viewer: {out:?}"
+        );
         assert_eq!(out.status.code(), Some(1), "kubectl {v} viewer: {out:?}");
 
         let args = ["auth", "can-i", "list", "pods", "-n", "shop"];
@@ -365,7 +374,11 @@ async fn auth_can_i_and_rbac_denials() {
 
         let args = ["auth", "can-i", "list", "pods", "-n", "payments"];
         let out = kubectl_in(v, &viewer, &home, &args, None).await;
-        assert_eq!(text(&out.stdout).trim(), "no", "kubectl {v} viewer other ns");
+        assert_eq!(
+            text(&out.stdout).trim(),
+            "no",
+            "kubectl {v} viewer other ns"
+        );
 
         let args = ["get", "pods", "-n", "shop"];
         let out = kubectl_in(v, &viewer, &home, &args, None).await;
@@ -376,7 +389,10 @@ async fn auth_can_i_and_rbac_denials() {
 
         let args = ["delete", "pod", "orders-db-0", "-n", "shop", "--wait=false"];
         let out = kubectl_in(v, &viewer, &home, &args, None).await;
-        assert!(!out.status.success(), "kubectl {v}: viewer delete succeeded");
+        assert!(
+            !out.status.success(),
+            "kubectl {v}: viewer delete succeeded"
+        );
         let err = text(&out.stderr);
         assert!(
             err.contains("Error from server (Forbidden)")
@@ -386,7 +402,16 @@ async fn auth_can_i_and_rbac_denials() {
             "kubectl {v}: {err}"
         );
 
-        let args = ["exec", "-n", "shop", "orders-db-0", "-c", "db", "--", "true"];
+        let args = [
+            "exec",
+            "-n",
+            "shop",
+            "orders-db-0",
+            "-c",
+            "db",
+            "--",
+            "true",
+        ];
         let out = kubectl_in(v, &viewer, &home, &args, None).await;
         assert!(!out.status.success(), "kubectl {v}: viewer exec succeeded");
         assert!(
@@ -413,7 +438,10 @@ async fn multi_attach_blocks_a_pod_on_another_node() {
         .into_iter()
         .find(|p| p["metadata"]["name"] == "orders-db-0")
         .expect("orders-db-0");
-    let db_node = db["spec"]["nodeName"].as_str().expect("scheduled").to_string();
+    let db_node = db["spec"]["nodeName"]
+        .as_str()
+        .expect("scheduled")
+        .to_string();
     let other = ["node-1", "node-2"]
         .into_iter()
         .find(|n| *n != db_node)
