@@ -94,9 +94,27 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let conn = connection(&cli).await?;
             cmd::create::run(&conn, plan).await
         }
-        Command::Restore(_) => Err(Failure::runtime(
-            "restore is not available in this build yet; `verify` and `inspect` work offline",
-        )),
+        Command::Restore(a) => {
+            let plan = cmd::restore::RestorePlan {
+                backup: a.backup.clone(),
+                from: a.from.clone(),
+                to_pvc: a.to_pvc.clone(),
+                namespace: cli.global.namespace.clone(),
+                create_pvc: a.create_pvc,
+                storage_class: a.storage_class.clone(),
+                size: a.size.clone(),
+                mode: a.mode,
+                yes: a.yes,
+                dry_run: a.dry_run,
+                force: a.force,
+                image: a.helper.image.clone(),
+                run_as_user: a.helper.run_as_user,
+                pod_timeout: Duration::from_secs(a.helper.pod_timeout),
+                output: out,
+            };
+            let conn = connection(&cli).await?;
+            cmd::restore::run(&conn, plan).await
+        }
     }
 }
 

@@ -5,5 +5,6 @@ pub mod create;
 pub mod discover;
 pub mod inspect;
 pub mod list;
+pub mod restore;
 pub mod verify;
 pub mod version;

@@ -30,7 +30,10 @@ pub fn staging_name(id: &str) -> String {
 
 /// Names of this run's own top-level entries, never treated as volume content.
 pub fn own_names(id: &str) -> Vec<String> {
-    ["staging", "old", "new", "swapped", "root", "trash"].iter().map(|k| format!(".pvbackup-{k}-{id}")).collect()
+    ["staging", "old", "new", "swapped", "root", "trash"]
+        .iter()
+        .map(|k| format!(".pvbackup-{k}-{id}"))
+        .collect()
 }
 
 /// `sh -c LIST LIST DIR EXCLUDE` (the script is its own `$0`, so it can run itself under
@@ -55,7 +58,7 @@ if [ "$3" = one ]; then shift 3; one "$@"; exit $?; fi
 one .
 for e in * .[!.]* ..?*; do
   [ -e "$e" ] || [ -L "$e" ] || continue
-  case "$e" in "$ex"*) continue;; esac
+  case "$e" in .pvbackup-*-"$ex") continue;; esac
   if [ -d "$e" ] && [ ! -L "$e" ]; then
     find "./$e" -exec sh -c "$0" "$0" . "$ex" one {} + || exit 1
   else
@@ -235,7 +238,8 @@ pub fn parse_listing(out: &[u8]) -> Result<Vec<Seen>, String> {
             }
             return Err("an empty record in the listing".into());
         }
-        let (Some(meta), Some(path), Some(extra)) = (fields.next(), fields.next(), fields.next()) else {
+        let (Some(meta), Some(path), Some(extra)) = (fields.next(), fields.next(), fields.next())
+        else {
             return Err("a truncated record in the listing".into());
         };
         let meta = String::from_utf8_lossy(meta);
@@ -243,8 +247,13 @@ pub fn parse_listing(out: &[u8]) -> Result<Vec<Seen>, String> {
         if nums.len() != 6 {
             return Err(format!("unexpected stat output {meta:?}"));
         }
-        let n = |i: usize| nums[i].parse::<u64>().map_err(|_| format!("unexpected stat output {meta:?}"));
-        let mode = u32::from_str_radix(nums[0], 8).map_err(|_| format!("unexpected mode {:?}", nums[0]))?;
+        let n = |i: usize| {
+            nums[i]
+                .parse::<u64>()
+                .map_err(|_| format!("unexpected stat output {meta:?}"))
+        };
+        let mode = u32::from_str_radix(nums[0], 8)
+            .map_err(|_| format!("unexpected mode {:?}", nums[0]))?;
         let kind = kind[0] as char;
         let path = canonical_key(path.strip_prefix(b"./").unwrap_or(path));
         let (sha256, link_target) = match kind {
@@ -253,10 +262,24 @@ pub fn parse_listing(out: &[u8]) -> Result<Vec<Seen>, String> {
                 let h = h.split_whitespace().next().unwrap_or_default().to_string();
                 (Some(h), None)
             }
-            'L' => (None, Some(extra.strip_suffix(b"\n").unwrap_or(extra).to_vec())),
+            'L' => (
+                None,
+                Some(extra.strip_suffix(b"\n").unwrap_or(extra).to_vec()),
+            ),
             _ => (None, None),
         };
-        seen.push(Seen { kind, mode, uid: n(1)?, gid: n(2)?, size: n(3)?, inode: n(4)?, mtime: n(5)? as i64, path, sha256, link_target });
+        seen.push(Seen {
+            kind,
+            mode,
+            uid: n(1)?,
+            gid: n(2)?,
+            size: n(3)?,
+            inode: n(4)?,
+            mtime: n(5)? as i64,
+            path,
+            sha256,
+            link_target,
+        });
     }
     Ok(seen)
 }
@@ -277,7 +300,10 @@ pub fn compare(manifest: &Manifest, seen: &[Seen], exact: bool) -> Vec<String> {
         };
         let mut diff = |field: &str, want: String, got: String| {
             if want != got {
-                problems.push(format!("{:?}: {field} is {got}, the backup has {want}", e.path));
+                problems.push(format!(
+                    "{:?}: {field} is {got}, the backup has {want}",
+                    e.path
+                ));
             }
         };
         let want_kind = match e.kind {
@@ -294,23 +320,49 @@ pub fn compare(manifest: &Manifest, seen: &[Seen], exact: bool) -> Vec<String> {
         if e.kind != EntryKind::Symlink {
             diff("mode", format!("{:04o}", e.mode), format!("{:04o}", s.mode));
         }
-        diff("owner", format!("{}:{}", e.uid, e.gid), format!("{}:{}", s.uid, s.gid));
+        diff(
+            "owner",
+            format!("{}:{}", e.uid, e.gid),
+            format!("{}:{}", s.uid, s.gid),
+        );
         match e.kind {
             EntryKind::File => {
                 diff("size", e.size.to_string(), s.size.to_string());
-                diff("sha256", e.sha256.clone().unwrap_or_default(), s.sha256.clone().unwrap_or_default());
+                diff(
+                    "sha256",
+                    e.sha256.clone().unwrap_or_default(),
+                    s.sha256.clone().unwrap_or_default(),
+                );
                 diff("mtime", e.mtime.to_string(), s.mtime.to_string());
             }
             EntryKind::Symlink => {
-                let want = e.raw_link_target().map(|t| t.into_owned()).unwrap_or_default();
-                diff("link target", show(&want), show(s.link_target.as_deref().unwrap_or_default()));
+                let want = e
+                    .raw_link_target()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                diff(
+                    "link target",
+                    show(&want),
+                    show(s.link_target.as_deref().unwrap_or_default()),
+                );
             }
             EntryKind::Hardlink => {
-                let target = e.raw_link_target().map(|t| canonical_key(&t)).unwrap_or_default();
+                let target = e
+                    .raw_link_target()
+                    .map(|t| canonical_key(&t))
+                    .unwrap_or_default();
                 match by_path.get(target.as_slice()) {
                     Some(t) if t.inode == s.inode => {}
-                    Some(_) => problems.push(format!("{:?}: is not a hard link to {:?}", e.path, show(&target))),
-                    None => problems.push(format!("{:?}: its hard link target {:?} is missing", e.path, show(&target))),
+                    Some(_) => problems.push(format!(
+                        "{:?}: is not a hard link to {:?}",
+                        e.path,
+                        show(&target)
+                    )),
+                    None => problems.push(format!(
+                        "{:?}: its hard link target {:?} is missing",
+                        e.path,
+                        show(&target)
+                    )),
                 }
             }
             _ => {}
@@ -348,8 +400,18 @@ pub fn needed_bytes(m: &Manifest) -> u64 {
 pub fn symlink_owners(m: &Manifest) -> Vec<(String, String)> {
     m.entries
         .iter()
-        .filter(|e| e.kind == EntryKind::Symlink && (e.uid != 0 || e.gid != 0) && e.path_hex.is_none())
-        .map(|e| (format!("{}:{}", e.uid, e.gid), format!("./{}", String::from_utf8_lossy(&canonical_key(e.path.as_bytes())))))
+        .filter(|e| {
+            e.kind == EntryKind::Symlink && (e.uid != 0 || e.gid != 0) && e.path_hex.is_none()
+        })
+        .map(|e| {
+            (
+                format!("{}:{}", e.uid, e.gid),
+                format!(
+                    "./{}",
+                    String::from_utf8_lossy(&canonical_key(e.path.as_bytes()))
+                ),
+            )
+        })
         .collect()
 }
 

@@ -1,0 +1,880 @@
+//! `kubectl pvbackup restore`: verify the archive locally, check the target, ask, then in a
+//! helper pod extract into a staging directory on the same volume, verify it there, swap it
+//! in with renames, verify the result in place, and only then drop the originals. Any failure
+//! after the first change rolls the volume back (in a fresh helper pod if the first one died).
+
+mod engine;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{
+    Namespace, PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, ListParams, PostParams};
+use tokio::io::AsyncReadExt;
+
+use crate::archive::{check_entries_safe, verify_archive};
+use crate::cli::{OutputFormat, RestoreModeArg};
+use crate::collect::collect_nodes;
+use crate::connect::{explain, Connection};
+use crate::discover::{
+    discover_targets, parse_quantity_bytes, placement, AccessMode, Target, TargetSelection,
+};
+use crate::exit::{ExitKind, Failure};
+use crate::helper_pod::{
+    build_helper_pod, podsecurity_conflict, HelperPodRequest, Purpose, APP_NAME, LABEL_MANAGED_BY,
+};
+use crate::helper_session::{HelperPod, Registry};
+use crate::locate::{locate, Located};
+use crate::manifest::Manifest;
+use crate::output;
+
+pub use engine::{compare, needed_bytes, parse_listing};
+
+pub struct RestorePlan {
+    pub backup: String,
+    pub from: Option<String>,
+    pub to_pvc: Option<String>,
+    /// `-n`, when given; else the manifest's namespace.
+    pub namespace: Option<String>,
+    pub create_pvc: bool,
+    pub storage_class: Option<String>,
+    pub size: Option<String>,
+    pub mode: RestoreModeArg,
+    pub yes: bool,
+    pub dry_run: bool,
+    pub force: bool,
+    pub image: String,
+    pub run_as_user: Option<i64>,
+    pub pod_timeout: Duration,
+    pub output: OutputFormat,
+}
+
+fn mode_name(m: RestoreModeArg) -> &'static str {
+    match m {
+        RestoreModeArg::Replace => "replace",
+        RestoreModeArg::Merge => "merge",
+    }
+}
+
+fn new_run_id() -> String {
+    format!(
+        "{}-{:04x}",
+        chrono::Utc::now().format("%Y%m%dt%H%M%S"),
+        rand::random::<u16>()
+    )
+}
+
+/// Streams the whole archive through `verify_archive`; any problem is exit 3.
+fn verify_locally(loc: &Located) -> Result<(), Failure> {
+    check_entries_safe(&loc.manifest.entries).map_err(|e| Failure::integrity(e.to_string()))?;
+    let reader = loc.destination.open(&loc.archive_key).map_err(|e| {
+        Failure::integrity(format!(
+            "{e} (the manifest names it, so the backup is damaged)"
+        ))
+    })?;
+    let report = verify_archive(
+        std::io::BufReader::with_capacity(1 << 20, reader),
+        loc.manifest.compression,
+        &loc.manifest,
+    )?;
+    if report.is_ok() {
+        return Ok(());
+    }
+    let mut problems: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
+    if !report.complete && problems.is_empty() {
+        problems.push("the archive ends early".into());
+    }
+    Err(Failure::integrity(format!(
+        "the backup does not match its manifest, so nothing was restored: {}",
+        problems
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ")
+    )))
+}
+
+fn pvc_capacity(pvc: &PersistentVolumeClaim) -> Option<u64> {
+    let from_status = pvc
+        .status
+        .as_ref()
+        .and_then(|s| s.capacity.as_ref())
+        .and_then(|c| c.get("storage"));
+    let from_spec = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.resources.as_ref())
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|r| r.get("storage"));
+    from_status
+        .or(from_spec)
+        .and_then(|q| parse_quantity_bytes(&q.0).ok())
+}
+
+/// The PVC `--create-pvc` creates: the manifest's access modes, class, size and labels.
+fn new_pvc(
+    m: &Manifest,
+    ns: &str,
+    name: &str,
+    storage_class: Option<&str>,
+    size: &str,
+) -> PersistentVolumeClaim {
+    let mut labels: BTreeMap<String, String> = m.pvc.labels.clone();
+    labels.insert(
+        "pvbackup.dev/restored-from".into(),
+        m.backup_id
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            .take(63)
+            .collect(),
+    );
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(ns.to_string()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(if m.pvc.access_modes.is_empty() {
+                vec!["ReadWriteOnce".to_string()]
+            } else {
+                m.pvc.access_modes.clone()
+            }),
+            storage_class_name: storage_class
+                .map(str::to_string)
+                .or_else(|| m.pvc.storage_class.clone()),
+            volume_mode: m.pvc.volume_mode.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(size.to_string()),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The cluster's view of the target, gathered before anything changes.
+struct TargetState {
+    namespace: String,
+    pvc_name: String,
+    pvc: Option<PersistentVolumeClaim>,
+    target: Target,
+    namespace_obj: Option<Namespace>,
+    /// Running (or about to run) pods that mount the PVC, helper pods excluded.
+    users: Vec<String>,
+}
+
+async fn target_state(
+    conn: &Connection,
+    ns: &str,
+    name: &str,
+    m: &Manifest,
+) -> Result<TargetState, Failure> {
+    let pvc_api: Api<PersistentVolumeClaim> = Api::namespaced(conn.client.clone(), ns);
+    let pvc = pvc_api
+        .get_opt(name)
+        .await
+        .map_err(|e| explain(&format!("reading PVC {ns}/{name}"), &e))?;
+    let pods_api: Api<Pod> = Api::namespaced(conn.client.clone(), ns);
+    let pods: Vec<Pod> = pods_api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| explain(&format!("listing pods in namespace {ns}"), &e))?
+        .items
+        .into_iter()
+        .filter(|p| {
+            p.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_MANAGED_BY))
+                .map(String::as_str)
+                != Some(APP_NAME)
+        })
+        .collect();
+    let ns_api: Api<Namespace> = Api::all(conn.client.clone());
+    let namespace_obj = ns_api.get_opt(ns).await.ok().flatten();
+    let target = match &pvc {
+        Some(p) => {
+            let sel = TargetSelection {
+                pvc_names: vec![format!("{ns}/{name}")],
+                mesh: None,
+                all_pvcs: true,
+            };
+            discover_targets(
+                &pods,
+                std::slice::from_ref(p),
+                &namespace_obj.clone().into_iter().collect::<Vec<_>>(),
+                &sel,
+            )
+            .map_err(|e| Failure::runtime(e.to_string()))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Failure::runtime(format!("PVC {ns}/{name} could not be resolved")))?
+        }
+        None => Target {
+            namespace: ns.to_string(),
+            pvc: name.to_string(),
+            pods: Vec::new(),
+            access_modes: m
+                .pvc
+                .access_modes
+                .iter()
+                .map(|a| AccessMode::parse(a))
+                .collect(),
+            capacity_bytes: None,
+            storage_class: m.pvc.storage_class.clone(),
+            attached_node: None,
+        },
+    };
+    let users = target
+        .pods
+        .iter()
+        .filter(|p| p.active || !matches!(p.phase.as_deref(), Some("Succeeded") | Some("Failed")))
+        .map(|p| p.name.clone())
+        .collect();
+    Ok(TargetState {
+        namespace: ns.to_string(),
+        pvc_name: name.to_string(),
+        pvc,
+        target,
+        namespace_obj,
+        users,
+    })
+}
+
+pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
+    let started = Instant::now();
+    let loc = locate(&plan.backup, plan.from.as_deref())?;
+    let m = loc.manifest.clone();
+    // 1. The archive, checked end to end before anything else.
+    let verify_loc = Arc::new(loc);
+    {
+        let l = verify_loc.clone();
+        tokio::task::spawn_blocking(move || verify_locally(&l))
+            .await
+            .map_err(|e| Failure::runtime(format!("the verifier failed: {e}")))??;
+    }
+    let ns = plan
+        .namespace
+        .clone()
+        .unwrap_or_else(|| m.namespace.clone());
+    let name = plan.to_pvc.clone().unwrap_or_else(|| m.pvc.name.clone());
+    if m.pvc.volume_mode.as_deref() == Some("Block") {
+        return Err(Failure::refused(
+            "the backup is of a Block volume, which restore does not support",
+        ));
+    }
+    // 2. The target.
+    let state = target_state(conn, &ns, &name, &m).await?;
+    let needed = needed_bytes(&m);
+    let files = m.entries.iter().filter(|e| e.sha256.is_some()).count() as u64;
+    let create_size = match (&state.pvc, plan.create_pvc) {
+        (None, false) => {
+            return Err(Failure::refused(format!(
+                "PVC {ns}/{name} does not exist; pass --create-pvc to create it from the backup's spec (add --storage-class / --size to change them)"
+            )))
+        }
+        (None, true) => {
+            let size = plan.size.clone().or_else(|| m.pvc.capacity.clone()).unwrap_or_else(|| format!("{}Mi", needed.div_ceil(1 << 20)));
+            let bytes = parse_quantity_bytes(&size).map_err(|e| Failure::usage(e.to_string()))?;
+            if bytes < needed {
+                return Err(Failure::refused(format!(
+                    "--size {size} ({}) is smaller than the data to restore needs ({}); ask for at least {}Mi",
+                    output::human_bytes(bytes),
+                    output::human_bytes(needed),
+                    needed.div_ceil(1 << 20)
+                )));
+            }
+            Some(size)
+        }
+        (Some(p), _) => {
+            if plan.create_pvc {
+                eprintln!("note: PVC {ns}/{name} already exists; restoring into it (--create-pvc, --storage-class and --size are ignored)");
+            }
+            if let Some(cap) = pvc_capacity(p) {
+                if cap < needed {
+                    return Err(Failure::refused(format!(
+                        "PVC {ns}/{name} holds {} but the backup needs {} (data plus filesystem overhead); restore into a larger PVC (--to-pvc NAME --create-pvc --size Q)",
+                        output::human_bytes(cap),
+                        output::human_bytes(needed)
+                    )));
+                }
+            }
+            None
+        }
+    };
+    if !state.users.is_empty() && !plan.force && !plan.dry_run {
+        return Err(Failure::refused(format!(
+            "PVC {ns}/{name} is mounted by running pod(s) {}; restoring under a running workload corrupts it. Scale it down first (kubectl scale --replicas=0), or pass --force",
+            state.users.join(", ")
+        )));
+    }
+    let run_id = new_run_id();
+    let nodes = collect_nodes(conn).await;
+    let request = |purpose_run_id: &str| -> Result<HelperPodRequest, Failure> {
+        let place =
+            placement(&state.target, &nodes).map_err(|e| Failure::refused(e.to_string()))?;
+        let mut req = HelperPodRequest::new(&ns, &name, purpose_run_id, Purpose::Restore);
+        req.image = plan.image.clone();
+        req.node = place.node;
+        req.tolerations = place.tolerations;
+        req.run_as_user = plan.run_as_user;
+        Ok(req)
+    };
+    let mode = mode_name(plan.mode);
+    if plan.dry_run {
+        let pod = request(&run_id).map(|r| build_helper_pod(&r));
+        let doc = serde_json::json!({
+            "dryRun": true,
+            "backup": verify_loc.destination.locate(&verify_loc.manifest_key),
+            "target": name,
+            "namespace": ns,
+            "mode": mode,
+            "createPvc": create_size.as_ref().map(|s| serde_json::json!({"size": s, "storageClass": plan.storage_class.clone().or(m.pvc.storage_class.clone())})),
+            "files": files,
+            "bytes": m.uncompressed_size,
+            "podsUsingIt": state.users,
+            "refused": if !state.users.is_empty() && !plan.force { Some("the PVC is mounted by running pods; --force is needed") } else { None },
+            "helperPod": pod.as_ref().ok(),
+            "placementRefused": pod.as_ref().err().map(|f| f.message.clone()),
+        });
+        return match plan.output {
+            OutputFormat::Json | OutputFormat::Yaml => output::structured(plan.output, &doc),
+            _ => {
+                let mut text = format!(
+                    "dry run: restore {} → {ns}/{name} ({mode}); nothing is changed\n",
+                    doc["backup"].as_str().unwrap_or_default()
+                );
+                text.push_str(&summary_table(
+                    &name,
+                    &ns,
+                    mode,
+                    files,
+                    m.uncompressed_size,
+                    &state.users,
+                ));
+                text.push('\n');
+                if let Some(s) = &create_size {
+                    text.push_str(&format!("would create PVC {ns}/{name} of {s}\n"));
+                }
+                if let Some(r) = doc["refused"].as_str() {
+                    text.push_str(&format!("refused: {r}\n"));
+                }
+                match &pod {
+                    Ok(p) => text.push_str(&format!(
+                        "\n# helper pod\n{}",
+                        serde_yaml::to_string(p).unwrap_or_default()
+                    )),
+                    Err(f) => text.push_str(&format!("refused: {}\n", f.message)),
+                }
+                output::print_stdout(&text)
+            }
+        };
+    }
+    // 3. Confirmation.
+    if !plan.yes {
+        eprintln!(
+            "{}",
+            summary_table(&name, &ns, mode, files, m.uncompressed_size, &state.users)
+        );
+        match plan.mode {
+            RestoreModeArg::Replace => crate::confirm::confirm_typed(
+                &format!(
+                    "Replace the whole content of PVC {ns}/{name} with backup {}?",
+                    m.backup_id
+                ),
+                &name,
+            )?,
+            RestoreModeArg::Merge => crate::confirm::confirm(&format!(
+                "Overwrite {files} files of PVC {ns}/{name} with backup {}?",
+                m.backup_id
+            ))?,
+        }
+    }
+    // 4. From here on the cluster changes.
+    if let Some(size) = &create_size {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(conn.client.clone(), &ns);
+        let obj = new_pvc(&m, &ns, &name, plan.storage_class.as_deref(), size);
+        api.create(&PostParams::default(), &obj)
+            .await
+            .map_err(|e| explain(&format!("creating PVC {ns}/{name}"), &e))?;
+        eprintln!("created PVC {ns}/{name} ({size})");
+    }
+    let req = request(&run_id)?;
+    let pod = build_helper_pod(&req);
+    if let Some(nso) = &state.namespace_obj {
+        if let Some(conflict) = podsecurity_conflict(nso, &pod) {
+            return Err(Failure::runtime(conflict));
+        }
+    }
+    let registry = Registry::default();
+    let progress = Arc::new(Mutex::new(Phase::Nothing));
+    let job = Job {
+        loc: verify_loc.clone(),
+        run_id: run_id.clone(),
+        mode: plan.mode,
+        timeout: plan.pod_timeout,
+        needed,
+    };
+    let outcome = tokio::select! {
+        r = restore_in_pod(&conn.client, pod, &job, &registry, &progress) => r,
+        _ = crate::signals::interrupted() => {
+            eprintln!("interrupted; rolling back");
+            if *progress.lock().unwrap_or_else(|p| p.into_inner()) != Phase::Nothing {
+                if let Err(f) = recover(&conn.client, &request, &job, &registry).await {
+                    eprintln!("{}", f.message);
+                }
+            }
+            Err(Failure::interrupted())
+        }
+    };
+    let left = registry.delete_all(&conn.client).await;
+    if !left.is_empty() {
+        eprintln!(
+            "warning: could not delete helper pods {}; run `kubectl pvbackup cleanup`",
+            left.join(", ")
+        );
+    }
+    let outcome = match outcome {
+        Err(f)
+            if f.kind != ExitKind::Interrupted
+                && *progress.lock().unwrap_or_else(|p| p.into_inner()) == Phase::NeedsRecovery =>
+        {
+            match recover(&conn.client, &request, &job, &registry).await {
+                Ok(()) => Err(Failure::new(
+                    f.kind,
+                    format!(
+                        "{}; the volume was rolled back to its previous content",
+                        f.message
+                    ),
+                )),
+                Err(r) => Err(Failure::new(
+                    f.kind,
+                    format!("{}; {}", f.message, r.message),
+                )),
+            }
+        }
+        other => other,
+    };
+    let left = registry.delete_all(&conn.client).await;
+    if !left.is_empty() {
+        eprintln!(
+            "warning: could not delete helper pods {}; run `kubectl pvbackup cleanup`",
+            left.join(", ")
+        );
+    }
+    outcome?;
+    let secs = started.elapsed().as_secs_f64();
+    match plan.output {
+        OutputFormat::Json | OutputFormat::Yaml => output::structured(
+            plan.output,
+            &serde_json::json!({"target": name, "namespace": ns, "mode": mode, "files": files, "bytes": m.uncompressed_size, "seconds": secs, "verified": true}),
+        ),
+        _ => output::print_stdout(&format!(
+            "{}\nrestored and verified in {secs:.1}s\n",
+            output::table(
+                &[
+                    "namespace",
+                    "pvc",
+                    "mode",
+                    "files",
+                    "size",
+                    "time",
+                    "verified"
+                ],
+                vec![vec![
+                    ns.clone(),
+                    name.clone(),
+                    mode.to_string(),
+                    files.to_string(),
+                    output::human_bytes(m.uncompressed_size),
+                    format!("{secs:.1}s"),
+                    "yes".into()
+                ]]
+            )
+        )),
+    }
+}
+
+fn summary_table(
+    name: &str,
+    ns: &str,
+    mode: &str,
+    files: u64,
+    bytes: u64,
+    users: &[String],
+) -> String {
+    output::table(
+        &[
+            "target",
+            "namespace",
+            "mode",
+            "files",
+            "bytes",
+            "pods using it",
+        ],
+        vec![vec![
+            name.to_string(),
+            ns.to_string(),
+            mode.to_string(),
+            files.to_string(),
+            output::human_bytes(bytes),
+            if users.is_empty() {
+                "none".into()
+            } else {
+                users.join(",")
+            },
+        ]],
+    )
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Nothing on the volume changed yet.
+    Nothing,
+    /// Staging or the swap may have touched the volume: a failure must roll back.
+    NeedsRecovery,
+    /// Committed (or rolled back): nothing left to undo.
+    Done,
+}
+
+struct Job {
+    loc: Arc<Located>,
+    run_id: String,
+    mode: RestoreModeArg,
+    timeout: Duration,
+    needed: u64,
+}
+
+impl Job {
+    fn staging(&self) -> String {
+        format!("{}/{}", engine::MOUNT, engine::staging_name(&self.run_id))
+    }
+    /// Top-level names a replace keeps: `lost+found` when the backup has none.
+    fn keep(&self) -> Vec<String> {
+        let has = self
+            .loc
+            .manifest
+            .entries
+            .iter()
+            .any(|e| crate::archive::canonical_key(&e.raw_path()) == b"lost+found");
+        if has {
+            Vec::new()
+        } else {
+            vec!["lost+found".to_string()]
+        }
+    }
+}
+
+fn set(p: &Mutex<Phase>, v: Phase) {
+    *p.lock().unwrap_or_else(|e| e.into_inner()) = v;
+}
+
+async fn restore_in_pod(
+    client: &kube::Client,
+    pod: Pod,
+    job: &Job,
+    registry: &Registry,
+    phase: &Mutex<Phase>,
+) -> Result<(), Failure> {
+    let mut helper = HelperPod::launch(client, pod, job.timeout, registry).await?;
+    let r = steps(&helper, job, phase).await;
+    if r.is_err() && *phase.lock().unwrap_or_else(|e| e.into_inner()) == Phase::NeedsRecovery {
+        // Roll back in this pod while it is alive; `recover` retries in a fresh one otherwise.
+        if run_bytes(&helper, &rollback_argv(job)).await.is_ok() {
+            set(phase, Phase::Done);
+            helper.delete().await;
+            return r.map_err(|f| {
+                Failure::new(
+                    f.kind,
+                    format!(
+                        "{}; the volume was rolled back to its previous content",
+                        f.message
+                    ),
+                )
+            });
+        }
+    }
+    helper.delete().await;
+    r
+}
+
+fn rollback_argv(job: &Job) -> Vec<String> {
+    let mut v = vec![
+        "sh".into(),
+        "-c".into(),
+        engine::ROLLBACK.into(),
+        "sh".into(),
+        job.run_id.clone(),
+        mode_name(job.mode).into(),
+    ];
+    v.extend(job.keep());
+    v
+}
+
+/// Runs `argv`, returns raw stdout; non-zero exit or a lost stream is a runtime failure.
+async fn run_bytes(helper: &HelperPod, argv: &[String]) -> Result<Vec<u8>, Failure> {
+    let a: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let mut p = helper.exec(&a, false).await?;
+    let mut so = p
+        .stdout()
+        .ok_or_else(|| Failure::runtime("exec gave no stdout"))?;
+    let mut se = p
+        .stderr()
+        .ok_or_else(|| Failure::runtime("exec gave no stderr"))?;
+    let status = p.take_status();
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let (a, b) = tokio::join!(so.read_to_end(&mut out), se.read_to_end(&mut err));
+    a.and(b)
+        .map_err(|e| Failure::runtime(format!("reading from helper pod {}: {e}", helper.name)))?;
+    let st = match status {
+        Some(s) => s.await,
+        None => None,
+    };
+    let what = argv
+        .get(2)
+        .and_then(|s| s.lines().find(|l| !l.trim().is_empty()))
+        .unwrap_or("command");
+    match st {
+        Some(s) if s.status.as_deref() == Some("Success") => Ok(out),
+        Some(s) => Err(Failure::runtime(format!(
+            "a step in helper pod {} failed ({}): {} {}",
+            helper.name,
+            what.trim(),
+            s.message.unwrap_or_default(),
+            String::from_utf8_lossy(&err).trim()
+        ))),
+        None => Err(Failure::runtime(format!("the connection to helper pod {} was lost mid-step (the container may have been killed)", helper.name))),
+    }
+}
+
+fn sh(script: &str, args: &[&str]) -> Vec<String> {
+    let mut v = vec![
+        "sh".to_string(),
+        "-c".to_string(),
+        script.to_string(),
+        script.to_string(),
+    ];
+    v.extend(args.iter().map(|s| s.to_string()));
+    v
+}
+
+async fn listing(helper: &HelperPod, dir: &str, job: &Job) -> Result<Vec<engine::Seen>, Failure> {
+    let out = run_bytes(helper, &sh(engine::LIST, &[dir, &job.run_id])).await?;
+    parse_listing(&out).map_err(|e| {
+        Failure::runtime(format!(
+            "the file listing from helper pod {} is unreadable: {e}",
+            helper.name
+        ))
+    })
+}
+
+async fn steps(helper: &HelperPod, job: &Job, phase: &Mutex<Phase>) -> Result<(), Failure> {
+    let m = &job.loc.manifest;
+    // Room for staging: the originals stay until the swap.
+    let df = run_bytes(helper, &["df".into(), "-Pk".into(), engine::MOUNT.into()]).await?;
+    let df = String::from_utf8_lossy(&df);
+    if let Some(avail) = df
+        .lines()
+        .last()
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        let avail = avail * 1024;
+        if avail < job.needed {
+            return Err(Failure::refused(format!(
+                "the volume has {} free but staging the backup needs {} next to the current data; free space on it or restore into a larger PVC (--to-pvc NAME --create-pvc)",
+                output::human_bytes(avail),
+                output::human_bytes(job.needed)
+            )));
+        }
+    }
+    set(phase, Phase::NeedsRecovery);
+    // Extract: archive → decompress here → tar -x in the pod, over exec stdin.
+    let staging = job.staging();
+    let argv = sh(
+        "mkdir -m 700 \"$1\" && exec tar -x --numeric-owner -f - -C \"$1\"",
+        &[&staging],
+    );
+    let a: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let mut proc = helper.exec(&a, true).await?;
+    let stdin = proc
+        .stdin()
+        .ok_or_else(|| Failure::runtime("exec gave no stdin"))?;
+    let mut stdout = proc
+        .stdout()
+        .ok_or_else(|| Failure::runtime("exec gave no stdout"))?;
+    let mut stderr = proc
+        .stderr()
+        .ok_or_else(|| Failure::runtime("exec gave no stderr"))?;
+    let status = proc
+        .take_status()
+        .ok_or_else(|| Failure::runtime("exec gave no status channel"))?;
+    let loc = job.loc.clone();
+    let feeder = tokio::task::spawn_blocking(move || -> Result<u64, Failure> {
+        let mut bridge = tokio_util::io::SyncIoBridge::new(stdin);
+        let reader = loc.destination.open(&loc.archive_key)?;
+        let mut decoder = loc
+            .manifest
+            .compression
+            .decoder(std::io::BufReader::with_capacity(1 << 20, reader))
+            .map_err(|e| Failure::integrity(format!("cannot decompress the archive: {e}")))?;
+        let n = std::io::copy(&mut decoder, &mut bridge).map_err(|e| {
+            Failure::runtime(format!(
+                "streaming the archive to the helper pod failed: {e}"
+            ))
+        })?;
+        use std::io::Write;
+        bridge.flush().map_err(|e| {
+            Failure::runtime(format!(
+                "streaming the archive to the helper pod failed: {e}"
+            ))
+        })?;
+        bridge
+            .shutdown()
+            .map_err(|e| Failure::runtime(format!("closing the helper pod's stdin failed: {e}")))?;
+        Ok(n)
+    });
+    let drain = tokio::spawn(async move {
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let mut so = (&mut stdout).take(64 << 10);
+        let mut se = (&mut stderr).take(64 << 10);
+        let _ = tokio::join!(so.read_to_end(&mut out), se.read_to_end(&mut err));
+        String::from_utf8_lossy(&err).into_owned()
+    });
+    let fed = feeder
+        .await
+        .map_err(|e| Failure::runtime(format!("the archive feeder failed: {e}")))?;
+    let errors = drain.await.unwrap_or_default();
+    let st = status.await;
+    let _ = proc.join().await;
+    match st {
+        Some(s) if s.status.as_deref() == Some("Success") => {}
+        Some(s) => {
+            return Err(Failure::runtime(format!("tar -x in helper pod {} failed: {} {}", helper.name, s.message.unwrap_or_default(), errors.trim())));
+        }
+        None => return Err(Failure::runtime(format!("the connection to helper pod {} was lost while extracting (the container may have been killed)", helper.name))),
+    }
+    fed?;
+    // Ownership of symlinks (busybox tar leaves them to root).
+    let owners = engine::symlink_owners(m);
+    for chunk in owners.chunks(500) {
+        let mut args = vec![staging.clone()];
+        for (o, p) in chunk {
+            args.push(o.clone());
+            args.push(p.clone());
+        }
+        let argv: Vec<String> = ["sh", "-c", engine::FIX_SYMLINKS, "sh"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(args)
+            .collect();
+        run_bytes(helper, &argv).await?;
+    }
+    // Verify the staged tree inside the pod.
+    let seen = listing(helper, &staging, job).await?;
+    let problems = compare(m, &seen, true);
+    if !problems.is_empty() {
+        return Err(Failure::integrity(format!(
+            "the extracted files do not match the manifest, so the volume was not changed: {}",
+            problems
+                .iter()
+                .take(20)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        )));
+    }
+    // Swap.
+    let argv = match job.mode {
+        RestoreModeArg::Replace => {
+            let mut v = vec![
+                "sh".into(),
+                "-c".into(),
+                engine::SWAP_REPLACE.into(),
+                "sh".into(),
+                job.run_id.clone(),
+            ];
+            v.extend(job.keep());
+            v
+        }
+        RestoreModeArg::Merge => sh(engine::SWAP_MERGE, &[&job.run_id]),
+    };
+    run_bytes(helper, &argv).await?;
+    // Verify in place.
+    let seen = listing(helper, engine::MOUNT, job).await?;
+    let problems = compare(m, &seen, job.mode == RestoreModeArg::Replace);
+    if !problems.is_empty() {
+        return Err(Failure::integrity(format!(
+            "after the swap the volume does not match the manifest: {}",
+            problems
+                .iter()
+                .take(20)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        )));
+    }
+    run_bytes(
+        helper,
+        &[
+            "sh".into(),
+            "-c".into(),
+            engine::COMMIT.into(),
+            "sh".into(),
+            job.run_id.clone(),
+        ],
+    )
+    .await?;
+    set(phase, Phase::Done);
+    Ok(())
+}
+
+/// Rolls the volume back in a fresh helper pod (the first one died or is unreachable).
+async fn recover(
+    client: &kube::Client,
+    request: &dyn Fn(&str) -> Result<HelperPodRequest, Failure>,
+    job: &Job,
+    registry: &Registry,
+) -> Result<(), Failure> {
+    let manual = || {
+        format!(
+            "the volume may hold a partial restore; run `kubectl pvbackup restore` again, or in a pod mounting it run: cd /data; ls -a (entries of run {} are named .pvbackup-*-{})",
+            job.run_id, job.run_id
+        )
+    };
+    let mut last = String::new();
+    for attempt in 0..3 {
+        let req = request(&format!("{}-rb{attempt}", job.run_id))
+            .map_err(|f| Failure::runtime(format!("{}; {}", f.message, manual())))?;
+        match HelperPod::launch(client, build_helper_pod(&req), job.timeout, registry).await {
+            Ok(mut h) => {
+                let r = run_bytes(&h, &rollback_argv(job)).await;
+                h.delete().await;
+                match r {
+                    Ok(_) => return Ok(()),
+                    Err(f) => last = f.message,
+                }
+            }
+            Err(f) => last = f.message,
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Err(Failure::runtime(format!(
+        "rolling back failed ({last}); {}",
+        manual()
+    )))
+}

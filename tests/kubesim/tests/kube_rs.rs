@@ -1,0 +1,673 @@
+//! Conformance of kubesim against kube-rs (the client kubectl-pvbackup uses): list/watch,
+//! create/delete, await_condition, exec over WebSocket with stdin and status, API error codes,
+//! scheduling and image-pull failures, and injected faults.
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{AttachParams, DeleteParams, ListParams, PostParams, Preconditions};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use kubesim::{Cluster, ClusterOptions, FaultRequest, Scenario};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn start(scenario: Scenario) -> Cluster {
+    Cluster::start(ClusterOptions {
+        scenario,
+        ..Default::default()
+    })
+    .await
+    .expect("cluster starts")
+}
+
+async fn client_for(kubeconfig: &Path) -> Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("config");
+    Client::try_from(cfg).expect("client")
+}
+
+fn sleeper(name: &str, image: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"test": "kube-rs"}},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "main", "image": image, "command": ["sleep", "3600"]}],
+        },
+    }))
+    .expect("pod")
+}
+
+async fn running(api: &Api<Pod>, name: &str) -> Pod {
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        await_condition(api.clone(), name, conditions::is_pod_running()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{name} did not start running in 30s"))
+    .expect("watch works")
+    .expect("pod exists")
+}
+
+fn api_error(e: kube::Error) -> Box<kube::core::Status> {
+    match e {
+        kube::Error::Api(s) => s,
+        other => panic!("expected kube::Error::Api, got {other:?}"),
+    }
+}
+
+/// Polls `f` until it yields Some, or panics after `secs`.
+async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_watch_create_delete_pods() {
+    let c = start(Scenario::Empty).await;
+    let client = client_for(c.kubeconfig()).await;
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+
+    // A watcher started before the pod exists sees it appear, run, and go.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let w = watcher(
+        pods.clone(),
+        watcher::Config::default().labels("test=kube-rs"),
+    );
+    let watch_task = tokio::spawn(async move {
+        let mut s = w.boxed();
+        while let Some(ev) = s.try_next().await.expect("watch stream errors") {
+            let _ = tx.send(ev);
+        }
+    });
+
+    let created = pods
+        .create(&PostParams::default(), &sleeper("w1", "busybox:1.36"))
+        .await
+        .expect("create");
+    let uid = created.metadata.uid.clone().expect("uid assigned");
+    assert!(created.metadata.resource_version.is_some());
+    assert_eq!(created.metadata.namespace.as_deref(), Some("default"));
+
+    let pod = running(&pods, "w1").await;
+    let st = pod.status.expect("status");
+    assert!(pod.spec.expect("spec").node_name.is_some(), "scheduled");
+    assert!(st.pod_ip.is_some(), "running pod has an IP");
+    let cs = &st.container_statuses.expect("container statuses")[0];
+    assert!(cs.ready && cs.state.as_ref().and_then(|s| s.running.as_ref()).is_some());
+
+    let list = pods
+        .list(&ListParams::default().labels("test=kube-rs"))
+        .await
+        .expect("list");
+    assert_eq!(
+        list.items
+            .iter()
+            .filter_map(|p| p.metadata.name.as_deref())
+            .collect::<Vec<_>>(),
+        ["w1"]
+    );
+    assert!(list.metadata.resource_version.is_some());
+    let other = pods
+        .list(&ListParams::default().labels("test=other"))
+        .await
+        .expect("list with a non-matching selector");
+    assert!(other.items.is_empty());
+
+    // Api::watch from the list's resourceVersion sees the deletion as MODIFIED/DELETED events.
+    let rv = list.metadata.resource_version.clone().expect("rv");
+    let raw = pods
+        .watch(
+            &kube::api::WatchParams::default().labels("test=kube-rs"),
+            &rv,
+        )
+        .await
+        .expect("watch");
+    pods.delete("w1", &DeleteParams::default())
+        .await
+        .expect("delete");
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        await_condition(pods.clone(), "w1", conditions::is_deleted(&uid)),
+    )
+    .await
+    .expect("w1 is deleted within 30s")
+    .expect("watch works");
+    let mut raw = raw.boxed();
+    let saw_deleted = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(ev) = raw.try_next().await.expect("raw watch") {
+            if let kube::api::WatchEvent::Deleted(p) = ev {
+                return p.metadata.name.as_deref() == Some("w1");
+            }
+        }
+        false
+    })
+    .await
+    .expect("DELETED event within 10s");
+    assert!(saw_deleted, "Api::watch reports the deletion");
+
+    // The runtime watcher reported the pod's arrival, a Running version, and its deletion.
+    let mut applied_running = false;
+    let mut deleted = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !(applied_running && deleted) {
+        let ev = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("watcher events within 10s")
+            .expect("watcher alive");
+        match ev {
+            watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
+                if p.status.and_then(|s| s.phase).as_deref() == Some("Running") {
+                    applied_running = true;
+                }
+            }
+            watcher::Event::Delete(p) => {
+                assert_eq!(p.metadata.uid.as_deref(), Some(uid.as_str()));
+                deleted = true;
+            }
+            _ => {}
+        }
+    }
+    watch_task.abort();
+    assert!(pods.get_opt("w1").await.expect("get").is_none());
+    let err = api_error(pods.get("w1").await.expect_err("gone"));
+    assert_eq!(err.code, 404);
+    assert_eq!(err.reason, "NotFound");
+    c.shutdown().await;
+}
+
+async fn read_all(r: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    if let Some(mut r) = r {
+        r.read_to_end(&mut buf).await.expect("read stream");
+    }
+    buf
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_with_stdin_and_status() {
+    let c = start(Scenario::Empty).await;
+    let client = client_for(c.kubeconfig()).await;
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    pods.create(&PostParams::default(), &sleeper("ex", "busybox:1.36"))
+        .await
+        .expect("create");
+    running(&pods, "ex").await;
+
+    // stdin → the process; closing stdin (v5 CLOSE) gives it EOF; a non-zero exit is a
+    // Failure status with reason NonZeroExitCode and an ExitCode cause.
+    let data: Vec<u8> = (0..(2 * 1024 * 1024 + 5) as u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    let mut p = pods
+        .exec(
+            "ex",
+            ["sh", "-c", "wc -c; echo to-stderr >&2; exit 7"],
+            &AttachParams::default().stdin(true).stderr(true),
+        )
+        .await
+        .expect("exec");
+    let mut stdin = p.stdin().expect("stdin");
+    let stdout = p.stdout();
+    let stderr = p.stderr();
+    let status = p.take_status().expect("status");
+    let writer = tokio::spawn(async move {
+        stdin.write_all(&data).await.expect("write stdin");
+        stdin.shutdown().await.expect("close stdin");
+    });
+    let (out, err) = tokio::time::timeout(
+        Duration::from_secs(30),
+        futures::future::join(read_all(stdout), read_all(stderr)),
+    )
+    .await
+    .expect("exec finishes in 30s");
+    writer.await.expect("writer");
+    assert_eq!(String::from_utf8_lossy(&out).trim(), "2097157");
+    assert_eq!(String::from_utf8_lossy(&err), "to-stderr\n");
+    let s = status.await.expect("a status");
+    assert_eq!(s.status.as_deref(), Some("Failure"));
+    assert_eq!(s.reason.as_deref(), Some("NonZeroExitCode"));
+    let causes = s.details.expect("details").causes.unwrap_or_default();
+    assert!(
+        causes
+            .iter()
+            .any(|c| c.reason.as_deref() == Some("ExitCode") && c.message.as_deref() == Some("7")),
+        "{causes:?}"
+    );
+    p.join().await.expect("join");
+
+    // A zero exit is a Success status.
+    let mut p = pods
+        .exec("ex", ["cat", "/etc/hostname"], &AttachParams::default())
+        .await
+        .expect("exec");
+    let stdout = p.stdout();
+    let status = p.take_status().expect("status");
+    let out = tokio::time::timeout(Duration::from_secs(20), read_all(stdout))
+        .await
+        .expect("exec finishes");
+    assert_eq!(
+        String::from_utf8_lossy(&out).trim(),
+        "ex",
+        "hostname is the pod name"
+    );
+    let s = status.await.expect("a status");
+    assert_eq!(s.status.as_deref(), Some("Success"), "{s:?}");
+    p.join().await.expect("join");
+
+    // A missing binary: the runtime's "executable file not found" as a 500-ish failure.
+    let mut p = pods
+        .exec("ex", ["no-such-binary"], &AttachParams::default())
+        .await
+        .expect("exec upgrade succeeds");
+    let status = p.take_status().expect("status");
+    let s = tokio::time::timeout(Duration::from_secs(20), status)
+        .await
+        .expect("status within 20s")
+        .expect("a status");
+    assert_eq!(s.status.as_deref(), Some("Failure"), "{s:?}");
+    assert!(
+        s.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no-such-binary"),
+        "{s:?}"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_errors_have_real_codes() {
+    let c = start(Scenario::Empty).await;
+    let admin = client_for(c.kubeconfig()).await;
+    let pods: Api<Pod> = Api::namespaced(admin, "default");
+    let created = pods
+        .create(&PostParams::default(), &sleeper("target", "busybox:1.36"))
+        .await
+        .expect("create");
+
+    // RBAC denial → 403 Forbidden with the authorizer's message.
+    let viewer_cfg = c
+        .add_user(
+            "viewer",
+            vec![kubesim::rule(
+                &["get", "list", "watch"],
+                &["pods"],
+                &["default"],
+            )],
+        )
+        .expect("user");
+    let viewer: Api<Pod> = Api::namespaced(client_for(&viewer_cfg).await, "default");
+    assert!(viewer.get("target").await.is_ok(), "viewer may get");
+    let e = api_error(
+        viewer
+            .create(&PostParams::default(), &sleeper("nope", "busybox:1.36"))
+            .await
+            .expect_err("viewer may not create"),
+    );
+    assert_eq!(e.code, 403);
+    assert_eq!(e.reason, "Forbidden");
+    assert!(
+        e.message
+            .contains("User \"viewer\" cannot create resource \"pods\" in API group \"\" in the namespace \"default\""),
+        "{}",
+        e.message
+    );
+    let e = api_error(
+        viewer
+            .delete("target", &DeleteParams::default())
+            .await
+            .expect_err("viewer may not delete"),
+    );
+    assert_eq!(e.code, 403);
+    let other_ns: Api<Pod> = Api::namespaced(client_for(&viewer_cfg).await, "kube-system");
+    assert_eq!(
+        api_error(
+            other_ns
+                .list(&ListParams::default())
+                .await
+                .expect_err("other ns")
+        )
+        .code,
+        403
+    );
+
+    // Delete with a stale uid precondition → 409 Conflict; the pod stays.
+    let e = api_error(
+        pods.delete(
+            "target",
+            &DeleteParams::default().preconditions(Preconditions {
+                uid: Some("00000000-0000-0000-0000-000000000000".into()),
+                resource_version: None,
+            }),
+        )
+        .await
+        .expect_err("wrong uid"),
+    );
+    assert_eq!(e.code, 409);
+    assert_eq!(e.reason, "Conflict");
+    assert!(
+        e.message
+            .contains("Precondition failed: UID in precondition"),
+        "{}",
+        e.message
+    );
+    let still = pods.get("target").await.expect("still there");
+    assert_eq!(still.metadata.uid, created.metadata.uid);
+    assert!(still.metadata.deletion_timestamp.is_none());
+
+    // Creating the same name again → 409 AlreadyExists.
+    let e = api_error(
+        pods.create(&PostParams::default(), &sleeper("target", "busybox:1.36"))
+            .await
+            .expect_err("duplicate"),
+    );
+    assert_eq!((e.code, e.reason.as_str()), (409, "AlreadyExists"));
+
+    // A container without an image → 422 Invalid with a cause on spec.containers[0].image.
+    let bad: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "no-image"},
+        "spec": {"containers": [{"name": "main", "command": ["sleep", "1"]}]},
+    }))
+    .expect("pod");
+    let e = api_error(
+        pods.create(&PostParams::default(), &bad)
+            .await
+            .expect_err("no image"),
+    );
+    assert_eq!(e.code, 422);
+    assert_eq!(e.reason, "Invalid");
+    let causes = e.details.expect("details").causes;
+    assert!(
+        causes
+            .iter()
+            .any(|c| c.field == "spec.containers[0].image" && c.reason == "FieldValueRequired"),
+        "{causes:?}"
+    );
+    assert!(pods.get_opt("no-image").await.expect("get").is_none());
+
+    // Delete with the right uid works.
+    pods.delete(
+        "target",
+        &DeleteParams::default().preconditions(Preconditions {
+            uid: created.metadata.uid.clone(),
+            resource_version: None,
+        }),
+    )
+    .await
+    .expect("delete with the right uid");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_write_once_pod_second_pod_is_unschedulable() {
+    let c = start(Scenario::Demo).await;
+    c.wait_for_pods_running(Duration::from_secs(60))
+        .await
+        .expect("demo runs");
+    let client = client_for(c.kubeconfig()).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "payments");
+    let pvcs: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(client, "payments");
+    let keys = pvcs.get("keys").await.expect("keys pvc");
+    assert_eq!(
+        keys.spec.expect("spec").access_modes.expect("modes"),
+        ["ReadWriteOncePod"]
+    );
+    let holder = pods
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .find(|p| {
+            p.spec.as_ref().is_some_and(|s| {
+                s.volumes.iter().flatten().any(|v| {
+                    v.persistent_volume_claim
+                        .as_ref()
+                        .is_some_and(|c| c.claim_name == "keys")
+                })
+            })
+        })
+        .expect("a pod holds the RWOP claim");
+    assert_eq!(holder.metadata.name.as_deref(), Some("vault-0"));
+
+    let second: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "second-reader"},
+        "spec": {
+            "containers": [{"name": "main", "image": "busybox:1.36", "command": ["sleep", "3600"],
+                            "volumeMounts": [{"name": "k", "mountPath": "/k"}]}],
+            "volumes": [{"name": "k", "persistentVolumeClaim": {"claimName": "keys"}}],
+        },
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &second)
+        .await
+        .expect("create");
+    let cond = eventually(20, "a PodScheduled=False condition", || async {
+        let p = pods.get("second-reader").await.expect("get");
+        p.status
+            .and_then(|s| s.conditions)
+            .into_iter()
+            .flatten()
+            .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+    })
+    .await;
+    assert_eq!(cond.reason.as_deref(), Some("Unschedulable"));
+    let msg = cond.message.expect("message");
+    assert!(
+        msg.starts_with("0/3 nodes are available:")
+            && msg.contains("node has pod using PersistentVolumeClaim with the same name and ReadWriteOncePod access mode"),
+        "{msg}"
+    );
+    let events: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(client_for(c.kubeconfig()).await, "payments");
+    let evs = events
+        .list(&ListParams::default().fields("involvedObject.name=second-reader"))
+        .await
+        .expect("events");
+    assert!(
+        evs.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("FailedScheduling")
+                && e.type_.as_deref() == Some("Warning")
+                && e.message.as_deref() == Some(msg.as_str())),
+        "{:?}",
+        evs.items
+    );
+    let p = pods.get("second-reader").await.expect("get");
+    assert_eq!(p.status.and_then(|s| s.phase).as_deref(), Some("Pending"));
+    assert!(
+        p.spec.expect("spec").node_name.is_none(),
+        "never bound to a node"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_image_pull_backs_off() {
+    let c = start(Scenario::Empty).await;
+    let image = "registry.example.com/broken/app:1.0";
+    c.fault(FaultRequest::FailImage {
+        image: image.into(),
+    });
+    let pods: Api<Pod> = Api::namespaced(client_for(c.kubeconfig()).await, "default");
+    pods.create(&PostParams::default(), &sleeper("broken", image))
+        .await
+        .expect("create");
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !seen.contains("ImagePullBackOff") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no ImagePullBackOff within 30s; saw {seen:?}"
+        );
+        let p = pods.get("broken").await.expect("get");
+        let st = p.status.expect("status");
+        assert_ne!(
+            st.phase.as_deref(),
+            Some("Running"),
+            "a failing image never runs"
+        );
+        for cs in st.container_statuses.into_iter().flatten() {
+            assert!(!cs.ready);
+            if let Some(w) = cs.state.and_then(|s| s.waiting) {
+                let reason = w.reason.unwrap_or_default();
+                if reason == "ErrImagePull" || reason == "ImagePullBackOff" {
+                    assert!(
+                        w.message.as_deref().unwrap_or_default().contains(image),
+                        "{reason}: {:?}",
+                        w.message
+                    );
+                    seen.insert(reason);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen.contains("ErrImagePull"),
+        "ErrImagePull comes first: {seen:?}"
+    );
+    let events: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(client_for(c.kubeconfig()).await, "default");
+    let evs = events
+        .list(&ListParams::default().fields("involvedObject.name=broken"))
+        .await
+        .expect("events");
+    assert!(
+        evs.items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Failed")
+                && e.message.as_deref() == Some("Error: ErrImagePull")),
+        "{:?}",
+        evs.items.iter().map(|e| &e.message).collect::<Vec<_>>()
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_exec_fault_ends_the_stream_early() {
+    let c = start(Scenario::Empty).await;
+    let pods: Api<Pod> = Api::namespaced(client_for(c.kubeconfig()).await, "default");
+    pods.create(&PostParams::default(), &sleeper("victim", "busybox:1.36"))
+        .await
+        .expect("create");
+    running(&pods, "victim").await;
+    let limit = 1024 * 1024u64;
+    c.fault(FaultRequest::KillExec {
+        after_bytes: limit,
+        count: 1,
+    });
+    let mut p = pods
+        .exec(
+            "victim",
+            ["cat", "/dev/zero"],
+            &AttachParams::default().stderr(false),
+        )
+        .await
+        .expect("exec");
+    let mut stdout = p.stdout().expect("stdout");
+    let status = p.take_status().expect("status");
+    let n = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut n = 0u64;
+        loop {
+            match stdout.read(&mut buf).await {
+                Ok(0) | Err(_) => return n,
+                Ok(k) => {
+                    assert!(buf[..k].iter().all(|b| *b == 0));
+                    n += k as u64;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the killed stream ends within 30s");
+    assert!(n >= limit / 2, "got {n} bytes before the kill");
+    assert!(n < 512 * 1024 * 1024, "stream ended early ({n} bytes)");
+    let s = tokio::time::timeout(Duration::from_secs(10), status)
+        .await
+        .expect("status in time");
+    if let Some(s) = s {
+        assert_ne!(s.status.as_deref(), Some("Success"), "{s:?}");
+    }
+    drop(p);
+
+    // The fault was for one session: the next exec is unharmed.
+    let mut p = pods
+        .exec(
+            "victim",
+            ["sh", "-c", "head -c 3000000 /dev/zero | wc -c"],
+            &AttachParams::default().stderr(false),
+        )
+        .await
+        .expect("exec");
+    let out = tokio::time::timeout(Duration::from_secs(30), read_all(p.stdout()))
+        .await
+        .expect("second exec finishes");
+    assert_eq!(String::from_utf8_lossy(&out).trim(), "3000000");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_fails_requests_then_recovers() {
+    let c = start(Scenario::Empty).await;
+    let pods: Api<Pod> = Api::namespaced(client_for(c.kubeconfig()).await, "default");
+    pods.list(&ListParams::default())
+        .await
+        .expect("list before the outage");
+    let started = tokio::time::Instant::now();
+    c.fault(FaultRequest::Outage { seconds: 2.0 });
+    let during = tokio::time::timeout(Duration::from_secs(10), pods.list(&ListParams::default()))
+        .await
+        .expect("a request during the outage ends promptly");
+    assert!(during.is_err(), "a request during the outage succeeded");
+    let mut attempts = 0;
+    let recovered = loop {
+        attempts += 1;
+        match tokio::time::timeout(Duration::from_secs(5), pods.list(&ListParams::default())).await
+        {
+            Ok(Ok(_)) => break started.elapsed(),
+            _ => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(15),
+                    "still failing after 15s"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert!(attempts > 1, "recovered on the first retry");
+    assert!(
+        recovered >= Duration::from_millis(1500),
+        "recovered after only {recovered:?}"
+    );
+    // And a create works afterwards, on the same client.
+    pods.create(&PostParams::default(), &sleeper("after", "busybox:1.36"))
+        .await
+        .expect("create after the outage");
+    c.shutdown().await;
+}

@@ -1,0 +1,235 @@
+//! `verify`, `list` and `inspect` need no cluster: what a user sees for good, damaged,
+//! truncated, hand-edited and malicious backups.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use kubectl_pvbackup::archive::{stream_backup, Compression};
+use kubectl_pvbackup::destination::{archive_key, manifest_key};
+use kubectl_pvbackup::manifest::{ClusterInfo, Manifest, ManifestMeta, PvcInfo};
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn plugin(args: &[&str]) -> Out {
+    let o = Command::new(env!("CARGO_BIN_EXE_kubectl-pvbackup"))
+        .args(args)
+        .stdin(Stdio::null())
+        .env("KUBECONFIG", "/nonexistent")
+        .output()
+        .unwrap();
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into(),
+        stderr: String::from_utf8_lossy(&o.stderr).into(),
+    }
+}
+
+/// A backup made the way `create` makes one, from a small tree packed by busybox tar.
+fn make_backup(dest: &Path, id: &str, compression: Compression) -> (PathBuf, PathBuf) {
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(src.path().join("a/b")).unwrap();
+    std::fs::write(
+        src.path().join("a/b/data.bin"),
+        (0..200_000u32)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    std::fs::write(src.path().join("notes with space.txt"), "hello\n").unwrap();
+    std::os::unix::fs::symlink("a/b/data.bin", src.path().join("link")).unwrap();
+    let tar = Command::new("busybox")
+        .args(["tar", "-cf", "-", "-C"])
+        .arg(src.path())
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(tar.status.success());
+    let akey = archive_key(id, "shop", "db", compression.extension());
+    let mkey = manifest_key(id, "shop", "db");
+    let apath = dest.join(&akey);
+    std::fs::create_dir_all(apath.parent().unwrap()).unwrap();
+    let file = std::fs::File::create(&apath).unwrap();
+    let summary = stream_backup(&tar.stdout[..], compression, file, &|_| {}).unwrap();
+    let meta = ManifestMeta {
+        backup_id: id.into(),
+        tool_version: "test".into(),
+        created: chrono::DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+            .unwrap()
+            .into(),
+        cluster: ClusterInfo {
+            server: "https://127.0.0.1:6443".into(),
+            context: Some("kubesim".into()),
+        },
+        namespace: "shop".into(),
+        pvc: PvcInfo {
+            name: "db".into(),
+            uid: "uid-1".into(),
+            capacity: Some("1Gi".into()),
+            access_modes: vec!["ReadWriteOnce".into()],
+            storage_class: Some("standard".into()),
+            volume_mode: Some("Filesystem".into()),
+            labels: Default::default(),
+        },
+        source_pods: vec![],
+        helper_image: "busybox:1.36".into(),
+    };
+    let m = Manifest::new(
+        meta,
+        compression,
+        format!("db{}", compression.extension()),
+        summary,
+    );
+    let mpath = dest.join(&mkey);
+    std::fs::write(&mpath, m.to_json_pretty()).unwrap();
+    (apath, mpath)
+}
+
+#[test]
+fn a_good_backup_verifies() {
+    let d = tempfile::tempdir().unwrap();
+    for c in [
+        Compression::Zstd { level: 1 },
+        Compression::Gzip { level: 1 },
+        Compression::None,
+    ] {
+        let (_, m) = make_backup(d.path(), &format!("id-{}", c.algorithm()), c);
+        let out = plugin(&["verify", m.to_str().unwrap()]);
+        assert_eq!(out.code, 0, "{}: {}{}", c, out.stdout, out.stderr);
+        assert!(out.stdout.contains("OK"));
+    }
+}
+
+#[test]
+fn a_one_byte_flip_is_exit_3_naming_the_damage() {
+    let d = tempfile::tempdir().unwrap();
+    let (a, m) = make_backup(d.path(), "flip", Compression::None);
+    let mut bytes = std::fs::read(&a).unwrap();
+    // Inside data.bin's content (the first entries are small headers).
+    let at = bytes
+        .windows(4)
+        .position(|w| w == [10, 11, 12, 13])
+        .unwrap();
+    bytes[at] ^= 0x01;
+    std::fs::write(&a, bytes).unwrap();
+    let out = plugin(&["verify", m.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert!(
+        v["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().contains("a/b/data.bin")),
+        "{v}"
+    );
+}
+
+#[test]
+fn a_truncated_or_flipped_compressed_archive_is_exit_3() {
+    let d = tempfile::tempdir().unwrap();
+    let (a, m) = make_backup(d.path(), "trunc", Compression::Zstd { level: 1 });
+    let bytes = std::fs::read(&a).unwrap();
+    std::fs::write(&a, &bytes[..bytes.len() / 2]).unwrap();
+    assert_eq!(plugin(&["verify", m.to_str().unwrap()]).code, 3);
+    let mut flipped = bytes.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x80;
+    std::fs::write(&a, flipped).unwrap();
+    assert_eq!(plugin(&["verify", m.to_str().unwrap()]).code, 3);
+}
+
+#[test]
+fn a_hand_edited_manifest_is_exit_3() {
+    let d = tempfile::tempdir().unwrap();
+    let (_, m) = make_backup(d.path(), "edit", Compression::Zstd { level: 1 });
+    let text = std::fs::read_to_string(&m).unwrap();
+    std::fs::write(&m, text.replacen("\"entry_count\"", "\"entry_cuont\"", 1)).unwrap();
+    let out = plugin(&["verify", m.to_str().unwrap()]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("entry_cuont"),
+        "the error names the bad field: {}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_malicious_archive_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let (_, m) = make_backup(d.path(), "evil", Compression::None);
+    let text = std::fs::read_to_string(&m).unwrap();
+    std::fs::write(
+        &m,
+        text.replace(
+            "\"path\": \"notes with space.txt\"",
+            "\"path\": \"../../etc/evil\"",
+        ),
+    )
+    .unwrap();
+    let out = plugin(&["verify", m.to_str().unwrap()]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(out.stderr.contains("../../etc/evil"), "{}", out.stderr);
+}
+
+#[test]
+fn list_shows_leftovers_as_incomplete_and_inspect_summarises() {
+    let d = tempfile::tempdir().unwrap();
+    let (_, m) = make_backup(
+        d.path(),
+        "20260102T030405Z-aaaa",
+        Compression::Zstd { level: 1 },
+    );
+    let (_, m2) = make_backup(
+        d.path(),
+        "20260102T030405Z-bbbb",
+        Compression::Zstd { level: 1 },
+    );
+    std::fs::remove_file(&m2).unwrap();
+    let out = plugin(&["list", d.path().to_str().unwrap(), "-o", "json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0]["restorable"], true);
+    assert_eq!(items[1]["restorable"], false);
+    assert_eq!(items[1]["complete"], false);
+    let table = plugin(&["list", d.path().to_str().unwrap()]);
+    assert!(table.stdout.contains("INCOMPLETE"), "{}", table.stdout);
+    let insp = plugin(&["inspect", m.to_str().unwrap(), "--files"]);
+    assert_eq!(insp.code, 0, "{}", insp.stderr);
+    assert!(insp.stdout.contains("shop/db"));
+    assert!(insp.stdout.contains("notes with space.txt"));
+    assert!(insp.stdout.contains("-> a/b/data.bin"));
+    // By id with --from, as runbooks name backups.
+    let by_id = plugin(&[
+        "verify",
+        "20260102T030405Z-aaaa/shop/db",
+        "--from",
+        d.path().to_str().unwrap(),
+    ]);
+    assert_eq!(by_id.code, 0, "{}", by_id.stderr);
+    let missing = plugin(&[
+        "verify",
+        "20260102T030405Z-bbbb/shop/db",
+        "--from",
+        d.path().to_str().unwrap(),
+    ]);
+    assert_eq!(missing.code, 2, "{}", missing.stderr);
+    assert!(missing.stderr.contains("incomplete"), "{}", missing.stderr);
+}
+
+#[test]
+fn usage_errors_are_exit_2_and_version_prints() {
+    assert_eq!(plugin(&["verify"]).code, 2);
+    assert_eq!(plugin(&["frobnicate"]).code, 2);
+    assert_eq!(plugin(&["verify", "notes.txt"]).code, 2);
+    let v = plugin(&["version", "-o", "json"]);
+    assert_eq!(v.code, 0);
+    let j: serde_json::Value = serde_json::from_str(&v.stdout).unwrap();
+    assert_eq!(j["version"], env!("CARGO_PKG_VERSION"));
+}
