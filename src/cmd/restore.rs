@@ -166,8 +166,6 @@ fn new_pvc(
 
 /// The cluster's view of the target, gathered before anything changes.
 struct TargetState {
-    namespace: String,
-    pvc_name: String,
     pvc: Option<PersistentVolumeClaim>,
     target: Target,
     namespace_obj: Option<Namespace>,
@@ -244,8 +242,6 @@ async fn target_state(
         .map(|p| p.name.clone())
         .collect();
     Ok(TargetState {
-        namespace: ns.to_string(),
-        pvc_name: name.to_string(),
         pvc,
         target,
         namespace_obj,

@@ -28,20 +28,13 @@ pub fn staging_name(id: &str) -> String {
     format!(".pvbackup-staging-{id}")
 }
 
-/// Names of this run's own top-level entries, never treated as volume content.
-pub fn own_names(id: &str) -> Vec<String> {
-    ["staging", "old", "new", "swapped", "root", "trash"]
-        .iter()
-        .map(|k| format!(".pvbackup-{k}-{id}"))
-        .collect()
-}
-
-/// `sh -c LIST LIST DIR EXCLUDE` (the script is its own `$0`, so it can run itself under
-/// `find -exec`): one NUL-separated record per entry under DIR (DIR itself is `.`):
+/// `sh -c LIST LIST DIR EXCLUDE` (the script is its own `$0`; it is exported as `$PVB` so
+/// that it can run itself under `find -exec` — busybox find refuses a `{}` inside an argument): one NUL-separated record per entry under DIR (DIR itself is `.`):
 /// `KIND\0MODE UID GID SIZE INODE MTIME\0PATH\0EXTRA\0`, where KIND is F (regular file,
 /// EXTRA = `sha256sum` output), L (symlink, EXTRA = `readlink` output with its newline), D
 /// (directory) or O (anything else). Top-level names starting with EXCLUDE are skipped.
 pub const LIST: &str = r#"
+: "${PVB:=$0}"; export PVB
 cd "$1" || exit 1
 ex="$2"
 one() {
@@ -60,7 +53,7 @@ for e in * .[!.]* ..?*; do
   [ -e "$e" ] || [ -L "$e" ] || continue
   case "$e" in .pvbackup-*-"$ex") continue;; esac
   if [ -d "$e" ] && [ ! -L "$e" ]; then
-    find "./$e" -exec sh -c "$0" "$0" . "$ex" one {} + || exit 1
+    find "./$e" -exec sh -c 'eval "$PVB"' list . "$ex" one {} + || exit 1
   else
     one "./$e" || exit 1
   fi
@@ -103,6 +96,7 @@ echo moved-in
 /// new/PATH, then the staged entry is renamed into place; directories are merged and get the
 /// staged directory's mode and owner.
 pub const SWAP_MERGE: &str = r#"
+: "${PVB:=$0}"; export PVB
 set -e
 cd /data
 id="$1"; phase="$2"
@@ -140,10 +134,10 @@ esac
 [ -d "$S" ]
 stat -c '%a %u:%g' . > "$R"
 mkdir "$O" "$N" "$J"
-find "$S" -mindepth 1 -type d -exec sh -c "$0" "$0" "$id" dirs {} +
+find "$S" -mindepth 1 -type d -exec sh -c 'eval "$PVB"' merge "$id" dirs {} +
 echo dirs-merged
-find "$S" -mindepth 1 ! -type d -exec sh -c "$0" "$0" "$id" files {} +
-find "$S" -type d -exec sh -c "$0" "$0" "$id" meta {} +
+find "$S" -mindepth 1 ! -type d -exec sh -c 'eval "$PVB"' merge "$id" files {} +
+find "$S" -type d -exec sh -c 'eval "$PVB"' merge "$id" meta {} +
 echo moved-in
 "#;
 
@@ -229,8 +223,7 @@ pub struct Seen {
 pub fn parse_listing(out: &[u8]) -> Result<Vec<Seen>, String> {
     let mut fields = out.split(|b| *b == 0);
     let mut seen = Vec::new();
-    loop {
-        let Some(kind) = fields.next() else { break };
+    while let Some(kind) = fields.next() {
         if kind.is_empty() {
             // the trailing empty slice after the last NUL
             if fields.next().is_none() {

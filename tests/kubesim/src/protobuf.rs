@@ -68,7 +68,7 @@ fn fields(buf: &[u8]) -> Result<Vec<(u64, Field<'_>)>, String> {
     Ok(out)
 }
 
-fn message<'a>(buf: &'a [u8], num: u64) -> Result<Option<&'a [u8]>, String> {
+fn message(buf: &[u8], num: u64) -> Result<Option<&[u8]>, String> {
     Ok(fields(buf)?.into_iter().rev().find_map(|(n, f)| match f {
         Field::Bytes(b) if n == num => Some(b),
         _ => None,

@@ -176,10 +176,10 @@ async fn list_watch_create_delete_pods() {
             .expect("watcher events within 10s")
             .expect("watcher alive");
         match ev {
-            watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
-                if p.status.and_then(|s| s.phase).as_deref() == Some("Running") {
-                    applied_running = true;
-                }
+            watcher::Event::Apply(p) | watcher::Event::InitApply(p)
+                if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") =>
+            {
+                applied_running = true;
             }
             watcher::Event::Delete(p) => {
                 assert_eq!(p.metadata.uid.as_deref(), Some(uid.as_str()));
@@ -675,5 +675,104 @@ async fn outage_fails_requests_then_recovers() {
     pods.create(&PostParams::default(), &sleeper("after", "busybox:1.36"))
         .await
         .expect("create after the outage");
+    c.shutdown().await;
+}
+
+/// kube-rs offers `v5.channel.k8s.io, v4.channel.k8s.io` and so always lands on v5 here; older
+/// clients (kube-rs < 0.99, client-go's WebSocket executor before v5) speak v4, where stdin
+/// cannot be half-closed and the status arrives as JSON on channel 3. A hand-rolled client
+/// offering only v4 checks that path: stdout on channel 1, stderr on 2, a `Status` on 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_over_websocket_v4() {
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+    let c = start(Scenario::Empty).await;
+    let pods: Api<Pod> = Api::namespaced(client_for(c.kubeconfig()).await, "default");
+    pods.create(&PostParams::default(), &sleeper("v4", "busybox:1.36"))
+        .await
+        .expect("create");
+    running(&pods, "v4").await;
+
+    let kc: serde_json::Value =
+        serde_yaml::from_slice(&std::fs::read(c.kubeconfig()).expect("kubeconfig")).expect("yaml");
+    let token = kc["users"][0]["user"]["token"].as_str().expect("token");
+    let ca = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(
+                kc["clusters"][0]["cluster"]["certificate-authority-data"]
+                    .as_str()
+                    .expect("ca"),
+            )
+            .expect("base64")
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots.add(cert.expect("pem")).expect("ca cert");
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("tls versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let addr = c.url().trim_start_matches("https://").to_string();
+    let tcp = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(
+            rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("tls handshake");
+    let url = format!(
+        "wss://{addr}/api/v1/namespaces/default/pods/v4/exec?command=sh&command=-c&command=echo%20out%3B%20echo%20err%20%3E%262%3B%20exit%205&stdout=true&stderr=true"
+    );
+    let mut req = url.into_client_request().expect("request");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "v4.channel.k8s.io".parse().expect("header"),
+    );
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, stream)
+        .await
+        .expect("websocket upgrade");
+    assert_eq!(
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some("v4.channel.k8s.io")
+    );
+    let (mut out, mut err, mut status) = (Vec::new(), Vec::new(), Vec::new());
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(msg) = ws.next().await {
+            match msg {
+                Ok(Message::Binary(b)) if !b.is_empty() => match b[0] {
+                    1 => out.extend_from_slice(&b[1..]),
+                    2 => err.extend_from_slice(&b[1..]),
+                    3 => status.extend_from_slice(&b[1..]),
+                    ch => panic!("unexpected channel {ch}"),
+                },
+                Ok(Message::Close(_)) | Err(_) => break,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("v4 exec finishes");
+    assert_eq!(out, b"out\n");
+    assert_eq!(err, b"err\n");
+    let st: serde_json::Value = serde_json::from_slice(&status).expect("status JSON on channel 3");
+    assert_eq!(st["status"], "Failure", "{st}");
+    assert_eq!(st["reason"], "NonZeroExitCode", "{st}");
+    assert_eq!(st["details"]["causes"][0]["reason"], "ExitCode", "{st}");
+    assert_eq!(st["details"]["causes"][0]["message"], "5", "{st}");
     c.shutdown().await;
 }
