@@ -33,8 +33,16 @@ fn measure(cmd: &mut Command) -> Sample {
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
     assert_eq!(r, pid, "wait4 failed");
     let secs = start.elapsed().as_secs_f64();
-    let cpu = ru.ru_utime.tv_sec as f64 + ru.ru_utime.tv_usec as f64 / 1e6 + ru.ru_stime.tv_sec as f64 + ru.ru_stime.tv_usec as f64 / 1e6;
-    Sample { secs, max_rss_kib: ru.ru_maxrss, cpu_secs: cpu, ok: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 }
+    let cpu = ru.ru_utime.tv_sec as f64
+        + ru.ru_utime.tv_usec as f64 / 1e6
+        + ru.ru_stime.tv_sec as f64
+        + ru.ru_stime.tv_usec as f64 / 1e6;
+    Sample {
+        secs,
+        max_rss_kib: ru.ru_maxrss,
+        cpu_secs: cpu,
+        ok: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -87,25 +95,103 @@ fn fill(dir: &Path, mib: usize) -> u64 {
 }
 
 fn kubectl() -> PathBuf {
-    let dir = std::env::var("KUBECTL_DIR").unwrap_or_else(|_| "/usr/lib/google-cloud-sdk/bin".into());
+    let dir =
+        std::env::var("KUBECTL_DIR").unwrap_or_else(|_| "/usr/lib/google-cloud-sdk/bin".into());
     PathBuf::from(dir).join("kubectl.1.33")
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    let mib: usize = std::env::var("PVBACKUP_BENCH_MIB").ok().and_then(|s| s.parse().ok()).unwrap_or(1024);
-    let runs: usize = std::env::var("PVBACKUP_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
-    let cluster = Cluster::start(ClusterOptions::default()).await.expect("kubesim");
+/// Peak RSS from wait4 includes what the forking process had before `exec` (the kernel keeps
+/// the old mm's high-water mark), so commands are launched from a fresh, small copy of this
+/// binary (`--measure CMD…`) that reports the child's rusage on stdout.
+fn measured(cmd: &mut Command) -> Sample {
+    let program = cmd.get_program().to_owned();
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+    let envs: Vec<_> = cmd
+        .get_envs()
+        .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned())))
+        .collect();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .arg("--measure")
+        .arg(program)
+        .args(args)
+        .envs(envs)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let f: Vec<&str> = text.split_whitespace().collect();
+    Sample {
+        secs: f[0].parse().unwrap(),
+        max_rss_kib: f[1].parse().unwrap(),
+        cpu_secs: f[2].parse().unwrap(),
+        ok: f[3] == "true",
+    }
+}
+
+fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--measure") {
+        let mut c = Command::new(&argv[2]);
+        c.args(&argv[3..])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let s = measure(&mut c);
+        println!("{} {} {} {}", s.secs, s.max_rss_kib, s.cpu_secs, s.ok);
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(bench());
+}
+
+async fn bench() {
+    let mib: usize = std::env::var("PVBACKUP_BENCH_MIB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1024);
+    let runs: usize = std::env::var("PVBACKUP_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let cluster = Cluster::start(ClusterOptions::default())
+        .await
+        .expect("kubesim");
     let kc = kube::config::Kubeconfig::read_from(cluster.kubeconfig()).unwrap();
-    let client = kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap()).unwrap();
-    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": "bench"}})).unwrap();
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
+    let client = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let sc: k8s_openapi::api::storage::v1::StorageClass = serde_json::from_value(serde_json::json!({"metadata": {"name": "standard", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}}, "provisioner": "hostpath.csi.kubesim.dev", "volumeBindingMode": "Immediate", "reclaimPolicy": "Delete"})).unwrap();
+    Api::<k8s_openapi::api::storage::v1::StorageClass>::all(client.clone())
+        .create(&PostParams::default(), &sc)
+        .await
+        .unwrap();
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "bench"}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
     let pvc: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({"metadata": {"name": "big"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": format!("{}Mi", mib + mib / 4 + 64)}}}})).unwrap();
-    Api::<PersistentVolumeClaim>::namespaced(client.clone(), "bench").create(&PostParams::default(), &pvc).await.unwrap();
+    Api::<PersistentVolumeClaim>::namespaced(client.clone(), "bench")
+        .create(&PostParams::default(), &pvc)
+        .await
+        .unwrap();
     let pod: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": "app"}, "spec": {"containers": [{"name": "app", "image": "busybox:1.36", "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"], "volumeMounts": [{"name": "d", "mountPath": "/data"}]}], "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "big"}}]}})).unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), "bench");
     pods.create(&PostParams::default(), &pod).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(60), await_condition(pods.clone(), "app", is_pod_running())).await.unwrap().unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        await_condition(pods.clone(), "app", is_pod_running()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let bytes = fill(&cluster.volume_path("bench", "big"), mib);
     eprintln!("volume: {} MiB", bytes >> 20);
 
@@ -114,11 +200,81 @@ async fn main() {
     let kcfg = cluster.kubeconfig().to_path_buf();
     type Tool = (&'static str, Box<dyn Fn(&Path) -> Command>);
     let tools: Vec<Tool> = vec![
-        ("kubectl-pvbackup (zstd-1, default)", Box::new({ let p = plugin.clone(); move |out: &Path| { let mut c = Command::new(&p); c.args(["create", "big", "-n", "bench", "--no-progress", "--to"]).arg(out); c } })),
-        ("kubectl-pvbackup --compression none", Box::new({ let p = plugin.clone(); move |out: &Path| { let mut c = Command::new(&p); c.args(["create", "big", "-n", "bench", "--no-progress", "--compression", "none", "--to"]).arg(out); c } })),
-        ("kubectl-pvbackup --compression gzip", Box::new({ let p = plugin.clone(); move |out: &Path| { let mut c = Command::new(&p); c.args(["create", "big", "-n", "bench", "--no-progress", "--compression", "gzip", "--to"]).arg(out); c } })),
-        ("kubectl cp", Box::new(|out: &Path| { let mut c = Command::new(kubectl()); c.args(["cp", "-c", "app", "bench/app:/data"]).arg(out.join("copy")); c })),
-        ("kubectl exec tar | gzip -1", Box::new(|out: &Path| { let mut c = Command::new("sh"); c.arg("-c").arg(format!("{} exec -n bench app -c app -- tar cf - -C /data . | gzip -1 > {}", kubectl().display(), out.join("x.tar.gz").display())); c })),
+        (
+            "kubectl-pvbackup (zstd-1, default)",
+            Box::new({
+                let p = plugin.clone();
+                move |out: &Path| {
+                    let mut c = Command::new(&p);
+                    c.args(["create", "big", "-n", "bench", "--no-progress", "--to"])
+                        .arg(out);
+                    c
+                }
+            }),
+        ),
+        (
+            "kubectl-pvbackup --compression none",
+            Box::new({
+                let p = plugin.clone();
+                move |out: &Path| {
+                    let mut c = Command::new(&p);
+                    c.args([
+                        "create",
+                        "big",
+                        "-n",
+                        "bench",
+                        "--no-progress",
+                        "--compression",
+                        "none",
+                        "--to",
+                    ])
+                    .arg(out);
+                    c
+                }
+            }),
+        ),
+        (
+            "kubectl-pvbackup --compression gzip",
+            Box::new({
+                let p = plugin.clone();
+                move |out: &Path| {
+                    let mut c = Command::new(&p);
+                    c.args([
+                        "create",
+                        "big",
+                        "-n",
+                        "bench",
+                        "--no-progress",
+                        "--compression",
+                        "gzip",
+                        "--to",
+                    ])
+                    .arg(out);
+                    c
+                }
+            }),
+        ),
+        (
+            "kubectl cp",
+            Box::new(|out: &Path| {
+                let mut c = Command::new(kubectl());
+                c.args(["cp", "-c", "app", "bench/app:/data"])
+                    .arg(out.join("copy"));
+                c
+            }),
+        ),
+        (
+            "kubectl exec tar | gzip -1",
+            Box::new(|out: &Path| {
+                let mut c = Command::new("sh");
+                c.arg("-c").arg(format!(
+                    "{} exec -n bench app -c app -- tar cf - -C /data . | gzip -1 > {}",
+                    kubectl().display(),
+                    out.join("x.tar.gz").display()
+                ));
+                c
+            }),
+        ),
     ];
     let mut rows = Vec::new();
     for (name, make) in &tools {
@@ -127,9 +283,14 @@ async fn main() {
             let out = work.path().join(format!("{}-{r}", samples.len()));
             std::fs::create_dir_all(&out).unwrap();
             let mut cmd = make(&out);
-            cmd.env("KUBECONFIG", &kcfg).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
-            let s = measure(&mut cmd);
-            eprintln!("{name} run {r}: {:.2}s rss {} MiB ok={}", s.secs, s.max_rss_kib / 1024, s.ok);
+            cmd.env("KUBECONFIG", &kcfg);
+            let s = measured(&mut cmd);
+            eprintln!(
+                "{name} run {r}: {:.2}s rss {} MiB ok={}",
+                s.secs,
+                s.max_rss_kib / 1024,
+                s.ok
+            );
             samples.push(s);
             let _ = std::fs::remove_dir_all(&out);
         }
@@ -144,7 +305,11 @@ async fn main() {
             "runs": runs,
         }));
     }
-    let base = rows.iter().find(|r| r["tool"] == "kubectl cp").map(|r| r["median_seconds"].as_f64().unwrap()).unwrap_or(f64::NAN);
+    let base = rows
+        .iter()
+        .find(|r| r["tool"] == "kubectl cp")
+        .map(|r| r["median_seconds"].as_f64().unwrap())
+        .unwrap_or(f64::NAN);
     let mut md = format!(
         "# Backup benchmark (kubesim, one run)\n\nVolume: {} MiB ({}), {} runs each, medians. Machine: {} cores, {}. Ratio = kubectl cp time / tool time.\n\n| tool | time (s) | MiB/s | peak RSS (MiB) | client CPU (s) | vs kubectl cp | all ok |\n|---|---|---|---|---|---|---|\n",
         bytes >> 20,
@@ -155,12 +320,26 @@ async fn main() {
     );
     for r in &rows {
         let s = r["median_seconds"].as_f64().unwrap();
-        md.push_str(&format!("| {} | {:.2} | {:.0} | {:.0} | {:.2} | {:.2}× | {} |\n", r["tool"].as_str().unwrap(), s, r["throughput_mib_s"].as_f64().unwrap(), r["median_peak_rss_mib"].as_f64().unwrap(), r["median_cpu_seconds"].as_f64().unwrap(), base / s, r["all_ok"]));
+        md.push_str(&format!(
+            "| {} | {:.2} | {:.0} | {:.0} | {:.2} | {:.2}× | {} |\n",
+            r["tool"].as_str().unwrap(),
+            s,
+            r["throughput_mib_s"].as_f64().unwrap(),
+            r["median_peak_rss_mib"].as_f64().unwrap(),
+            r["median_cpu_seconds"].as_f64().unwrap(),
+            base / s,
+            r["all_ok"]
+        ));
     }
     println!("{md}");
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("backup.md"), &md).unwrap();
-    std::fs::write(dir.join("backup.json"), serde_json::to_string_pretty(&serde_json::json!({"volume_bytes": bytes, "rows": rows})).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("backup.json"),
+        serde_json::to_string_pretty(&serde_json::json!({"volume_bytes": bytes, "rows": rows}))
+            .unwrap(),
+    )
+    .unwrap();
     cluster.shutdown().await;
 }

@@ -15,8 +15,16 @@ async fn discover_demo_table_and_json() {
     assert_eq!(json.code, 0, "{}", json.stderr);
     let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
     // Every mesh of the demo is recognised, in its form.
-    let meshes: std::collections::BTreeSet<String> = v["items"].as_array().unwrap().iter().filter_map(|r| r["mesh"].as_str().map(str::to_string)).collect();
-    assert_eq!(meshes.into_iter().collect::<Vec<_>>(), vec!["consul", "istio", "kuma", "linkerd"]);
+    let meshes: std::collections::BTreeSet<String> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["mesh"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        meshes.into_iter().collect::<Vec<_>>(),
+        vec!["consul", "istio", "kuma", "linkerd"]
+    );
     insta::with_settings!({filters => vec![(r#""node": "node-\d""#, r#""node": "[node]""#)]}, {
         insta::assert_snapshot!("discover_all_pods_json", json.stdout);
     });
@@ -24,5 +32,9 @@ async fn discover_demo_table_and_json() {
     let scoped = plugin(&cluster, &["discover", "-n", "shop", "-l", "app=orders-db"]).await;
     assert_eq!(scoped.code, 0, "{}", scoped.stderr);
     assert!(scoped.stdout.contains("data-orders-db-0"));
-    assert!(!scoped.stdout.contains("media"), "-l narrows to matching pods: {}", scoped.stdout);
+    assert!(
+        !scoped.stdout.contains("media"),
+        "-l narrows to matching pods: {}",
+        scoped.stdout
+    );
 }

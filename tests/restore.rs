@@ -15,27 +15,58 @@ const NS: &str = "shop";
 const PVC: &str = "scratch-unattached";
 
 fn json(run: &Run) -> Value {
-    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", run.stdout, run.stderr))
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            run.stdout, run.stderr
+        )
+    })
 }
 
 /// Backs up `ns/pvc` with `create`; returns the manifest path.
 async fn backup(cluster: &Cluster, ns: &str, pvc: &str, dest: &Path) -> PathBuf {
-    let run = plugin(cluster, &["create", pvc, "-n", ns, "--all-pvcs", "--to", dest.to_str().unwrap(), "-o", "json"]).await;
+    let run = plugin(
+        cluster,
+        &[
+            "create",
+            pvc,
+            "-n",
+            ns,
+            "--all-pvcs",
+            "--to",
+            dest.to_str().unwrap(),
+            "-o",
+            "json",
+        ],
+    )
+    .await;
     assert_eq!(run.code, 0, "backup failed: {}\n{}", run.stdout, run.stderr);
     let out = json(&run);
     PathBuf::from(out["results"][0]["manifest"].as_str().unwrap())
 }
 
 /// The tree, its hard links and the root directory's own mode and owner.
-type State = (std::collections::BTreeMap<PathBuf, Node>, Vec<Vec<PathBuf>>, (u32, u32, u32));
+type State = (
+    std::collections::BTreeMap<PathBuf, Node>,
+    Vec<Vec<PathBuf>>,
+    (u32, u32, u32),
+);
 
 fn state(root: &Path) -> State {
     let md = std::fs::metadata(root).unwrap();
-    (snapshot(root), hardlinks(root), (md.permissions().mode() & 0o7777, md.uid(), md.gid()))
+    (
+        snapshot(root),
+        hardlinks(root),
+        (md.permissions().mode() & 0o7777, md.uid(), md.gid()),
+    )
 }
 
 fn assert_same(want: &State, got: &State, what: &str) {
-    assert_eq!(want.0.keys().collect::<Vec<_>>(), got.0.keys().collect::<Vec<_>>(), "{what}: paths differ");
+    assert_eq!(
+        want.0.keys().collect::<Vec<_>>(),
+        got.0.keys().collect::<Vec<_>>(),
+        "{what}: paths differ"
+    );
     for (p, n) in &want.0 {
         assert_eq!(n, &got.0[p], "{what}: {} differs", p.display());
     }
@@ -47,7 +78,11 @@ fn assert_same(want: &State, got: &State, what: &str) {
 fn tamper(vol: &Path) -> PathBuf {
     std::fs::remove_dir_all(vol.join("tmp/build/shard-0")).unwrap();
     std::fs::write(vol.join("config/settings.conf"), b"changed\n").unwrap();
-    std::fs::set_permissions(vol.join("bin/rotate.sh"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(
+        vol.join("bin/rotate.sh"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     std::os::unix::fs::chown(vol.join("tmp/build/app.a"), Some(4242), Some(4242)).unwrap();
     let extra = vol.join("extra-file.txt");
     std::fs::write(&extra, b"not in the backup\n").unwrap();
@@ -61,13 +96,20 @@ async fn assert_no_helper_pods(cluster: &Cluster) {
         if left.is_empty() {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "helper pods left behind: {left:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "helper pods left behind: {left:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 fn leftovers(vol: &Path) -> Vec<String> {
-    std::fs::read_dir(vol).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(".pvbackup-")).collect()
+    std::fs::read_dir(vol)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".pvbackup-"))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,7 +130,11 @@ async fn replace_brings_back_the_exact_tree() {
     let extra = tamper(&vol);
     std::fs::set_permissions(&vol, std::fs::Permissions::from_mode(0o777)).unwrap();
     std::os::unix::fs::chown(&vol, Some(0), Some(0)).unwrap();
-    let run = plugin(&cluster, &["restore", manifest.to_str().unwrap(), "--yes", "-o", "json"]).await;
+    let run = plugin(
+        &cluster,
+        &["restore", manifest.to_str().unwrap(), "--yes", "-o", "json"],
+    )
+    .await;
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let out = json(&run);
     assert_eq!(out["verified"], true);
@@ -96,7 +142,10 @@ async fn replace_brings_back_the_exact_tree() {
     assert_eq!(out["target"], PVC);
     assert_eq!(out["namespace"], NS);
     assert!(out["files"].as_u64().unwrap() > 100);
-    assert!(!extra.exists(), "replace mode removes what the backup does not have");
+    assert!(
+        !extra.exists(),
+        "replace mode removes what the backup does not have"
+    );
     assert_same(&before, &state(&vol), "after restore");
     assert!(leftovers(&vol).is_empty());
     assert_no_helper_pods(&cluster).await;
@@ -113,9 +162,23 @@ async fn merge_restores_the_backup_and_keeps_the_rest() {
     std::fs::create_dir(vol.join("extra-dir")).unwrap();
     std::fs::write(vol.join("extra-dir/x"), b"x").unwrap();
 
-    let run = plugin(&cluster, &["restore", manifest.to_str().unwrap(), "--mode", "merge", "--yes"]).await;
+    let run = plugin(
+        &cluster,
+        &[
+            "restore",
+            manifest.to_str().unwrap(),
+            "--mode",
+            "merge",
+            "--yes",
+        ],
+    )
+    .await;
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
-    assert!(run.stdout.contains("merge") && run.stdout.contains("yes"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("merge") && run.stdout.contains("yes"),
+        "{}",
+        run.stdout
+    );
     assert_eq!(std::fs::read(&extra).unwrap(), b"not in the backup\n");
     assert_eq!(std::fs::read(vol.join("extra-dir/x")).unwrap(), b"x");
     let mut after = state(&vol);
@@ -136,29 +199,81 @@ async fn create_pvc_restores_into_another_namespace() {
     let manifest = backup(&cluster, NS, PVC, dest.path()).await;
 
     let kc = kube::config::Kubeconfig::read_from(cluster.kubeconfig()).unwrap();
-    let client = kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap()).unwrap();
+    let client = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
     let api: kube::Api<Namespace> = kube::Api::all(client);
-    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": "shop-copy"}})).unwrap();
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "shop-copy"}})).unwrap();
     api.create(&Default::default(), &ns).await.unwrap();
 
     // Without --create-pvc the missing PVC is a refusal.
-    let run = plugin(&cluster, &["restore", manifest.to_str().unwrap(), "-n", "shop-copy", "--yes"]).await;
+    let run = plugin(
+        &cluster,
+        &[
+            "restore",
+            manifest.to_str().unwrap(),
+            "-n",
+            "shop-copy",
+            "--yes",
+        ],
+    )
+    .await;
     assert_eq!(run.code, 4, "{}", run.stderr);
     assert!(run.stderr.contains("--create-pvc"), "{}", run.stderr);
     // A size smaller than the data is refused, and nothing is created.
-    let run = plugin(&cluster, &["restore", manifest.to_str().unwrap(), "-n", "shop-copy", "--create-pvc", "--size", "1Mi", "--yes"]).await;
+    let run = plugin(
+        &cluster,
+        &[
+            "restore",
+            manifest.to_str().unwrap(),
+            "-n",
+            "shop-copy",
+            "--create-pvc",
+            "--size",
+            "1Mi",
+            "--yes",
+        ],
+    )
+    .await;
     assert_eq!(run.code, 4, "{}", run.stderr);
     assert!(run.stderr.contains("smaller"), "{}", run.stderr);
-    assert!(cluster.objects("persistentvolumeclaims", Some("shop-copy")).is_empty());
+    assert!(cluster
+        .objects("persistentvolumeclaims", Some("shop-copy"))
+        .is_empty());
 
-    let run = plugin(&cluster, &["restore", manifest.to_str().unwrap(), "-n", "shop-copy", "--to-pvc", "copy", "--create-pvc", "--size", "48Mi", "--yes", "-o", "json"]).await;
+    let run = plugin(
+        &cluster,
+        &[
+            "restore",
+            manifest.to_str().unwrap(),
+            "-n",
+            "shop-copy",
+            "--to-pvc",
+            "copy",
+            "--create-pvc",
+            "--size",
+            "48Mi",
+            "--yes",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert_eq!(json(&run)["namespace"], "shop-copy");
     let pvcs = cluster.objects("persistentvolumeclaims", Some("shop-copy"));
     assert_eq!(pvcs.len(), 1);
     assert_eq!(pvcs[0]["spec"]["resources"]["requests"]["storage"], "48Mi");
     assert_eq!(pvcs[0]["spec"]["accessModes"][0], "ReadWriteOnce");
-    assert_same(&before, &state(&cluster.volume_path("shop-copy", "copy")), "restored copy");
+    assert_same(
+        &before,
+        &state(&cluster.volume_path("shop-copy", "copy")),
+        "restored copy",
+    );
     assert_no_helper_pods(&cluster).await;
 }
 
@@ -171,7 +286,10 @@ async fn a_damaged_archive_is_refused_and_the_volume_untouched() {
     tamper(&vol);
     let before = state(&vol);
     let m: Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
-    let archive = manifest.parent().unwrap().join(m["archive"]["file_name"].as_str().unwrap());
+    let archive = manifest
+        .parent()
+        .unwrap()
+        .join(m["archive"]["file_name"].as_str().unwrap());
     let good = std::fs::read(&archive).unwrap();
 
     // One flipped byte.
@@ -188,8 +306,17 @@ async fn a_damaged_archive_is_refused_and_the_volume_untouched() {
     let run = plugin(&cluster, &["restore", manifest.to_str().unwrap(), "--yes"]).await;
     assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
     assert_same(&before, &state(&vol), "after a truncated archive");
-    assert!(helper_pods(&cluster).is_empty(), "nothing reached the cluster");
-    assert!(cluster.objects("pods", Some(NS)).iter().all(|p| !p["metadata"]["name"].as_str().unwrap().starts_with("pvbackup-restore")));
+    assert!(
+        helper_pods(&cluster).is_empty(),
+        "nothing reached the cluster"
+    );
+    assert!(cluster
+        .objects("pods", Some(NS))
+        .iter()
+        .all(|p| !p["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("pvbackup-restore")));
 }
 
 /// A tar header for `name` (raw, so `..` is not refused by the builder).
@@ -239,7 +366,19 @@ async fn a_malicious_archive_is_refused() {
     ]);
     let evil_manifest = dir.path().join("evil.manifest.json");
     std::fs::write(&evil_manifest, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
-    let run = plugin(&cluster, &["restore", evil_manifest.to_str().unwrap(), "-n", NS, "--to-pvc", PVC, "--yes"]).await;
+    let run = plugin(
+        &cluster,
+        &[
+            "restore",
+            evil_manifest.to_str().unwrap(),
+            "-n",
+            NS,
+            "--to-pvc",
+            PVC,
+            "--yes",
+        ],
+    )
+    .await;
     assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
     assert!(run.stderr.contains("../evil"), "{}", run.stderr);
     assert_same(&before, &state(&vol), "after the malicious archive");
@@ -258,12 +397,24 @@ async fn without_a_terminal_or_yes_nothing_changes_and_dry_run_creates_nothing()
     let run = plugin(&cluster, &["restore", manifest.to_str().unwrap()]).await;
     assert_eq!(run.code, 4, "{}\n{}", run.stdout, run.stderr);
     assert!(run.stderr.contains("--yes"), "{}", run.stderr);
-    assert!(run.stderr.contains("TARGET") && run.stderr.contains(PVC), "the summary is shown: {}", run.stderr);
+    assert!(
+        run.stderr.contains("TARGET") && run.stderr.contains(PVC),
+        "the summary is shown: {}",
+        run.stderr
+    );
     assert_same(&before, &state(&vol), "after the refusal");
 
-    let run = plugin(&cluster, &["restore", manifest.to_str().unwrap(), "--dry-run"]).await;
+    let run = plugin(
+        &cluster,
+        &["restore", manifest.to_str().unwrap(), "--dry-run"],
+    )
+    .await;
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
-    assert!(run.stdout.contains("kind: Pod") || run.stdout.contains("pvbackup-restore-"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("kind: Pod") || run.stdout.contains("pvbackup-restore-"),
+        "{}",
+        run.stdout
+    );
     assert!(run.stdout.contains("dry run"), "{}", run.stdout);
     assert_same(&before, &state(&vol), "after the dry run");
     assert!(helper_pods(&cluster).is_empty());
@@ -276,16 +427,49 @@ async fn a_pvc_in_use_needs_force() {
     let manifest = backup(&cluster, NS, PVC, dest.path()).await;
     let db = cluster.volume_path(NS, "data-orders-db-0");
     let before = snapshot(&db);
-    let run = plugin(&cluster, &["restore", manifest.to_str().unwrap(), "--to-pvc", "data-orders-db-0", "--yes"]).await;
+    let run = plugin(
+        &cluster,
+        &[
+            "restore",
+            manifest.to_str().unwrap(),
+            "--to-pvc",
+            "data-orders-db-0",
+            "--yes",
+        ],
+    )
+    .await;
     assert_eq!(run.code, 4, "{}\n{}", run.stdout, run.stderr);
-    assert!(run.stderr.contains("orders-db-0") && run.stderr.contains("--force"), "{}", run.stderr);
-    assert_eq!(before.keys().collect::<Vec<_>>(), snapshot(&db).keys().collect::<Vec<_>>());
+    assert!(
+        run.stderr.contains("orders-db-0") && run.stderr.contains("--force"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        snapshot(&db).keys().collect::<Vec<_>>()
+    );
     // With --force the plan goes ahead: the helper is pinned next to the running pod.
-    let run = plugin(&cluster, &["restore", manifest.to_str().unwrap(), "--to-pvc", "data-orders-db-0", "--force", "--dry-run", "-o", "json"]).await;
+    let run = plugin(
+        &cluster,
+        &[
+            "restore",
+            manifest.to_str().unwrap(),
+            "--to-pvc",
+            "data-orders-db-0",
+            "--force",
+            "--dry-run",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let plan = json(&run);
     assert_eq!(plan["podsUsingIt"][0], "orders-db-0");
-    assert!(plan["helperPod"]["spec"]["affinity"].is_object(), "{plan:#}");
+    assert!(
+        plan["helperPod"]["spec"]["affinity"].is_object(),
+        "{plan:#}"
+    );
     assert!(helper_pods(&cluster).is_empty());
 }
 
@@ -299,7 +483,10 @@ async fn a_crash_mid_restore_rolls_the_volume_back() {
     let before = state(&vol);
     // `df` prints less than 1 KiB, tar -x prints nothing: the first session to cross 1 KiB of
     // stdout is the verification of the extracted files, after staging was written.
-    cluster.fault(FaultRequest::KillExec { after_bytes: 1024, count: 1 });
+    cluster.fault(FaultRequest::KillExec {
+        after_bytes: 1024,
+        count: 1,
+    });
     let run = plugin(&cluster, &["restore", manifest.to_str().unwrap(), "--yes"]).await;
     cluster.fault(FaultRequest::Clear);
     assert_ne!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
@@ -328,7 +515,10 @@ async fn a_volume_without_room_for_staging_is_refused() {
         assert!(written < 1 << 30, "the volume's capacity is not enforced");
     }
     drop(f);
-    let f = std::fs::OpenOptions::new().write(true).open(vol.join("filler")).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(vol.join("filler"))
+        .unwrap();
     f.set_len(written - (1 << 20)).unwrap();
     drop(f);
     let before = state(&vol);
