@@ -25,6 +25,8 @@ struct Sample {
 /// and CPU time, from wait4's rusage.
 fn measure(cmd: &mut Command) -> Sample {
     let start = Instant::now();
+    // Reaped by wait4 below (std's wait would not give the rusage).
+    #[allow(clippy::zombie_processes)]
     let child = cmd.spawn().expect("spawn");
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
