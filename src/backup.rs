@@ -226,6 +226,7 @@ async fn stream(
     let bar2 = bar.clone();
     let dest2 = dest.clone();
     let writer_job = tokio::task::spawn_blocking(move || -> Result<(crate::archive::ArchiveSummary, Box<dyn crate::destination::ObjectWriter>), Failure> {
+        let _active = ActiveWriter::enter();
         let reader = tokio_util::io::SyncIoBridge::new(stdout);
         let mut writer = dest2.create(&key)?;
         let summary = stream_backup(reader, compression, &mut writer, &|n| bar2.set_position(n))?;
@@ -287,6 +288,36 @@ async fn stream(
         .map_err(|e| Failure::runtime(format!("writing the manifest: {e}")))?;
     mw.commit()?;
     Ok(manifest)
+}
+
+/// Archive writers still running on blocking threads. After an interrupt the helper pods are
+/// deleted, which ends their exec streams; waiting for this to reach zero lets each writer drop
+/// its partial file before the process exits.
+static ACTIVE_WRITERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+struct ActiveWriter;
+
+impl ActiveWriter {
+    fn enter() -> Self {
+        ACTIVE_WRITERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        ActiveWriter
+    }
+}
+
+impl Drop for ActiveWriter {
+    fn drop(&mut self) {
+        ACTIVE_WRITERS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Waits (bounded) until every archive writer has finished and removed its partial file.
+pub async fn wait_for_writers(limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while ACTIVE_WRITERS.load(std::sync::atomic::Ordering::SeqCst) > 0
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 pub fn file_name(pvc: &str, c: Compression) -> String {

@@ -31,7 +31,10 @@ fn main() -> ExitCode {
             return ExitCode::from(ExitKind::Runtime.code());
         }
     };
-    match rt.block_on(run::run(cli)) {
+    let outcome = rt.block_on(run::run(cli));
+    // Never hang on exit waiting for a blocking reader whose stream is gone.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             eprintln!("error: {f}");

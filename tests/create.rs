@@ -552,3 +552,63 @@ async fn kube_client(cluster: &kubesim::Cluster) -> kube::Client {
         .unwrap();
     kube::Client::try_from(cfg).unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_stream_cleans_up_and_exits_130() {
+    let cluster = demo().await;
+    let dest = tempfile::tempdir().unwrap();
+    cluster.fault(FaultRequest::Bandwidth {
+        bytes_per_second: 4 << 20,
+    });
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-pvbackup"))
+        .args([
+            "create",
+            "data-orders-db-0",
+            "-n",
+            "shop",
+            "--to",
+            dest.path().to_str().unwrap(),
+        ])
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !cluster.objects("pods", Some("shop")).iter().any(|p| {
+        p["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("pvbackup-")
+            && p["status"]["phase"] == "Running"
+    }) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "helper pod never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // SAFETY: the pid is our own running child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        files_under(dest.path()).is_empty(),
+        "left at DEST: {:?}",
+        files_under(dest.path())
+    );
+    assert!(
+        helper_pods(&cluster).is_empty(),
+        "helper pods left: {:?}",
+        helper_pods(&cluster)
+    );
+}

@@ -210,6 +210,10 @@ pub async fn run(conn: &Connection, plan: CreatePlan) -> Result<(), Failure> {
             if !left.is_empty() {
                 eprintln!("could not delete helper pods {}; run `kubectl pvbackup cleanup`", left.join(", "));
             }
+            // Deleting the pods ends their streams and the writers drop their partial files;
+            // whatever is still blocked after a short wait is removed here.
+            crate::backup::wait_for_writers(Duration::from_secs(3)).await;
+            plan.destination.abort_incomplete();
             return Err(Failure::interrupted());
         }
     };

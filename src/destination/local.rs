@@ -1,19 +1,26 @@
 //! A local directory. Objects are written to `.<name>.partial-<random>` beside their final
 //! name, fsync'd, then renamed, so a crash never leaves a file that looks complete.
 
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use super::{Destination, DestinationError, ObjectWriter};
 
 pub struct LocalDir {
     root: PathBuf,
+    /// Temporary files of writers not yet committed or dropped.
+    in_flight: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 impl LocalDir {
     pub fn new(root: PathBuf) -> Self {
-        LocalDir { root }
+        LocalDir {
+            root,
+            in_flight: Arc::default(),
+        }
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -36,6 +43,16 @@ struct LocalWriter {
     tmp: PathBuf,
     dest: PathBuf,
     file: Option<BufWriter<File>>,
+    in_flight: Arc<Mutex<HashSet<PathBuf>>>,
+}
+
+impl LocalWriter {
+    fn forget(&self) {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.tmp);
+    }
 }
 
 impl Write for LocalWriter {
@@ -57,6 +74,7 @@ impl ObjectWriter for LocalWriter {
         })?;
         file.sync_all().map_err(io("sync", &self.tmp))?;
         fs::rename(&self.tmp, &self.dest).map_err(io("rename into place", &self.dest))?;
+        self.forget();
         // The rename is durable only once the directory entry is.
         if let Some(dir) = self.dest.parent() {
             if let Ok(d) = File::open(dir) {
@@ -72,6 +90,7 @@ impl Drop for LocalWriter {
         // Not committed: remove the partial file so nothing half-written stays behind.
         if self.file.take().is_some() {
             let _ = fs::remove_file(&self.tmp);
+            self.forget();
         }
     }
 }
@@ -91,10 +110,15 @@ impl Destination for LocalDir {
             .unwrap_or_default();
         let tmp = dir.join(format!(".{name}.partial-{:08x}", rand::random::<u32>()));
         let file = File::create(&tmp).map_err(io("create", &tmp))?;
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tmp.clone());
         Ok(Box::new(LocalWriter {
             tmp,
             dest,
             file: Some(BufWriter::with_capacity(1 << 20, file)),
+            in_flight: self.in_flight.clone(),
         }))
     }
 
@@ -148,6 +172,17 @@ impl Destination for LocalDir {
 
     fn locate(&self, key: &str) -> String {
         self.path(key).display().to_string()
+    }
+
+    fn abort_incomplete(&self) {
+        for tmp in self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+        {
+            let _ = fs::remove_file(tmp);
+        }
     }
 }
 

@@ -43,6 +43,9 @@ pub trait Destination: Send + Sync {
     fn list(&self, prefix: &str) -> Result<Vec<String>, DestinationError>;
     /// A user-facing location for `key` (a path or URL).
     fn locate(&self, key: &str) -> String;
+    /// Removes every object still being written (after an interrupt, when writers may be
+    /// blocked on a stream that will never finish).
+    fn abort_incomplete(&self);
 }
 
 /// Parses a destination argument: a path, or `file://` URL.
