@@ -194,22 +194,7 @@ async fn an_outage_mid_stream_fails_cleanly_without_retries() {
         .await
     });
     // Wait until tar is streaming (the helper pod is running), then cut the API off for 3 s.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while helper_pods(&cluster).is_empty()
-        || !cluster.objects("pods", Some("shop")).iter().any(|p| {
-            p["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .starts_with("pvbackup-")
-                && p["status"]["phase"] == "Running"
-        })
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "helper pod never ran"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_running_helper(&cluster, "shop").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     cluster.fault(FaultRequest::Outage { seconds: 3.0 });
     let run = run.await.unwrap();
@@ -262,20 +247,7 @@ async fn an_outage_shorter_than_the_retry_budget_ends_in_success() {
         )
         .await
     });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !cluster.objects("pods", Some("shop")).iter().any(|p| {
-        p["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("pvbackup-")
-            && p["status"]["phase"] == "Running"
-    }) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "helper pod never ran"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_running_helper(&cluster, "shop").await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     cluster.fault(FaultRequest::Outage { seconds: 2.0 });
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -575,20 +547,7 @@ async fn sigterm_mid_stream_cleans_up_and_exits_130() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !cluster.objects("pods", Some("shop")).iter().any(|p| {
-        p["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("pvbackup-")
-            && p["status"]["phase"] == "Running"
-    }) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "helper pod never ran"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_running_helper(&cluster, "shop").await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     // SAFETY: the pid is our own running child.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };

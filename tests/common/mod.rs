@@ -188,3 +188,22 @@ pub fn helper_pods(cluster: &Cluster) -> Vec<String> {
         })
         .collect()
 }
+
+/// Waits until a helper pod of this plugin runs in `namespace` (its stream is then flowing).
+pub async fn wait_for_running_helper(cluster: &Cluster, namespace: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let running = cluster.objects("pods", Some(namespace)).iter().any(|p| {
+            p["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kubectl-pvbackup"
+                && p["status"]["phase"] == "Running"
+        });
+        if running {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no helper pod ran in {namespace}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
