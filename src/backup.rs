@@ -83,10 +83,7 @@ pub fn helper_request(
 
 /// Transient failures get another attempt; refusals and integrity problems of our own making do not.
 fn retryable(f: &Failure) -> bool {
-    f.kind == ExitKind::Runtime
-        && !f.message.contains("forbidden")
-        && !f.message.contains("PodSecurity")
-        && !f.message.contains("cannot be pulled")
+    f.kind == ExitKind::Runtime && !f.permanent
 }
 
 pub async fn backup_target(
@@ -176,7 +173,7 @@ async fn attempt(
     let pod = build_helper_pod(&req);
     if let Some(ns) = &ctx.namespace {
         if let Some(conflict) = podsecurity_conflict(ns, &pod) {
-            return Err(Failure::runtime(conflict));
+            return Err(Failure::runtime(conflict).permanent());
         }
     }
     bar.note("starting helper pod");

@@ -82,11 +82,21 @@ pub fn explain(action: &str, e: &kube::Error) -> Failure {
         kube::Error::Api(s) if s.code == 403 => Failure::runtime(format!(
             "{action}: forbidden: {}. Ask your cluster admin for the permissions listed in the README (RBAC section).",
             s.message
-        )),
+        ))
+        .permanent(),
         kube::Error::Api(s) if s.code == 401 => Failure::runtime(format!(
             "{action}: the cluster rejected your credentials (401). Refresh them (e.g. re-run your cloud's get-credentials command)."
-        )),
-        kube::Error::Api(s) => Failure::runtime(format!("{action}: {} ({})", s.message, s.reason)),
+        ))
+        .permanent(),
+        kube::Error::Api(s) => {
+            let f = Failure::runtime(format!("{action}: {} ({})", s.message, s.reason));
+            // 4xx other than conflicts and throttling will fail the same way again.
+            if (400..500).contains(&s.code) && s.code != 409 && s.code != 429 {
+                f.permanent()
+            } else {
+                f
+            }
+        }
         other => Failure::runtime(format!("{action}: {other}. Is the cluster reachable? Check `kubectl cluster-info`.")),
     }
 }

@@ -52,6 +52,9 @@ impl ExitKind {
 pub struct Failure {
     pub kind: ExitKind,
     pub message: String,
+    /// Another attempt cannot succeed (forbidden, not found, image cannot be pulled,
+    /// PodSecurity conflict); retries skip it.
+    pub permanent: bool,
 }
 
 impl fmt::Display for Failure {
@@ -67,7 +70,13 @@ impl Failure {
         Failure {
             kind,
             message: message.into(),
+            permanent: false,
         }
+    }
+    /// Marks a failure that no retry can fix.
+    pub fn permanent(mut self) -> Self {
+        self.permanent = true;
+        self
     }
     pub fn runtime(message: impl Into<String>) -> Self {
         Self::new(ExitKind::Runtime, message)

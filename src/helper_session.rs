@@ -82,6 +82,22 @@ pub struct HelperPod {
     registry: Registry,
 }
 
+/// The kubelet reports that the helper's image cannot be pulled.
+fn image_pull_failed(pod: &Pod) -> bool {
+    pod.status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .any(|c| {
+            c.state
+                .as_ref()
+                .and_then(|s| s.waiting.as_ref())
+                .and_then(|w| w.reason.as_deref())
+                .is_some_and(|r| {
+                    r == "ErrImagePull" || r == "ImagePullBackOff" || r == "InvalidImageName"
+                })
+        })
+}
+
 /// Why a helper pod did not come up, in words a user can act on.
 fn diagnose(pod: &Pod, events: &[Event]) -> Option<String> {
     let status = pod.status.as_ref()?;
@@ -184,15 +200,7 @@ impl HelperPod {
             {
                 return true;
             }
-            st.container_statuses.iter().flatten().any(|c| {
-                c.state
-                    .as_ref()
-                    .and_then(|s| s.waiting.as_ref())
-                    .and_then(|w| w.reason.as_deref())
-                    .is_some_and(|r| {
-                        r == "ErrImagePull" || r == "ImagePullBackOff" || r == "InvalidImageName"
-                    })
-            })
+            image_pull_failed(p)
         });
         let outcome = tokio::time::timeout(timeout, settled).await;
         let current = api.get_opt(&name).await.ok().flatten();
@@ -220,9 +228,13 @@ impl HelperPod {
                 }
             });
         helper.delete().await;
-        Err(Failure::runtime(format!(
+        let failure = Failure::runtime(format!(
             "helper pod {name} in namespace {namespace} did not start: {why}"
-        )))
+        ));
+        if current.as_ref().is_some_and(image_pull_failed) {
+            return Err(failure.permanent());
+        }
+        Err(failure)
     }
 
     /// Runs `argv` in the helper's container with stdout (and stderr) piped back.

@@ -175,24 +175,19 @@ async fn an_outage_mid_stream_fails_cleanly_without_retries() {
     cluster.fault(FaultRequest::Bandwidth {
         bytes_per_second: 8 << 20,
     });
-    let kubeconfig = cluster.kubeconfig().to_path_buf();
-    let d = dest.path().to_str().unwrap().to_string();
-    let run = tokio::spawn(async move {
-        plugin_with(
-            &kubeconfig,
-            &[
-                "create",
-                "data-orders-db-0",
-                "-n",
-                "shop",
-                "--to",
-                &d,
-                "--retries",
-                "0",
-            ],
-        )
-        .await
-    });
+    let run = spawn_plugin(
+        &cluster,
+        &[
+            "create",
+            "data-orders-db-0",
+            "-n",
+            "shop",
+            "--to",
+            dest.path().to_str().unwrap(),
+            "--retries",
+            "0",
+        ],
+    );
     // Wait until tar is streaming (the helper pod is running), then cut the API off for 3 s.
     wait_for_running_helper(&cluster, "shop").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -227,26 +222,21 @@ async fn an_outage_shorter_than_the_retry_budget_ends_in_success() {
     cluster.fault(FaultRequest::Bandwidth {
         bytes_per_second: 16 << 20,
     });
-    let kubeconfig = cluster.kubeconfig().to_path_buf();
-    let d = dest.path().to_str().unwrap().to_string();
-    let run = tokio::spawn(async move {
-        plugin_with(
-            &kubeconfig,
-            &[
-                "create",
-                "data-orders-db-0",
-                "-n",
-                "shop",
-                "--to",
-                &d,
-                "--retries",
-                "3",
-                "-o",
-                "json",
-            ],
-        )
-        .await
-    });
+    let run = spawn_plugin(
+        &cluster,
+        &[
+            "create",
+            "data-orders-db-0",
+            "-n",
+            "shop",
+            "--to",
+            dest.path().to_str().unwrap(),
+            "--retries",
+            "3",
+            "-o",
+            "json",
+        ],
+    );
     wait_for_running_helper(&cluster, "shop").await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     cluster.fault(FaultRequest::Outage { seconds: 2.0 });

@@ -55,6 +55,16 @@ pub async fn plugin_with(kubeconfig: &Path, args: &[&str]) -> Run {
     .expect("join")
 }
 
+/// Starts the plugin in the background, for tests that inject a fault while it runs.
+pub fn spawn_plugin(cluster: &Cluster, args: &[&str]) -> tokio::task::JoinHandle<Run> {
+    let kubeconfig = cluster.kubeconfig().to_path_buf();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::spawn(async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        plugin_with(&kubeconfig, &args).await
+    })
+}
+
 /// What a user compares between two trees: type, content, permission bits, owner, link target,
 /// and which paths are hard links to the same file.
 #[derive(Debug, PartialEq, Eq)]

@@ -209,23 +209,20 @@ async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<Str
         drop(child_stdin);
     });
 
-    let killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let faults_sim = sim.clone();
     let pump = |r: Option<tokio::process::ChildStdout>,
                 tx: Option<tokio::sync::mpsc::Sender<Bytes>>,
                 limit: Option<u64>,
-                killed: Arc<std::sync::atomic::AtomicBool>,
                 container: Arc<Container>| async move {
         let Some(mut r) = r else { return true };
         let mut buf = vec![0u8; chunk_size(rate)];
         let start = Instant::now();
         let mut total = 0u64;
         loop {
-            let n = match r.read(&mut buf).await {
+            let mut n = match r.read(&mut buf).await {
                 Ok(0) | Err(_) => return true,
                 Ok(n) => n,
             };
-            let mut n = n;
             if let Some(limit) = limit {
                 if total + n as u64 >= limit && faults_sim.faults.fire_kill_exec() {
                     n = (limit - total) as usize;
@@ -233,7 +230,6 @@ async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<Str
                         let _ = tx.send(Bytes::copy_from_slice(&buf[..n])).await;
                     }
                     // A container crash: the exec'd process and the container die together.
-                    killed.store(true, std::sync::atomic::Ordering::SeqCst);
                     container.kill_all();
                     return true;
                 }
@@ -247,13 +243,7 @@ async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<Str
             }
         }
     };
-    let out_task = tokio::spawn(pump(
-        child_stdout,
-        stdout,
-        kill_after,
-        killed.clone(),
-        container.clone(),
-    ));
+    let out_task = tokio::spawn(pump(child_stdout, stdout, kill_after, container.clone()));
     let err_task = tokio::spawn(async move {
         let Some(mut r) = child_stderr else {
             return true;

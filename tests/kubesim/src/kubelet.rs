@@ -384,7 +384,7 @@ impl PodWorker {
                 match self.start(&pod, c, &mounts, true, i) {
                     Ok(container) => {
                         if sidecar {
-                            self.spawn_sidecar_keeper(c.clone(), mounts.clone(), i, container);
+                            // A native sidecar keeps running; one that dies is not restarted (README).
                             break;
                         }
                         let exit = tokio::select! {
@@ -579,18 +579,6 @@ impl PodWorker {
                 return self.wait_for_deletion().await;
             }
         }
-    }
-
-    fn spawn_sidecar_keeper(
-        &self,
-        _spec: Value,
-        _mounts: Vec<PodVolume>,
-        i: usize,
-        container: Arc<Container>,
-    ) {
-        // The sidecar keeps running; if it dies, the pod's status shows it terminated. A
-        // restart loop for native sidecars is not modelled (documented in the README).
-        let _ = (i, container);
     }
 
     fn set_waiting(&mut self, idx: usize, n_init: usize, reason: &str, msg: &str) {
