@@ -336,11 +336,18 @@ async fn cp_both_ways_is_byte_identical() {
             target.as_str(),
             back.to_str().expect("utf-8"),
         ];
-        ok(v, &args, &kubectl(&c, v, &args, None).await);
-        assert!(
-            std::fs::read(&back).expect("round trip") == upload,
-            "kubectl {v}: round trip differs"
-        );
+        let out = kubectl(&c, v, &args, None).await;
+        ok(v, &args, &out);
+        // kubectl cp exits 0 on an empty tar stream, so say what it printed when nothing landed.
+        let copied = std::fs::read(&back).unwrap_or_else(|e| {
+            panic!(
+                "kubectl {v}: round trip wrote nothing at {} ({e}); stdout={} stderr={}",
+                back.display(),
+                text(&out.stdout),
+                text(&out.stderr)
+            )
+        });
+        assert!(copied == upload, "kubectl {v}: round trip differs");
     }
     c.shutdown().await;
 }
