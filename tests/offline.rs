@@ -41,10 +41,53 @@ fn make_backup(dest: &Path, id: &str, compression: Compression) -> (PathBuf, Pat
     .unwrap();
     std::fs::write(src.path().join("notes with space.txt"), "hello\n").unwrap();
     std::os::unix::fs::symlink("a/b/data.bin", src.path().join("link")).unwrap();
+    // Fixed modes and mtimes (the symlink's too) make the archive, and so every checksum
+    // `list`/`inspect` print, the same on every run.
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_767_323_045);
+    for (rel, mode) in [
+        ("a/b/data.bin", 0o644),
+        ("notes with space.txt", 0o644),
+        ("a/b", 0o755),
+        ("a", 0o755),
+        (".", 0o755),
+    ] {
+        let path = src.path().join(rel);
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .unwrap();
+        std::fs::File::open(&path)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    }
+    let link =
+        std::ffi::CString::new(src.path().join("link").as_os_str().as_encoded_bytes()).unwrap();
+    let times = [libc::timespec {
+        tv_sec: 1_767_323_045,
+        tv_nsec: 0,
+    }; 2];
+    // SAFETY: a valid NUL-terminated path and two timespecs, as utimensat(2) requires.
+    let r = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            link.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    assert_eq!(r, 0, "set the symlink's mtime");
     let tar = Command::new("busybox")
-        .args(["tar", "-cf", "-", "-C"])
+        .args(["tar", "--no-recursion", "-cf", "-", "-C"])
         .arg(src.path())
-        .arg(".")
+        // Named one by one, in a fixed order: recursion would follow readdir order, which on ext4
+        // differs between machines, and the snapshots pin the archive's checksum.
+        .args([
+            ".",
+            "./a",
+            "./a/b",
+            "./a/b/data.bin",
+            "./link",
+            "./notes with space.txt",
+        ])
         .output()
         .unwrap();
     assert!(tar.status.success());
@@ -232,4 +275,52 @@ fn usage_errors_are_exit_2_and_version_prints() {
     assert_eq!(v.code, 0);
     let j: serde_json::Value = serde_json::from_str(&v.stdout).unwrap();
     assert_eq!(j["version"], env!("CARGO_PKG_VERSION"));
+}
+
+/// What `list` and `inspect` print, pinned. The archive is deterministic (fixed content, modes and
+/// mtimes), so only the temporary directory is filtered.
+#[test]
+fn list_and_inspect_output_snapshots() {
+    let d = tempfile::tempdir().unwrap();
+    let (_, m) = make_backup(
+        d.path(),
+        "20260102T030405Z-aaaa",
+        Compression::Zstd { level: 1 },
+    );
+    let (_, m2) = make_backup(d.path(), "20260102T030405Z-bbbb", Compression::None);
+    std::fs::remove_file(&m2).unwrap();
+    let root = d.path().to_str().unwrap();
+    let dest = regex_escape(root);
+    let cases: [(&str, Vec<&str>); 5] = [
+        ("list_table", vec!["list", root]),
+        ("list_json", vec!["list", root, "-o", "json"]),
+        ("inspect_table", vec!["inspect", m.to_str().unwrap()]),
+        (
+            "inspect_files_table",
+            vec!["inspect", m.to_str().unwrap(), "--files"],
+        ),
+        (
+            "inspect_yaml",
+            vec!["inspect", m.to_str().unwrap(), "-o", "yaml"],
+        ),
+    ];
+    for (name, args) in cases {
+        let out = plugin(&args);
+        assert_eq!(out.code, 0, "{name}: {}", out.stderr);
+        insta::with_settings!({filters => vec![(dest.as_str(), "[DEST]")]}, {
+            insta::assert_snapshot!(name, out.stdout);
+        });
+    }
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let special = "\\.+*?()|[]{}^$#&-~".contains(c);
+            special
+                .then_some('\\')
+                .into_iter()
+                .chain(std::iter::once(c))
+        })
+        .collect()
 }
