@@ -421,6 +421,38 @@ async fn without_a_terminal_or_yes_nothing_changes_and_dry_run_creates_nothing()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_replace_asks_for_the_pvc_name() {
+    let cluster = demo().await;
+    let dest = tempfile::tempdir().unwrap();
+    let vol = cluster.volume_path(NS, PVC);
+    let original = state(&vol);
+    let manifest = backup(&cluster, NS, PVC, dest.path()).await;
+    let extra = tamper(&vol);
+    let tampered = state(&vol);
+    let args = ["restore", manifest.to_str().unwrap(), "--no-progress"];
+    let prompt = format!("Type \"{PVC}\" to confirm");
+
+    // A near miss aborts: exit 4, the volume as it was, no helper pod.
+    let (code, screen) = plugin_on_terminal(&cluster, &args, &prompt, "scratch").await;
+    assert_eq!(code, 4, "{screen}");
+    assert!(
+        screen.contains("TARGET"),
+        "the summary precedes the prompt: {screen}"
+    );
+    assert!(screen.contains("aborted"), "{screen}");
+    assert_same(&tampered, &state(&vol), "after a wrong answer");
+    assert!(extra.exists());
+    assert!(helper_pods(&cluster).is_empty());
+
+    // The PVC's name proceeds: the volume is the backup again.
+    let (code, screen) = plugin_on_terminal(&cluster, &args, &prompt, PVC).await;
+    assert_eq!(code, 0, "{screen}");
+    assert_same(&original, &state(&vol), "after the confirmed restore");
+    assert!(!extra.exists());
+    assert_no_helper_pods(&cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pvc_in_use_needs_force() {
     let cluster = demo().await;
     let dest = tempfile::tempdir().unwrap();

@@ -55,6 +55,40 @@ pub async fn plugin_with(kubeconfig: &Path, args: &[&str]) -> Run {
     .expect("join")
 }
 
+/// Runs the plugin on a pseudo-terminal (stdin, stdout and stderr all on it, as at a shell),
+/// waits until the terminal shows `prompt`, types `answer` and Enter, and returns the exit code
+/// and everything the terminal showed.
+pub async fn plugin_on_terminal(
+    cluster: &Cluster,
+    args: &[&str],
+    prompt: &str,
+    answer: &str,
+) -> (i32, String) {
+    let kubeconfig = cluster.kubeconfig().to_path_buf();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let (prompt, answer) = (prompt.to_string(), answer.to_string());
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubectl-pvbackup"));
+        cmd.args(&args)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("TERM", "xterm")
+            .env_remove("PVBACKUP_LOG");
+        let mut term = rexpect::session::spawn_command(cmd, Some(60_000)).expect("spawn on a pty");
+        let shown = term
+            .exp_string(&prompt)
+            .unwrap_or_else(|e| panic!("the terminal never showed {prompt:?}: {e}"));
+        term.send_line(&answer).expect("type the answer");
+        let rest = term.exp_eof().expect("the plugin exits");
+        let code = match term.process().wait().expect("wait") {
+            rexpect::process::WaitStatus::Exited(_, code) => code,
+            other => panic!("the plugin did not exit normally: {other:?}"),
+        };
+        (code, format!("{shown}{prompt}{rest}"))
+    })
+    .await
+    .expect("join")
+}
+
 /// Starts the plugin in the background, for tests that inject a fault while it runs.
 pub fn spawn_plugin(cluster: &Cluster, args: &[&str]) -> tokio::task::JoinHandle<Run> {
     let kubeconfig = cluster.kubeconfig().to_path_buf();
