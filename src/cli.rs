@@ -375,7 +375,8 @@ Examples:
   kubectl pvbackup restore ./backups/<id>/shop/data-orders-db-0.manifest.json --yes
 
   # Restore a copy into a new PVC in another namespace
-  kubectl pvbackup restore <id>/shop/data-orders-db-0 --from ./backups -n shop-copy --create-pvc --yes
+  kubectl pvbackup restore <id>/shop/data-orders-db-0 --from ./backups \\
+    -n shop-copy --create-pvc --yes
 
   # Show what would happen; change nothing
   kubectl pvbackup restore ./backups/<id>/shop/data-orders-db-0.manifest.json --dry-run";
@@ -397,15 +398,16 @@ Examples:
   kubectl pvbackup version -o json";
 
 const COMPLETION_EXAMPLES: &str = "\
-Completing `kubectl pvbackup ...` (kubectl 1.26 or newer) needs no script from this command:
-put completions/kubectl_complete-pvbackup (shipped in the release archive) on PATH next to
-kubectl-pvbackup and enable kubectl's own completion (`kubectl completion bash`, ...).
-The scripts printed here complete the binary when it is called as `kubectl-pvbackup`.
+The scripts printed here complete the binary called as `kubectl-pvbackup`. Completing
+`kubectl pvbackup ...` (kubectl 1.26 or newer) needs none of them: put
+completions/kubectl_complete-pvbackup (in the release archive) on PATH next to kubectl-pvbackup
+and enable kubectl's own completion (`source <(kubectl completion bash)`, ...).
 
 Examples:
   # bash: load now, and in every new shell
   source <(kubectl pvbackup completion bash)
-  kubectl pvbackup completion bash > ~/.local/share/bash-completion/completions/kubectl-pvbackup
+  kubectl pvbackup completion bash \\
+    > ~/.local/share/bash-completion/completions/kubectl-pvbackup
 
   # zsh: a directory on $fpath
   kubectl pvbackup completion zsh > \"${fpath[1]}/_kubectl-pvbackup\"

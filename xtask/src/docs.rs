@@ -59,12 +59,49 @@ fn collect(cmd: &clap::Command, out: &mut Vec<(String, Vec<u8>)>) {
         collect(sub, out);
     }
     let man = clap_mangen::Man::new(cmd.clone())
-        .source(format!("kubectl-pvbackup {}", VERSION))
+        .source(format!("kubectl-pvbackup {VERSION}"))
         .manual("kubectl plugins");
     let mut bytes = Vec::new();
-    man.render(&mut bytes)
-        .expect("rendering into memory cannot fail");
+    render(&man, cmd, &mut bytes).expect("rendering into memory cannot fail");
     out.push((man.get_filename(), bytes));
+}
+
+/// clap_mangen's sections, except that the help's closing text becomes NOTES and EXAMPLES
+/// with the examples unfilled: clap_mangen's EXTRA section would let troff run the example
+/// lines together into one paragraph.
+fn render(man: &clap_mangen::Man, cmd: &clap::Command, w: &mut Vec<u8>) -> std::io::Result<()> {
+    man.render_title(w)?;
+    man.render_name_section(w)?;
+    man.render_synopsis_section(w)?;
+    man.render_description_section(w)?;
+    man.render_options_section(w)?;
+    if cmd.get_subcommands().any(|s| !s.is_hide_set()) {
+        man.render_subcommands_section(w)?;
+    }
+    if let Some(after) = cmd.get_after_help() {
+        let after = after.to_string();
+        let (notes, examples) = match after.split_once("Examples:\n") {
+            Some((notes, examples)) => (notes.trim(), examples),
+            None => (after.trim(), ""),
+        };
+        let mut roff = roff::Roff::new();
+        if !notes.is_empty() {
+            roff.control("SH", ["NOTES"]);
+            for para in notes.split("\n\n") {
+                roff.control("PP", [])
+                    .text([roff::roman(para.replace('\n', " "))]);
+            }
+        }
+        if !examples.is_empty() {
+            roff.control("SH", ["EXAMPLES"]).control("nf", []);
+            for line in examples.lines() {
+                roff.text([roff::roman(line)]);
+            }
+            roff.control("fi", []);
+        }
+        roff.to_writer(w)?;
+    }
+    man.render_version_section(w)
 }
 
 /// Committed files under `root` that differ from what the definitions generate: missing or
