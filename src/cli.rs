@@ -16,11 +16,21 @@ Examples:
   # Check an archive against its manifest, without a cluster
   kubectl pvbackup verify ./backups/<id>/shop/data-orders-db-0.manifest.json";
 
+/// `--version`: the same facts as `kubectl pvbackup version` (build.rs records commit and target).
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PVBACKUP_GIT_COMMIT"),
+    ", ",
+    env!("PVBACKUP_TARGET"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "kubectl-pvbackup",
     bin_name = "kubectl pvbackup",
-    version,
+    version = LONG_VERSION,
     about = "Back up and restore the PersistentVolumeClaims of service-mesh workloads",
     after_help = EXAMPLES,
     propagate_version = true
@@ -69,48 +79,43 @@ pub enum OutputFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// List pods that run a service-mesh proxy and the PVCs they mount
-    #[command(
-        after_help = "Examples:\n  kubectl pvbackup discover -A\n  kubectl pvbackup discover -n shop -o json\n  kubectl pvbackup discover -A --all-pods -l app=orders-db"
-    )]
+    #[command(after_help = DISCOVER_EXAMPLES)]
     Discover(DiscoverArgs),
     /// Back up PVCs to a destination through a short-lived helper pod
-    #[command(
-        after_help = "Examples:\n  kubectl pvbackup create -n shop --to ./backups\n  kubectl pvbackup create data-orders-db-0 -n shop --to ./backups --compression zstd\n  kubectl pvbackup create -A --mesh linkerd --to /mnt/backups -o json"
-    )]
+    #[command(after_help = CREATE_EXAMPLES)]
     Create(CreateArgs),
     /// Check an archive against its manifest (offline, no cluster needed)
-    #[command(
-        after_help = "Examples:\n  kubectl pvbackup verify ./backups/<id>/shop/data-orders-db-0.manifest.json\n  kubectl pvbackup verify <id>/shop/data-orders-db-0 --from ./backups -o json"
-    )]
+    #[command(after_help = VERIFY_EXAMPLES)]
     Verify(VerifyArgs),
     /// List the backups at a destination
-    #[command(
-        after_help = "Examples:\n  kubectl pvbackup list ./backups\n  kubectl pvbackup list ./backups -o json"
-    )]
+    #[command(after_help = LIST_EXAMPLES)]
     List(ListArgs),
     /// Show a backup's manifest
-    #[command(
-        after_help = "Examples:\n  kubectl pvbackup inspect ./backups/<id>/shop/data-orders-db-0.manifest.json --files"
-    )]
+    #[command(after_help = INSPECT_EXAMPLES)]
     Inspect(InspectArgs),
     /// Restore a backup into a PVC, all-or-nothing
-    #[command(
-        after_help = "Examples:\n  kubectl pvbackup restore ./backups/<id>/shop/data-orders-db-0.manifest.json --yes\n  kubectl pvbackup restore <id>/shop/data-orders-db-0 --from ./backups -n shop-copy --create-pvc --yes\n  kubectl pvbackup restore ./b/<id>/shop/data-orders-db-0.manifest.json --dry-run"
-    )]
+    #[command(after_help = RESTORE_EXAMPLES)]
     Restore(RestoreArgs),
     /// Delete helper pods left behind by an interrupted run
+    #[command(after_help = CLEANUP_EXAMPLES)]
     Cleanup(CleanupArgs),
     /// Print version, git commit and build target
+    #[command(after_help = VERSION_EXAMPLES)]
     Version,
+    /// Print a shell completion script for kubectl-pvbackup
+    #[command(after_help = COMPLETION_EXAMPLES)]
+    Completion(CompletionArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct DiscoverArgs {
     /// Also list pods without a mesh proxy
     #[arg(long)]
+    #[arg(help_heading = "Selection")]
     pub all_pods: bool,
     /// Label selector for pods (e.g. app=orders-db)
     #[arg(short = 'l', long, value_name = "SELECTOR")]
+    #[arg(help_heading = "Selection")]
     pub selector: Option<String>,
 }
 
@@ -120,15 +125,19 @@ pub struct CreateArgs {
     pub pvcs: Vec<String>,
     /// Destination: a local directory (or file:///path)
     #[arg(long, value_name = "DEST")]
+    #[arg(help_heading = "Destination")]
     pub to: String,
     /// Only PVCs mounted by pods of this mesh
     #[arg(long, value_name = "MESH")]
+    #[arg(help_heading = "Selection")]
     pub mesh: Option<String>,
     /// Label selector for the pods whose PVCs are backed up
     #[arg(short = 'l', long, value_name = "SELECTOR")]
+    #[arg(help_heading = "Selection")]
     pub selector: Option<String>,
     /// Every PVC in scope, mounted or not, mesh or not
     #[arg(long, conflicts_with = "mesh")]
+    #[arg(help_heading = "Selection")]
     pub all_pvcs: bool,
     #[command(flatten)]
     pub data: DataArgs,
@@ -136,9 +145,11 @@ pub struct CreateArgs {
     pub helper: HelperArgs,
     /// Back up this many PVCs at once
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=32))]
+    #[arg(help_heading = "Run")]
     pub parallel: u16,
     /// Print the plan and the helper pod spec; create nothing
     #[arg(long)]
+    #[arg(help_heading = "Run")]
     pub dry_run: bool,
 }
 
@@ -183,6 +194,7 @@ pub struct VerifyArgs {
     pub backup: String,
     /// Where the backup lives, when BACKUP is an id
     #[arg(long, value_name = "DEST")]
+    #[arg(help_heading = "Source")]
     pub from: Option<String>,
 }
 
@@ -196,10 +208,13 @@ pub struct ListArgs {
 pub struct InspectArgs {
     /// A manifest path, an archive path, or BACKUP_ID/NAMESPACE/PVC with --from
     pub backup: String,
+    /// Where the backup lives, when BACKUP is an id
     #[arg(long, value_name = "DEST")]
+    #[arg(help_heading = "Source")]
     pub from: Option<String>,
     /// List every entry
     #[arg(long)]
+    #[arg(help_heading = "Output")]
     pub files: bool,
 }
 
@@ -215,30 +230,41 @@ pub enum RestoreModeArg {
 pub struct RestoreArgs {
     /// A manifest path, an archive path, or BACKUP_ID/NAMESPACE/PVC with --from
     pub backup: String,
+    /// Where the backup lives, when BACKUP is an id
     #[arg(long, value_name = "DEST")]
+    #[arg(help_heading = "Source")]
     pub from: Option<String>,
     /// Target PVC (default: the PVC the backup was taken from)
     #[arg(long, value_name = "NAME")]
+    #[arg(help_heading = "Target")]
     pub to_pvc: Option<String>,
     /// Create the target PVC from the manifest's spec
     #[arg(long)]
+    #[arg(help_heading = "Target")]
     pub create_pvc: bool,
     /// With --create-pvc: use this StorageClass
     #[arg(long, requires = "create_pvc", value_name = "SC")]
+    #[arg(help_heading = "Target")]
     pub storage_class: Option<String>,
     /// With --create-pvc: request this size (e.g. 2Gi)
     #[arg(long, requires = "create_pvc", value_name = "QUANTITY")]
+    #[arg(help_heading = "Target")]
     pub size: Option<String>,
+    /// How the backup meets what is already on the volume
     #[arg(long, value_enum, default_value = "replace")]
+    #[arg(help_heading = "Safety")]
     pub mode: RestoreModeArg,
     /// Do not ask for confirmation
     #[arg(long, short = 'y')]
+    #[arg(help_heading = "Safety")]
     pub yes: bool,
     /// Print the plan; change nothing
     #[arg(long)]
+    #[arg(help_heading = "Safety")]
     pub dry_run: bool,
     /// Restore even while other pods mount the PVC
     #[arg(long)]
+    #[arg(help_heading = "Safety")]
     pub force: bool,
     #[command(flatten)]
     pub helper: HelperArgs,
@@ -248,5 +274,146 @@ pub struct RestoreArgs {
 pub struct CleanupArgs {
     /// Do not ask for confirmation
     #[arg(long, short = 'y')]
+    #[arg(help_heading = "Safety")]
     pub yes: bool,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+    Powershell,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell to print the script for
+    #[arg(value_enum)]
+    pub shell: CompletionShell,
+}
+
+/// The request kubectl's plugin completion makes (kubectl >= 1.26, through
+/// completions/kubectl_complete-pvbackup): `kubectl-pvbackup __complete WORDS…`, or the binary
+/// itself called as `kubectl_complete-pvbackup WORDS…` (a copy or link; on Windows the only
+/// way). Recognised before clap parses: the words, flags included, must reach the completer
+/// untouched, and a hidden subcommand would still show in the generated completion scripts.
+/// Returns the words after `kubectl pvbackup`; the last is being completed (may be empty).
+pub fn completion_request(args: &[std::ffi::OsString]) -> Option<Vec<String>> {
+    let program = std::path::Path::new(args.first()?);
+    let words = if program
+        .file_stem()
+        .is_some_and(|s| s == "kubectl_complete-pvbackup")
+    {
+        &args[1..]
+    } else if args.get(1).is_some_and(|a| a == "__complete") {
+        &args[2..]
+    } else {
+        return None;
+    };
+    Some(
+        words
+            .iter()
+            .map(|w| w.to_string_lossy().into_owned())
+            .collect(),
+    )
+}
+
+// Examples in kubectl's style: a `#` line saying what, then the command.
+const DISCOVER_EXAMPLES: &str = "\
+Examples:
+  # Mesh workloads and their volumes in every namespace
+  kubectl pvbackup discover -A
+
+  # The same for one namespace, as JSON for scripts
+  kubectl pvbackup discover -n shop -o json
+
+  # Every pod with a volume, meshed or not, selected by label
+  kubectl pvbackup discover -A --all-pods -l app=orders-db";
+
+const CREATE_EXAMPLES: &str = "\
+Examples:
+  # Back up every PVC that a meshed pod in namespace shop mounts
+  kubectl pvbackup create -n shop --to ./backups
+
+  # Back up one PVC with gzip instead of zstd
+  kubectl pvbackup create data-orders-db-0 -n shop --to ./backups --compression gzip
+
+  # Back up Linkerd workloads' PVCs in every namespace; report as JSON
+  kubectl pvbackup create -A --mesh linkerd --to /mnt/backups -o json
+
+  # Show the plan and the helper pod spec without creating anything
+  kubectl pvbackup create -n shop --to ./backups --dry-run";
+
+const VERIFY_EXAMPLES: &str = "\
+Examples:
+  # Check an archive against its manifest
+  kubectl pvbackup verify ./backups/<id>/shop/data-orders-db-0.manifest.json
+
+  # The same, naming the backup by id; exit code 3 means the backup is damaged
+  kubectl pvbackup verify <id>/shop/data-orders-db-0 --from ./backups -o json";
+
+const LIST_EXAMPLES: &str = "\
+Examples:
+  # Backups under a directory; incomplete ones are marked INCOMPLETE
+  kubectl pvbackup list ./backups
+
+  # Only the ids of restorable backups
+  kubectl pvbackup list ./backups -o json | jq -r '.items[] | select(.restorable) | .id'";
+
+const INSPECT_EXAMPLES: &str = "\
+Examples:
+  # A backup's summary and every file it holds
+  kubectl pvbackup inspect ./backups/<id>/shop/data-orders-db-0.manifest.json --files
+
+  # The manifest as YAML, naming the backup by id
+  kubectl pvbackup inspect <id>/shop/data-orders-db-0 --from ./backups -o yaml";
+
+const RESTORE_EXAMPLES: &str = "\
+Examples:
+  # Restore into the PVC the backup came from, without a prompt
+  kubectl pvbackup restore ./backups/<id>/shop/data-orders-db-0.manifest.json --yes
+
+  # Restore a copy into a new PVC in another namespace
+  kubectl pvbackup restore <id>/shop/data-orders-db-0 --from ./backups \\
+    -n shop-copy --create-pvc --yes
+
+  # Show what would happen; change nothing
+  kubectl pvbackup restore ./backups/<id>/shop/data-orders-db-0.manifest.json --dry-run";
+
+const CLEANUP_EXAMPLES: &str = "\
+Examples:
+  # Delete leftover helper pods in the current namespace (asks first)
+  kubectl pvbackup cleanup
+
+  # Delete them in every namespace, without a prompt
+  kubectl pvbackup cleanup -A --yes";
+
+const VERSION_EXAMPLES: &str = "\
+Examples:
+  # Version, git commit and build target
+  kubectl pvbackup version
+
+  # The same as JSON
+  kubectl pvbackup version -o json";
+
+const COMPLETION_EXAMPLES: &str = "\
+The scripts printed here complete the binary called as `kubectl-pvbackup`. Completing
+`kubectl pvbackup ...` (kubectl 1.26 or newer) needs none of them: put
+completions/kubectl_complete-pvbackup (in the release archive) on PATH next to kubectl-pvbackup
+and enable kubectl's own completion (`source <(kubectl completion bash)`, ...).
+
+Examples:
+  # bash: load now, and in every new shell
+  source <(kubectl pvbackup completion bash)
+  kubectl pvbackup completion bash \\
+    > ~/.local/share/bash-completion/completions/kubectl-pvbackup
+
+  # zsh: a directory on $fpath
+  kubectl pvbackup completion zsh > \"${fpath[1]}/_kubectl-pvbackup\"
+
+  # fish
+  kubectl pvbackup completion fish > ~/.config/fish/completions/kubectl-pvbackup.fish
+
+  # PowerShell
+  kubectl pvbackup completion powershell | Out-String | Invoke-Expression";

@@ -5,6 +5,7 @@ pub mod backup;
 pub mod cli;
 pub mod cmd;
 pub mod collect;
+pub mod complete;
 pub mod confirm;
 pub mod connect;
 pub mod destination;

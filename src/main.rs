@@ -3,10 +3,20 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kubectl_pvbackup::{cli::Cli, exit::ExitKind, run};
+use kubectl_pvbackup::{
+    cli::{completion_request, Cli},
+    exit::ExitKind,
+    run,
+};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(words) = completion_request(&args) {
+        // No logging set up: kubectl shows the completer's stderr in the user's terminal.
+        kubectl_pvbackup::cmd::complete::answer(&words);
+        return ExitCode::SUCCESS;
+    }
+    let cli = Cli::parse_from(args);
     let level = match cli.global.verbose {
         0 => "warn",
         1 => "info,kube=warn",

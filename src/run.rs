@@ -55,6 +55,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     let out = cli.global.output;
     match &cli.command {
         Command::Version => cmd::version::run(out),
+        Command::Completion(a) => cmd::completion::run(a.shell),
         Command::Verify(a) => cmd::verify::run(&a.backup, a.from.as_deref(), out),
         Command::List(a) => cmd::list::run(&a.dest, out),
         Command::Inspect(a) => cmd::inspect::run(&a.backup, a.from.as_deref(), a.files, out),

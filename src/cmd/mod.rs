@@ -1,6 +1,8 @@
 //! One module per subcommand, each with one entry function that takes a validated plan.
 
 pub mod cleanup;
+pub mod complete;
+pub mod completion;
 pub mod create;
 pub mod discover;
 pub mod inspect;

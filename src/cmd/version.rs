@@ -4,9 +4,12 @@ use crate::cli::OutputFormat;
 use crate::exit::Failure;
 use crate::output;
 
+/// The package version, without commit or target (release archives and man pages use it).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 pub fn info() -> serde_json::Value {
     serde_json::json!({
-        "version": env!("CARGO_PKG_VERSION"),
+        "version": VERSION,
         "gitCommit": option_env!("PVBACKUP_GIT_COMMIT").unwrap_or("unknown"),
         "target": option_env!("PVBACKUP_TARGET").unwrap_or("unknown"),
     })

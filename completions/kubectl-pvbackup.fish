@@ -1,0 +1,199 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_kubectl_pvbackup_global_optspecs
+    string join \n kubeconfig= context= n/namespace= A/all-namespaces o/output= v/verbose no-progress h/help V/version
+end
+
+function __fish_kubectl_pvbackup_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_kubectl_pvbackup_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_kubectl_pvbackup_using_subcommand
+    set -l cmd (__fish_kubectl_pvbackup_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -l context -d 'The kubeconfig context to use' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -s n -l namespace -d 'Namespace scope (default: the context\'s namespace)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -s o -l output -d 'Output format' -r -f -a "table\t''
+wide\t''
+json\t''
+yaml\t''"
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -s A -l all-namespaces -d 'Look in every namespace'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -s v -l verbose -d 'More logs on stderr (-v, -vv, -vvv)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -l no-progress -d 'No progress bars (they are also off when stderr is not a terminal)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -s h -l help -d 'Print help'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -s V -l version -d 'Print version'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "discover" -d 'List pods that run a service-mesh proxy and the PVCs they mount'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "create" -d 'Back up PVCs to a destination through a short-lived helper pod'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "verify" -d 'Check an archive against its manifest (offline, no cluster needed)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "list" -d 'List the backups at a destination'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "inspect" -d 'Show a backup\'s manifest'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "restore" -d 'Restore a backup into a PVC, all-or-nothing'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "cleanup" -d 'Delete helper pods left behind by an interrupted run'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "version" -d 'Print version, git commit and build target'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "completion" -d 'Print a shell completion script for kubectl-pvbackup'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand discover" -s l -l selector -d 'Label selector for pods (e.g. app=orders-db)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand discover" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand discover" -l context -d 'The kubeconfig context to use' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand discover" -s n -l namespace -d 'Namespace scope (default: the context\'s namespace)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand discover" -s o -l output -d 'Output format' -r -f -a "table\t''
+wide\t''
+json\t''
+yaml\t''"
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand discover" -l all-pods -d 'Also list pods without a mesh proxy'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand discover" -s A -l all-namespaces -d 'Look in every namespace'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand discover" -s v -l verbose -d 'More logs on stderr (-v, -vv, -vvv)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand discover" -l no-progress -d 'No progress bars (they are also off when stderr is not a terminal)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand discover" -s h -l help -d 'Print help'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand discover" -s V -l version -d 'Print version'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l to -d 'Destination: a local directory (or file:///path)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l mesh -d 'Only PVCs mounted by pods of this mesh' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -s l -l selector -d 'Label selector for the pods whose PVCs are backed up' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l compression -d 'Compression of the stored archive' -r -f -a "gzip\t''
+zstd\t''
+none\t''"
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l level -d 'Compression level (gzip 0-9, zstd 1-19; default: the fastest)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l retries -d 'Retries per PVC after a transient failure (connection reset, outage, helper crash)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l image -d 'Helper image (any image with busybox-compatible sh, tar, sha256sum)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l run-as-user -d 'Run the helper as this UID instead of root (for PodSecurity `restricted` namespaces)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l pod-timeout -d 'Give up when the helper pod is not running after this many seconds' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l parallel -d 'Back up this many PVCs at once' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l context -d 'The kubeconfig context to use' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -s n -l namespace -d 'Namespace scope (default: the context\'s namespace)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -s o -l output -d 'Output format' -r -f -a "table\t''
+wide\t''
+json\t''
+yaml\t''"
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l all-pvcs -d 'Every PVC in scope, mounted or not, mesh or not'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l dry-run -d 'Print the plan and the helper pod spec; create nothing'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -s A -l all-namespaces -d 'Look in every namespace'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -s v -l verbose -d 'More logs on stderr (-v, -vv, -vvv)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l no-progress -d 'No progress bars (they are also off when stderr is not a terminal)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -s h -l help -d 'Print help'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -s V -l version -d 'Print version'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand verify" -l from -d 'Where the backup lives, when BACKUP is an id' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand verify" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand verify" -l context -d 'The kubeconfig context to use' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand verify" -s n -l namespace -d 'Namespace scope (default: the context\'s namespace)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand verify" -s o -l output -d 'Output format' -r -f -a "table\t''
+wide\t''
+json\t''
+yaml\t''"
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand verify" -s A -l all-namespaces -d 'Look in every namespace'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand verify" -s v -l verbose -d 'More logs on stderr (-v, -vv, -vvv)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand verify" -l no-progress -d 'No progress bars (they are also off when stderr is not a terminal)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand verify" -s h -l help -d 'Print help'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand verify" -s V -l version -d 'Print version'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand list" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand list" -l context -d 'The kubeconfig context to use' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand list" -s n -l namespace -d 'Namespace scope (default: the context\'s namespace)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand list" -s o -l output -d 'Output format' -r -f -a "table\t''
+wide\t''
+json\t''
+yaml\t''"
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand list" -s A -l all-namespaces -d 'Look in every namespace'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand list" -s v -l verbose -d 'More logs on stderr (-v, -vv, -vvv)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand list" -l no-progress -d 'No progress bars (they are also off when stderr is not a terminal)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand list" -s h -l help -d 'Print help'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand list" -s V -l version -d 'Print version'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand inspect" -l from -d 'Where the backup lives, when BACKUP is an id' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand inspect" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand inspect" -l context -d 'The kubeconfig context to use' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand inspect" -s n -l namespace -d 'Namespace scope (default: the context\'s namespace)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand inspect" -s o -l output -d 'Output format' -r -f -a "table\t''
+wide\t''
+json\t''
+yaml\t''"
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand inspect" -l files -d 'List every entry'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand inspect" -s A -l all-namespaces -d 'Look in every namespace'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand inspect" -s v -l verbose -d 'More logs on stderr (-v, -vv, -vvv)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand inspect" -l no-progress -d 'No progress bars (they are also off when stderr is not a terminal)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand inspect" -s h -l help -d 'Print help'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand inspect" -s V -l version -d 'Print version'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l from -d 'Where the backup lives, when BACKUP is an id' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l to-pvc -d 'Target PVC (default: the PVC the backup was taken from)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l storage-class -d 'With --create-pvc: use this StorageClass' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l size -d 'With --create-pvc: request this size (e.g. 2Gi)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l mode -d 'How the backup meets what is already on the volume' -r -f -a "replace\t'Afterwards the volume holds exactly what the backup holds'
+merge\t'Overwrite the backup\'s paths and keep everything else'"
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l image -d 'Helper image (any image with busybox-compatible sh, tar, sha256sum)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l run-as-user -d 'Run the helper as this UID instead of root (for PodSecurity `restricted` namespaces)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l pod-timeout -d 'Give up when the helper pod is not running after this many seconds' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l context -d 'The kubeconfig context to use' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -s n -l namespace -d 'Namespace scope (default: the context\'s namespace)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -s o -l output -d 'Output format' -r -f -a "table\t''
+wide\t''
+json\t''
+yaml\t''"
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l create-pvc -d 'Create the target PVC from the manifest\'s spec'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -s y -l yes -d 'Do not ask for confirmation'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l dry-run -d 'Print the plan; change nothing'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l force -d 'Restore even while other pods mount the PVC'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -s A -l all-namespaces -d 'Look in every namespace'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -s v -l verbose -d 'More logs on stderr (-v, -vv, -vvv)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l no-progress -d 'No progress bars (they are also off when stderr is not a terminal)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -s V -l version -d 'Print version'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -l context -d 'The kubeconfig context to use' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -s n -l namespace -d 'Namespace scope (default: the context\'s namespace)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -s o -l output -d 'Output format' -r -f -a "table\t''
+wide\t''
+json\t''
+yaml\t''"
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -s y -l yes -d 'Do not ask for confirmation'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -s A -l all-namespaces -d 'Look in every namespace'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -s v -l verbose -d 'More logs on stderr (-v, -vv, -vvv)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -l no-progress -d 'No progress bars (they are also off when stderr is not a terminal)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -s h -l help -d 'Print help'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -s V -l version -d 'Print version'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand version" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand version" -l context -d 'The kubeconfig context to use' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand version" -s n -l namespace -d 'Namespace scope (default: the context\'s namespace)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand version" -s o -l output -d 'Output format' -r -f -a "table\t''
+wide\t''
+json\t''
+yaml\t''"
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand version" -s A -l all-namespaces -d 'Look in every namespace'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand version" -s v -l verbose -d 'More logs on stderr (-v, -vv, -vvv)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand version" -l no-progress -d 'No progress bars (they are also off when stderr is not a terminal)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand version" -s h -l help -d 'Print help'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand version" -s V -l version -d 'Print version'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand completion" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand completion" -l context -d 'The kubeconfig context to use' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand completion" -s n -l namespace -d 'Namespace scope (default: the context\'s namespace)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand completion" -s o -l output -d 'Output format' -r -f -a "table\t''
+wide\t''
+json\t''
+yaml\t''"
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand completion" -s A -l all-namespaces -d 'Look in every namespace'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand completion" -s v -l verbose -d 'More logs on stderr (-v, -vv, -vvv)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand completion" -l no-progress -d 'No progress bars (they are also off when stderr is not a terminal)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand completion" -s h -l help -d 'Print help'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand completion" -s V -l version -d 'Print version'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion help" -f -a "discover" -d 'List pods that run a service-mesh proxy and the PVCs they mount'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion help" -f -a "create" -d 'Back up PVCs to a destination through a short-lived helper pod'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion help" -f -a "verify" -d 'Check an archive against its manifest (offline, no cluster needed)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion help" -f -a "list" -d 'List the backups at a destination'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion help" -f -a "inspect" -d 'Show a backup\'s manifest'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion help" -f -a "restore" -d 'Restore a backup into a PVC, all-or-nothing'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion help" -f -a "cleanup" -d 'Delete helper pods left behind by an interrupted run'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion help" -f -a "version" -d 'Print version, git commit and build target'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion help" -f -a "completion" -d 'Print a shell completion script for kubectl-pvbackup'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

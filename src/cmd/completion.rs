@@ -1,0 +1,29 @@
+//! `kubectl pvbackup completion SHELL`: the shell completion script for `kubectl-pvbackup`,
+//! generated from the clap definitions (the copies in `completions/` are checked against it).
+
+use clap::CommandFactory;
+use clap_complete::Shell;
+
+use crate::cli::{Cli, CompletionShell};
+use crate::exit::Failure;
+use crate::output;
+
+/// The name the scripts complete: the binary as it sits on PATH.
+pub const BIN_NAME: &str = "kubectl-pvbackup";
+
+pub fn script(shell: CompletionShell) -> String {
+    let shell = match shell {
+        CompletionShell::Bash => Shell::Bash,
+        CompletionShell::Zsh => Shell::Zsh,
+        CompletionShell::Fish => Shell::Fish,
+        CompletionShell::Powershell => Shell::PowerShell,
+    };
+    let mut cmd = Cli::command();
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut cmd, BIN_NAME, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn run(shell: CompletionShell) -> Result<(), Failure> {
+    output::print_stdout(&script(shell))
+}
