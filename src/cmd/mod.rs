@@ -3,6 +3,7 @@
 pub mod cleanup;
 pub mod create;
 pub mod discover;
+pub mod drill;
 pub mod inspect;
 pub mod list;
 pub mod restore;
