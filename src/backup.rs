@@ -16,9 +16,10 @@ use crate::destination::{archive_key, manifest_key, Destination};
 use crate::discover::{detect_mesh, placement, Target};
 use crate::exit::{ExitKind, Failure};
 use crate::helper_pod::{build_helper_pod, podsecurity_conflict, HelperPodRequest, Purpose};
-use crate::helper_session::{HelperPod, Registry};
+use crate::helper_session::{HelperPod, Registry, Watch};
 use crate::manifest::{ClusterInfo, Manifest, ManifestMeta, PvcInfo, SourcePod};
 use crate::progress::Progress;
+use crate::retry::{jitter, AttemptRecord, GiveUp, RetryPolicy};
 
 /// Everything a backup run needs besides the targets.
 pub struct BackupSettings {
@@ -27,7 +28,7 @@ pub struct BackupSettings {
     pub image: String,
     pub run_as_user: Option<i64>,
     pub pod_timeout: Duration,
-    pub retries: u32,
+    pub retry: RetryPolicy,
     pub cluster: ClusterInfo,
 }
 
@@ -42,6 +43,8 @@ pub struct TargetResult {
     #[serde(skip)]
     pub kind: Option<ExitKind>,
     pub attempts: u32,
+    /// Every attempt, with the error of each failed one.
+    pub attempt_log: Vec<AttemptRecord>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub archive: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -63,15 +66,23 @@ pub struct TargetContext {
     pub nodes: Vec<Node>,
 }
 
+/// The helper pod of attempt `attempt` (1-based). Later attempts get their own pod name, so a
+/// predecessor still terminating after an outage never blocks them.
 pub fn helper_request(
     ctx: &TargetContext,
     s: &BackupSettings,
+    attempt: u32,
 ) -> Result<HelperPodRequest, Failure> {
     let place = placement(&ctx.target, &ctx.nodes).map_err(|e| Failure::refused(e.to_string()))?;
+    let run_id = if attempt <= 1 {
+        s.backup_id.clone()
+    } else {
+        format!("{}-a{attempt}", s.backup_id)
+    };
     let mut req = HelperPodRequest::new(
         &ctx.target.namespace,
         &ctx.target.pvc,
-        &s.backup_id,
+        &run_id,
         Purpose::Backup,
     );
     req.image = s.image.clone();
@@ -79,11 +90,6 @@ pub fn helper_request(
     req.tolerations = place.tolerations;
     req.run_as_user = s.run_as_user;
     Ok(req)
-}
-
-/// Transient failures get another attempt; refusals and integrity problems of our own making do not.
-fn retryable(f: &Failure) -> bool {
-    f.kind == ExitKind::Runtime && !f.permanent
 }
 
 pub async fn backup_target(
@@ -102,6 +108,7 @@ pub async fn backup_target(
         error: None,
         kind: None,
         attempts: 0,
+        attempt_log: Vec::new(),
         archive: None,
         manifest: None,
         files: 0,
@@ -111,11 +118,30 @@ pub async fn backup_target(
         seconds: 0.0,
     };
     let bar = progress.bar(&format!("{}/{}", ctx.target.namespace, ctx.target.pvc));
-    let mut delay = Duration::from_secs(1);
+    let mut first_failure: Option<Instant> = None;
     loop {
         result.attempts += 1;
-        match attempt(client, ctx, s, dest.clone(), registry, &bar).await {
+        let began = Instant::now();
+        let outcome = attempt(
+            client,
+            ctx,
+            s,
+            dest.clone(),
+            registry,
+            &bar,
+            result.attempts,
+        )
+        .await;
+        let seconds = began.elapsed().as_secs_f64();
+        match outcome {
             Ok(m) => {
+                result.attempt_log.push(AttemptRecord {
+                    attempt: result.attempts,
+                    outcome: "ok",
+                    error: None,
+                    seconds,
+                    retry_after_seconds: None,
+                });
                 result.status = "ok";
                 result.files = m.entries.iter().filter(|e| e.sha256.is_some()).count() as u64;
                 result.bytes = m.uncompressed_size;
@@ -129,31 +155,49 @@ pub async fn backup_target(
                 )));
                 result.manifest =
                     Some(dest.locate(&manifest_key(&s.backup_id, &m.namespace, &m.pvc.name)));
+                if result.attempts > 1 {
+                    bar.event(&format!(
+                        "attempt {} succeeded, {} files",
+                        result.attempts, result.files
+                    ));
+                }
                 bar.finish(&format!("done, {} files", result.files));
                 break;
             }
             Err(f) => {
-                if result.attempts > s.retries || !retryable(&f) {
-                    bar.finish(&format!("failed: {}", f.message));
-                    result.kind = Some(f.kind);
-                    result.error = Some(f.message);
-                    break;
+                let since = first_failure.get_or_insert_with(Instant::now).elapsed();
+                let next = s.retry.next(&f, result.attempts, since, jitter());
+                result.attempt_log.push(AttemptRecord {
+                    attempt: result.attempts,
+                    outcome: "failed",
+                    error: Some(f.message.clone()),
+                    seconds,
+                    retry_after_seconds: next.as_ref().ok().map(Duration::as_secs_f64),
+                });
+                match next {
+                    Ok(wait) => {
+                        bar.event(&format!(
+                            "attempt {} failed: {}; retrying in {:.1}s",
+                            result.attempts,
+                            f.message,
+                            wait.as_secs_f64()
+                        ));
+                        tokio::time::sleep(wait).await;
+                    }
+                    Err(give_up) => {
+                        let message = format!("{}{}", f.message, give_up.note(result.attempts));
+                        if result.attempts > 1 || give_up != GiveUp::Permanent {
+                            bar.event(&format!(
+                                "attempt {} failed: {}",
+                                result.attempts, f.message
+                            ));
+                        }
+                        bar.finish(&format!("failed: {message}"));
+                        result.kind = Some(f.kind);
+                        result.error = Some(message);
+                        break;
+                    }
                 }
-                bar.note(&format!(
-                    "attempt {} failed: {}; retrying in {}s",
-                    result.attempts,
-                    f.message,
-                    delay.as_secs()
-                ));
-                tracing::warn!(
-                    "{}/{}: attempt {} failed: {}",
-                    ctx.target.namespace,
-                    ctx.target.pvc,
-                    result.attempts,
-                    f.message
-                );
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
             }
         }
     }
@@ -168,8 +212,9 @@ async fn attempt(
     dest: Arc<dyn Destination>,
     registry: &Registry,
     bar: &crate::progress::Bar,
+    number: u32,
 ) -> Result<Manifest, Failure> {
-    let req = helper_request(ctx, s)?;
+    let req = helper_request(ctx, s, number)?;
     let pod = build_helper_pod(&req);
     if let Some(ns) = &ctx.namespace {
         if let Some(conflict) = podsecurity_conflict(ns, &pod) {
@@ -190,8 +235,11 @@ async fn stream(
     dest: Arc<dyn Destination>,
     bar: &crate::progress::Bar,
 ) -> Result<Manifest, Failure> {
-    // A cheap size estimate for the progress bar; the backup does not depend on it.
-    if let Ok(du) = helper.run(&["du", "-sk", "/data"]).await {
+    // A cheap size estimate for the progress bar; the backup does not depend on it, so it
+    // gets a short leash.
+    if let Ok(Ok(du)) =
+        tokio::time::timeout(Duration::from_secs(30), helper.run(&["du", "-sk", "/data"])).await
+    {
         if let Some(kib) = du
             .split_whitespace()
             .next()
@@ -201,18 +249,24 @@ async fn stream(
         }
     }
     bar.note("streaming");
-    let mut proc = helper
-        .exec(&["tar", "-cf", "-", "-C", "/data", "."], false)
+    let mut session = helper
+        .session(
+            &["tar", "-cf", "-", "-C", "/data", "."],
+            false,
+            Watch {
+                stdout_stall: Some(s.retry.stall),
+                stdin_stall: None,
+            },
+        )
         .await?;
-    let stdout = proc
-        .stdout()
+    let stdout = session
+        .stdout
+        .take()
         .ok_or_else(|| Failure::runtime("exec gave no stdout"))?;
-    let mut stderr = proc
-        .stderr()
+    let mut stderr = session
+        .stderr
+        .take()
         .ok_or_else(|| Failure::runtime("exec gave no stderr"))?;
-    let status = proc
-        .take_status()
-        .ok_or_else(|| Failure::runtime("exec gave no status channel"))?;
     let key = archive_key(
         &s.backup_id,
         &ctx.target.namespace,
@@ -238,25 +292,31 @@ async fn stream(
         .await
         .map_err(|e| Failure::runtime(format!("the archive writer failed: {e}")))?;
     let errors = stderr_job.await.unwrap_or_default();
-    let st = status.await;
+    let st = session.finish(s.retry.stall).await;
     // The copy counts only when tar exited 0, said nothing alarming, and the stream ended with
     // the end-of-archive marker (checked by stream_backup). Anything else discards the partial
-    // file (the writer's Drop removes it).
+    // file (the writer's Drop removes it). A lost session explains itself best, so it wins.
     let (summary, writer) = match (st, written) {
-        (Some(st), Ok(w)) if st.status.as_deref() == Some("Success") => w,
-        (Some(st), Err(_)) if st.status.as_deref() != Some("Success") => {
-            return Err(Failure::runtime(format!("tar in helper pod {} failed: {}", helper.name, st.message.unwrap_or_default())))
-        }
-        (Some(st), Ok(_)) => {
+        (Err(lost), _) => return Err(lost),
+        (Ok(st), _) if st.status.as_deref() != Some("Success") => {
             return Err(Failure::runtime(format!(
                 "tar in helper pod {} failed: {}{}",
                 helper.name,
-                st.message.unwrap_or_default(),
-                if errors.trim().is_empty() { String::new() } else { format!(" (stderr: {})", errors.trim()) }
+                crate::helper_session::describe_status(&st),
+                if errors.trim().is_empty() {
+                    String::new()
+                } else {
+                    format!(" (stderr: {})", errors.trim())
+                }
             )))
         }
-        (None, _) => return Err(Failure::runtime(format!("the exec stream from helper pod {} ended without a status: the connection or the container was lost mid-stream", helper.name))),
-        (Some(_), Err(f)) => return Err(Failure::new(ExitKind::Runtime, format!("the archive stream was not complete: {}", f.message))),
+        (Ok(_), Ok(w)) => w,
+        (Ok(_), Err(f)) => {
+            return Err(Failure::new(
+                ExitKind::Runtime,
+                format!("the archive stream was not complete: {}", f.message),
+            ))
+        }
     };
     let serious: Vec<&str> = errors
         .lines()

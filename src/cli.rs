@@ -105,6 +105,10 @@ pub enum Command {
     /// Print a shell completion script for kubectl-pvbackup
     #[command(after_help = COMPLETION_EXAMPLES)]
     Completion(CompletionArgs),
+    /// Test-restore a backup into a scratch PVC, verify every checksum in the cluster, report,
+    /// and delete the scratch PVC (exit 0 intact, 3 damaged, 1 the drill could not run)
+    #[command(after_help = DRILL_EXAMPLES)]
+    Drill(DrillArgs),
 }
 
 #[derive(Debug, Args)]
@@ -143,6 +147,8 @@ pub struct CreateArgs {
     pub data: DataArgs,
     #[command(flatten)]
     pub helper: HelperArgs,
+    #[command(flatten)]
+    pub retry: RetryArgs,
     /// Back up this many PVCs at once
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=32))]
     #[arg(help_heading = "Run")]
@@ -162,9 +168,21 @@ pub struct DataArgs {
     /// Compression level (gzip 0-9, zstd 1-19; default: the fastest)
     #[arg(long)]
     pub level: Option<i32>,
-    /// Retries per PVC after a transient failure (connection reset, outage, helper crash)
-    #[arg(long, default_value_t = 2)]
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Retries")]
+pub struct RetryArgs {
+    /// Retries per PVC after a transient failure (connection reset, API outage or 5xx/429,
+    /// helper pod evicted or killed, stalled stream); 0 turns retries off
+    #[arg(long, default_value_t = 3, value_name = "N")]
     pub retries: u32,
+    /// Stop retrying once this much time has passed since the PVC's first failure (e.g. 30s, 5m)
+    #[arg(long, default_value = crate::retry::DEFAULT_RETRY_TIMEOUT, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub retry_timeout: std::time::Duration,
+    /// Declare a data stream dead when no byte moves for this long (e.g. 60s, 2m)
+    #[arg(long, default_value = crate::retry::DEFAULT_STALL_TIMEOUT, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub stall_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -268,6 +286,8 @@ pub struct RestoreArgs {
     pub force: bool,
     #[command(flatten)]
     pub helper: HelperArgs,
+    #[command(flatten)]
+    pub retry: RetryArgs,
 }
 
 #[derive(Debug, Args)]
@@ -417,3 +437,36 @@ Examples:
 
   # PowerShell
   kubectl pvbackup completion powershell | Out-String | Invoke-Expression";
+
+const DRILL_EXAMPLES: &str = "\
+Examples:
+  # Test-restore a backup into a scratch PVC and verify it; exit 0 intact, 3 damaged
+  kubectl pvbackup drill ./backups/<id>/shop/data-orders-db-0.manifest.json
+
+  # Weekly drill from a runbook, with a JSON report
+  kubectl pvbackup drill <id>/shop/data-orders-db-0 --from /mnt/backups -n drills -o json
+
+  # Drill on another storage class, with a larger scratch volume
+  kubectl pvbackup drill ./backups/<id>/shop/media.manifest.json --storage-class fast --size 2Gi";
+
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    /// A manifest path, an archive path, or BACKUP_ID/NAMESPACE/PVC with --from
+    pub backup: String,
+    /// Where the backup lives, when BACKUP is an id
+    #[arg(long, value_name = "DEST")]
+    #[arg(help_heading = "Source")]
+    pub from: Option<String>,
+    /// StorageClass of the scratch PVC (default: the backed-up PVC's)
+    #[arg(long, value_name = "SC")]
+    #[arg(help_heading = "Scratch PVC")]
+    pub storage_class: Option<String>,
+    /// Size of the scratch PVC, e.g. 2Gi (default: the backed-up PVC's)
+    #[arg(long, value_name = "QUANTITY")]
+    #[arg(help_heading = "Scratch PVC")]
+    pub size: Option<String>,
+    #[command(flatten)]
+    pub helper: HelperArgs,
+    #[command(flatten)]
+    pub retry: RetryArgs,
+}

@@ -14,29 +14,15 @@ pub struct Connection {
     pub context: Option<String>,
 }
 
-pub struct ConnectOptions<'a> {
-    pub kubeconfig: Option<&'a std::path::Path>,
-    pub context: Option<&'a str>,
-    pub namespace: Option<&'a str>,
-    pub all_namespaces: bool,
-}
-
-pub async fn connect(opts: &ConnectOptions<'_>) -> Result<Connection, Failure> {
-    let kc = match opts.kubeconfig {
-        Some(p) => Kubeconfig::read_from(p).map_err(|e| {
-            Failure::usage(format!("cannot read kubeconfig {}: {e}. Check the --kubeconfig path.", p.display()))
-        })?,
-        None => Kubeconfig::read().map_err(|e| {
-            Failure::runtime(format!(
-                "no usable kubeconfig: {e}. Set KUBECONFIG or pass --kubeconfig FILE (for a local test cluster: `kubesim serve --state-dir /tmp/ks --kubeconfig /tmp/ks/kubeconfig`)."
-            ))
-        })?,
-    };
-    let context = opts
-        .context
+/// A client config from a kubeconfig and `--context`, and the context's name.
+async fn from_kubeconfig(
+    kc: Kubeconfig,
+    context_flag: Option<&str>,
+) -> Result<(kube::Config, Option<String>), Failure> {
+    let context = context_flag
         .map(str::to_string)
         .or_else(|| kc.current_context.clone());
-    if let Some(c) = opts.context {
+    if let Some(c) = context_flag {
         if !kc.contexts.iter().any(|nc| nc.name == c) {
             let known: Vec<&str> = kc.contexts.iter().map(|c| c.name.as_str()).collect();
             return Err(Failure::usage(format!(
@@ -46,13 +32,48 @@ pub async fn connect(opts: &ConnectOptions<'_>) -> Result<Connection, Failure> {
         }
     }
     let options = KubeConfigOptions {
-        context: opts.context.map(str::to_string),
+        context: context_flag.map(str::to_string),
         cluster: None,
         user: None,
     };
-    let mut config = kube::Config::from_custom_kubeconfig(kc, &options)
+    let config = kube::Config::from_custom_kubeconfig(kc, &options)
         .await
         .map_err(|e| Failure::runtime(format!("the kubeconfig cannot be used: {e}")))?;
+    Ok((config, context))
+}
+
+pub struct ConnectOptions<'a> {
+    pub kubeconfig: Option<&'a std::path::Path>,
+    pub context: Option<&'a str>,
+    pub namespace: Option<&'a str>,
+    pub all_namespaces: bool,
+}
+
+pub async fn connect(opts: &ConnectOptions<'_>) -> Result<Connection, Failure> {
+    let (mut config, context) = match opts.kubeconfig {
+        Some(p) => {
+            let kc = Kubeconfig::read_from(p).map_err(|e| {
+                Failure::usage(format!("cannot read kubeconfig {}: {e}. Check the --kubeconfig path.", p.display()))
+            })?;
+            from_kubeconfig(kc, opts.context).await?
+        }
+        None => match Kubeconfig::read() {
+            Ok(kc) => from_kubeconfig(kc, opts.context).await?,
+            // As kubectl (client-go's loading rules): no kubeconfig at all, inside a pod, means
+            // the pod's service account — what a CronJob running a drill uses.
+            Err(_) if opts.context.is_none() && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+                let config = kube::Config::incluster().map_err(|e| {
+                    Failure::runtime(format!("no kubeconfig, and the in-cluster service account cannot be used: {e}"))
+                })?;
+                (config, None)
+            }
+            Err(e) => {
+                return Err(Failure::runtime(format!(
+                    "no usable kubeconfig: {e}. Set KUBECONFIG or pass --kubeconfig FILE (for a local test cluster: `kubesim serve --state-dir /tmp/ks --kubeconfig /tmp/ks/kubeconfig`)."
+                )))
+            }
+        },
+    };
     // Exec streams of large volumes can be quiet for a while (a slow tar on a cold disk);
     // every wait in this tool has its own timeout instead.
     config.read_timeout = None;

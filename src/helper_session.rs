@@ -6,9 +6,17 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, Pod};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 use kube::api::{Api, AttachParams, AttachedProcess, DeleteParams, ListParams, PostParams};
 use kube::runtime::wait::await_condition;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::connect::explain;
 use crate::exit::Failure;
@@ -59,13 +67,12 @@ impl Registry {
 async fn delete_with_retry(api: &Api<Pod>, name: &str) -> bool {
     let mut delay = Duration::from_millis(250);
     for _ in 0..12 {
-        match api
-            .delete(name, &DeleteParams::default().grace_period(1))
-            .await
-        {
-            Ok(_) => return true,
-            Err(kube::Error::Api(s)) if s.code == 404 => return true,
-            Err(e) => tracing::debug!("deleting helper pod {name}: {e}; retrying"),
+        let params = DeleteParams::default().grace_period(1);
+        match tokio::time::timeout(Duration::from_secs(10), api.delete(name, &params)).await {
+            Ok(Ok(_)) => return true,
+            Ok(Err(kube::Error::Api(s))) if s.code == 404 => return true,
+            Ok(Err(e)) => tracing::debug!("deleting helper pod {name}: {e}; retrying"),
+            Err(_) => tracing::debug!("deleting helper pod {name}: no answer in 10s; retrying"),
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(8));
@@ -80,6 +87,17 @@ pub struct HelperPod {
     pub name: String,
     pub node: Option<String>,
     registry: Registry,
+    /// Fires when the pod or its node dies; every exec session of the pod fails with it.
+    lost: Lost,
+    watchdog: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for HelperPod {
+    fn drop(&mut self) {
+        if let Some(w) = self.watchdog.take() {
+            w.abort();
+        }
+    }
 }
 
 /// The kubelet reports that the helper's image cannot be pulled.
@@ -188,6 +206,8 @@ impl HelperPod {
             name: name.clone(),
             node: None,
             registry: registry.clone(),
+            lost: Lost::default(),
+            watchdog: None,
         };
         let settled = await_condition(api.clone(), &name, |p: Option<&Pod>| {
             let Some(p) = p else { return true };
@@ -211,6 +231,13 @@ impl HelperPod {
             == Some("Running");
         if let (Ok(Ok(_)), true) = (&outcome, running) {
             helper.node = current.and_then(|p| p.spec.and_then(|s| s.node_name));
+            helper.watchdog = Some(tokio::spawn(watch_pod(
+                client.clone(),
+                api.clone(),
+                name.clone(),
+                helper.node.clone(),
+                helper.lost.clone(),
+            )));
             return Ok(helper);
         }
         let events = pod_events(client, &namespace, &name).await;
@@ -238,7 +265,7 @@ impl HelperPod {
     }
 
     /// Runs `argv` in the helper's container with stdout (and stderr) piped back.
-    pub async fn exec(&self, argv: &[&str], stdin: bool) -> Result<AttachedProcess, Failure> {
+    async fn exec(&self, argv: &[&str], stdin: bool) -> Result<AttachedProcess, Failure> {
         let ap = AttachParams::default()
             .container(crate::helper_pod::CONTAINER_NAME)
             .stdin(stdin)
@@ -258,63 +285,151 @@ impl HelperPod {
             })
     }
 
+    /// Runs `argv` with every wait bounded: the streams fail as soon as the connection is lost
+    /// or the helper pod or its node dies (see [`Lost`]), and a stream given a stall limit in
+    /// `watch` fails when no byte moves through it for that long.
+    pub async fn session(
+        &self,
+        argv: &[&str],
+        stdin: bool,
+        watch: Watch,
+    ) -> Result<Session, Failure> {
+        let lost = self.lost.child();
+        let mut proc = self.exec(argv, stdin).await?;
+        let label: Arc<str> = Arc::from(format!("helper pod {}/{}", self.namespace, self.name));
+        let wrap_r = |r, stall| Watched::new(r, lost.clone(), stall, label.clone());
+        let stdout = proc.stdout().map(|r| wrap_r(r, watch.stdout_stall));
+        let stderr = proc.stderr().map(|r| wrap_r(r, None));
+        // stdin also fails once the command has exited (its status arrived): kube-rs then no
+        // longer drains the pipe, and a writer would block on it forever.
+        let stdin_lost = lost.child();
+        let stdin = proc
+            .stdin()
+            .map(|w| Watched::new(w, stdin_lost.clone(), watch.stdin_stall, label.clone()));
+        let status = proc
+            .take_status()
+            .ok_or_else(|| Failure::runtime("exec gave no status channel"))?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let link_lost = lost.clone();
+        let link_label = label.clone();
+        // kube-rs ends its message loop when the status arrives, the server closes, or the
+        // connection fails. In the last case it drops its pipe ends without closing them, so
+        // a reader would wait forever: the status future resolving to None is the signal to
+        // fail every stream of the session instead.
+        let link = tokio::spawn(async move {
+            let st = status.await;
+            if st.is_none() {
+                let detail = match tokio::time::timeout(Duration::from_secs(2), proc.join()).await {
+                    Ok(Err(e)) => format!(" ({e})"),
+                    _ => String::new(),
+                };
+                link_lost.fire(format!(
+                    "the exec stream of {link_label} ended without an exit status: the connection to the API server was lost{detail}"
+                ));
+            } else {
+                stdin_lost.fire(format!(
+                    "the command in {link_label} exited before it read all its input"
+                ));
+                let _ = tokio::time::timeout(Duration::from_secs(2), proc.join()).await;
+            }
+            let _ = tx.send(st);
+        });
+        Ok(Session {
+            stdin,
+            stdout,
+            stderr,
+            status: Some(rx),
+            lost,
+            link,
+        })
+    }
+
     /// Runs a short command and returns its stdout, failing on a non-zero exit.
     pub async fn run(&self, argv: &[&str]) -> Result<String, Failure> {
+        let out = self.run_bytes(argv).await?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// Runs a command and returns its raw stdout; a non-zero exit, a lost connection or a dead
+    /// pod is a runtime failure. No stall limit: a command such as hashing a large file may be
+    /// silent for a long time; losing the pod, its node or the connection still ends the wait.
+    pub async fn run_bytes(&self, argv: &[&str]) -> Result<Vec<u8>, Failure> {
         use tokio::io::AsyncReadExt;
-        let mut p = self.exec(argv, false).await?;
-        let mut out = String::new();
-        let mut err = String::new();
-        let mut so = p
-            .stdout()
+        let mut s = self.session(argv, false, Watch::default()).await?;
+        let mut so = s
+            .stdout
+            .take()
             .ok_or_else(|| Failure::runtime("exec gave no stdout"))?;
-        let mut se = p
-            .stderr()
+        let mut se = s
+            .stderr
+            .take()
             .ok_or_else(|| Failure::runtime("exec gave no stderr"))?;
-        let status = p.take_status();
-        let (a, b) = tokio::join!(so.read_to_string(&mut out), se.read_to_string(&mut err));
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let mut se = (&mut se).take(64 << 10);
+        let (a, b) = tokio::join!(so.read_to_end(&mut out), se.read_to_end(&mut err));
+        if let Some(why) = s.lost_reason() {
+            return Err(Failure::runtime(why));
+        }
         a.and(b)
             .map_err(|e| Failure::runtime(format!("reading from helper pod {}: {e}", self.name)))?;
-        let st = match status {
-            Some(s) => s.await,
-            None => None,
+        let st = s.finish(Duration::from_secs(60)).await?;
+        let what = match argv {
+            ["sh", "-c", script, ..] => script
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("sh")
+                .trim()
+                .to_string(),
+            _ => argv.join(" "),
         };
-        match st {
-            Some(s) if s.status.as_deref() == Some("Success") => Ok(out),
-            Some(s) => Err(Failure::runtime(format!(
-                "`{}` failed in helper pod {}: {} {}",
-                argv.join(" "),
+        if st.status.as_deref() == Some("Success") {
+            Ok(out)
+        } else {
+            Err(Failure::runtime(format!(
+                "`{what}` failed in helper pod {}: {} {}",
                 self.name,
-                s.message.unwrap_or_default(),
-                err.trim()
-            ))),
-            None => Err(Failure::runtime(format!(
-                "`{}` in helper pod {}: the stream ended without a status (connection lost?)",
-                argv.join(" "),
-                self.name
-            ))),
+                describe_status(&st),
+                String::from_utf8_lossy(&err).trim()
+            )))
         }
     }
 
     /// Deletes the pod and waits (bounded) until it is gone, so that when a command returns,
     /// no helper pod of it is left, not even a Terminating one.
-    pub async fn delete(&mut self) {
-        let uid = self
-            .api
-            .get_opt(&self.name)
+    /// Returns true when the pod was seen gone (its processes are over), false when that could
+    /// not be confirmed in time (an outage, a node that does not answer).
+    pub async fn delete(&mut self) -> bool {
+        // Our own deletion is not a death to report.
+        if let Some(w) = self.watchdog.take() {
+            w.abort();
+        }
+        let uid = tokio::time::timeout(Duration::from_secs(10), self.api.get_opt(&self.name))
             .await
             .ok()
+            .and_then(Result::ok)
             .flatten()
             .and_then(|p| p.metadata.uid);
-        if delete_with_retry(&self.api, &self.name).await {
-            if let Some(uid) = uid {
+        if !delete_with_retry(&self.api, &self.name).await {
+            return false;
+        }
+        self.registry.remove(&self.namespace, &self.name);
+        match uid {
+            Some(uid) => {
                 let gone = await_condition(
                     self.api.clone(),
                     &self.name,
                     kube::runtime::conditions::is_deleted(&uid),
                 );
-                let _ = tokio::time::timeout(Duration::from_secs(30), gone).await;
+                matches!(
+                    tokio::time::timeout(Duration::from_secs(30), gone).await,
+                    Ok(Ok(_))
+                )
             }
-            self.registry.remove(&self.namespace, &self.name);
+            None => matches!(
+                tokio::time::timeout(Duration::from_secs(10), self.api.get_opt(&self.name)).await,
+                Ok(Ok(None))
+            ),
         }
     }
 
@@ -327,4 +442,442 @@ async fn pod_events(client: &kube::Client, ns: &str, name: &str) -> Vec<Event> {
     let api: Api<Event> = Api::namespaced(client.clone(), ns);
     let lp = ListParams::default().fields(&format!("involvedObject.name={name}"));
     api.list(&lp).await.map(|l| l.items).unwrap_or_default()
+}
+
+/// A failed exec's Status in a few words: "exit code 137" for a command that ended badly
+/// (the kubelet's `NonZeroExitCode` message repeats the whole command line), else its message.
+pub fn describe_status(st: &Status) -> String {
+    if st.reason.as_deref() == Some("NonZeroExitCode") {
+        if let Some(code) = st
+            .details
+            .as_ref()
+            .and_then(|d| d.causes.as_ref())
+            .and_then(|c| c.iter().find(|c| c.reason.as_deref() == Some("ExitCode")))
+            .and_then(|c| c.message.clone())
+        {
+            let hint = match code.as_str() {
+                "137" => " (killed: the container crashed or ran out of memory)",
+                "143" => " (terminated)",
+                _ => "",
+            };
+            return format!("exit code {code}{hint}");
+        }
+    }
+    st.message.clone().unwrap_or_else(|| "failed".into())
+}
+
+/// How often the watchdog looks at a running helper pod and its node.
+const WATCH_PERIOD: Duration = Duration::from_secs(2);
+
+/// Watches a running helper pod until its owner deletes it: the pod deleted or evicted by
+/// someone else, its container ended, or its node not Ready (the kubelet stopped reporting:
+/// an exec stream through it stalls rather than ends) fires `lost` with what happened. API
+/// errors are ignored here: a lost connection surfaces through the exec session itself.
+async fn watch_pod(
+    client: kube::Client,
+    api: Api<Pod>,
+    name: String,
+    node: Option<String>,
+    lost: Lost,
+) {
+    let nodes: Api<Node> = Api::all(client);
+    loop {
+        tokio::time::sleep(WATCH_PERIOD).await;
+        let pod = match tokio::time::timeout(Duration::from_secs(10), api.get_opt(&name)).await {
+            Ok(Ok(p)) => p,
+            _ => continue,
+        };
+        let why = match &pod {
+            None => Some(format!(
+                "helper pod {name} was deleted by someone else (evicted?)"
+            )),
+            Some(p) => pod_trouble(p),
+        };
+        if let Some(why) = why {
+            lost.fire(why);
+            return;
+        }
+        if let Some(node) = &node {
+            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(10), nodes.get(node)).await
+            {
+                if let Some(why) = node_trouble(&n) {
+                    lost.fire(format!("helper pod {name} is on {why}"));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// What is wrong with a helper pod that should be running, if anything.
+fn pod_trouble(p: &Pod) -> Option<String> {
+    let name = p.metadata.name.as_deref().unwrap_or("helper");
+    if p.metadata.deletion_timestamp.is_some() {
+        return Some(format!(
+            "helper pod {name} is being deleted by someone else (evicted or deleted)"
+        ));
+    }
+    let st = p.status.as_ref()?;
+    if matches!(st.phase.as_deref(), Some("Failed") | Some("Succeeded")) {
+        return Some(format!(
+            "helper pod {name} ended (phase {}{})",
+            st.phase.clone().unwrap_or_default(),
+            st.reason
+                .as_ref()
+                .map(|r| format!(", {r}"))
+                .unwrap_or_default()
+        ));
+    }
+    st.container_statuses
+        .iter()
+        .flatten()
+        .find_map(|c| c.state.as_ref()?.terminated.as_ref())
+        .map(|t| {
+            format!(
+                "the container of helper pod {name} ended ({}, exit code {})",
+                t.reason.clone().unwrap_or_default(),
+                t.exit_code
+            )
+        })
+}
+
+/// "node N, which is NotReady (…)" when the node's Ready condition is not True.
+fn node_trouble(n: &Node) -> Option<String> {
+    let ready = n
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Ready")?;
+    (ready.status != "True").then(|| {
+        format!(
+            "node {}, which is NotReady ({}: {}); the node may be down or cut off from the control plane",
+            n.metadata.name.clone().unwrap_or_default(),
+            ready.reason.clone().unwrap_or_default(),
+            ready.message.clone().unwrap_or_default()
+        )
+    })
+}
+
+/// A one-shot alarm with its reason: the first `fire` wins. A child fires with its parent, and
+/// reports the parent's reason when it has none of its own.
+#[derive(Clone, Default)]
+pub struct Lost {
+    token: CancellationToken,
+    why: Arc<Mutex<Option<String>>>,
+    parent: Option<Arc<Mutex<Option<String>>>>,
+}
+
+impl Lost {
+    pub fn fire(&self, why: String) {
+        let mut w = self.why.lock().unwrap_or_else(|p| p.into_inner());
+        if w.is_none() && !self.token.is_cancelled() {
+            tracing::debug!("{why}");
+            *w = Some(why);
+        }
+        drop(w);
+        self.token.cancel();
+    }
+
+    pub fn child(&self) -> Lost {
+        Lost {
+            token: self.token.child_token(),
+            why: Arc::default(),
+            parent: Some(self.why.clone()),
+        }
+    }
+
+    pub fn reason(&self) -> Option<String> {
+        if !self.token.is_cancelled() {
+            return None;
+        }
+        let own = self.why.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        own.or_else(|| {
+            self.parent
+                .as_ref()
+                .and_then(|p| p.lock().unwrap_or_else(|e| e.into_inner()).clone())
+        })
+        .or_else(|| Some("the helper pod was lost".into()))
+    }
+
+    fn cancelled(&self) -> WaitForCancellationFutureOwned {
+        self.token.clone().cancelled_owned()
+    }
+}
+
+/// Stall limits of an exec session's streams (None: no limit).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Watch {
+    pub stdin_stall: Option<Duration>,
+    pub stdout_stall: Option<Duration>,
+}
+
+/// An exec session's stream that fails instead of waiting forever: when the session is lost,
+/// and (with a stall limit) when no byte has moved for that long while the consumer waited.
+/// A stall fires the session's [`Lost`], so its other streams and its status fail with it.
+pub struct Watched<T> {
+    inner: T,
+    lost: Lost,
+    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    stall: Option<Duration>,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// True while the consumer is blocked on this stream (the stall clock runs only then, so a
+    /// slow consumer is never mistaken for a stalled stream).
+    waiting: bool,
+    label: Arc<str>,
+}
+
+impl<T> Watched<T> {
+    fn new(inner: T, lost: Lost, stall: Option<Duration>, label: Arc<str>) -> Self {
+        Watched {
+            inner,
+            cancelled: Box::pin(lost.cancelled()),
+            lost,
+            stall,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            waiting: false,
+            label,
+        }
+    }
+
+    fn aborted(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            self.lost
+                .reason()
+                .unwrap_or_else(|| "the session was lost".into()),
+        )
+    }
+
+    /// Checks the alarm (registering the waker) before touching the stream.
+    fn check_lost(&mut self, cx: &mut Context<'_>) -> Result<(), io::Error> {
+        if self.lost.token.is_cancelled() || self.cancelled.as_mut().poll(cx).is_ready() {
+            return Err(self.aborted());
+        }
+        Ok(())
+    }
+
+    /// Called when the stream returned Pending: starts or checks the stall clock.
+    fn check_stall(&mut self, cx: &mut Context<'_>, dir: &str) -> Result<(), io::Error> {
+        let Some(stall) = self.stall else {
+            return Ok(());
+        };
+        if !self.waiting {
+            self.waiting = true;
+            self.timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + stall);
+        }
+        if self.timer.as_mut().poll(cx).is_ready() {
+            self.lost.fire(format!(
+                "no data {dir} {} for {} (--stall-timeout): the pod, its node or the network stopped answering",
+                self.label,
+                humantime::format_duration(stall)
+            ));
+            return Err(self.aborted());
+        }
+        Ok(())
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Err(e) = this.check_lost(cx) {
+            return Poll::Ready(Err(e));
+        }
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                this.waiting = false;
+                Poll::Ready(r)
+            }
+            Poll::Pending => match this.check_stall(cx, "from") {
+                Err(e) => Poll::Ready(Err(e)),
+                Ok(()) => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Err(e) = this.check_lost(cx) {
+            return Poll::Ready(Err(e));
+        }
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(r) => {
+                this.waiting = false;
+                Poll::Ready(r)
+            }
+            Poll::Pending => match this.check_stall(cx, "accepted by") {
+                Err(e) => Poll::Ready(Err(e)),
+                Ok(()) => Poll::Pending,
+            },
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Err(e) = this.check_lost(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Err(e) = this.check_lost(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+type Pipe = tokio::io::SimplexStream;
+
+/// A running exec: its watched streams and, at the end, its exit status.
+pub struct Session {
+    pub stdin: Option<Watched<tokio::io::WriteHalf<Pipe>>>,
+    pub stdout: Option<Watched<tokio::io::ReadHalf<Pipe>>>,
+    pub stderr: Option<Watched<tokio::io::ReadHalf<Pipe>>>,
+    status: Option<tokio::sync::oneshot::Receiver<Option<Status>>>,
+    lost: Lost,
+    link: tokio::task::JoinHandle<()>,
+}
+
+impl Session {
+    /// Why the session was cut short, if it was.
+    pub fn lost_reason(&self) -> Option<String> {
+        self.lost.reason()
+    }
+
+    /// The exit status, waiting at most `limit` once the streams are done. A lost session,
+    /// a stream that ended without a status, or no status in time is a runtime failure.
+    pub async fn finish(&mut self, limit: Duration) -> Result<Status, Failure> {
+        let Some(rx) = self.status.take() else {
+            return Err(Failure::runtime("the exec status was already taken"));
+        };
+        let lost = self.lost.cancelled();
+        tokio::select! {
+            biased;
+            st = rx => match st {
+                Ok(Some(st)) => Ok(st),
+                _ => Err(Failure::runtime(self.lost.reason().unwrap_or_else(|| "the exec stream ended without an exit status".into()))),
+            },
+            _ = lost => Err(Failure::runtime(self.lost.reason().unwrap_or_default())),
+            _ = tokio::time::sleep(limit) => Err(Failure::runtime(format!(
+                "the command in the helper pod sent no exit status within {} after its output ended",
+                humantime::format_duration(limit)
+            ))),
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Streams handed out (to a task still reading, say) must not wait on a closed session.
+        self.lost.fire("the exec session was closed".into());
+        // Dropping the kube-rs process (inside the link) also ends its message loop.
+        self.link.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn label() -> Arc<str> {
+        Arc::from("helper pod ns/p")
+    }
+
+    #[tokio::test]
+    async fn a_silent_stream_fails_after_the_stall_limit_and_fires_the_session() {
+        let (r, _w) = tokio::io::simplex(16);
+        let lost = Lost::default();
+        let mut watched = Watched::new(r, lost.clone(), Some(Duration::from_millis(200)), label());
+        let mut buf = [0u8; 4];
+        let e = watched.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionAborted);
+        assert!(
+            e.to_string()
+                .contains("no data from helper pod ns/p for 200ms"),
+            "{e}"
+        );
+        assert!(lost.reason().unwrap().contains("--stall-timeout"));
+    }
+
+    #[tokio::test]
+    async fn a_slow_consumer_is_not_a_stall() {
+        let (r, mut w) = tokio::io::simplex(16);
+        let mut watched = Watched::new(
+            r,
+            Lost::default(),
+            Some(Duration::from_millis(100)),
+            label(),
+        );
+        w.write_all(b"abcd").await.unwrap();
+        // The consumer is busy for longer than the limit; the data is there when it reads.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut buf = [0u8; 4];
+        assert_eq!(watched.read(&mut buf).await.unwrap(), 4);
+        w.shutdown().await.unwrap();
+        assert_eq!(watched.read(&mut buf).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_parent_alarm_fails_blocked_readers_and_writers_with_its_reason() {
+        let parent = Lost::default();
+        let child = parent.child();
+        let (r, _w) = tokio::io::simplex(16);
+        let (_r2, w2) = tokio::io::simplex(4);
+        let mut reader = Watched::new(r, child.clone(), None, label());
+        let mut writer = Watched::new(w2, child.clone(), None, label());
+        let p = parent.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            p.fire("node n1 is NotReady".into());
+        });
+        let mut buf = [0u8; 4];
+        let e = reader.read(&mut buf).await.unwrap_err();
+        assert!(e.to_string().contains("node n1 is NotReady"), "{e}");
+        // The writer's pipe is full and nobody reads: it fails too instead of hanging.
+        let e = writer.write_all(&[0u8; 64]).await.unwrap_err();
+        assert!(e.to_string().contains("NotReady"), "{e}");
+        assert_eq!(child.reason().as_deref(), Some("node n1 is NotReady"));
+    }
+
+    #[test]
+    fn trouble_is_described() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "h", "deletionTimestamp": "2025-01-01T00:00:00Z"},
+        }))
+        .unwrap();
+        assert!(pod_trouble(&pod).unwrap().contains("being deleted"));
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "h"},
+            "status": {"phase": "Running", "containerStatuses": [{"name": "pvbackup", "image": "busybox", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 137, "reason": "Error"}}}]},
+        }))
+        .unwrap();
+        assert!(pod_trouble(&pod).unwrap().contains("exit code 137"));
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "node-2"},
+            "status": {"conditions": [{"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown", "message": "Kubelet stopped posting node status."}]},
+        }))
+        .unwrap();
+        assert!(node_trouble(&node)
+            .unwrap()
+            .contains("node-2, which is NotReady"));
+    }
 }

@@ -17,5 +17,6 @@ pub mod locate;
 pub mod manifest;
 pub mod output;
 pub mod progress;
+pub mod retry;
 pub mod run;
 pub mod signals;

@@ -18,7 +18,9 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse_from(args);
     let level = match cli.global.verbose {
-        0 => "warn",
+        // kube-rs logs every failed request at ERROR; during an outage that is noise next to
+        // our own account of each attempt (and its retry), so it shows from -v on.
+        0 => "warn,kube_client=off",
         1 => "info,kube=warn",
         2 => "debug,kube=info,hyper=info",
         _ => "trace",
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| level.into()),
         )
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -62,6 +62,14 @@ impl Bar {
             None => tracing::info!("{}: {msg}", self.label),
         }
     }
+    /// A line that stays on stderr whatever the terminal (a retry, a failed attempt): above
+    /// the bars on a terminal, a plain `LABEL: message` line otherwise.
+    pub fn event(&self, msg: &str) {
+        match &self.bar {
+            Some(b) => b.println(format!("{}: {msg}", self.label)),
+            None => eprintln!("{}: {msg}", self.label),
+        }
+    }
     pub fn finish(&self, msg: &str) {
         match &self.bar {
             Some(b) => b.finish_with_message(msg.to_string()),

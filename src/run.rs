@@ -41,6 +41,10 @@ fn compression(arg: CompressionArg, level: Option<i32>) -> Result<Compression, F
     })
 }
 
+fn retry_policy(a: &crate::cli::RetryArgs) -> Result<crate::retry::RetryPolicy, Failure> {
+    crate::retry::RetryPolicy::new(a.retries, a.retry_timeout, a.stall_timeout)
+}
+
 async fn connection(cli: &Cli) -> Result<Connection, Failure> {
     connect(&ConnectOptions {
         kubeconfig: cli.global.kubeconfig.as_deref(),
@@ -86,7 +90,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 image: a.helper.image.clone(),
                 run_as_user: a.helper.run_as_user,
                 pod_timeout: Duration::from_secs(a.helper.pod_timeout),
-                retries: a.data.retries,
+                retry: retry_policy(&a.retry)?,
                 parallel: a.parallel as usize,
                 dry_run: a.dry_run,
                 output: out,
@@ -111,10 +115,27 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 image: a.helper.image.clone(),
                 run_as_user: a.helper.run_as_user,
                 pod_timeout: Duration::from_secs(a.helper.pod_timeout),
+                retry: retry_policy(&a.retry)?,
                 output: out,
             };
             let conn = connection(&cli).await?;
             cmd::restore::run(&conn, plan).await
+        }
+        Command::Drill(a) => {
+            let plan = cmd::drill::DrillPlan {
+                backup: a.backup.clone(),
+                from: a.from.clone(),
+                namespace: cli.global.namespace.clone(),
+                storage_class: a.storage_class.clone(),
+                size: a.size.clone(),
+                image: a.helper.image.clone(),
+                run_as_user: a.helper.run_as_user,
+                pod_timeout: Duration::from_secs(a.helper.pod_timeout),
+                retry: retry_policy(&a.retry)?,
+                output: out,
+            };
+            let conn = connection(&cli).await?;
+            cmd::drill::run(&conn, plan).await
         }
     }
 }

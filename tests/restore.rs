@@ -519,7 +519,18 @@ async fn a_crash_mid_restore_rolls_the_volume_back() {
         after_bytes: 1024,
         count: 1,
     });
-    let run = plugin(&cluster, &["restore", manifest.to_str().unwrap(), "--yes"]).await;
+    // Without retries (with them, the next attempt succeeds: tests/faults.rs).
+    let run = plugin(
+        &cluster,
+        &[
+            "restore",
+            manifest.to_str().unwrap(),
+            "--yes",
+            "--retries",
+            "0",
+        ],
+    )
+    .await;
     cluster.fault(FaultRequest::Clear);
     assert_ne!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert!(run.stderr.contains("rolled back"), "{}", run.stderr);

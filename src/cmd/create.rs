@@ -33,7 +33,7 @@ pub struct CreatePlan {
     pub image: String,
     pub run_as_user: Option<i64>,
     pub pod_timeout: Duration,
-    pub retries: u32,
+    pub retry: crate::retry::RetryPolicy,
     pub parallel: usize,
     pub dry_run: bool,
     pub output: OutputFormat,
@@ -143,7 +143,7 @@ pub async fn run(conn: &Connection, plan: CreatePlan) -> Result<(), Failure> {
         image: plan.image.clone(),
         run_as_user: plan.run_as_user,
         pod_timeout: plan.pod_timeout,
-        retries: plan.retries,
+        retry: plan.retry,
         cluster: ClusterInfo {
             server: conn.server.clone(),
             context: conn.context.clone(),
@@ -312,7 +312,7 @@ fn print_dry_run(
 ) -> Result<(), Failure> {
     let mut plans = Vec::new();
     for c in contexts {
-        let pod = helper_request(c, s).map(|r| build_helper_pod(&r));
+        let pod = helper_request(c, s, 1).map(|r| build_helper_pod(&r));
         plans.push(serde_json::json!({
             "namespace": c.target.namespace,
             "pvc": c.target.pvc,

@@ -5,6 +5,7 @@ pub mod complete;
 pub mod completion;
 pub mod create;
 pub mod discover;
+pub mod drill;
 pub mod inspect;
 pub mod list;
 pub mod restore;

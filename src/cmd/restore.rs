@@ -28,10 +28,11 @@ use crate::exit::{ExitKind, Failure};
 use crate::helper_pod::{
     build_helper_pod, podsecurity_conflict, HelperPodRequest, Purpose, APP_NAME, LABEL_MANAGED_BY,
 };
-use crate::helper_session::{HelperPod, Registry};
+use crate::helper_session::{HelperPod, Registry, Watch};
 use crate::locate::{locate, Located};
 use crate::manifest::Manifest;
 use crate::output;
+use crate::retry::{jitter, AttemptRecord, GiveUp, RetryPolicy};
 
 pub use engine::{compare, needed_bytes, parse_listing};
 
@@ -51,6 +52,7 @@ pub struct RestorePlan {
     pub image: String,
     pub run_as_user: Option<i64>,
     pub pod_timeout: Duration,
+    pub retry: RetryPolicy,
     pub output: OutputFormat,
 }
 
@@ -61,7 +63,7 @@ fn mode_name(m: RestoreModeArg) -> &'static str {
     }
 }
 
-fn new_run_id() -> String {
+pub(crate) fn new_run_id() -> String {
     format!(
         "{}-{:04x}",
         chrono::Utc::now().format("%Y%m%dt%H%M%S"),
@@ -118,7 +120,7 @@ fn pvc_capacity(pvc: &PersistentVolumeClaim) -> Option<u64> {
 }
 
 /// The PVC `--create-pvc` creates: the manifest's access modes, class, size and labels.
-fn new_pvc(
+pub(crate) fn new_pvc(
     m: &Manifest,
     ns: &str,
     name: &str,
@@ -328,6 +330,15 @@ pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
         req.run_as_user = plan.run_as_user;
         Ok(req)
     };
+    if !plan.dry_run {
+        // The plan's pod must be admissible before anything changes (the PVC included).
+        let pod = build_helper_pod(&request(&run_id)?);
+        if let Some(nso) = &state.namespace_obj {
+            if let Some(conflict) = podsecurity_conflict(nso, &pod) {
+                return Err(Failure::runtime(conflict));
+            }
+        }
+    }
     let mode = mode_name(plan.mode);
     if plan.dry_run {
         let pod = request(&run_id).map(|r| build_helper_pod(&r));
@@ -407,47 +418,163 @@ pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
             .map_err(|e| explain(&format!("creating PVC {ns}/{name}"), &e))?;
         eprintln!("created PVC {ns}/{name} ({size})");
     }
-    let req = request(&run_id)?;
-    let pod = build_helper_pod(&req);
-    if let Some(nso) = &state.namespace_obj {
-        if let Some(conflict) = podsecurity_conflict(nso, &pod) {
-            return Err(Failure::runtime(conflict));
-        }
-    }
     let registry = Registry::default();
-    let progress = Arc::new(Mutex::new(Phase::Nothing));
-    let job = Job {
+    let exec = Execution {
         loc: verify_loc.clone(),
-        run_id: run_id.clone(),
+        ns: ns.clone(),
+        name: name.clone(),
+        target: state.target.clone(),
+        nodes: nodes.clone(),
+        namespace_obj: state.namespace_obj.clone(),
+        run_id,
         mode: plan.mode,
-        timeout: plan.pod_timeout,
+        image: plan.image.clone(),
+        run_as_user: plan.run_as_user,
+        pod_timeout: plan.pod_timeout,
+        retry: plan.retry,
         needed,
+        recover_on_interrupt: true,
     };
+    let done = execute(&conn.client, &exec, &registry).await;
+    let secs = started.elapsed().as_secs_f64();
+    let doc = serde_json::json!({
+        "target": name,
+        "namespace": ns,
+        "mode": mode,
+        "files": files,
+        "bytes": m.uncompressed_size,
+        "seconds": secs,
+        "verified": done.result.is_ok(),
+        "status": if done.result.is_ok() { "ok" } else { "failed" },
+        "error": done.result.as_ref().err().map(|f| f.message.clone()),
+        "attempts": done.attempt_log.len(),
+        "attemptLog": done.attempt_log,
+    });
+    if let Err(f) = done.result {
+        // Scripts get the attempts of a failed restore too; the error itself goes to stderr.
+        if matches!(plan.output, OutputFormat::Json | OutputFormat::Yaml)
+            && f.kind != ExitKind::Interrupted
+        {
+            output::structured(plan.output, &doc)?;
+        }
+        return Err(f);
+    }
+    match plan.output {
+        OutputFormat::Json | OutputFormat::Yaml => output::structured(plan.output, &doc),
+        _ => output::print_stdout(&format!(
+            "{}\nrestored and verified in {secs:.1}s\n",
+            output::table(
+                &[
+                    "namespace",
+                    "pvc",
+                    "mode",
+                    "files",
+                    "size",
+                    "time",
+                    "attempts",
+                    "verified"
+                ],
+                vec![vec![
+                    ns.clone(),
+                    name.clone(),
+                    mode.to_string(),
+                    files.to_string(),
+                    output::human_bytes(m.uncompressed_size),
+                    format!("{secs:.1}s"),
+                    done.attempt_log.len().to_string(),
+                    "yes".into()
+                ]]
+            )
+        )),
+    }
+}
+
+/// Everything the in-cluster half of a restore needs; shared by `restore` and `drill`.
+pub(crate) struct Execution {
+    pub loc: Arc<Located>,
+    pub ns: String,
+    pub name: String,
+    pub target: Target,
+    pub nodes: Vec<k8s_openapi::api::core::v1::Node>,
+    pub namespace_obj: Option<Namespace>,
+    pub run_id: String,
+    pub mode: RestoreModeArg,
+    pub image: String,
+    pub run_as_user: Option<i64>,
+    pub pod_timeout: Duration,
+    pub retry: RetryPolicy,
+    pub needed: u64,
+    /// On Ctrl-C/SIGTERM, roll the volume back before returning (a drill's scratch volume is
+    /// deleted instead, so it skips this).
+    pub recover_on_interrupt: bool,
+}
+
+impl Execution {
+    /// The helper pod request for one pod of this run (`suffix` makes its name unique).
+    fn request(&self, suffix: &str) -> Result<HelperPodRequest, Failure> {
+        let place =
+            placement(&self.target, &self.nodes).map_err(|e| Failure::refused(e.to_string()))?;
+        let mut req = HelperPodRequest::new(
+            &self.ns,
+            &self.name,
+            format!("{}{suffix}", self.run_id),
+            Purpose::Restore,
+        );
+        req.image = self.image.clone();
+        req.node = place.node;
+        req.tolerations = place.tolerations;
+        req.run_as_user = self.run_as_user;
+        Ok(req)
+    }
+}
+
+/// The outcome of [`execute`]: every attempt, and the final result.
+pub(crate) struct Executed {
+    pub result: Result<(), Failure>,
+    pub attempt_log: Vec<AttemptRecord>,
+}
+
+/// Restores in helper pods, retrying transient failures. Every attempt after a failure first
+/// rolls the volume back to its original state (removing a half-extracted staging directory,
+/// undoing a half-done swap), and only once the previous helper pod is confirmed gone, so two
+/// pods never work on the volume at once; the swap therefore stays all-or-nothing across
+/// attempts. Helper pods are deleted whatever happens.
+pub(crate) async fn execute(
+    client: &kube::Client,
+    ex: &Execution,
+    registry: &Registry,
+) -> Executed {
+    let phase = Mutex::new(Phase::Nothing);
+    let ghost = Mutex::new(None);
+    let job = Job {
+        loc: ex.loc.clone(),
+        run_id: ex.run_id.clone(),
+        mode: ex.mode,
+        timeout: ex.pod_timeout,
+        needed: ex.needed,
+        stall: ex.retry.stall,
+    };
+    let mut log = Vec::new();
     let outcome = tokio::select! {
-        r = restore_in_pod(&conn.client, pod, &job, &registry, &progress) => r,
+        r = attempts(client, ex, &job, registry, &phase, &ghost, &mut log) => r,
         _ = crate::signals::interrupted() => {
-            eprintln!("interrupted; rolling back");
-            if *progress.lock().unwrap_or_else(|p| p.into_inner()) != Phase::Nothing {
-                if let Err(f) = recover(&conn.client, &request, &job, &registry).await {
-                    eprintln!("{}", f.message);
+            if ex.recover_on_interrupt {
+                eprintln!("interrupted; rolling back");
+                if *phase.lock().unwrap_or_else(|p| p.into_inner()) != Phase::Nothing {
+                    if let Err(f) = recover(client, ex, &job, registry, &ghost).await {
+                        eprintln!("{}", f.message);
+                    }
                 }
             }
             Err(Failure::interrupted())
         }
     };
-    let left = registry.delete_all(&conn.client).await;
-    if !left.is_empty() {
-        eprintln!(
-            "warning: could not delete helper pods {}; run `kubectl pvbackup cleanup`",
-            left.join(", ")
-        );
-    }
     let outcome = match outcome {
         Err(f)
             if f.kind != ExitKind::Interrupted
-                && *progress.lock().unwrap_or_else(|p| p.into_inner()) == Phase::NeedsRecovery =>
+                && *phase.lock().unwrap_or_else(|p| p.into_inner()) == Phase::NeedsRecovery =>
         {
-            match recover(&conn.client, &request, &job, &registry).await {
+            match recover(client, ex, &job, registry, &ghost).await {
                 Ok(()) => Err(Failure::new(
                     f.kind,
                     format!(
@@ -463,43 +590,126 @@ pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
         }
         other => other,
     };
-    let left = registry.delete_all(&conn.client).await;
+    let left = registry.delete_all(client).await;
     if !left.is_empty() {
         eprintln!(
             "warning: could not delete helper pods {}; run `kubectl pvbackup cleanup`",
             left.join(", ")
         );
     }
-    outcome?;
-    let secs = started.elapsed().as_secs_f64();
-    match plan.output {
-        OutputFormat::Json | OutputFormat::Yaml => output::structured(
-            plan.output,
-            &serde_json::json!({"target": name, "namespace": ns, "mode": mode, "files": files, "bytes": m.uncompressed_size, "seconds": secs, "verified": true}),
-        ),
-        _ => output::print_stdout(&format!(
-            "{}\nrestored and verified in {secs:.1}s\n",
-            output::table(
-                &[
-                    "namespace",
-                    "pvc",
-                    "mode",
-                    "files",
-                    "size",
-                    "time",
-                    "verified"
-                ],
-                vec![vec![
-                    ns.clone(),
-                    name.clone(),
-                    mode.to_string(),
-                    files.to_string(),
-                    output::human_bytes(m.uncompressed_size),
-                    format!("{secs:.1}s"),
-                    "yes".into()
-                ]]
-            )
-        )),
+    Executed {
+        result: outcome,
+        attempt_log: log,
+    }
+}
+
+/// The retry loop of [`execute`]; `log` receives one record per attempt.
+async fn attempts(
+    client: &kube::Client,
+    ex: &Execution,
+    job: &Job,
+    registry: &Registry,
+    phase: &Mutex<Phase>,
+    ghost: &Mutex<Option<String>>,
+    log: &mut Vec<AttemptRecord>,
+) -> Result<(), Failure> {
+    let label = format!("{}/{}", ex.ns, ex.name);
+    let mut first_failure: Option<Instant> = None;
+    for number in 1u32.. {
+        let began = Instant::now();
+        let suffix = if number == 1 {
+            String::new()
+        } else {
+            format!("-a{number}")
+        };
+        let outcome = async {
+            let last_pod = ghost.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(g) = last_pod {
+                if !wait_gone(client, &ex.ns, &g, Duration::from_secs(60)).await {
+                    *ghost.lock().unwrap_or_else(|p| p.into_inner()) = Some(g.clone());
+                    return Err((Failure::runtime(format!(
+                        "helper pod {}/{g} of the previous attempt still exists, so another attempt could race with it on the volume; delete it, then run the restore again",
+                        ex.ns
+                    ))
+                    .permanent(), None));
+                }
+            }
+            let pod = build_helper_pod(&ex.request(&suffix).map_err(|f| (f, None))?);
+            if let Some(nso) = &ex.namespace_obj {
+                if let Some(conflict) = podsecurity_conflict(nso, &pod) {
+                    return Err((Failure::runtime(conflict).permanent(), None));
+                }
+            }
+            restore_in_pod(client, pod, job, registry, phase, number > 1).await
+        }
+        .await;
+        let seconds = began.elapsed().as_secs_f64();
+        let f = match outcome {
+            Ok(()) => {
+                log.push(AttemptRecord {
+                    attempt: number,
+                    outcome: "ok",
+                    error: None,
+                    seconds,
+                    retry_after_seconds: None,
+                });
+                if number > 1 {
+                    eprintln!("{label}: attempt {number} succeeded");
+                }
+                return Ok(());
+            }
+            Err((f, not_gone)) => {
+                if not_gone.is_some() {
+                    *ghost.lock().unwrap_or_else(|p| p.into_inner()) = not_gone;
+                }
+                f
+            }
+        };
+        let since = first_failure.get_or_insert_with(Instant::now).elapsed();
+        let next = ex.retry.next(&f, number, since, jitter());
+        log.push(AttemptRecord {
+            attempt: number,
+            outcome: "failed",
+            error: Some(f.message.clone()),
+            seconds,
+            retry_after_seconds: next.as_ref().ok().map(Duration::as_secs_f64),
+        });
+        match next {
+            Ok(wait) => {
+                eprintln!(
+                    "{label}: attempt {number} failed: {}; retrying in {:.1}s",
+                    f.message,
+                    wait.as_secs_f64()
+                );
+                tokio::time::sleep(wait).await;
+            }
+            Err(give_up) => {
+                if number > 1 || give_up != GiveUp::Permanent {
+                    eprintln!("{label}: attempt {number} failed: {}", f.message);
+                }
+                return Err(Failure {
+                    message: format!("{}{}", f.message, give_up.note(number)),
+                    ..f
+                });
+            }
+        }
+    }
+    unreachable!("the attempt counter is unbounded")
+}
+
+/// Waits (bounded) until pod `ns/name` no longer exists; true when confirmed.
+async fn wait_gone(client: &kube::Client, ns: &str, name: &str, limit: Duration) -> bool {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Ok(None)) = tokio::time::timeout(Duration::from_secs(10), api.get_opt(name)).await
+        {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -551,6 +761,94 @@ struct Job {
     mode: RestoreModeArg,
     timeout: Duration,
     needed: u64,
+    stall: Duration,
+}
+
+/// Streams the archive, decompressed, into the helper pod's `tar -x`, and checks on the way
+/// that the stored archive is the one the manifest describes (size and sha256 of the stored
+/// bytes). Reading or decoding problems are integrity failures (exit 3, never retried); a
+/// write that fails is the connection's or the pod's problem (runtime, retried).
+fn feed<W: tokio::io::AsyncWrite + Unpin>(loc: &Located, stdin: W) -> Result<u64, Failure> {
+    use sha2::Digest;
+    use std::io::{Read, Write};
+    let m = &loc.manifest;
+    let mut bridge = tokio_util::io::SyncIoBridge::new(stdin);
+    let reader = loc.destination.open(&loc.archive_key).map_err(|e| {
+        Failure::integrity(format!(
+            "{e} (the manifest names it, so the backup is damaged)"
+        ))
+    })?;
+    let mut hashing = HashingReader {
+        inner: reader,
+        hasher: sha2::Sha256::new(),
+        bytes: 0,
+    };
+    let mut decoder = m
+        .compression
+        .decoder(std::io::BufReader::with_capacity(1 << 20, &mut hashing))
+        .map_err(|e| Failure::integrity(format!("cannot decompress the archive: {e}")))?;
+    let corrupt = |e: std::io::Error| {
+        Failure::integrity(format!(
+            "the archive {} cannot be read back: {e}",
+            loc.destination.locate(&loc.archive_key)
+        ))
+    };
+    let broken = |e: std::io::Error| {
+        Failure::runtime(format!(
+            "streaming the archive to the helper pod failed: {e}"
+        ))
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = match decoder.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(corrupt(e)),
+        };
+        bridge.write_all(&buf[..n]).map_err(broken)?;
+        total += n as u64;
+    }
+    drop(decoder);
+    // The decoder may stop at the end of its stream; the rest of the file still counts.
+    std::io::copy(&mut hashing, &mut std::io::sink()).map_err(corrupt)?;
+    let (digest, size) = hashing.finish();
+    if size != m.archive.size || digest != m.archive.sha256 {
+        return Err(Failure::integrity(format!(
+            "the stored archive is not the one the manifest describes (sha256 {digest}, {size} bytes; the manifest says {}, {} bytes)",
+            m.archive.sha256, m.archive.size
+        )));
+    }
+    bridge.flush().map_err(broken)?;
+    bridge
+        .shutdown()
+        .map_err(|e| Failure::runtime(format!("closing the helper pod's stdin failed: {e}")))?;
+    Ok(total)
+}
+
+/// Counts and hashes the stored bytes as they are read.
+struct HashingReader<R> {
+    inner: R,
+    hasher: sha2::Sha256,
+    bytes: u64,
+}
+
+impl<R> HashingReader<R> {
+    fn finish(self) -> (String, u64) {
+        use sha2::Digest;
+        (hex::encode(self.hasher.finalize()), self.bytes)
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use sha2::Digest;
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
 }
 
 impl Job {
@@ -577,21 +875,49 @@ fn set(p: &Mutex<Phase>, v: Phase) {
     *p.lock().unwrap_or_else(|e| e.into_inner()) = v;
 }
 
+/// One attempt in one helper pod. On failure, also returns the pod's name when it touched the
+/// volume and could not be confirmed gone (a later pod must not start on the volume while it
+/// may still run).
 async fn restore_in_pod(
     client: &kube::Client,
     pod: Pod,
     job: &Job,
     registry: &Registry,
     phase: &Mutex<Phase>,
-) -> Result<(), Failure> {
-    let mut helper = HelperPod::launch(client, pod, job.timeout, registry).await?;
-    let r = steps(&helper, job, phase).await;
+    rollback_first: bool,
+) -> Result<(), (Failure, Option<String>)> {
+    let mut helper = HelperPod::launch(client, pod, job.timeout, registry)
+        .await
+        .map_err(|f| (f, None))?;
+    let r = async {
+        if rollback_first {
+            // Back to the original state before anything else: a previous attempt may have
+            // left a partial staging directory or a half-done swap (ROLLBACK is idempotent).
+            set(phase, Phase::NeedsRecovery);
+            helper
+                .run_bytes(&as_strs(&rollback_argv(job)))
+                .await
+                .map_err(|f| {
+                    Failure::runtime(format!(
+                        "undoing the previous attempt failed: {}",
+                        f.message
+                    ))
+                })?;
+            set(phase, Phase::Nothing);
+        }
+        steps(&helper, job, phase).await
+    }
+    .await;
+    let mut r = r;
     if r.is_err() && *phase.lock().unwrap_or_else(|e| e.into_inner()) == Phase::NeedsRecovery {
         // Roll back in this pod while it is alive; `recover` retries in a fresh one otherwise.
-        if run_bytes(&helper, &rollback_argv(job)).await.is_ok() {
+        if helper
+            .run_bytes(&as_strs(&rollback_argv(job)))
+            .await
+            .is_ok()
+        {
             set(phase, Phase::Done);
-            helper.delete().await;
-            return r.map_err(|f| {
+            r = r.map_err(|f| {
                 Failure::new(
                     f.kind,
                     format!(
@@ -602,8 +928,13 @@ async fn restore_in_pod(
             });
         }
     }
-    helper.delete().await;
-    r
+    let gone = helper.delete().await;
+    let touched = *phase.lock().unwrap_or_else(|e| e.into_inner()) == Phase::NeedsRecovery;
+    r.map_err(|f| (f, (touched && !gone).then(|| helper.name.clone())))
+}
+
+fn as_strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
 
 fn rollback_argv(job: &Job) -> Vec<String> {
@@ -621,39 +952,7 @@ fn rollback_argv(job: &Job) -> Vec<String> {
 
 /// Runs `argv`, returns raw stdout; non-zero exit or a lost stream is a runtime failure.
 async fn run_bytes(helper: &HelperPod, argv: &[String]) -> Result<Vec<u8>, Failure> {
-    let a: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let mut p = helper.exec(&a, false).await?;
-    let mut so = p
-        .stdout()
-        .ok_or_else(|| Failure::runtime("exec gave no stdout"))?;
-    let mut se = p
-        .stderr()
-        .ok_or_else(|| Failure::runtime("exec gave no stderr"))?;
-    let status = p.take_status();
-    let mut out = Vec::new();
-    let mut err = Vec::new();
-    let (a, b) = tokio::join!(so.read_to_end(&mut out), se.read_to_end(&mut err));
-    a.and(b)
-        .map_err(|e| Failure::runtime(format!("reading from helper pod {}: {e}", helper.name)))?;
-    let st = match status {
-        Some(s) => s.await,
-        None => None,
-    };
-    let what = argv
-        .get(2)
-        .and_then(|s| s.lines().find(|l| !l.trim().is_empty()))
-        .unwrap_or("command");
-    match st {
-        Some(s) if s.status.as_deref() == Some("Success") => Ok(out),
-        Some(s) => Err(Failure::runtime(format!(
-            "a step in helper pod {} failed ({}): {} {}",
-            helper.name,
-            what.trim(),
-            s.message.unwrap_or_default(),
-            String::from_utf8_lossy(&err).trim()
-        ))),
-        None => Err(Failure::runtime(format!("the connection to helper pod {} was lost mid-step (the container may have been killed)", helper.name))),
-    }
+    helper.run_bytes(&as_strs(argv)).await
 }
 
 fn sh(script: &str, args: &[&str]) -> Vec<String> {
@@ -704,45 +1003,30 @@ async fn steps(helper: &HelperPod, job: &Job, phase: &Mutex<Phase>) -> Result<()
         "mkdir -m 700 \"$1\" && exec tar -x --numeric-owner -f - -C \"$1\"",
         &[&staging],
     );
-    let a: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let mut proc = helper.exec(&a, true).await?;
-    let stdin = proc
-        .stdin()
+    let mut session = helper
+        .session(
+            &as_strs(&argv),
+            true,
+            Watch {
+                stdin_stall: Some(job.stall),
+                stdout_stall: None,
+            },
+        )
+        .await?;
+    let stdin = session
+        .stdin
+        .take()
         .ok_or_else(|| Failure::runtime("exec gave no stdin"))?;
-    let mut stdout = proc
-        .stdout()
+    let mut stdout = session
+        .stdout
+        .take()
         .ok_or_else(|| Failure::runtime("exec gave no stdout"))?;
-    let mut stderr = proc
-        .stderr()
+    let mut stderr = session
+        .stderr
+        .take()
         .ok_or_else(|| Failure::runtime("exec gave no stderr"))?;
-    let status = proc
-        .take_status()
-        .ok_or_else(|| Failure::runtime("exec gave no status channel"))?;
     let loc = job.loc.clone();
-    let feeder = tokio::task::spawn_blocking(move || -> Result<u64, Failure> {
-        let mut bridge = tokio_util::io::SyncIoBridge::new(stdin);
-        let reader = loc.destination.open(&loc.archive_key)?;
-        let mut decoder = loc
-            .manifest
-            .compression
-            .decoder(std::io::BufReader::with_capacity(1 << 20, reader))
-            .map_err(|e| Failure::integrity(format!("cannot decompress the archive: {e}")))?;
-        let n = std::io::copy(&mut decoder, &mut bridge).map_err(|e| {
-            Failure::runtime(format!(
-                "streaming the archive to the helper pod failed: {e}"
-            ))
-        })?;
-        use std::io::Write;
-        bridge.flush().map_err(|e| {
-            Failure::runtime(format!(
-                "streaming the archive to the helper pod failed: {e}"
-            ))
-        })?;
-        bridge
-            .shutdown()
-            .map_err(|e| Failure::runtime(format!("closing the helper pod's stdin failed: {e}")))?;
-        Ok(n)
-    });
+    let feeder = tokio::task::spawn_blocking(move || feed(&loc, stdin));
     let drain = tokio::spawn(async move {
         let mut out = Vec::new();
         let mut err = Vec::new();
@@ -754,15 +1038,25 @@ async fn steps(helper: &HelperPod, job: &Job, phase: &Mutex<Phase>) -> Result<()
     let fed = feeder
         .await
         .map_err(|e| Failure::runtime(format!("the archive feeder failed: {e}")))?;
-    let errors = drain.await.unwrap_or_default();
-    let st = status.await;
-    let _ = proc.join().await;
-    match st {
-        Some(s) if s.status.as_deref() == Some("Success") => {}
-        Some(s) => {
-            return Err(Failure::runtime(format!("tar -x in helper pod {} failed: {} {}", helper.name, s.message.unwrap_or_default(), errors.trim())));
+    // A damaged archive explains a failed tar best (and tar may still wait for input: the
+    // session is dropped on return, which ends it); a lost session explains a broken feed best.
+    if let Err(f) = &fed {
+        if f.kind == ExitKind::Integrity {
+            return Err(f.clone());
         }
-        None => return Err(Failure::runtime(format!("the connection to helper pod {} was lost while extracting (the container may have been killed)", helper.name))),
+        if let Some(why) = session.lost_reason() {
+            return Err(Failure::runtime(why));
+        }
+    }
+    let errors = drain.await.unwrap_or_default();
+    let st = session.finish(job.stall).await?;
+    if st.status.as_deref() != Some("Success") {
+        return Err(Failure::runtime(format!(
+            "tar -x in helper pod {} failed: {} {}",
+            helper.name,
+            crate::helper_session::describe_status(&st),
+            errors.trim()
+        )));
     }
     fed?;
     // Ownership of symlinks (busybox tar leaves them to root).
@@ -842,9 +1136,10 @@ async fn steps(helper: &HelperPod, job: &Job, phase: &Mutex<Phase>) -> Result<()
 /// Rolls the volume back in a fresh helper pod (the first one died or is unreachable).
 async fn recover(
     client: &kube::Client,
-    request: &dyn Fn(&str) -> Result<HelperPodRequest, Failure>,
+    ex: &Execution,
     job: &Job,
     registry: &Registry,
+    ghost: &Mutex<Option<String>>,
 ) -> Result<(), Failure> {
     let manual = || {
         format!(
@@ -852,9 +1147,20 @@ async fn recover(
             job.run_id, job.run_id
         )
     };
+    let last_pod = ghost.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some(g) = last_pod {
+        if !wait_gone(client, &ex.ns, &g, Duration::from_secs(60)).await {
+            return Err(Failure::runtime(format!(
+                "helper pod {}/{g} could not be confirmed gone, so no rollback was attempted next to it; {}",
+                ex.ns,
+                manual()
+            )));
+        }
+    }
     let mut last = String::new();
     for attempt in 0..3 {
-        let req = request(&format!("{}-rb{attempt}", job.run_id))
+        let req = ex
+            .request(&format!("-rb{attempt}"))
             .map_err(|f| Failure::runtime(format!("{}; {}", f.message, manual())))?;
         match HelperPod::launch(client, build_helper_pod(&req), job.timeout, registry).await {
             Ok(mut h) => {

@@ -2,7 +2,8 @@
 //! connection (WebSocket or SPDY, see `exec_transport`), runs the command inside the
 //! container, and reports the outcome as the kubelet's remotecommand server does
 //! (staging/src/k8s.io/kubelet/pkg/cri/streaming/remotecommand/exec.go: `NonZeroExitCode`
-//! with an `ExitCode` cause). Faults: kill after N bytes, bandwidth caps, outages, NotReady nodes.
+//! with an `ExitCode` cause). Faults: kill after N bytes, bandwidth caps, outages (the
+//! connection is reset, no status), NotReady nodes (the stream stalls, see [`reachable`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -160,7 +161,7 @@ fn chunk_size(rate: Option<u64>) -> usize {
 
 enum Ended {
     Exited(i32),
-    /// The connection went away (client gone, outage, node unreachable): no status is sent.
+    /// The connection went away (client gone, outage): no status is sent.
     Aborted,
 }
 
@@ -191,6 +192,8 @@ async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<Str
     let child_stdout = child.stdout.take();
     let child_stderr = child.stderr.take();
 
+    let stdin_sim = sim.clone();
+    let stdin_node = node.clone();
     let stdin_task = tokio::spawn(async move {
         let Some(mut rx) = stdin else { return };
         let Some(w) = child_stdin.as_mut() else {
@@ -199,6 +202,7 @@ async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<Str
         let start = Instant::now();
         let mut total = 0u64;
         while let Some(chunk) = rx.recv().await {
+            reachable(&stdin_sim, &stdin_node, None).await;
             total += chunk.len() as u64;
             throttle(rate, start, total).await;
             if w.write_all(&chunk).await.is_err() {
@@ -210,6 +214,7 @@ async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<Str
     });
 
     let faults_sim = sim.clone();
+    let pump_node = node.clone();
     let pump = |r: Option<tokio::process::ChildStdout>,
                 tx: Option<tokio::sync::mpsc::Sender<Bytes>>,
                 limit: Option<u64>,
@@ -236,6 +241,9 @@ async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<Str
             }
             total += n as u64;
             throttle(rate, start, total).await;
+            if !reachable(&faults_sim, &pump_node, tx.as_ref()).await {
+                return false;
+            }
             if let Some(tx) = &tx {
                 if tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
                     return false;
@@ -244,6 +252,8 @@ async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<Str
         }
     };
     let out_task = tokio::spawn(pump(child_stdout, stdout, kill_after, container.clone()));
+    let err_sim = sim.clone();
+    let err_node = node.clone();
     let err_task = tokio::spawn(async move {
         let Some(mut r) = child_stderr else {
             return true;
@@ -253,6 +263,9 @@ async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<Str
             match r.read(&mut buf).await {
                 Ok(0) | Err(_) => return true,
                 Ok(n) => {
+                    if !reachable(&err_sim, &err_node, stderr.as_ref()).await {
+                        return false;
+                    }
                     if let Some(tx) = &stderr {
                         if tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
                             return false;
@@ -264,30 +277,22 @@ async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<Str
     });
 
     let mut outage = sim.faults.outage_signal();
-    let node_watch = {
-        let sim = sim.clone();
-        let node = node.clone();
-        async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                if !sim.faults.node_ready(&node) {
-                    return;
-                }
-            }
-        }
-    };
     let ended = tokio::select! {
         r = async {
             let out_ok = out_task.await.unwrap_or(false);
             let err_ok = err_task.await.unwrap_or(false);
-            (out_ok && err_ok, child.wait().await)
+            let st = child.wait().await;
+            // The exit status crosses the same dead link as the output.
+            let reached = reachable(&sim, &node, None).await;
+            (out_ok && err_ok && reached, st)
         } => match r {
             (true, Ok(st)) => Ended::Exited(exit_code(st)),
             (true, Err(_)) => Ended::Exited(137),
             (false, _) => Ended::Aborted,
         },
+        // The API server's sockets die with it: the transport sees its connection reset
+        // (server.rs) and sends nothing more, not even a Status.
         _ = outage.changed() => Ended::Aborted,
-        _ = node_watch => Ended::Aborted,
     };
     stdin_task.abort();
     match ended {
@@ -304,6 +309,33 @@ async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<Str
         }
     }
     let _ = child.wait().await;
+}
+
+/// Waits while `node` is NotReady. kubesim's NotReady node is unreachable (down, or cut off
+/// from the control plane): the apiserver's connection to its kubelet neither delivers nor
+/// fails, so an exec stream through it stalls — no bytes, no status — and resumes if the node
+/// comes back. (For real, the stalled TCP connection ends only when retransmissions give up,
+/// ~15 min with Linux defaults, `tcp_retries2`; client-go then sees EOF on every stream and,
+/// through the apiserver's stream translator, a *Success* status: kubernetes/kubectl#1726.)
+/// Returns false when the client went away meanwhile (`client` is the channel to it).
+async fn reachable(
+    sim: &SimRef,
+    node: &str,
+    client: Option<&tokio::sync::mpsc::Sender<Bytes>>,
+) -> bool {
+    while !sim.faults.node_ready(node) {
+        let gone = async {
+            match client {
+                Some(tx) => tx.closed().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = gone => return false,
+        }
+    }
+    true
 }
 
 fn exit_code(st: std::process::ExitStatus) -> i32 {

@@ -174,6 +174,10 @@ struct PodWorker {
     ip: String,
     host_ip: String,
     pod_dir: PathBuf,
+    /// The pod's node, once known.
+    node: String,
+    /// The pod as last seen while the node could reach the API server.
+    seen: std::sync::Mutex<Option<Value>>,
 }
 
 enum Outcome {
@@ -201,17 +205,38 @@ impl PodWorker {
             ip: format!("10.244.{}.{}", (n / 250) % 250, n % 250 + 2),
             host_ip: String::new(),
             pod_dir,
+            node: String::new(),
+            seen: std::sync::Mutex::new(None),
         }
     }
 
+    /// A NotReady node is cut off from the API server: its kubelet goes on running the pods it
+    /// has, but sees no change to them (a deletion included: the pod stays Terminating until
+    /// the node is back, or is force-deleted) and reports nothing.
+    fn partitioned(&self) -> bool {
+        !self.node.is_empty() && !self.sim.faults.node_ready(&self.node)
+    }
+
     fn pod(&self) -> Option<Value> {
-        self.sim
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if self.partitioned() {
+            if let Some(p) = seen.as_ref() {
+                return Some(p.clone());
+            }
+        }
+        let now = self
+            .sim
             .store
             .try_get(resources::pods(), Some(&self.ns), &self.name)
-            .filter(|p| p["metadata"]["uid"] == self.uid.as_str())
+            .filter(|p| p["metadata"]["uid"] == self.uid.as_str());
+        seen.clone_from(&now);
+        now
     }
 
     fn event(&self, type_: &str, reason: &str, msg: &str) {
+        if self.partitioned() {
+            return;
+        }
         if let Some(p) = self.pod() {
             self.sim.record(&p, type_, reason, msg, "kubelet");
         }
@@ -259,6 +284,7 @@ impl PodWorker {
             .unwrap_or_default()
             .to_string();
         self.host_ip = node_ip(&self.sim, &node);
+        self.node = node.clone();
         let inits = Self::spec_containers(&pod, "initContainers");
         let mains = Self::spec_containers(&pod, "containers");
         self.init = vec![CState::default(); inits.len()];
@@ -876,6 +902,9 @@ impl PodWorker {
 
     /// Writes the pod's status as the kubelet's status manager would.
     fn publish(&self, pod: &Value) {
+        if self.partitioned() {
+            return;
+        }
         let inits = Self::spec_containers(pod, "initContainers");
         let mains = Self::spec_containers(pod, "containers");
         let cstatus = |spec: &Value, st: &CState| -> Value {

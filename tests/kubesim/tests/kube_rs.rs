@@ -678,21 +678,22 @@ async fn outage_fails_requests_then_recovers() {
     c.shutdown().await;
 }
 
-/// kube-rs offers `v5.channel.k8s.io, v4.channel.k8s.io` and so always lands on v5 here; older
-/// clients (kube-rs < 0.99, client-go's WebSocket executor before v5) speak v4, where stdin
-/// cannot be half-closed and the status arrives as JSON on channel 3. A hand-rolled client
-/// offering only v4 checks that path: stdout on channel 1, stderr on 2, a `Status` on 3.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exec_over_websocket_v4() {
-    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+type RawWs =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
-    let c = start(Scenario::Empty).await;
-    let pods: Api<Pod> = Api::namespaced(client_for(c.kubeconfig()).await, "default");
-    pods.create(&PostParams::default(), &sleeper("v4", "busybox:1.36"))
-        .await
-        .expect("create");
-    running(&pods, "v4").await;
-
+/// A hand-rolled WebSocket exec (TLS with the cluster's CA, bearer token), to see exactly what
+/// arrives on the wire: frames, channels, and how the connection ends.
+async fn raw_exec(
+    c: &Cluster,
+    ns: &str,
+    pod: &str,
+    query: &str,
+    protocol: &str,
+) -> (
+    RawWs,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let kc: serde_json::Value =
         serde_yaml::from_slice(&std::fs::read(c.kubeconfig()).expect("kubeconfig")).expect("yaml");
     let token = kc["users"][0]["user"]["token"].as_str().expect("token");
@@ -729,21 +730,165 @@ async fn exec_over_websocket_v4() {
         )
         .await
         .expect("tls handshake");
-    let url = format!(
-        "wss://{addr}/api/v1/namespaces/default/pods/v4/exec?command=sh&command=-c&command=echo%20out%3B%20echo%20err%20%3E%262%3B%20exit%205&stdout=true&stderr=true"
-    );
+    let url = format!("wss://{addr}/api/v1/namespaces/{ns}/pods/{pod}/exec?{query}");
     let mut req = url.into_client_request().expect("request");
     req.headers_mut().insert(
         "authorization",
         format!("Bearer {token}").parse().expect("header"),
     );
-    req.headers_mut().insert(
-        "sec-websocket-protocol",
-        "v4.channel.k8s.io".parse().expect("header"),
-    );
-    let (mut ws, resp) = tokio_tungstenite::client_async(req, stream)
+    req.headers_mut()
+        .insert("sec-websocket-protocol", protocol.parse().expect("header"));
+    tokio_tungstenite::client_async(req, stream)
         .await
-        .expect("websocket upgrade");
+        .expect("websocket upgrade")
+}
+
+/// An outage is the API server going away: an exec stream in flight sees its connection reset
+/// (as client-go does when the apiserver process dies), not a Status and not a close frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_resets_exec_streams_without_a_status() {
+    use tokio_tungstenite::tungstenite::Message;
+    let c = start(Scenario::Empty).await;
+    let pods: Api<Pod> = Api::namespaced(client_for(c.kubeconfig()).await, "default");
+    pods.create(&PostParams::default(), &sleeper("streamer", "busybox:1.36"))
+        .await
+        .expect("create");
+    running(&pods, "streamer").await;
+    let (mut ws, _) = raw_exec(
+        &c,
+        "default",
+        "streamer",
+        "command=cat&command=/dev/zero&stdout=true",
+        "v5.channel.k8s.io",
+    )
+    .await;
+    let mut got = 0usize;
+    while got < 1 << 20 {
+        match ws.next().await {
+            Some(Ok(Message::Binary(b))) if b.first() == Some(&1) => got += b.len() - 1,
+            Some(Ok(Message::Binary(b))) if b.len() == 1 => {}
+            other => panic!("unexpected before the outage: {other:?}"),
+        }
+    }
+    c.fault(FaultRequest::Outage { seconds: 1.0 });
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Binary(b))) if b.first() == Some(&1) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends promptly");
+    match end {
+        Some(Err(tokio_tungstenite::tungstenite::Error::Io(e))) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}")
+        }
+        // rustls reports a reset under TLS as an I/O error too; anything that is a Status,
+        // a Close frame or a clean end is the old, too-polite behaviour.
+        other => panic!("expected a connection reset, got {other:?}"),
+    }
+    c.shutdown().await;
+}
+
+/// A NotReady node is unreachable: an exec stream through it stalls (no bytes, no status) and
+/// resumes when the node is back; a new exec is refused; a deletion is not carried out until
+/// the kubelet can see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_not_ready_node_stalls_exec_and_keeps_pods_terminating() {
+    let c = start(Scenario::Empty).await;
+    let pods: Api<Pod> = Api::namespaced(client_for(c.kubeconfig()).await, "default");
+    pods.create(&PostParams::default(), &sleeper("ticker", "busybox:1.36"))
+        .await
+        .expect("create");
+    let node = running(&pods, "ticker")
+        .await
+        .spec
+        .and_then(|s| s.node_name)
+        .expect("scheduled");
+    let mut p = pods
+        .exec(
+            "ticker",
+            ["sh", "-c", "while :; do echo tick; sleep 0.05; done"],
+            &AttachParams::default().stderr(false),
+        )
+        .await
+        .expect("exec");
+    let mut stdout = p.stdout().expect("stdout");
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), stdout.read(&mut buf))
+        .await
+        .expect("ticks flow")
+        .expect("read");
+    assert!(n > 0);
+    c.fault(FaultRequest::NodeNotReady { node: node.clone() });
+    // What was already on its way may still arrive; then nothing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while let Ok(Ok(k)) =
+        tokio::time::timeout(Duration::from_millis(300), stdout.read(&mut buf)).await
+    {
+        assert!(k > 0, "the stream ended instead of stalling");
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), stdout.read(&mut buf))
+            .await
+            .is_err(),
+        "data flowed from a NotReady node"
+    );
+    match pods
+        .exec("ticker", ["true"], &AttachParams::default())
+        .await
+    {
+        Ok(_) => panic!("exec on a NotReady node was accepted"),
+        Err(e) => assert!(e.to_string().contains("error dialing backend"), "{e}"),
+    }
+    pods.delete("ticker", &DeleteParams::default())
+        .await
+        .expect("delete");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stuck = pods.get("ticker").await.expect("still there");
+    assert!(stuck.metadata.deletion_timestamp.is_some());
+    c.fault(FaultRequest::NodeReady { node });
+    let k = tokio::time::timeout(Duration::from_secs(10), stdout.read(&mut buf))
+        .await
+        .expect("the stream resumes or ends once the node is back")
+        .expect("read");
+    let _ = k;
+    eventually(30, "the pod to be gone once its node is back", || async {
+        pods.get_opt("ticker")
+            .await
+            .expect("get")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    c.shutdown().await;
+}
+
+/// kube-rs offers `v5.channel.k8s.io, v4.channel.k8s.io` and so always lands on v5 here; older
+/// clients (kube-rs < 0.99, client-go's WebSocket executor before v5) speak v4, where stdin
+/// cannot be half-closed and the status arrives as JSON on channel 3. A hand-rolled client
+/// offering only v4 checks that path: stdout on channel 1, stderr on 2, a `Status` on 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_over_websocket_v4() {
+    use tokio_tungstenite::tungstenite::Message;
+
+    let c = start(Scenario::Empty).await;
+    let pods: Api<Pod> = Api::namespaced(client_for(c.kubeconfig()).await, "default");
+    pods.create(&PostParams::default(), &sleeper("v4", "busybox:1.36"))
+        .await
+        .expect("create");
+    running(&pods, "v4").await;
+
+    let (mut ws, resp) = raw_exec(
+        &c,
+        "default",
+        "v4",
+        "command=sh&command=-c&command=echo%20out%3B%20echo%20err%20%3E%262%3B%20exit%205&stdout=true&stderr=true",
+        "v4.channel.k8s.io",
+    )
+    .await;
     assert_eq!(
         resp.headers()
             .get("sec-websocket-protocol")

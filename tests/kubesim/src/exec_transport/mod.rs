@@ -383,7 +383,9 @@ fn channels(wanted: StreamsWanted) -> (ExecIo, TransportEnds) {
 }
 
 /// The Status written when the runner drops its `status` sender without using it, so the client
-/// never mistakes a lost status for success (an empty v4 error stream means success).
+/// never mistakes a lost status for success (an empty v4 error stream means success). The
+/// runner drops it only when the connection is already gone (client left, or an outage, whose
+/// reset of the socket keeps this from leaving: `server.rs`), so in practice no client reads it.
 pub(crate) fn lost_status() -> serde_json::Value {
     serde_json::json!({
         "kind": "Status",
