@@ -102,8 +102,12 @@ pub enum Command {
     Cleanup(CleanupArgs),
     /// Print version, git commit and build target
     Version,
-    /// Test-restore a backup into a scratch PVC, verify every checksum in the cluster, report,
-    /// and delete the scratch PVC (exit 0 intact, 3 damaged, 1 the drill could not run)
+    /// Test-restore a backup into a scratch PVC, verify it in the cluster, delete the PVC
+    ///
+    /// Restores into a new scratch PVC (never an existing one), checks every file's checksum,
+    /// mode and owner inside the cluster, reports time-to-restore, throughput and the verdict,
+    /// and deletes the scratch PVC and helper pods whatever happens. Exit 0: intact; 3: the
+    /// backup does not restore intact; 1: the drill could not run.
     #[command(
         after_help = "Examples:\n  kubectl pvbackup drill ./backups/<id>/shop/data-orders-db-0.manifest.json\n  kubectl pvbackup drill <id>/shop/data-orders-db-0 --from /mnt/backups -n drills -o json\n  kubectl pvbackup drill ./b/<id>/shop/media.manifest.json --storage-class fast --size 2Gi"
     )]
@@ -277,6 +281,7 @@ pub struct CleanupArgs {
 pub struct DrillArgs {
     /// A manifest path, an archive path, or BACKUP_ID/NAMESPACE/PVC with --from
     pub backup: String,
+    /// Where the backup lives, when BACKUP is an id
     #[arg(long, value_name = "DEST")]
     pub from: Option<String>,
     /// StorageClass of the scratch PVC (default: the backed-up PVC's)

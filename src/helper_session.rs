@@ -47,15 +47,30 @@ impl Registry {
             .collect()
     }
 
-    /// Deletes every registered pod, retrying through short outages.
+    /// Deletes every registered pod, retrying through short outages, and waits (30 s at most)
+    /// until they are gone, so that no helper pod outlives the command, not even a Terminating
+    /// one. Returns the pods whose deletion could not be requested.
     pub async fn delete_all(&self, client: &kube::Client) -> Vec<String> {
         let mut left = Vec::new();
+        let mut deleted = Vec::new();
         for (ns, name) in self.pending() {
             let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
             if delete_with_retry(&api, &name).await {
                 self.remove(&ns, &name);
+                deleted.push((api, name));
             } else {
                 left.push(format!("{ns}/{name}"));
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        for (api, name) in deleted {
+            while tokio::time::Instant::now() < deadline {
+                if let Ok(Ok(None)) =
+                    tokio::time::timeout(Duration::from_secs(10), api.get_opt(&name)).await
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
         left
