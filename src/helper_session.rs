@@ -21,6 +21,10 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use crate::connect::explain;
 use crate::exit::Failure;
 
+/// The longest a single API request may take before it counts as failed (the client has no
+/// read timeout of its own: exec streams may be legitimately quiet, see `connect`).
+const API_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Pods this process created and has not yet seen deleted.
 #[derive(Clone, Default)]
 pub struct Registry(Arc<Mutex<BTreeSet<(String, String)>>>);
@@ -205,15 +209,25 @@ impl HelperPod {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-        api.create(&PostParams::default(), &pod)
-            .await
-            .map_err(|e| {
-                explain(
+        // Registered before the request: if the answer is lost, the pod may exist all the same.
+        registry.add(&namespace, &name);
+        match tokio::time::timeout(API_TIMEOUT, api.create(&PostParams::default(), &pod)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                // Refused (or a 409: a pod of that name that is not ours): nothing to clean up.
+                registry.remove(&namespace, &name);
+                return Err(explain(
                     &format!("creating helper pod {name} in namespace {namespace}"),
                     &e,
-                )
-            })?;
-        registry.add(&namespace, &name);
+                ));
+            }
+            Err(_) => {
+                return Err(Failure::runtime(format!(
+                    "creating helper pod {name} in namespace {namespace}: no answer from the API server in {}s",
+                    API_TIMEOUT.as_secs()
+                )))
+            }
+        }
         let mut helper = HelperPod {
             api: api.clone(),
             client: client.clone(),
@@ -238,7 +252,11 @@ impl HelperPod {
             image_pull_failed(p)
         });
         let outcome = tokio::time::timeout(timeout, settled).await;
-        let current = api.get_opt(&name).await.ok().flatten();
+        let current = tokio::time::timeout(API_TIMEOUT, api.get_opt(&name))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
         let running = current
             .as_ref()
             .and_then(|p| p.status.as_ref())
@@ -456,7 +474,10 @@ impl HelperPod {
 async fn pod_events(client: &kube::Client, ns: &str, name: &str) -> Vec<Event> {
     let api: Api<Event> = Api::namespaced(client.clone(), ns);
     let lp = ListParams::default().fields(&format!("involvedObject.name={name}"));
-    api.list(&lp).await.map(|l| l.items).unwrap_or_default()
+    match tokio::time::timeout(API_TIMEOUT, api.list(&lp)).await {
+        Ok(Ok(l)) => l.items,
+        _ => Vec::new(),
+    }
 }
 
 /// A failed exec's Status in a few words: "exit code 137" for a command that ended badly
