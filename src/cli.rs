@@ -105,8 +105,12 @@ pub enum Command {
     /// Print a shell completion script for kubectl-pvbackup
     #[command(after_help = COMPLETION_EXAMPLES)]
     Completion(CompletionArgs),
-    /// Test-restore a backup into a scratch PVC, verify every checksum in the cluster, report,
-    /// and delete the scratch PVC (exit 0 intact, 3 damaged, 1 the drill could not run)
+    /// Test-restore a backup into a scratch PVC, verify it in the cluster, delete the PVC
+    ///
+    /// Restores into a new scratch PVC (never an existing one), checks every file's checksum,
+    /// mode and owner inside the cluster, reports time-to-restore, throughput and the verdict,
+    /// and deletes the scratch PVC and helper pods whatever happens. Exit 0: intact; 3: the
+    /// backup does not restore intact; 1: the drill could not run.
     #[command(after_help = DRILL_EXAMPLES)]
     Drill(DrillArgs),
 }

@@ -21,6 +21,10 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use crate::connect::explain;
 use crate::exit::Failure;
 
+/// The longest a single API request may take before it counts as failed (the client has no
+/// read timeout of its own: exec streams may be legitimately quiet, see `connect`).
+const API_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Pods this process created and has not yet seen deleted.
 #[derive(Clone, Default)]
 pub struct Registry(Arc<Mutex<BTreeSet<(String, String)>>>);
@@ -47,15 +51,30 @@ impl Registry {
             .collect()
     }
 
-    /// Deletes every registered pod, retrying through short outages.
+    /// Deletes every registered pod, retrying through short outages, and waits (30 s at most)
+    /// until they are gone, so that no helper pod outlives the command, not even a Terminating
+    /// one. Returns the pods whose deletion could not be requested.
     pub async fn delete_all(&self, client: &kube::Client) -> Vec<String> {
         let mut left = Vec::new();
+        let mut deleted = Vec::new();
         for (ns, name) in self.pending() {
             let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
             if delete_with_retry(&api, &name).await {
                 self.remove(&ns, &name);
+                deleted.push((api, name));
             } else {
                 left.push(format!("{ns}/{name}"));
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        for (api, name) in deleted {
+            while tokio::time::Instant::now() < deadline {
+                if let Ok(Ok(None)) =
+                    tokio::time::timeout(Duration::from_secs(10), api.get_opt(&name)).await
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
         left
@@ -190,15 +209,25 @@ impl HelperPod {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-        api.create(&PostParams::default(), &pod)
-            .await
-            .map_err(|e| {
-                explain(
+        // Registered before the request: if the answer is lost, the pod may exist all the same.
+        registry.add(&namespace, &name);
+        match tokio::time::timeout(API_TIMEOUT, api.create(&PostParams::default(), &pod)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                // Refused (or a 409: a pod of that name that is not ours): nothing to clean up.
+                registry.remove(&namespace, &name);
+                return Err(explain(
                     &format!("creating helper pod {name} in namespace {namespace}"),
                     &e,
-                )
-            })?;
-        registry.add(&namespace, &name);
+                ));
+            }
+            Err(_) => {
+                return Err(Failure::runtime(format!(
+                    "creating helper pod {name} in namespace {namespace}: no answer from the API server in {}s",
+                    API_TIMEOUT.as_secs()
+                )))
+            }
+        }
         let mut helper = HelperPod {
             api: api.clone(),
             client: client.clone(),
@@ -223,7 +252,11 @@ impl HelperPod {
             image_pull_failed(p)
         });
         let outcome = tokio::time::timeout(timeout, settled).await;
-        let current = api.get_opt(&name).await.ok().flatten();
+        let current = tokio::time::timeout(API_TIMEOUT, api.get_opt(&name))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
         let running = current
             .as_ref()
             .and_then(|p| p.status.as_ref())
@@ -441,7 +474,10 @@ impl HelperPod {
 async fn pod_events(client: &kube::Client, ns: &str, name: &str) -> Vec<Event> {
     let api: Api<Event> = Api::namespaced(client.clone(), ns);
     let lp = ListParams::default().fields(&format!("involvedObject.name={name}"));
-    api.list(&lp).await.map(|l| l.items).unwrap_or_default()
+    match tokio::time::timeout(API_TIMEOUT, api.list(&lp)).await {
+        Ok(Ok(l)) => l.items,
+        _ => Vec::new(),
+    }
 }
 
 /// A failed exec's Status in a few words: "exit code 137" for a command that ended badly

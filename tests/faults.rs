@@ -265,6 +265,65 @@ async fn a_crash_during_restore_is_retried_from_a_clean_volume() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_helper_pod_is_replaced_and_the_archive_is_whole() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, DeleteParams};
+    let cluster = demo().await;
+    let dest = tempfile::tempdir().unwrap();
+    let volume = cluster.volume_path("shop", "data-orders-db-0");
+    cluster.fault(FaultRequest::Bandwidth {
+        bytes_per_second: 8 << 20,
+    });
+    let run = spawn_plugin(
+        &cluster,
+        &[
+            "create",
+            "data-orders-db-0",
+            "-n",
+            "shop",
+            "--to",
+            dest.path().to_str().unwrap(),
+            "-o",
+            "json",
+        ],
+    );
+    wait_for_running_helper(&cluster, "shop").await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // What an eviction does (the Eviction API ends in a graceful delete of the pod).
+    let helper = helper_pods(&cluster)
+        .pop()
+        .expect("a helper pod")
+        .split_once('/')
+        .map(|(_, n)| n.to_string())
+        .unwrap();
+    let kc = kube::config::Kubeconfig::read_from(cluster.kubeconfig()).unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(kube::Client::try_from(cfg).unwrap(), "shop");
+    pods.delete(&helper, &DeleteParams::default())
+        .await
+        .unwrap();
+    cluster.fault(FaultRequest::Clear);
+    let run = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the backup finished")
+        .unwrap();
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let r = &json(&run)["results"][0];
+    let log = attempt_log(r);
+    assert!(
+        log.len() >= 2,
+        "the eviction must have cost an attempt: {r}"
+    );
+    assert_eq!(log[0]["outcome"], "failed");
+    let unpacked = tempfile::tempdir().unwrap();
+    untar(Path::new(r["archive"].as_str().unwrap()), unpacked.path());
+    assert_eq!(snapshot(&volume), snapshot(unpacked.path()));
+    until_no_helper_pods(&cluster, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashes_that_outlast_the_retries_fail_cleanly() {
     let cluster = demo().await;
     let dest = tempfile::tempdir().unwrap();
