@@ -28,6 +28,9 @@ _kubectl__pvbackup() {
             kubectl__pvbackup,discover)
                 cmd="kubectl__pvbackup__subcmd__discover"
                 ;;
+            kubectl__pvbackup,drill)
+                cmd="kubectl__pvbackup__subcmd__drill"
+                ;;
             kubectl__pvbackup,help)
                 cmd="kubectl__pvbackup__subcmd__help"
                 ;;
@@ -58,6 +61,9 @@ _kubectl__pvbackup() {
             kubectl__pvbackup__subcmd__help,discover)
                 cmd="kubectl__pvbackup__subcmd__help__subcmd__discover"
                 ;;
+            kubectl__pvbackup__subcmd__help,drill)
+                cmd="kubectl__pvbackup__subcmd__help__subcmd__drill"
+                ;;
             kubectl__pvbackup__subcmd__help,help)
                 cmd="kubectl__pvbackup__subcmd__help__subcmd__help"
                 ;;
@@ -83,7 +89,7 @@ _kubectl__pvbackup() {
 
     case "${cmd}" in
         kubectl__pvbackup)
-            opts="-n -A -o -v -h -V --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version discover create verify list inspect restore cleanup version completion help"
+            opts="-n -A -o -v -h -V --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version discover create verify list inspect restore cleanup version completion drill help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -197,7 +203,7 @@ _kubectl__pvbackup() {
             return 0
             ;;
         kubectl__subcmd__pvbackup__subcmd__create)
-            opts="-l -n -A -o -v -h -V --to --mesh --selector --all-pvcs --compression --level --retries --image --run-as-user --pod-timeout --parallel --dry-run --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
+            opts="-l -n -A -o -v -h -V --to --mesh --selector --all-pvcs --compression --level --image --run-as-user --pod-timeout --retries --retry-timeout --stall-timeout --parallel --dry-run --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -227,10 +233,6 @@ _kubectl__pvbackup() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
-                --retries)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --image)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -240,6 +242,18 @@ _kubectl__pvbackup() {
                     return 0
                     ;;
                 --pod-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --retries)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --retry-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stall-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -324,8 +338,82 @@ _kubectl__pvbackup() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        kubectl__subcmd__pvbackup__subcmd__drill)
+            opts="-n -A -o -v -h -V --from --storage-class --size --image --run-as-user --pod-timeout --retries --retry-timeout --stall-timeout --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --from)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --storage-class)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --size)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --image)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --run-as-user)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pod-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --retries)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --retry-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stall-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kubeconfig)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --namespace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table wide json yaml" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table wide json yaml" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         kubectl__subcmd__pvbackup__subcmd__help)
-            opts="discover create verify list inspect restore cleanup version completion help"
+            opts="discover create verify list inspect restore cleanup version completion drill help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -381,6 +469,20 @@ _kubectl__pvbackup() {
             return 0
             ;;
         kubectl__subcmd__pvbackup__subcmd__help__subcmd__discover)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kubectl__subcmd__pvbackup__subcmd__help__subcmd__drill)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -559,7 +661,7 @@ _kubectl__pvbackup() {
             return 0
             ;;
         kubectl__subcmd__pvbackup__subcmd__restore)
-            opts="-y -n -A -o -v -h -V --from --to-pvc --create-pvc --storage-class --size --mode --yes --dry-run --force --image --run-as-user --pod-timeout --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
+            opts="-y -n -A -o -v -h -V --from --to-pvc --create-pvc --storage-class --size --mode --yes --dry-run --force --image --run-as-user --pod-timeout --retries --retry-timeout --stall-timeout --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -594,6 +696,18 @@ _kubectl__pvbackup() {
                     return 0
                     ;;
                 --pod-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --retries)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --retry-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --stall-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

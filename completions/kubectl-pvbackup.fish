@@ -45,6 +45,7 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "cleanup" -d 'Delete helper pods left behind by an interrupted run'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "version" -d 'Print version, git commit and build target'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "completion" -d 'Print a shell completion script for kubectl-pvbackup'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "drill" -d 'Test-restore a backup into a scratch PVC, verify it in the cluster, delete the PVC'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand discover" -s l -l selector -d 'Label selector for pods (e.g. app=orders-db)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand discover" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
@@ -67,10 +68,12 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create
 zstd\t''
 none\t''"
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l level -d 'Compression level (gzip 0-9, zstd 1-19; default: the fastest)' -r
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l retries -d 'Retries per PVC after a transient failure (connection reset, outage, helper crash)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l image -d 'Helper image (any image with busybox-compatible sh, tar, sha256sum)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l run-as-user -d 'Run the helper as this UID instead of root (for PodSecurity `restricted` namespaces)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l pod-timeout -d 'Give up when the helper pod is not running after this many seconds' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l retries -d 'Retries per PVC after a transient failure (connection reset, API outage or 5xx/429, helper pod evicted or killed, stalled stream); 0 turns retries off' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l retry-timeout -d 'Stop retrying once this much time has passed since the PVC\'s first failure (e.g. 30s, 5m)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l stall-timeout -d 'Declare a data stream dead when no byte moves for this long (e.g. 60s, 2m)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l parallel -d 'Back up this many PVCs at once' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l context -d 'The kubeconfig context to use' -r
@@ -134,6 +137,9 @@ merge\t'Overwrite the backup\'s paths and keep everything else'"
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l image -d 'Helper image (any image with busybox-compatible sh, tar, sha256sum)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l run-as-user -d 'Run the helper as this UID instead of root (for PodSecurity `restricted` namespaces)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l pod-timeout -d 'Give up when the helper pod is not running after this many seconds' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l retries -d 'Retries per PVC after a transient failure (connection reset, API outage or 5xx/429, helper pod evicted or killed, stalled stream); 0 turns retries off' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l retry-timeout -d 'Stop retrying once this much time has passed since the PVC\'s first failure (e.g. 30s, 5m)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l stall-timeout -d 'Declare a data stream dead when no byte moves for this long (e.g. 60s, 2m)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l context -d 'The kubeconfig context to use' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -s n -l namespace -d 'Namespace scope (default: the context\'s namespace)' -r
@@ -187,13 +193,35 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand comple
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand completion" -l no-progress -d 'No progress bars (they are also off when stderr is not a terminal)'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand completion" -s h -l help -d 'Print help'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand completion" -s V -l version -d 'Print version'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion help" -f -a "discover" -d 'List pods that run a service-mesh proxy and the PVCs they mount'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion help" -f -a "create" -d 'Back up PVCs to a destination through a short-lived helper pod'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion help" -f -a "verify" -d 'Check an archive against its manifest (offline, no cluster needed)'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion help" -f -a "list" -d 'List the backups at a destination'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion help" -f -a "inspect" -d 'Show a backup\'s manifest'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion help" -f -a "restore" -d 'Restore a backup into a PVC, all-or-nothing'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion help" -f -a "cleanup" -d 'Delete helper pods left behind by an interrupted run'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion help" -f -a "version" -d 'Print version, git commit and build target'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion help" -f -a "completion" -d 'Print a shell completion script for kubectl-pvbackup'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l from -d 'Where the backup lives, when BACKUP is an id' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l storage-class -d 'StorageClass of the scratch PVC (default: the backed-up PVC\'s)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l size -d 'Size of the scratch PVC, e.g. 2Gi (default: the backed-up PVC\'s)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l image -d 'Helper image (any image with busybox-compatible sh, tar, sha256sum)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l run-as-user -d 'Run the helper as this UID instead of root (for PodSecurity `restricted` namespaces)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l pod-timeout -d 'Give up when the helper pod is not running after this many seconds' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l retries -d 'Retries per PVC after a transient failure (connection reset, API outage or 5xx/429, helper pod evicted or killed, stalled stream); 0 turns retries off' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l retry-timeout -d 'Stop retrying once this much time has passed since the PVC\'s first failure (e.g. 30s, 5m)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l stall-timeout -d 'Declare a data stream dead when no byte moves for this long (e.g. 60s, 2m)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l context -d 'The kubeconfig context to use' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -s n -l namespace -d 'Namespace scope (default: the context\'s namespace)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -s o -l output -d 'Output format' -r -f -a "table\t''
+wide\t''
+json\t''
+yaml\t''"
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -s A -l all-namespaces -d 'Look in every namespace'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -s v -l verbose -d 'More logs on stderr (-v, -vv, -vvv)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l no-progress -d 'No progress bars (they are also off when stderr is not a terminal)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -s V -l version -d 'Print version'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion drill help" -f -a "discover" -d 'List pods that run a service-mesh proxy and the PVCs they mount'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion drill help" -f -a "create" -d 'Back up PVCs to a destination through a short-lived helper pod'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion drill help" -f -a "verify" -d 'Check an archive against its manifest (offline, no cluster needed)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion drill help" -f -a "list" -d 'List the backups at a destination'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion drill help" -f -a "inspect" -d 'Show a backup\'s manifest'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion drill help" -f -a "restore" -d 'Restore a backup into a PVC, all-or-nothing'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion drill help" -f -a "cleanup" -d 'Delete helper pods left behind by an interrupted run'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion drill help" -f -a "version" -d 'Print version, git commit and build target'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion drill help" -f -a "completion" -d 'Print a shell completion script for kubectl-pvbackup'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion drill help" -f -a "drill" -d 'Test-restore a backup into a scratch PVC, verify it in the cluster, delete the PVC'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion drill help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -45,6 +45,7 @@ Register-ArgumentCompleter -Native -CommandName 'kubectl-pvbackup' -ScriptBlock 
             [CompletionResult]::new('cleanup', 'cleanup', [CompletionResultType]::ParameterValue, 'Delete helper pods left behind by an interrupted run')
             [CompletionResult]::new('version', 'version', [CompletionResultType]::ParameterValue, 'Print version, git commit and build target')
             [CompletionResult]::new('completion', 'completion', [CompletionResultType]::ParameterValue, 'Print a shell completion script for kubectl-pvbackup')
+            [CompletionResult]::new('drill', 'drill', [CompletionResultType]::ParameterValue, 'Test-restore a backup into a scratch PVC, verify it in the cluster, delete the PVC')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -76,10 +77,12 @@ Register-ArgumentCompleter -Native -CommandName 'kubectl-pvbackup' -ScriptBlock 
             [CompletionResult]::new('--selector', '--selector', [CompletionResultType]::ParameterName, 'Label selector for the pods whose PVCs are backed up')
             [CompletionResult]::new('--compression', '--compression', [CompletionResultType]::ParameterName, 'Compression of the stored archive')
             [CompletionResult]::new('--level', '--level', [CompletionResultType]::ParameterName, 'Compression level (gzip 0-9, zstd 1-19; default: the fastest)')
-            [CompletionResult]::new('--retries', '--retries', [CompletionResultType]::ParameterName, 'Retries per PVC after a transient failure (connection reset, outage, helper crash)')
             [CompletionResult]::new('--image', '--image', [CompletionResultType]::ParameterName, 'Helper image (any image with busybox-compatible sh, tar, sha256sum)')
             [CompletionResult]::new('--run-as-user', '--run-as-user', [CompletionResultType]::ParameterName, 'Run the helper as this UID instead of root (for PodSecurity `restricted` namespaces)')
             [CompletionResult]::new('--pod-timeout', '--pod-timeout', [CompletionResultType]::ParameterName, 'Give up when the helper pod is not running after this many seconds')
+            [CompletionResult]::new('--retries', '--retries', [CompletionResultType]::ParameterName, 'Retries per PVC after a transient failure (connection reset, API outage or 5xx/429, helper pod evicted or killed, stalled stream); 0 turns retries off')
+            [CompletionResult]::new('--retry-timeout', '--retry-timeout', [CompletionResultType]::ParameterName, 'Stop retrying once this much time has passed since the PVC''s first failure (e.g. 30s, 5m)')
+            [CompletionResult]::new('--stall-timeout', '--stall-timeout', [CompletionResultType]::ParameterName, 'Declare a data stream dead when no byte moves for this long (e.g. 60s, 2m)')
             [CompletionResult]::new('--parallel', '--parallel', [CompletionResultType]::ParameterName, 'Back up this many PVCs at once')
             [CompletionResult]::new('--kubeconfig', '--kubeconfig', [CompletionResultType]::ParameterName, 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)')
             [CompletionResult]::new('--context', '--context', [CompletionResultType]::ParameterName, 'The kubeconfig context to use')
@@ -166,6 +169,9 @@ Register-ArgumentCompleter -Native -CommandName 'kubectl-pvbackup' -ScriptBlock 
             [CompletionResult]::new('--image', '--image', [CompletionResultType]::ParameterName, 'Helper image (any image with busybox-compatible sh, tar, sha256sum)')
             [CompletionResult]::new('--run-as-user', '--run-as-user', [CompletionResultType]::ParameterName, 'Run the helper as this UID instead of root (for PodSecurity `restricted` namespaces)')
             [CompletionResult]::new('--pod-timeout', '--pod-timeout', [CompletionResultType]::ParameterName, 'Give up when the helper pod is not running after this many seconds')
+            [CompletionResult]::new('--retries', '--retries', [CompletionResultType]::ParameterName, 'Retries per PVC after a transient failure (connection reset, API outage or 5xx/429, helper pod evicted or killed, stalled stream); 0 turns retries off')
+            [CompletionResult]::new('--retry-timeout', '--retry-timeout', [CompletionResultType]::ParameterName, 'Stop retrying once this much time has passed since the PVC''s first failure (e.g. 30s, 5m)')
+            [CompletionResult]::new('--stall-timeout', '--stall-timeout', [CompletionResultType]::ParameterName, 'Declare a data stream dead when no byte moves for this long (e.g. 60s, 2m)')
             [CompletionResult]::new('--kubeconfig', '--kubeconfig', [CompletionResultType]::ParameterName, 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)')
             [CompletionResult]::new('--context', '--context', [CompletionResultType]::ParameterName, 'The kubeconfig context to use')
             [CompletionResult]::new('-n', '-n', [CompletionResultType]::ParameterName, 'Namespace scope (default: the context''s namespace)')
@@ -244,6 +250,33 @@ Register-ArgumentCompleter -Native -CommandName 'kubectl-pvbackup' -ScriptBlock 
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
         }
+        'kubectl-pvbackup;drill' {
+            [CompletionResult]::new('--from', '--from', [CompletionResultType]::ParameterName, 'Where the backup lives, when BACKUP is an id')
+            [CompletionResult]::new('--storage-class', '--storage-class', [CompletionResultType]::ParameterName, 'StorageClass of the scratch PVC (default: the backed-up PVC''s)')
+            [CompletionResult]::new('--size', '--size', [CompletionResultType]::ParameterName, 'Size of the scratch PVC, e.g. 2Gi (default: the backed-up PVC''s)')
+            [CompletionResult]::new('--image', '--image', [CompletionResultType]::ParameterName, 'Helper image (any image with busybox-compatible sh, tar, sha256sum)')
+            [CompletionResult]::new('--run-as-user', '--run-as-user', [CompletionResultType]::ParameterName, 'Run the helper as this UID instead of root (for PodSecurity `restricted` namespaces)')
+            [CompletionResult]::new('--pod-timeout', '--pod-timeout', [CompletionResultType]::ParameterName, 'Give up when the helper pod is not running after this many seconds')
+            [CompletionResult]::new('--retries', '--retries', [CompletionResultType]::ParameterName, 'Retries per PVC after a transient failure (connection reset, API outage or 5xx/429, helper pod evicted or killed, stalled stream); 0 turns retries off')
+            [CompletionResult]::new('--retry-timeout', '--retry-timeout', [CompletionResultType]::ParameterName, 'Stop retrying once this much time has passed since the PVC''s first failure (e.g. 30s, 5m)')
+            [CompletionResult]::new('--stall-timeout', '--stall-timeout', [CompletionResultType]::ParameterName, 'Declare a data stream dead when no byte moves for this long (e.g. 60s, 2m)')
+            [CompletionResult]::new('--kubeconfig', '--kubeconfig', [CompletionResultType]::ParameterName, 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)')
+            [CompletionResult]::new('--context', '--context', [CompletionResultType]::ParameterName, 'The kubeconfig context to use')
+            [CompletionResult]::new('-n', '-n', [CompletionResultType]::ParameterName, 'Namespace scope (default: the context''s namespace)')
+            [CompletionResult]::new('--namespace', '--namespace', [CompletionResultType]::ParameterName, 'Namespace scope (default: the context''s namespace)')
+            [CompletionResult]::new('-o', '-o', [CompletionResultType]::ParameterName, 'Output format')
+            [CompletionResult]::new('--output', '--output', [CompletionResultType]::ParameterName, 'Output format')
+            [CompletionResult]::new('-A', '-A ', [CompletionResultType]::ParameterName, 'Look in every namespace')
+            [CompletionResult]::new('--all-namespaces', '--all-namespaces', [CompletionResultType]::ParameterName, 'Look in every namespace')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More logs on stderr (-v, -vv, -vvv)')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More logs on stderr (-v, -vv, -vvv)')
+            [CompletionResult]::new('--no-progress', '--no-progress', [CompletionResultType]::ParameterName, 'No progress bars (they are also off when stderr is not a terminal)')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
         'kubectl-pvbackup;help' {
             [CompletionResult]::new('discover', 'discover', [CompletionResultType]::ParameterValue, 'List pods that run a service-mesh proxy and the PVCs they mount')
             [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Back up PVCs to a destination through a short-lived helper pod')
@@ -254,6 +287,7 @@ Register-ArgumentCompleter -Native -CommandName 'kubectl-pvbackup' -ScriptBlock 
             [CompletionResult]::new('cleanup', 'cleanup', [CompletionResultType]::ParameterValue, 'Delete helper pods left behind by an interrupted run')
             [CompletionResult]::new('version', 'version', [CompletionResultType]::ParameterValue, 'Print version, git commit and build target')
             [CompletionResult]::new('completion', 'completion', [CompletionResultType]::ParameterValue, 'Print a shell completion script for kubectl-pvbackup')
+            [CompletionResult]::new('drill', 'drill', [CompletionResultType]::ParameterValue, 'Test-restore a backup into a scratch PVC, verify it in the cluster, delete the PVC')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -282,6 +316,9 @@ Register-ArgumentCompleter -Native -CommandName 'kubectl-pvbackup' -ScriptBlock 
             break
         }
         'kubectl-pvbackup;help;completion' {
+            break
+        }
+        'kubectl-pvbackup;help;drill' {
             break
         }
         'kubectl-pvbackup;help;help' {

@@ -49,7 +49,7 @@ fn transcript(r: &Run) -> String {
     )
 }
 
-const SUBCOMMANDS: [&str; 9] = [
+const SUBCOMMANDS: [&str; 10] = [
     "discover",
     "create",
     "verify",
@@ -59,6 +59,7 @@ const SUBCOMMANDS: [&str; 9] = [
     "cleanup",
     "version",
     "completion",
+    "drill",
 ];
 
 #[test]

@@ -110,7 +110,7 @@ async fn candidates(root: &clap::Command, req: &Request) -> (Vec<String>, u8) {
                     directive::NO_FILE_COMP,
                 )
             }
-            ("verify" | "inspect" | "restore", 0) => match &req.scope.from {
+            ("verify" | "inspect" | "restore" | "drill", 0) => match &req.scope.from {
                 Some(from) => (
                     complete::filter(backup_ids(from.clone()).await, &req.current),
                     directive::NO_FILE_COMP,
