@@ -351,3 +351,42 @@ fn a_release_archive_installs_like_krew_and_runs_through_kubectl() {
     .unwrap_err();
     assert!(err.to_string().contains("checksum does not match"), "{err}");
 }
+
+/// The committed bash script, sourced by real bash, completes what `--help` lists (a guard on
+/// the generator: clap_complete's bash output broke subcommands for hyphenated binary names).
+#[test]
+fn the_bash_script_completes_subcommands_flags_and_values() {
+    let script = repo().join("completions/kubectl-pvbackup.bash");
+    let complete = |words: &[&str]| -> Vec<String> {
+        // COMP_WORDS is the line; the function gets (command, current word, previous word).
+        let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+        let n = words.len() - 1;
+        let program = format!(
+            "source '{}'; COMP_WORDS=({}); COMP_CWORD={n}; \
+             _kubectl__pvbackup kubectl-pvbackup '{}' '{}'; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            script.display(),
+            quoted.join(" "),
+            words[n],
+            words[n - 1]
+        );
+        let out = Command::new("bash")
+            .args(["--norc", "-c", &program])
+            .output()
+            .expect("bash runs");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(complete(&["kubectl-pvbackup", "cr"]), vec!["create"]);
+    assert_eq!(
+        complete(&["kubectl-pvbackup", "create", "--compression", ""]),
+        vec!["gzip", "zstd", "none"]
+    );
+    assert_eq!(
+        complete(&["kubectl-pvbackup", "restore", "--mo"]),
+        vec!["--mode"]
+    );
+}
