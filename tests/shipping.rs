@@ -49,25 +49,25 @@ fn transcript(r: &Run) -> String {
     )
 }
 
-const SUBCOMMANDS: [&str; 10] = [
-    "discover",
-    "create",
-    "verify",
-    "list",
-    "inspect",
-    "restore",
-    "cleanup",
-    "version",
-    "completion",
-    "drill",
-];
+/// Every user-facing subcommand, from the definitions: a new one is held to the same rules.
+fn subcommands() -> Vec<String> {
+    use clap::CommandFactory;
+    kubectl_pvbackup::cli::Cli::command()
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set())
+        .map(|s| s.get_name().to_string())
+        .collect()
+}
 
 #[test]
 fn help_is_pinned() {
     let top = plugin(&["--help"]);
     assert_eq!(top.code, 0);
     insta::assert_snapshot!("help", transcript(&top));
-    for sub in SUBCOMMANDS {
+    let subs = subcommands();
+    assert!(subs.len() >= 9, "{subs:?}");
+    for sub in &subs {
+        let sub = sub.as_str();
         let r = plugin(&[sub, "--help"]);
         assert_eq!(r.code, 0, "{sub} --help");
         // Every subcommand: a one-line summary first, and examples in kubectl's style.
@@ -157,7 +157,7 @@ fn committed_man_pages_match_the_definitions() {
     let pages = xtask::docs::man_pages();
     let names: Vec<&str> = pages.iter().map(|(n, _)| n.as_str()).collect();
     assert!(names.contains(&"kubectl-pvbackup.1"));
-    for sub in SUBCOMMANDS {
+    for sub in subcommands() {
         assert!(
             names.contains(&format!("kubectl-pvbackup-{sub}.1").as_str()),
             "{sub}"
@@ -351,4 +351,43 @@ fn a_release_archive_installs_like_krew_and_runs_through_kubectl() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("checksum does not match"), "{err}");
+}
+
+/// The committed bash script, sourced by real bash, completes what `--help` lists (a guard on
+/// the generator: clap_complete's bash output broke subcommands for hyphenated binary names).
+#[test]
+fn the_bash_script_completes_subcommands_flags_and_values() {
+    let script = repo().join("completions/kubectl-pvbackup.bash");
+    let complete = |words: &[&str]| -> Vec<String> {
+        // COMP_WORDS is the line; the function gets (command, current word, previous word).
+        let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+        let n = words.len() - 1;
+        let program = format!(
+            "source '{}'; COMP_WORDS=({}); COMP_CWORD={n}; \
+             _kubectl__pvbackup kubectl-pvbackup '{}' '{}'; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            script.display(),
+            quoted.join(" "),
+            words[n],
+            words[n - 1]
+        );
+        let out = Command::new("bash")
+            .args(["--norc", "-c", &program])
+            .output()
+            .expect("bash runs");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(complete(&["kubectl-pvbackup", "cr"]), vec!["create"]);
+    assert_eq!(
+        complete(&["kubectl-pvbackup", "create", "--compression", ""]),
+        vec!["gzip", "zstd", "none"]
+    );
+    assert_eq!(
+        complete(&["kubectl-pvbackup", "restore", "--mo"]),
+        vec!["--mode"]
+    );
 }

@@ -21,7 +21,19 @@ pub fn script(shell: CompletionShell) -> String {
     let mut cmd = Cli::command();
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut cmd, BIN_NAME, &mut out);
-    String::from_utf8_lossy(&out).into_owned()
+    let script = String::from_utf8_lossy(&out).into_owned();
+    if shell == Shell::Bash {
+        // clap_complete's bash script spells a subcommand's state `kubectl__pvbackup__subcmd__X`
+        // where it is set but `kubectl__subcmd__pvbackup__subcmd__X` where it is matched, when
+        // the binary's name has a hyphen: nothing after the subcommand would complete
+        // (clap-rs/clap#6421, open). Spell the match arms the way the state is set.
+        script.replace(
+            "kubectl__subcmd__pvbackup__subcmd__",
+            "kubectl__pvbackup__subcmd__",
+        )
+    } else {
+        script
+    }
 }
 
 pub fn run(shell: CompletionShell) -> Result<(), Failure> {

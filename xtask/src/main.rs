@@ -161,6 +161,10 @@ fn release(
                     "kubectl-pvbackup",
                 ])
                 .args(["--target", t])
+                // The release profile keeps line tables for profiling; a shipped binary needs
+                // symbol names for backtraces, not DWARF (the archive shrinks several times).
+                // Stripping happens at link time only: nothing recompiles for it.
+                .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")
                 .status()?;
             if !status.success() {
                 return Err(format!(
