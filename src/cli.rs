@@ -118,7 +118,8 @@ pub struct DiscoverArgs {
 pub struct CreateArgs {
     /// PVCs to back up (NAME or NAMESPACE/NAME); default: every PVC a mesh pod mounts
     pub pvcs: Vec<String>,
-    /// Destination: a local directory (or file:///path)
+    /// Destination: a local directory (or file:///path), s3://bucket/prefix,
+    /// az://container/prefix or gs://bucket/prefix
     #[arg(long, value_name = "DEST")]
     pub to: String,
     /// Only PVCs mounted by pods of this mesh
@@ -140,6 +141,11 @@ pub struct CreateArgs {
     /// Print the plan and the helper pod spec; create nothing
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Multipart upload part size in MiB (5-512; default 8). Memory is about 6 parts per PVC
+    #[arg(long, value_name = "MIB", help_heading = "Object storage")]
+    pub part_size: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -184,12 +190,16 @@ pub struct VerifyArgs {
     /// Where the backup lives, when BACKUP is an id
     #[arg(long, value_name = "DEST")]
     pub from: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
     /// The destination to list
     pub dest: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -201,6 +211,8 @@ pub struct InspectArgs {
     /// List every entry
     #[arg(long)]
     pub files: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -242,6 +254,8 @@ pub struct RestoreArgs {
     pub force: bool,
     #[command(flatten)]
     pub helper: HelperArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -249,4 +263,15 @@ pub struct CleanupArgs {
     /// Do not ask for confirmation
     #[arg(long, short = 'y')]
     pub yes: bool,
+}
+
+/// Settings of s3://, az:// and gs:// destinations; credentials come from the environment
+/// (README: Object storage), never from flags.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Object storage")]
+pub struct StoreArgs {
+    /// Endpoint of an S3-compatible store (MinIO, Ceph RGW), Azurite or a GCS emulator
+    /// (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL for s3://)
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
 }

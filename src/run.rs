@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::archive::Compression;
-use crate::cli::{Cli, Command, CompressionArg};
+use crate::cli::{Cli, Command, CompressionArg, StoreArgs};
 use crate::cmd;
 use crate::connect::{connect, ConnectOptions, Connection};
 use crate::destination;
@@ -41,6 +41,13 @@ fn compression(arg: CompressionArg, level: Option<i32>) -> Result<Compression, F
     })
 }
 
+fn store(args: &StoreArgs, part_size_mib: Option<u64>) -> destination::StoreOptions {
+    destination::StoreOptions {
+        endpoint: args.endpoint.clone(),
+        part_size: part_size_mib.map(|m| m.saturating_mul(1 << 20)),
+    }
+}
+
 async fn connection(cli: &Cli) -> Result<Connection, Failure> {
     connect(&ConnectOptions {
         kubeconfig: cli.global.kubeconfig.as_deref(),
@@ -55,9 +62,17 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     let out = cli.global.output;
     match &cli.command {
         Command::Version => cmd::version::run(out),
-        Command::Verify(a) => cmd::verify::run(&a.backup, a.from.as_deref(), out),
-        Command::List(a) => cmd::list::run(&a.dest, out),
-        Command::Inspect(a) => cmd::inspect::run(&a.backup, a.from.as_deref(), a.files, out),
+        Command::Verify(a) => {
+            cmd::verify::run(&a.backup, a.from.as_deref(), &store(&a.store, None), out)
+        }
+        Command::List(a) => cmd::list::run(&a.dest, &store(&a.store, None), out),
+        Command::Inspect(a) => cmd::inspect::run(
+            &a.backup,
+            a.from.as_deref(),
+            &store(&a.store, None),
+            a.files,
+            out,
+        ),
         Command::Discover(a) => {
             let plan = cmd::discover::DiscoverPlan {
                 all_pods: a.all_pods,
@@ -80,7 +95,10 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                     all_pvcs: a.all_pvcs,
                 },
                 selector: a.selector.clone(),
-                destination: Arc::from(destination::parse(&a.to)?),
+                destination: Arc::from(destination::parse_with(
+                    &a.to,
+                    &store(&a.store, a.part_size),
+                )?),
                 compression: compression(a.data.compression, a.data.level)?,
                 image: a.helper.image.clone(),
                 run_as_user: a.helper.run_as_user,
@@ -111,6 +129,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 run_as_user: a.helper.run_as_user,
                 pod_timeout: Duration::from_secs(a.helper.pod_timeout),
                 output: out,
+                store: store(&a.store, None),
             };
             let conn = connection(&cli).await?;
             cmd::restore::run(&conn, plan).await

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use kubesim::{Cluster, ClusterOptions, Scenario};
 
+pub mod moto;
+
 pub async fn demo() -> Cluster {
     let c = Cluster::start(ClusterOptions {
         scenario: Scenario::Demo,
