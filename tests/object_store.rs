@@ -5,6 +5,7 @@ mod common;
 
 use std::io::{Read, Write};
 
+use common::azurite::Azurite;
 use common::moto::Moto;
 use kubectl_pvbackup::destination::object::config::Env;
 use kubectl_pvbackup::destination::object::{open_with_env, url};
@@ -163,4 +164,56 @@ async fn a_missing_bucket_is_named() {
     assert!(e.contains("no-such-bucket does not exist"), "{e}");
     let e = d.list("").unwrap_err().to_string();
     assert!(e.contains("no-such-bucket does not exist"), "{e}");
+}
+
+fn azure_dest(az: &Azurite, url_text: &str, part_mib: u64) -> Box<dyn Destination> {
+    let env = Env {
+        vars: az.env().into_iter().collect(),
+        home: None,
+    };
+    let u = url::parse(url_text).unwrap().unwrap();
+    let opts = StoreOptions {
+        endpoint: None,
+        part_size: Some(part_mib << 20),
+    };
+    Box::new(open_with_env(u, &opts, &env).expect("destination opens"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_blocks_commit_read_back_and_vanish_when_dropped() {
+    let az = Azurite::start();
+    az.create_container("pv-backups");
+    let d = azure_dest(&az, "az://pv-backups/team", 5);
+    let bytes = data(13 << 20, 11);
+    let mut w = d.create("id/ns/pvc.tar").unwrap();
+    write_in_pieces(&mut w, &bytes);
+    assert!(
+        az.blobs("pv-backups").is_empty(),
+        "nothing visible before commit"
+    );
+    w.commit().unwrap();
+    assert_eq!(az.blobs("pv-backups"), vec!["team/id/ns/pvc.tar"]);
+    assert!(az.blob("pv-backups", "team/id/ns/pvc.tar") == bytes);
+    let mut back = Vec::new();
+    d.open("id/ns/pvc.tar")
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
+    assert!(back == bytes);
+    assert_eq!(d.list("").unwrap(), vec!["id/ns/pvc.tar"]);
+    {
+        let mut w = d.create("id/ns/other.tar").unwrap();
+        write_in_pieces(&mut w, &data(11 << 20, 12));
+    }
+    assert_eq!(
+        az.blobs("pv-backups"),
+        vec!["team/id/ns/pvc.tar"],
+        "uncommitted blocks never become a blob"
+    );
+    let missing = azure_dest(&az, "az://no-such-container", 5);
+    let e = missing.check().unwrap_err().to_string();
+    assert!(
+        e.contains("Container no-such-container does not exist"),
+        "{e}"
+    );
 }

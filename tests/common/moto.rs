@@ -17,6 +17,8 @@ pub struct Moto {
     pub endpoint: String,
 }
 
+const S3_AUTH: &str = "AWS4-HMAC-SHA256 Credential=AKIAPVBACKUPTESTKEY1/20240101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0";
+
 pub const KEY_ID: &str = "AKIAPVBACKUPTESTKEY1";
 /// Any value works while auth is off; long and distinctive so a leak in output is findable.
 pub const SECRET: &str = "pvbackup-test-secret-value-0123456789abcd";
@@ -88,36 +90,25 @@ impl Moto {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> (u16, String) {
-        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
-        let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
-            return (0, String::new());
-        };
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            self.port,
-            body.len()
-        );
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        if s.write_all(req.as_bytes()).is_err() || s.write_all(body).is_err() {
-            return (0, String::new());
-        }
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        let text = String::from_utf8_lossy(&out).to_string();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
+        let (code, bytes) = self.request_bytes(method, path, headers, body);
+        (code, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    pub fn request_bytes(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, Vec<u8>) {
+        http(self.port, method, path, headers, body)
+    }
+
+    /// A request as an S3 client sends it. The signature is not checked while auth is off,
+    /// but without an Authorization header moto treats the caller as anonymous, and objects
+    /// are private.
+    pub fn s3(&self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        self.request_bytes(method, path, &[("Authorization", S3_AUTH)], body)
     }
 
     pub fn create_bucket(&self, bucket: &str) {
@@ -139,27 +130,21 @@ impl Moto {
 
     /// Multipart uploads still open in `bucket` (`aws s3api list-multipart-uploads`).
     pub fn open_uploads(&self, bucket: &str) -> Vec<String> {
-        let (code, body) = self.request("GET", &format!("/{bucket}?uploads"), &[], b"");
+        let (code, body) = self.s3("GET", &format!("/{bucket}?uploads"), b"");
+        let body = String::from_utf8_lossy(&body);
         assert_eq!(code, 200, "listing uploads of {bucket}: {body}");
         tags(&body, "Key")
     }
 
     pub fn object(&self, bucket: &str, key: &str) -> Vec<u8> {
-        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
-        let mut s = TcpStream::connect(addr).unwrap();
-        write!(
-            s,
-            "GET /{bucket}/{key} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\n\r\n",
-            self.port
-        )
-        .unwrap();
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).unwrap();
-        let at = out
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("http response");
-        out.split_off(at + 4)
+        let (code, body) = self.s3("GET", &format!("/{bucket}/{key}"), b"");
+        assert_eq!(
+            code,
+            200,
+            "GET {bucket}/{key}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        body
     }
 
     /// Turns on moto's IAM checks with one user allowed everything on S3; returns its
@@ -215,6 +200,64 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One plain HTTP/1.1 request to 127.0.0.1:`port`; (status, body), (0, empty) when there is
+/// no answer.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<u8>) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", port).parse().unwrap();
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return (0, Vec::new());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        port,
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    if s.write_all(req.as_bytes()).is_err() || s.write_all(body).is_err() {
+        return (0, Vec::new());
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let Some(at) = out.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return (0, Vec::new());
+    };
+    let head = String::from_utf8_lossy(&out[..at]).to_ascii_lowercase();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let mut body = out.split_off(at + 4);
+    if head.contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    (status, body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
+        b = &b[eol + 2 + size + 2..];
+    }
+    out
 }
 
 /// Texts of every `<tag>…</tag>` in `xml`.

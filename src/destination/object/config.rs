@@ -735,7 +735,7 @@ pub enum GcsCredentials {
     /// `gcloud auth application-default login`'s file.
     ApplicationDefault { path: String },
     /// The metadata server of a GCE VM or GKE node (Workload Identity).
-    Metadata,
+    Metadata { endpoint: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -776,7 +776,15 @@ pub fn plan_gcs(env: &Env, endpoint_flag: Option<&str>) -> Result<GcsPlan, Confi
             path: adc.display().to_string(),
         }
     } else {
-        GcsCredentials::Metadata
+        // object_store asks GCE_METADATA_HOST (default metadata.google.internal), then
+        // GCE_METADATA_IP (default 169.254.169.254); the probe checks the first one set.
+        let endpoint = env
+            .get("GCE_METADATA_HOST")
+            .or(env.get("GCE_METADATA_IP"))
+            .unwrap_or("169.254.169.254");
+        GcsCredentials::Metadata {
+            endpoint: format!("http://{endpoint}"),
+        }
     };
     let endpoint = endpoint_flag
         .map(str::to_string)
@@ -802,7 +810,7 @@ impl GcsCredentials {
                 what: format!("application default credentials in {path}"),
                 fix: "`gcloud auth application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS".into(),
             },
-            GcsCredentials::Metadata => CredentialSource {
+            GcsCredentials::Metadata { .. } => CredentialSource {
                 what: "the metadata server's service account".into(),
                 fix: "the VM's or workload's service account, or set GOOGLE_APPLICATION_CREDENTIALS to a key file".into(),
             },
@@ -871,8 +879,8 @@ pub fn metadata_endpoint(provider: Provider, plan: &Plan) -> Option<String> {
             AzureCredentials::ManagedIdentity { endpoint } => Some(endpoint.clone()),
             _ => None,
         },
-        (_, Plan::Gcs(p)) => match p.credentials {
-            GcsCredentials::Metadata => Some("http://169.254.169.254".into()),
+        (_, Plan::Gcs(p)) => match &p.credentials {
+            GcsCredentials::Metadata { endpoint } => Some(endpoint.clone()),
             _ => None,
         },
     }

@@ -174,6 +174,13 @@ impl Context {
                 permanent: true,
             };
         }
+        let refused = || DestinationError::Store {
+            message: format!(
+                "the store refused to {action} {loc} with {}: {detail}. Check {}",
+                self.credentials.what, self.credentials.fix
+            ),
+            permanent: true,
+        };
         let message = match e {
             object_store::Error::NotFound { .. } => {
                 return DestinationError::NotFound {
@@ -182,14 +189,12 @@ impl Context {
                 }
             }
             object_store::Error::PermissionDenied { .. }
-            | object_store::Error::Unauthenticated { .. } => {
-                return DestinationError::Store {
-                    message: format!(
-                        "the store refused to {action} {loc} with {}: {detail}. Check {}",
-                        self.credentials.what, self.credentials.fix
-                    ),
-                    permanent: true,
-                }
+            | object_store::Error::Unauthenticated { .. } => return refused(),
+            _ if AUTH_CODES.contains(&code.as_str())
+                || raw.contains("status code: 403")
+                || raw.contains("status code: 401") =>
+            {
+                return refused()
             }
             _ if raw.contains("redirect") && self.url.provider == url::Provider::S3 => format!(
                 "{action} {loc} failed: {detail}. The bucket is probably in another region: set AWS_REGION to the bucket's region"
@@ -205,6 +210,9 @@ impl Context {
                     permanent: true,
                 }
             }
+            _ if !raw.contains("status code:") && raw.contains("HTTP error") => format!(
+                "cannot reach the store to {action} {loc}: {detail}. Check the endpoint (--endpoint, AWS_ENDPOINT_URL) and the network"
+            ),
             _ => format!("{action} {loc} failed: {detail}"),
         };
         DestinationError::Store {
@@ -230,17 +238,67 @@ fn xml_tag(text: &str, tag: &str) -> Option<String> {
     Some(text[start..end].to_string())
 }
 
-/// object_store's messages carry the whole XML error body; keep the code and message.
+/// object_store's messages nest every layer ("Generic S3 error: Error performing list
+/// request: Error performing GET … in 217ms - Server returned non-2xx status code: 403
+/// Forbidden: <?xml …>") and carry the whole XML error body. Keep what a user acts on: the
+/// HTTP status, the store's error code and message, and the request.
 fn summarize(raw: &str) -> String {
-    match (xml_tag(raw, "Code"), xml_tag(raw, "Message")) {
-        (Some(code), Some(msg)) => {
-            let head = raw.split("<?xml").next().unwrap_or(raw).trim();
-            let head = head.trim_end_matches(':').trim();
-            format!("{head}: {code}: {msg}")
+    let status = raw
+        .split("status code: ")
+        .nth(1)
+        .map(|rest| rest.split(':').next().unwrap_or(rest).trim().to_string());
+    let request = raw.split("Error performing ").find_map(|part| {
+        let mut words = part.split_whitespace();
+        let method = words.next()?;
+        let url = words.next()?;
+        (method.chars().all(|c| c.is_ascii_uppercase()) && url.contains("://"))
+            .then(|| format!("{method} {url}"))
+    });
+    match (status, xml_tag(raw, "Code")) {
+        (Some(status), code) => {
+            let mut out = status;
+            if let Some(code) = code {
+                out.push_str(&format!(", {code}"));
+                if let Some(msg) = xml_tag(raw, "Message") {
+                    out.push_str(&format!(": {}", msg.trim()));
+                }
+            }
+            if let Some(r) = request {
+                out.push_str(&format!(" ({r})"));
+            }
+            out
         }
-        _ => raw.to_string(),
+        // No answer at all (connection refused, DNS, TLS): the transport's words, the request
+        // and how often it was tried.
+        (None, _) => match (request, raw.rsplit_once(" - ")) {
+            (Some(r), Some((head, tail))) => {
+                let retries = head
+                    .split(", ")
+                    .find(|p| p.starts_with("after ") && p.ends_with(" retries"))
+                    .map(|p| format!(", {p}"))
+                    .unwrap_or_default();
+                format!("{} ({r}{retries})", tail.trim())
+            }
+            _ => raw.to_string(),
+        },
     }
 }
+
+/// Error codes of refused credentials or permissions: S3
+/// (<https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html>), Azure
+/// (<https://learn.microsoft.com/en-us/rest/api/storageservices/common-rest-api-error-codes>).
+const AUTH_CODES: &[&str] = &[
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "TokenRefreshRequired",
+    "AuthenticationFailed",
+    "AuthorizationFailure",
+    "AuthorizationPermissionMismatch",
+    "InsufficientAccountPermissions",
+];
 
 /// Removes secret values and URL signature parameters from `text`.
 pub fn redact(text: &str, secrets: &[String]) -> String {
@@ -408,7 +466,17 @@ mod tests {
         let raw = "Server returned non-2xx status code: 403 Forbidden: <?xml version=\"1.0\"?><Error><Code>InvalidAccessKeyId</Code><Message>The AWS Access Key Id you provided does not exist in our records.</Message></Error>";
         assert_eq!(
             summarize(raw),
-            "Server returned non-2xx status code: 403 Forbidden: InvalidAccessKeyId: The AWS Access Key Id you provided does not exist in our records."
+            "403 Forbidden, InvalidAccessKeyId: The AWS Access Key Id you provided does not exist in our records."
+        );
+        let unreachable = "Generic S3 error: Error performing list request: Error performing GET http://127.0.0.1:1/bkt?list-type=2 in 2.32s, after 8 retries, max_retries: 8, retry_timeout: 180s  - HTTP error: error sending request";
+        assert_eq!(
+            summarize(unreachable),
+            "HTTP error: error sending request (GET http://127.0.0.1:1/bkt?list-type=2, after 8 retries)"
+        );
+        let nested = format!("Generic S3 error: Error performing list request: Error performing GET http://127.0.0.1:1/b?list-type=2 in 21ms - {raw}");
+        assert_eq!(
+            summarize(&nested),
+            "403 Forbidden, InvalidAccessKeyId: The AWS Access Key Id you provided does not exist in our records. (GET http://127.0.0.1:1/b?list-type=2)"
         );
         assert_eq!(summarize("plain"), "plain");
     }

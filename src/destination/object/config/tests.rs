@@ -364,7 +364,17 @@ fn gcs_application_default_credentials() {
         GcsCredentials::ApplicationDefault { .. }
     ));
     let p = plan_gcs(&env(&[]), Some("http://127.0.0.1:4443")).unwrap();
-    assert_eq!(p.credentials, GcsCredentials::Metadata);
+    assert_eq!(
+        p.credentials,
+        GcsCredentials::Metadata {
+            endpoint: "http://169.254.169.254".into()
+        }
+    );
+    let p2 = plan_gcs(&env(&[("GCE_METADATA_HOST", "127.0.0.1:9")]), None).unwrap();
+    assert_eq!(
+        metadata_endpoint(Provider::Gcs, &Plan::Gcs(p2)),
+        Some("http://127.0.0.1:9".into())
+    );
     assert_eq!(p.endpoint.as_deref(), Some("http://127.0.0.1:4443"));
     assert!(metadata_endpoint(Provider::Gcs, &Plan::Gcs(p)).is_some());
 }
