@@ -61,7 +61,7 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand discov
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand discover" -l no-progress -d 'No progress bars (they are also off when stderr is not a terminal)'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand discover" -s h -l help -d 'Print help'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand discover" -s V -l version -d 'Print version'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l to -d 'Destination: a local directory (or file:///path)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l to -d 'Destination: a local directory (or file:///path), s3://bucket/prefix, az://container/prefix or gs://bucket/prefix' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l mesh -d 'Only PVCs mounted by pods of this mesh' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -s l -l selector -d 'Label selector for the pods whose PVCs are backed up' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l compression -d 'Compression of the stored archive' -r -f -a "gzip\t''
@@ -75,6 +75,8 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l retry-timeout -d 'Stop retrying once this much time has passed since the PVC\'s first failure (e.g. 30s, 5m)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l stall-timeout -d 'Declare a data stream dead when no byte moves for this long (e.g. 60s, 2m)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l parallel -d 'Back up this many PVCs at once' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l endpoint -d 'Endpoint of an S3-compatible store (MinIO, Ceph RGW), Azurite or a GCS emulator (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL for s3://)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l part-size -d 'Multipart upload part size in MiB (5-512; default 8). Memory is about 6 parts per PVC' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l context -d 'The kubeconfig context to use' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -s n -l namespace -d 'Namespace scope (default: the context\'s namespace)' -r
@@ -90,6 +92,7 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -s h -l help -d 'Print help'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -s V -l version -d 'Print version'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand verify" -l from -d 'Where the backup lives, when BACKUP is an id' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand verify" -l endpoint -d 'Endpoint of an S3-compatible store (MinIO, Ceph RGW), Azurite or a GCS emulator (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL for s3://)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand verify" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand verify" -l context -d 'The kubeconfig context to use' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand verify" -s n -l namespace -d 'Namespace scope (default: the context\'s namespace)' -r
@@ -102,6 +105,7 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand verify
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand verify" -l no-progress -d 'No progress bars (they are also off when stderr is not a terminal)'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand verify" -s h -l help -d 'Print help'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand verify" -s V -l version -d 'Print version'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand list" -l endpoint -d 'Endpoint of an S3-compatible store (MinIO, Ceph RGW), Azurite or a GCS emulator (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL for s3://)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand list" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand list" -l context -d 'The kubeconfig context to use' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand list" -s n -l namespace -d 'Namespace scope (default: the context\'s namespace)' -r
@@ -115,6 +119,7 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand list" 
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand list" -s h -l help -d 'Print help'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand list" -s V -l version -d 'Print version'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand inspect" -l from -d 'Where the backup lives, when BACKUP is an id' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand inspect" -l endpoint -d 'Endpoint of an S3-compatible store (MinIO, Ceph RGW), Azurite or a GCS emulator (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL for s3://)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand inspect" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand inspect" -l context -d 'The kubeconfig context to use' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand inspect" -s n -l namespace -d 'Namespace scope (default: the context\'s namespace)' -r
@@ -140,6 +145,7 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restor
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l retries -d 'Retries per PVC after a transient failure (connection reset, API outage or 5xx/429, helper pod evicted or killed, stalled stream); 0 turns retries off' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l retry-timeout -d 'Stop retrying once this much time has passed since the PVC\'s first failure (e.g. 30s, 5m)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l stall-timeout -d 'Declare a data stream dead when no byte moves for this long (e.g. 60s, 2m)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l endpoint -d 'Endpoint of an S3-compatible store (MinIO, Ceph RGW), Azurite or a GCS emulator (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL for s3://)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l context -d 'The kubeconfig context to use' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -s n -l namespace -d 'Namespace scope (default: the context\'s namespace)' -r
@@ -202,6 +208,7 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill"
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l retries -d 'Retries per PVC after a transient failure (connection reset, API outage or 5xx/429, helper pod evicted or killed, stalled stream); 0 turns retries off' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l retry-timeout -d 'Stop retrying once this much time has passed since the PVC\'s first failure (e.g. 30s, 5m)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l stall-timeout -d 'Declare a data stream dead when no byte moves for this long (e.g. 60s, 2m)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l endpoint -d 'Endpoint of an S3-compatible store (MinIO, Ceph RGW), Azurite or a GCS emulator (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL for s3://)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l context -d 'The kubeconfig context to use' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -s n -l namespace -d 'Namespace scope (default: the context\'s namespace)' -r

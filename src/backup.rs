@@ -328,22 +328,27 @@ async fn stream(
             serious.join("; ")
         )));
     }
-    writer.commit()?;
     let manifest = Manifest::new(
         meta(ctx, s),
         s.compression,
         file_name(&ctx.target.pvc, s.compression),
         summary,
     );
-    let mut mw = dest.create(&manifest_key(
-        &s.backup_id,
-        &ctx.target.namespace,
-        &ctx.target.pvc,
-    ))?;
-    use std::io::Write;
-    mw.write_all(manifest.to_json_pretty().as_bytes())
-        .map_err(|e| Failure::runtime(format!("writing the manifest: {e}")))?;
-    mw.commit()?;
+    // The archive is complete (for object stores: its multipart upload completed) before the
+    // manifest, the commit marker, is written. Both block on I/O, so off the async threads.
+    let mkey = manifest_key(&s.backup_id, &ctx.target.namespace, &ctx.target.pvc);
+    let json = manifest.to_json_pretty();
+    tokio::task::spawn_blocking(move || -> Result<(), Failure> {
+        writer.commit()?;
+        let mut mw = dest.create(&mkey)?;
+        use std::io::Write;
+        mw.write_all(json.as_bytes())
+            .map_err(|e| Failure::runtime(format!("writing the manifest: {e}")))?;
+        mw.commit()?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| Failure::runtime(format!("the manifest writer failed: {e}")))??;
     Ok(manifest)
 }
 

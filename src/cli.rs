@@ -131,7 +131,8 @@ pub struct DiscoverArgs {
 pub struct CreateArgs {
     /// PVCs to back up (NAME or NAMESPACE/NAME); default: every PVC a mesh pod mounts
     pub pvcs: Vec<String>,
-    /// Destination: a local directory (or file:///path)
+    /// Destination: a local directory (or file:///path), s3://bucket/prefix,
+    /// az://container/prefix or gs://bucket/prefix
     #[arg(long, value_name = "DEST")]
     #[arg(help_heading = "Destination")]
     pub to: String,
@@ -161,6 +162,11 @@ pub struct CreateArgs {
     #[arg(long)]
     #[arg(help_heading = "Run")]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Multipart upload part size in MiB (5-512; default 8). Memory is about 6 parts per PVC
+    #[arg(long, value_name = "MIB", help_heading = "Object storage")]
+    pub part_size: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -218,12 +224,16 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "DEST")]
     #[arg(help_heading = "Source")]
     pub from: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
     /// The destination to list
     pub dest: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -238,6 +248,8 @@ pub struct InspectArgs {
     #[arg(long)]
     #[arg(help_heading = "Output")]
     pub files: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -292,6 +304,8 @@ pub struct RestoreArgs {
     pub helper: HelperArgs,
     #[command(flatten)]
     pub retry: RetryArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -473,4 +487,17 @@ pub struct DrillArgs {
     pub helper: HelperArgs,
     #[command(flatten)]
     pub retry: RetryArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// Settings of s3://, az:// and gs:// destinations; credentials come from the environment
+/// (README: Object storage), never from flags.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Object storage")]
+pub struct StoreArgs {
+    /// Endpoint of an S3-compatible store (MinIO, Ceph RGW), Azurite or a GCS emulator
+    /// (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL for s3://)
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
 }

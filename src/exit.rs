@@ -119,7 +119,12 @@ impl From<crate::destination::DestinationError> for Failure {
     fn from(e: crate::destination::DestinationError) -> Self {
         use crate::destination::DestinationError as D;
         match e {
-            D::BadUrl { .. } | D::Unsupported { .. } => Failure::usage(e.to_string()),
+            D::BadUrl { .. } | D::Unsupported { .. } | D::Config(_) => {
+                Failure::usage(e.to_string())
+            }
+            D::Store {
+                permanent: true, ..
+            } => Failure::runtime(e.to_string()).permanent(),
             _ => Failure::runtime(e.to_string()),
         }
     }

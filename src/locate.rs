@@ -1,11 +1,11 @@
-//! Resolving a BACKUP argument: a manifest path, an archive path next to its manifest, or
-//! `BACKUP_ID/NAMESPACE/PVC` at a `--from` destination.
+//! Resolving a BACKUP argument: a manifest path or object URL, an archive path or URL next to
+//! its manifest, or `BACKUP_ID/NAMESPACE/PVC` at a `--from` destination.
 
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::destination::{self, Destination};
+use crate::destination::{self, Destination, DestinationError, StoreOptions};
 use crate::exit::Failure;
 use crate::manifest::Manifest;
 
@@ -18,10 +18,33 @@ pub struct Located {
 
 const MANIFEST_SUFFIX: &str = ".manifest.json";
 
-pub fn locate(backup: &str, from: Option<&str>) -> Result<Located, Failure> {
+/// The manifest's file name for a BACKUP file name: itself, or the archive's with the
+/// compression suffix replaced.
+fn manifest_name(backup: &str, name: &str) -> Result<String, Failure> {
+    if name.ends_with(MANIFEST_SUFFIX) {
+        return Ok(name.to_string());
+    }
+    let stem = [".tar.gz", ".tar.zst", ".tar"].iter().find_map(|s| name.strip_suffix(s)).ok_or_else(|| {
+        Failure::usage(format!("{backup:?} is neither a manifest (*.manifest.json) nor an archive (*.tar, *.tar.gz, *.tar.zst); for a backup id, add --from DEST"))
+    })?;
+    Ok(format!("{stem}{MANIFEST_SUFFIX}"))
+}
+
+/// A manifest names an archive that cannot be opened: missing means the backup is damaged
+/// (exit 3); any other error (network, credentials) is not the backup's fault.
+pub fn archive_missing(e: DestinationError) -> Failure {
+    match e {
+        DestinationError::NotFound { .. } => Failure::integrity(format!(
+            "{e} (the manifest names it, so the backup is damaged)"
+        )),
+        other => Failure::from(other),
+    }
+}
+
+pub fn locate(backup: &str, from: Option<&str>, store: &StoreOptions) -> Result<Located, Failure> {
     let (dest, mkey): (Arc<dyn Destination>, String) = match from {
         Some(f) => {
-            let d: Arc<dyn Destination> = Arc::from(destination::parse(f)?);
+            let d: Arc<dyn Destination> = Arc::from(destination::parse_with(f, store)?);
             let key = if backup.ends_with(MANIFEST_SUFFIX) {
                 backup.to_string()
             } else {
@@ -29,21 +52,27 @@ pub fn locate(backup: &str, from: Option<&str>) -> Result<Located, Failure> {
             };
             (d, key)
         }
+        None if destination::object::url::parse(backup).is_some() => {
+            let url = destination::object::url::parse(backup)
+                .expect("checked")
+                .map_err(|e| {
+                    Failure::usage(format!("{backup:?} is not a valid object URL: {e}"))
+                })?;
+            let (parent, name) = url.split_last().ok_or_else(|| {
+                Failure::usage(format!("{backup:?} names a whole {}; name a manifest (…/<pvc>.manifest.json), or pass BACKUP_ID/NAMESPACE/PVC with --from {backup}", url.provider.bucket_word()))
+            })?;
+            let key = manifest_name(backup, &name)?;
+            let d: Arc<dyn Destination> =
+                Arc::from(destination::parse_with(&parent.to_string(), store)?);
+            (d, key)
+        }
         None => {
             let p = Path::new(backup);
-            let manifest_path = if backup.ends_with(MANIFEST_SUFFIX) {
-                p.to_path_buf()
-            } else {
-                // An archive path: its manifest sits beside it with the compression suffix replaced.
-                let name = p
-                    .file_name()
-                    .map(|n| n.to_string_lossy().to_string())
-                    .unwrap_or_default();
-                let stem = [".tar.gz", ".tar.zst", ".tar"].iter().find_map(|s| name.strip_suffix(s)).ok_or_else(|| {
-                    Failure::usage(format!("{backup:?} is neither a manifest (*.manifest.json) nor an archive (*.tar, *.tar.gz, *.tar.zst); for a backup id, add --from DEST"))
-                })?;
-                p.with_file_name(format!("{stem}{MANIFEST_SUFFIX}"))
-            };
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            let manifest_path = p.with_file_name(manifest_name(backup, &name)?);
             let dir = manifest_path
                 .parent()
                 .filter(|d| !d.as_os_str().is_empty())
@@ -59,7 +88,7 @@ pub fn locate(backup: &str, from: Option<&str>) -> Result<Located, Failure> {
     let mut bytes = Vec::new();
     dest.open(&mkey)
         .map_err(|e| match e {
-            destination::DestinationError::NotFound { path, .. } => Failure::usage(format!("no manifest at {path}: the backup does not exist or is incomplete (an archive without a manifest is never restorable). `kubectl pvbackup list DEST` shows what is there")),
+            DestinationError::NotFound { path, .. } => Failure::usage(format!("no manifest at {path}: the backup does not exist or is incomplete (an archive without a manifest is never restorable). `kubectl pvbackup list DEST` shows what is there")),
             other => Failure::from(other),
         })?
         .read_to_end(&mut bytes)

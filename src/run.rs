@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::archive::Compression;
-use crate::cli::{Cli, Command, CompressionArg};
+use crate::cli::{Cli, Command, CompressionArg, StoreArgs};
 use crate::cmd;
 use crate::connect::{connect, ConnectOptions, Connection};
 use crate::destination;
@@ -45,6 +45,13 @@ fn retry_policy(a: &crate::cli::RetryArgs) -> Result<crate::retry::RetryPolicy, 
     crate::retry::RetryPolicy::new(a.retries, a.retry_timeout, a.stall_timeout)
 }
 
+fn store(args: &StoreArgs, part_size_mib: Option<u64>) -> destination::StoreOptions {
+    destination::StoreOptions {
+        endpoint: args.endpoint.clone(),
+        part_size: part_size_mib.map(|m| m.saturating_mul(1 << 20)),
+    }
+}
+
 async fn connection(cli: &Cli) -> Result<Connection, Failure> {
     connect(&ConnectOptions {
         kubeconfig: cli.global.kubeconfig.as_deref(),
@@ -60,9 +67,17 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Version => cmd::version::run(out),
         Command::Completion(a) => cmd::completion::run(a.shell),
-        Command::Verify(a) => cmd::verify::run(&a.backup, a.from.as_deref(), out),
-        Command::List(a) => cmd::list::run(&a.dest, out),
-        Command::Inspect(a) => cmd::inspect::run(&a.backup, a.from.as_deref(), a.files, out),
+        Command::Verify(a) => {
+            cmd::verify::run(&a.backup, a.from.as_deref(), &store(&a.store, None), out)
+        }
+        Command::List(a) => cmd::list::run(&a.dest, &store(&a.store, None), out),
+        Command::Inspect(a) => cmd::inspect::run(
+            &a.backup,
+            a.from.as_deref(),
+            &store(&a.store, None),
+            a.files,
+            out,
+        ),
         Command::Discover(a) => {
             let plan = cmd::discover::DiscoverPlan {
                 all_pods: a.all_pods,
@@ -85,7 +100,10 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                     all_pvcs: a.all_pvcs,
                 },
                 selector: a.selector.clone(),
-                destination: Arc::from(destination::parse(&a.to)?),
+                destination: Arc::from(destination::parse_with(
+                    &a.to,
+                    &store(&a.store, a.part_size),
+                )?),
                 compression: compression(a.data.compression, a.data.level)?,
                 image: a.helper.image.clone(),
                 run_as_user: a.helper.run_as_user,
@@ -117,6 +135,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 pod_timeout: Duration::from_secs(a.helper.pod_timeout),
                 retry: retry_policy(&a.retry)?,
                 output: out,
+                store: store(&a.store, None),
             };
             let conn = connection(&cli).await?;
             cmd::restore::run(&conn, plan).await
@@ -133,6 +152,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 pod_timeout: Duration::from_secs(a.helper.pod_timeout),
                 retry: retry_policy(&a.retry)?,
                 output: out,
+                store: store(&a.store, None),
             };
             let conn = connection(&cli).await?;
             cmd::drill::run(&conn, plan).await

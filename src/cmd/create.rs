@@ -179,6 +179,11 @@ pub async fn run(conn: &Connection, plan: CreatePlan) -> Result<(), Failure> {
     if plan.dry_run {
         return print_dry_run(&contexts, &settings, plan.destination.as_ref(), plan.output);
     }
+    // Credentials and bucket, before any helper pod exists.
+    let dest = plan.destination.clone();
+    tokio::task::spawn_blocking(move || dest.check())
+        .await
+        .map_err(|e| Failure::runtime(format!("checking the destination failed: {e}")))??;
     let mut namespaces: Vec<String> = contexts
         .iter()
         .map(|c| c.target.namespace.clone())

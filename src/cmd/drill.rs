@@ -44,6 +44,7 @@ pub struct DrillPlan {
     pub pod_timeout: Duration,
     pub retry: RetryPolicy,
     pub output: OutputFormat,
+    pub store: crate::destination::StoreOptions,
 }
 
 /// What a drill found, as printed with `-o json|yaml`.
@@ -126,7 +127,7 @@ fn scratch_pvc(
 
 pub async fn run(conn: &Connection, plan: DrillPlan) -> Result<(), Failure> {
     let started = Instant::now();
-    let loc = Arc::new(locate(&plan.backup, plan.from.as_deref())?);
+    let loc = Arc::new(locate(&plan.backup, plan.from.as_deref(), &plan.store)?);
     let m = loc.manifest.clone();
     check_entries_safe(&m.entries).map_err(|e| Failure::integrity(e.to_string()))?;
     if m.pvc.volume_mode.as_deref() == Some("Block") {

@@ -1,6 +1,7 @@
 //! `kubectl pvbackup inspect`: a manifest's summary, and with `--files` its entries.
 
 use crate::cli::OutputFormat;
+use crate::destination::StoreOptions;
 use crate::exit::Failure;
 use crate::locate::locate;
 use crate::output;
@@ -8,10 +9,11 @@ use crate::output;
 pub fn run(
     backup: &str,
     from: Option<&str>,
+    store: &StoreOptions,
     files: bool,
     format: OutputFormat,
 ) -> Result<(), Failure> {
-    let loc = locate(backup, from)?;
+    let loc = locate(backup, from, store)?;
     let m = &loc.manifest;
     match format {
         OutputFormat::Json | OutputFormat::Yaml => {

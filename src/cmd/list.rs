@@ -60,8 +60,12 @@ pub fn group_keys(keys: &[String]) -> Grouped {
     out
 }
 
-pub fn run(dest_arg: &str, format: OutputFormat) -> Result<(), Failure> {
-    let dest = destination::parse(dest_arg)?;
+pub fn run(
+    dest_arg: &str,
+    store: &destination::StoreOptions,
+    format: OutputFormat,
+) -> Result<(), Failure> {
+    let dest = destination::parse_with(dest_arg, store)?;
     let keys = dest.list("")?;
     let mut items = Vec::new();
     for ((id, ns, pvc), (manifest_key, archive_key)) in group_keys(&keys) {

@@ -54,6 +54,7 @@ pub struct RestorePlan {
     pub pod_timeout: Duration,
     pub retry: RetryPolicy,
     pub output: OutputFormat,
+    pub store: crate::destination::StoreOptions,
 }
 
 fn mode_name(m: RestoreModeArg) -> &'static str {
@@ -74,11 +75,10 @@ pub(crate) fn new_run_id() -> String {
 /// Streams the whole archive through `verify_archive`; any problem is exit 3.
 fn verify_locally(loc: &Located) -> Result<(), Failure> {
     check_entries_safe(&loc.manifest.entries).map_err(|e| Failure::integrity(e.to_string()))?;
-    let reader = loc.destination.open(&loc.archive_key).map_err(|e| {
-        Failure::integrity(format!(
-            "{e} (the manifest names it, so the backup is damaged)"
-        ))
-    })?;
+    let reader = loc
+        .destination
+        .open(&loc.archive_key)
+        .map_err(crate::locate::archive_missing)?;
     let report = verify_archive(
         std::io::BufReader::with_capacity(1 << 20, reader),
         loc.manifest.compression,
@@ -253,7 +253,7 @@ async fn target_state(
 
 pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
     let started = Instant::now();
-    let loc = locate(&plan.backup, plan.from.as_deref())?;
+    let loc = locate(&plan.backup, plan.from.as_deref(), &plan.store)?;
     let m = loc.manifest.clone();
     // 1. The archive, checked end to end before anything else.
     let verify_loc = Arc::new(loc);

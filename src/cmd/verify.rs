@@ -5,17 +5,22 @@ use serde_json::json;
 
 use crate::archive::verify_archive;
 use crate::cli::OutputFormat;
+use crate::destination::StoreOptions;
 use crate::exit::Failure;
 use crate::locate::locate;
 use crate::output;
 
-pub fn run(backup: &str, from: Option<&str>, format: OutputFormat) -> Result<(), Failure> {
-    let loc = locate(backup, from)?;
-    let reader = loc.destination.open(&loc.archive_key).map_err(|e| {
-        Failure::integrity(format!(
-            "{e} (the manifest names it, so the backup is damaged)"
-        ))
-    })?;
+pub fn run(
+    backup: &str,
+    from: Option<&str>,
+    store: &StoreOptions,
+    format: OutputFormat,
+) -> Result<(), Failure> {
+    let loc = locate(backup, from, store)?;
+    let reader = loc
+        .destination
+        .open(&loc.archive_key)
+        .map_err(crate::locate::archive_missing)?;
     let started = std::time::Instant::now();
     let report = verify_archive(
         std::io::BufReader::with_capacity(1 << 20, reader),

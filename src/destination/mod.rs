@@ -1,5 +1,5 @@
-//! Where backups are stored. One trait, so object storage can join the local directory
-//! without the backup and restore paths changing.
+//! Where backups are stored: a local directory or an object store (S3 and compatibles, Azure
+//! Blob, GCS), behind one trait, so the backup and restore paths do not know which.
 //!
 //! Layout, the same for every destination:
 //! `<root>/<backup-id>/<namespace>/<pvc>.tar[.gz|.zst]` and `<pvc>.manifest.json` beside it.
@@ -9,13 +9,20 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 
 pub mod local;
+pub mod object;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DestinationError {
-    #[error("destination {url:?} is not a valid location: {why}. Use a local directory such as ./backups or file:///var/backups")]
+    #[error("destination {url:?} is not a valid location: {why}. Use a local directory such as ./backups, file:///var/backups, s3://bucket/prefix, az://container/prefix or gs://bucket/prefix")]
     BadUrl { url: String, why: String },
-    #[error("destination {url:?} uses {scheme}://, which this build does not support yet. Use a local directory or file:// URL")]
+    #[error("destination {url:?} uses {scheme}://, which is not supported. Use a local directory, file://, s3://, az:// (azure://) or gs://")]
     Unsupported { url: String, scheme: String },
+    /// Settings or credentials missing or inconsistent, found before any request.
+    #[error("{0}")]
+    Config(String),
+    /// The object store failed or refused a request (already worded for the user).
+    #[error("{message}")]
+    Store { message: String, permanent: bool },
     #[error("cannot {action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -46,10 +53,32 @@ pub trait Destination: Send + Sync {
     /// Removes every object still being written (after an interrupt, when writers may be
     /// blocked on a stream that will never finish).
     fn abort_incomplete(&self);
+    /// Checks, before any work starts, that the destination is reachable with the configured
+    /// credentials (object stores: one list request).
+    fn check(&self) -> Result<(), DestinationError> {
+        Ok(())
+    }
 }
 
-/// Parses a destination argument: a path, or `file://` URL.
+/// Settings for object-storage destinations, from flags (the environment is read directly).
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// `--endpoint`: an S3-compatible (MinIO, Ceph RGW), Azure or GCS endpoint URL.
+    pub endpoint: Option<String>,
+    /// `--part-size`, bytes (default 8 MiB).
+    pub part_size: Option<u64>,
+}
+
+/// Parses a destination argument: a path, `file://`, `s3://`, `az://`/`azure://` or `gs://` URL.
 pub fn parse(url: &str) -> Result<Box<dyn Destination>, DestinationError> {
+    parse_with(url, &StoreOptions::default())
+}
+
+/// [`parse`] with object-storage settings.
+pub fn parse_with(
+    url: &str,
+    opts: &StoreOptions,
+) -> Result<Box<dyn Destination>, DestinationError> {
     if url.trim().is_empty() {
         return Err(DestinationError::BadUrl {
             url: url.into(),
@@ -64,6 +93,13 @@ pub fn parse(url: &str) -> Result<Box<dyn Destination>, DestinationError> {
             });
         }
         return Ok(Box::new(local::LocalDir::new(PathBuf::from(rest))));
+    }
+    if let Some(parsed) = object::url::parse(url) {
+        let parsed = parsed.map_err(|e| DestinationError::BadUrl {
+            url: url.into(),
+            why: e.to_string(),
+        })?;
+        return Ok(Box::new(object::open(parsed, opts)?));
     }
     if let Some((scheme, _)) = url.split_once("://") {
         return Err(DestinationError::Unsupported {

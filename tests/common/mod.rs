@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use kubesim::{Cluster, ClusterOptions, Scenario};
 
+pub mod azurite;
+pub mod moto;
+
 pub async fn demo() -> Cluster {
     let c = Cluster::start(ClusterOptions {
         scenario: Scenario::Demo,
@@ -35,14 +38,34 @@ pub async fn plugin(cluster: &Cluster, args: &[&str]) -> Run {
 }
 
 pub async fn plugin_with(kubeconfig: &Path, args: &[&str]) -> Run {
+    plugin_env(kubeconfig, args, &[]).await
+}
+
+/// The plugin's command with `env` set and the host's cloud settings removed (tests never
+/// reach a real cloud or a metadata endpoint).
+pub fn plugin_command(kubeconfig: &Path, args: &[&str], env: &[(String, String)]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kubectl-pvbackup"));
+    c.args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("PVBACKUP_LOG")
+        .stdin(Stdio::null());
+    for k in moto::SCRUB {
+        c.env_remove(k);
+    }
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+/// [`plugin_with`] with extra environment variables.
+pub async fn plugin_env(kubeconfig: &Path, args: &[&str], env: &[(String, String)]) -> Run {
     let kubeconfig = kubeconfig.to_path_buf();
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let env = env.to_vec();
     tokio::task::spawn_blocking(move || {
-        let out = Command::new(env!("CARGO_BIN_EXE_kubectl-pvbackup"))
-            .args(&args)
-            .env("KUBECONFIG", &kubeconfig)
-            .env_remove("PVBACKUP_LOG")
-            .stdin(Stdio::null())
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = plugin_command(&kubeconfig, &args, &env)
             .output()
             .expect("the plugin binary runs");
         Run {
