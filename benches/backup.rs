@@ -1,8 +1,10 @@
 //! Backup throughput and peak RSS on kubesim, side by side in one run: kubectl-pvbackup
-//! (default zstd-1, `--compression none`, gzip-1) next to `kubectl cp` and the hand-rolled
+//! (default zstd-1, `--compression none`, gzip-1) to a local directory and to an S3 bucket
+//! (moto's S3 server on loopback), next to `kubectl cp` and the hand-rolled
 //! `kubectl exec -- tar cf - | gzip -1`, on the same volume, medians of several runs.
 //!
-//! `cargo bench --bench backup` (env: PVBACKUP_BENCH_MIB=1024, PVBACKUP_BENCH_RUNS=3).
+//! `cargo bench --bench backup` (env: PVBACKUP_BENCH_MIB=1024, PVBACKUP_BENCH_RUNS=3; moto
+//! from PVBACKUP_MOTO_SERVER or target/ci-tools/moto, see .ci/run).
 //! Writes benches/results/backup.md and backup.json.
 
 use std::path::{Path, PathBuf};
@@ -94,6 +96,92 @@ fn fill(dir: &Path, mib: usize) -> u64 {
         i += 1;
     }
     total
+}
+
+/// moto's S3 server on a free loopback port, for the S3 rows.
+struct Moto {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let bin = std::env::var_os("PVBACKUP_MOTO_SERVER")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ci-tools/moto/bin/moto_server")
+            });
+        assert!(
+            bin.is_file(),
+            "moto_server not found at {} (set PVBACKUP_MOTO_SERVER or run .ci/run once)",
+            bin.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let m = Moto { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while m.http("GET", "/moto-api/") != 200 {
+            assert!(Instant::now() < deadline, "moto did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        m
+    }
+
+    fn http(&self, method: &str, path: &str) -> u16 {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return 0;
+        };
+        let _ = write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            self.port
+        );
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// An empty bucket for the next run (moto keeps objects in memory and temp files).
+    fn fresh_bucket(&self) {
+        assert_eq!(self.http("POST", "/moto-api/reset"), 200);
+        assert_eq!(self.http("PUT", "/bench"), 200);
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ACCESS_KEY_ID", "AKIABENCH"),
+            ("AWS_SECRET_ACCESS_KEY", "bench-secret"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .chain([(
+            "AWS_ENDPOINT_URL".to_string(),
+            format!("http://127.0.0.1:{}", self.port),
+        )])
+        .collect()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn kubectl() -> PathBuf {
@@ -198,6 +286,7 @@ async fn bench() {
     eprintln!("volume: {} MiB", bytes >> 20);
 
     let plugin = PathBuf::from(env!("CARGO_BIN_EXE_kubectl-pvbackup"));
+    let moto = std::sync::Arc::new(Moto::start());
     let work = tempfile::tempdir().unwrap();
     let kcfg = cluster.kubeconfig().to_path_buf();
     type Tool = (&'static str, Box<dyn Fn(&Path) -> Command>);
@@ -252,6 +341,52 @@ async fn bench() {
                         "--to",
                     ])
                     .arg(out);
+                    c
+                }
+            }),
+        ),
+        (
+            "kubectl-pvbackup → S3 (moto), zstd-1",
+            Box::new({
+                let p = plugin.clone();
+                let moto = moto.clone();
+                move |_: &Path| {
+                    moto.fresh_bucket();
+                    let mut c = Command::new(&p);
+                    c.args([
+                        "create",
+                        "big",
+                        "-n",
+                        "bench",
+                        "--no-progress",
+                        "--to",
+                        "s3://bench/run",
+                    ])
+                    .envs(moto.env());
+                    c
+                }
+            }),
+        ),
+        (
+            "kubectl-pvbackup → S3 (moto), --compression none",
+            Box::new({
+                let p = plugin.clone();
+                let moto = moto.clone();
+                move |_: &Path| {
+                    moto.fresh_bucket();
+                    let mut c = Command::new(&p);
+                    c.args([
+                        "create",
+                        "big",
+                        "-n",
+                        "bench",
+                        "--no-progress",
+                        "--compression",
+                        "none",
+                        "--to",
+                        "s3://bench/run",
+                    ])
+                    .envs(moto.env());
                     c
                 }
             }),

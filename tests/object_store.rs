@@ -59,6 +59,13 @@ async fn multipart_upload_commits_and_reads_back_byte_for_byte() {
     w.commit().unwrap();
     assert_eq!(moto.keys("pv-backups"), vec!["team/a/id1/ns/pvc.tar.zst"]);
     assert!(moto.open_uploads("pv-backups").is_empty());
+    // Every part went up with a SHA-256 the store checked; S3 keeps their composite.
+    let attrs = moto.object_attributes("pv-backups", "team/a/id1/ns/pvc.tar.zst");
+    assert!(attrs.contains("<ChecksumSHA256>"), "{attrs}");
+    assert!(
+        attrs.contains("<ChecksumType>COMPOSITE</ChecksumType>"),
+        "{attrs}"
+    );
     assert_eq!(
         moto.object("pv-backups", "team/a/id1/ns/pvc.tar.zst"),
         bytes,

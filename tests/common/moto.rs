@@ -147,6 +147,22 @@ impl Moto {
         body
     }
 
+    /// `GetObjectAttributes` with the checksum and the parts (XML).
+    pub fn object_attributes(&self, bucket: &str, key: &str) -> String {
+        let (code, body) = self.request_bytes(
+            "GET",
+            &format!("/{bucket}/{key}?attributes"),
+            &[
+                ("Authorization", S3_AUTH),
+                ("x-amz-object-attributes", "Checksum,ObjectParts,ObjectSize"),
+            ],
+            b"",
+        );
+        let body = String::from_utf8_lossy(&body).into_owned();
+        assert_eq!(code, 200, "attributes of {bucket}/{key}: {body}");
+        body
+    }
+
     /// Turns on moto's IAM checks with one user allowed everything on S3; returns its
     /// (key id, secret). Requests signed with anything else are refused from then on.
     pub fn enable_auth(&self) -> (String, String) {

@@ -3,9 +3,9 @@
 //! Upload: [`UploadWriter`] (a `std::io::Write` used on a blocking thread) fills one part at a
 //! time and hands full parts over a channel of capacity 1 to an async task, which uploads at
 //! most `concurrency` parts at once and completes the multipart upload only on commit. So
-//! memory is at most `part size × (concurrency + 2)` whatever the archive's size; a slow store
-//! slows the writer down instead of filling memory. An archive smaller than one part is a
-//! single PUT. Parts grow (×2 every 1000 parts, the in-flight byte budget staying the same)
+//! memory is at most `part size × (concurrency + 2)` (the part being filled, one in the
+//! channel, the ones in flight) whatever the archive's size; a slow store slows the writer
+//! down instead of filling memory. An archive smaller than one part is a single PUT. Parts grow (×2 every 1000 parts, the in-flight byte budget staying the same)
 //! so that stores with a 10,000-part limit take archives up to ~2.5 TiB at the 8 MiB default.
 //!
 //! Download: [`DownloadReader`] reads fixed ranges (conditional on the ETag seen at open, so a
@@ -20,7 +20,7 @@ use futures::StreamExt;
 use object_store::multipart::PartId;
 use object_store::path::Path as StorePath;
 use object_store::{GetOptions, GetRange, ObjectStoreExt, PutPayload};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::{block_on, Backend, Context, OpenUploads, READ_AHEAD, READ_CHUNK};
@@ -46,27 +46,31 @@ pub struct UploadWriter {
     base_part: usize,
     parts_sent: usize,
     buf: Vec<u8>,
-    tx: Option<mpsc::Sender<Bytes>>,
-    commit: Option<oneshot::Sender<()>>,
+    tx: Option<mpsc::Sender<Chunk>>,
     task: Option<JoinHandle<Result<(), DestinationError>>>,
     ctx: Arc<Context>,
     key: String,
 }
 
+/// A full part, or (`last`) what remains at commit. The channel closing without a last chunk
+/// means the writer was dropped: abort.
+struct Chunk {
+    data: Bytes,
+    last: bool,
+}
+
 impl UploadWriter {
     pub fn start(handle: tokio::runtime::Handle, upload: Upload) -> UploadWriter {
-        let (tx, rx) = mpsc::channel::<Bytes>(1);
-        let (commit_tx, commit_rx) = oneshot::channel();
+        let (tx, rx) = mpsc::channel::<Chunk>(1);
         let base_part = upload.base_part;
         let ctx = upload.ctx.clone();
         let key = upload.key.clone();
-        let task = handle.spawn(run(upload, rx, commit_rx));
+        let task = handle.spawn(run(upload, rx));
         UploadWriter {
             base_part,
             parts_sent: 0,
             buf: Vec::new(),
             tx: Some(tx),
-            commit: Some(commit_tx),
             task: Some(task),
             ctx,
             key,
@@ -92,25 +96,20 @@ impl UploadWriter {
         }
     }
 
-    fn send(&mut self) -> Result<(), DestinationError> {
-        let chunk = std::mem::take(&mut self.buf);
+    fn send(&mut self, last: bool) -> Result<(), DestinationError> {
+        let data = Bytes::from(std::mem::take(&mut self.buf));
         let Some(tx) = self.tx.clone() else {
             return Err(self.task_error());
         };
         self.parts_sent += 1;
-        match block_on(tx.send(Bytes::from(chunk)))? {
+        match block_on(tx.send(Chunk { data, last }))? {
             Ok(()) => Ok(()),
             Err(_) => Err(self.task_error()),
         }
     }
 
     fn finish(&mut self) -> Result<(), DestinationError> {
-        if !self.buf.is_empty() {
-            self.send()?;
-        }
-        if let Some(c) = self.commit.take() {
-            let _ = c.send(());
-        }
+        self.send(true)?;
         self.tx = None;
         let task = self.task.take().ok_or_else(|| DestinationError::Store {
             message: format!("{} was already finished", self.ctx.locate(&self.key)),
@@ -139,7 +138,7 @@ impl Write for UploadWriter {
         let n = data.len().min(cap - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
         if self.buf.len() == cap {
-            self.send().map_err(io::Error::other)?;
+            self.send(false).map_err(io::Error::other)?;
         }
         Ok(n)
     }
@@ -158,9 +157,8 @@ impl ObjectWriter for UploadWriter {
 
 impl Drop for UploadWriter {
     fn drop(&mut self) {
-        // Not committed: dropping the commit sender tells the task to abort the multipart
-        // upload; wait (bounded) so that no upload is left open when the process exits.
-        self.commit = None;
+        // Not committed: closing the channel without a last chunk tells the task to abort the
+        // multipart upload; wait (bounded) so that no upload is left open when the process exits.
         self.tx = None;
         if let Some(task) = self.task.take() {
             let _ = block_on(async {
@@ -176,13 +174,9 @@ struct Multipart {
     running: JoinSet<(usize, object_store::Result<PartId>)>,
 }
 
-async fn run(
-    up: Upload,
-    mut rx: mpsc::Receiver<Bytes>,
-    commit: oneshot::Receiver<()>,
-) -> Result<(), DestinationError> {
+async fn run(up: Upload, mut rx: mpsc::Receiver<Chunk>) -> Result<(), DestinationError> {
     let mut mp: Option<Multipart> = None;
-    let result = upload(&up, &mut rx, commit, &mut mp).await;
+    let result = upload(&up, &mut rx, &mut mp).await;
     if let Some(m) = mp {
         up.uploads
             .lock()
@@ -205,15 +199,12 @@ async fn run(
 
 async fn upload(
     up: &Upload,
-    rx: &mut mpsc::Receiver<Bytes>,
-    commit: oneshot::Receiver<()>,
+    rx: &mut mpsc::Receiver<Chunk>,
     mp: &mut Option<Multipart>,
 ) -> Result<(), DestinationError> {
     let err = |action: &str, e: &object_store::Error| up.ctx.error(action, &up.key, e);
-    // The previous chunk: sent as a part once another follows, else as the whole object.
-    let mut pending: Option<Bytes> = None;
     let budget = up.base_part * up.concurrency;
-    loop {
+    let last = loop {
         let next = match mp.as_mut() {
             Some(m) if !m.running.is_empty() => tokio::select! {
                 biased;
@@ -225,28 +216,27 @@ async fn upload(
             },
             _ => rx.recv().await,
         };
-        let Some(chunk) = next else { break };
-        if let Some(prev) = pending.replace(chunk) {
-            start_part(up, mp, prev, budget, &err).await?;
+        match next {
+            None => {
+                return Err(DestinationError::Store {
+                    message: format!("upload of {} abandoned", up.ctx.locate(&up.key)),
+                    permanent: false,
+                })
+            }
+            Some(Chunk { data, last: true }) => break data,
+            Some(Chunk { data, last: false }) => start_part(up, mp, data, budget, &err).await?,
         }
-    }
-    if commit.await.is_err() {
-        return Err(DestinationError::Store {
-            message: format!("upload of {} abandoned", up.ctx.locate(&up.key)),
-            permanent: false,
-        });
-    }
+    };
     match mp.as_mut() {
         None => {
             // Smaller than one part: one PUT, atomic by itself.
-            let payload = PutPayload::from(pending.unwrap_or_default());
             up.store
-                .put(&up.path, payload)
+                .put(&up.path, PutPayload::from(last))
                 .await
                 .map_err(|e| err("upload", &e))?;
         }
         Some(_) => {
-            if let Some(last) = pending.take() {
+            if !last.is_empty() {
                 start_part(up, mp, last, usize::MAX, &err).await?;
             }
             let m = mp.as_mut().expect("multipart started");
