@@ -22,3 +22,9 @@ kubectl pvbackup discover -A
 kubectl pvbackup create -A --to "$work/backups" || echo "create exited $? (the demo has a ReadWriteOncePod volume in use, which is refused by design)"
 kubectl pvbackup list "$work/backups"
 for m in "$work"/backups/*/*/*.manifest.json; do kubectl pvbackup verify "$m"; done
+# Bring one volume back: a weekly-style drill (scratch PVC, in-cluster checksums, cleaned up),
+# then a restore of the same backup into a new PVC beside the original.
+first=$(ls "$work"/backups/*/shop/data-orders-db-0.manifest.json | head -1)
+kubectl pvbackup drill "$first"
+kubectl pvbackup restore "$first" --to-pvc data-orders-db-0-copy --create-pvc --yes
+kubectl get pvc -n shop data-orders-db-0-copy
