@@ -482,3 +482,69 @@ async fn credentials_and_buckets_that_do_not_work_are_named() {
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(run.stderr.contains("names no bucket"), "{}", run.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_is_retried_and_an_unreachable_store_is_given_up_on() {
+    let cluster = demo().await;
+    let moto = Moto::start();
+    moto.create_bucket(BUCKET);
+    // Every third request to the store is answered 503 SlowDown.
+    let proxy = common::moto::ThrottlingProxy::start(moto.port, 3);
+    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
+    random_file(&cluster.volume_path(NS, PVC).join("blob.bin"), 12 << 20, 3);
+    let dest = format!("s3://{BUCKET}/t");
+    let run = run_s3(
+        &cluster,
+        &moto,
+        &[
+            "create",
+            PVC,
+            "-n",
+            NS,
+            "--all-pvcs",
+            "--to",
+            &dest,
+            "--endpoint",
+            &endpoint,
+            "--part-size",
+            "5",
+            "--retries",
+            "0",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let id = json(&run)["backupId"].as_str().unwrap().to_string();
+    let run = run_s3(
+        &cluster,
+        &moto,
+        &[
+            "verify",
+            &format!("{id}/{NS}/{PVC}"),
+            "--from",
+            &dest,
+            "--endpoint",
+            &endpoint,
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let throttled = proxy.throttled.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(throttled >= 3, "only {throttled} requests were throttled");
+    assert!(moto.open_uploads(BUCKET).is_empty());
+
+    // Nothing listens: a bounded number of retries, then a clear error (exit 1).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://127.0.0.1:{}", closed.local_addr().unwrap().port());
+    drop(closed);
+    let run = run_s3(&cluster, &moto, &["list", &dest, "--endpoint", &dead]).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("cannot reach the store"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("after 8 retries"), "{}", run.stderr);
+}

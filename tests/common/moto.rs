@@ -302,3 +302,89 @@ pub const SCRUB: &[&str] = &[
     "AWS_ENDPOINT_URL_S3",
     "AWS_DEFAULT_REGION",
 ];
+
+/// A loopback proxy in front of a server that answers every `every`-th request itself with
+/// `503 SlowDown` (S3's throttling reply) instead of forwarding it: transient errors, for real.
+pub struct ThrottlingProxy {
+    pub port: u16,
+    pub throttled: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ThrottlingProxy {
+    pub fn start(target_port: u16, every: usize) -> ThrottlingProxy {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let throttled = Arc::new(AtomicUsize::new(0));
+        let t = throttled.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(client) = conn else { return };
+                let (seen, t) = (seen.clone(), t.clone());
+                std::thread::spawn(move || {
+                    let _ = proxy_one(client, target_port, || {
+                        let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+                        let throttle = n % every == 0;
+                        if throttle {
+                            t.fetch_add(1, Ordering::SeqCst);
+                        }
+                        throttle
+                    });
+                });
+            }
+        });
+        ThrottlingProxy { port, throttled }
+    }
+}
+
+/// Serves one request on `client` (then closes it): throttled, or forwarded with
+/// `Connection: close` and the whole answer relayed.
+fn proxy_one(
+    mut client: TcpStream,
+    target_port: u16,
+    throttle: impl FnOnce() -> bool,
+) -> std::io::Result<()> {
+    client.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if client.read(&mut byte)? == 0 {
+            return Ok(());
+        }
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head).to_string();
+    let length: usize = text
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    client.read_exact(&mut body)?;
+    if throttle() {
+        let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+        write!(
+            client,
+            "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{xml}",
+            xml.len()
+        )?;
+        return Ok(());
+    }
+    let mut forwarded: String = text
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:") && !l.is_empty())
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    forwarded.push_str("Connection: close\r\n\r\n");
+    let mut upstream = TcpStream::connect(("127.0.0.1", target_port))?;
+    upstream.write_all(forwarded.as_bytes())?;
+    upstream.write_all(&body)?;
+    std::io::copy(&mut upstream, &mut client)?;
+    Ok(())
+}

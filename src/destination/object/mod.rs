@@ -188,6 +188,17 @@ impl Context {
                     path: loc,
                 }
             }
+            // Fetching credentials failed (metadata endpoint, STS, Entra ID, gcloud's OAuth):
+            // before the store was even asked.
+            _ if CREDENTIAL_FETCH.iter().any(|h| raw.contains(h)) => {
+                return DestinationError::Store {
+                    message: format!(
+                        "could not get credentials from {} to {action} {loc}: {detail}. Check {}",
+                        self.credentials.what, self.credentials.fix
+                    ),
+                    permanent: true,
+                }
+            }
             object_store::Error::PermissionDenied { .. }
             | object_store::Error::Unauthenticated { .. } => return refused(),
             _ if AUTH_CODES.contains(&code.as_str())
@@ -199,17 +210,6 @@ impl Context {
             _ if raw.contains("redirect") && self.url.provider == url::Provider::S3 => format!(
                 "{action} {loc} failed: {detail}. The bucket is probably in another region: set AWS_REGION to the bucket's region"
             ),
-            _ if raw.to_ascii_lowercase().contains("credential")
-                || raw.to_ascii_lowercase().contains("token") =>
-            {
-                return DestinationError::Store {
-                    message: format!(
-                        "could not get credentials from {} to {action} {loc}: {detail}. Check {}",
-                        self.credentials.what, self.credentials.fix
-                    ),
-                    permanent: true,
-                }
-            }
             _ if !raw.contains("status code:") && raw.contains("HTTP error") => format!(
                 "cannot reach the store to {action} {loc}: {detail}. Check the endpoint (--endpoint, AWS_ENDPOINT_URL) and the network"
             ),
@@ -283,6 +283,24 @@ fn summarize(raw: &str) -> String {
         },
     }
 }
+
+/// Marks of a failed credential fetch in object_store's messages (its own error texts, and the
+/// endpoints that hand out credentials).
+const CREDENTIAL_FETCH: &[&str] = &[
+    "token request",
+    "token response",
+    "get-access-token",
+    "CreateSession",
+    "federated token file",
+    "service account file",
+    "169.254.169.254",
+    "169.254.170.2",
+    "metadata.google.internal",
+    "://sts.",
+    "login.microsoftonline.com",
+    "oauth2.googleapis.com",
+    "accounts.google.com",
+];
 
 /// Error codes of refused credentials or permissions: S3
 /// (<https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html>), Azure
@@ -472,6 +490,34 @@ mod tests {
         assert_eq!(
             summarize(unreachable),
             "HTTP error: error sending request (GET http://127.0.0.1:1/bkt?list-type=2, after 8 retries)"
+        );
+        let ctx = Context {
+            url: url::parse("s3://bucket-a").unwrap().unwrap(),
+            credentials: CredentialSource {
+                what: "the instance profile".into(),
+                fix: "the role".into(),
+            },
+            secrets: vec![],
+        };
+        let imds = object_store::Error::Generic {
+            store: "S3",
+            source: "Error performing PUT http://169.254.169.254/latest/api/token in 1s - HTTP error: error sending request".into(),
+        };
+        let e = ctx.error("list", "", &imds).to_string();
+        assert!(
+            e.starts_with("could not get credentials from the instance profile"),
+            "{e}"
+        );
+        let page2 = object_store::Error::Generic {
+            store: "S3",
+            source: "Error performing GET http://127.0.0.1:1/b?list-type=2&continuation-token=abc in 1s - Server returned non-2xx status code: 500 Internal Server Error: <Error><Code>InternalError</Code><Message>boom</Message></Error>".into(),
+        };
+        let e = ctx.error("list", "", &page2).to_string();
+        assert!(
+            e.starts_with(
+                "list s3://bucket-a failed: 500 Internal Server Error, InternalError: boom"
+            ),
+            "{e}"
         );
         let nested = format!("Generic S3 error: Error performing list request: Error performing GET http://127.0.0.1:1/b?list-type=2 in 21ms - {raw}");
         assert_eq!(
