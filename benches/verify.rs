@@ -34,7 +34,7 @@ fn pack(src: &Path, dest: &Path, c: Compression) -> (std::path::PathBuf, std::pa
     let meta = ManifestMeta {
         backup_id: "bench".into(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
-        created: chrono::Utc::now().into(),
+        created: chrono::Utc::now(),
         cluster: ClusterInfo {
             server: "https://127.0.0.1".into(),
             context: None,
