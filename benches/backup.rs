@@ -7,96 +7,15 @@
 //! from PVBACKUP_MOTO_SERVER or target/ci-tools/moto, see .ci/run).
 //! Writes benches/results/backup.md and backup.json.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod};
-use kube::api::{Api, PostParams};
-use kube::runtime::{conditions::is_pod_running, wait::await_condition};
-use kubesim::{Cluster, ClusterOptions};
+use support::{env_or, fill_mixed, kubectl, machine, measured, median, BenchCluster};
 
-struct Sample {
-    secs: f64,
-    max_rss_kib: i64,
-    cpu_secs: f64,
-    ok: bool,
-}
-
-/// Runs a command and returns wall time, peak RSS (of it and every descendant it waited for)
-/// and CPU time, from wait4's rusage.
-fn measure(cmd: &mut Command) -> Sample {
-    let start = Instant::now();
-    // Reaped by wait4 below (std's wait would not give the rusage).
-    #[allow(clippy::zombie_processes)]
-    let child = cmd.spawn().expect("spawn");
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: pid is our own child; status and ru are valid out-pointers.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-    assert_eq!(r, pid, "wait4 failed");
-    let secs = start.elapsed().as_secs_f64();
-    let cpu = ru.ru_utime.tv_sec as f64
-        + ru.ru_utime.tv_usec as f64 / 1e6
-        + ru.ru_stime.tv_sec as f64
-        + ru.ru_stime.tv_usec as f64 / 1e6;
-    Sample {
-        secs,
-        max_rss_kib: ru.ru_maxrss,
-        cpu_secs: cpu,
-        ok: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-/// Half incompressible, half text-like; a few large files and many small ones.
-fn fill(dir: &Path, mib: usize) -> u64 {
-    let mut total = 0u64;
-    let mut seed = 0x9e3779b97f4a7c15u64;
-    let mut rnd = |buf: &mut [u8]| {
-        for chunk in buf.chunks_mut(8) {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let b = seed.to_le_bytes();
-            chunk.copy_from_slice(&b[..chunk.len()]);
-        }
-    };
-    let big = 64usize << 20;
-    let n_big = (mib << 20) * 9 / 10 / big;
-    std::fs::create_dir_all(dir.join("big")).unwrap();
-    for i in 0..n_big {
-        let mut buf = vec![0u8; big];
-        if i % 2 == 0 {
-            rnd(&mut buf);
-        } else {
-            let line = b"{\"order\": 12345, \"sku\": \"ABC-000\", \"qty\": 3, \"note\": \"lorem ipsum dolor sit amet\"}\n";
-            for (j, b) in buf.iter_mut().enumerate() {
-                *b = line[j % line.len()];
-            }
-        }
-        std::fs::write(dir.join(format!("big/{i:03}.bin")), &buf).unwrap();
-        total += buf.len() as u64;
-    }
-    let small_budget = (mib << 20) as u64 - total;
-    let mut i = 0;
-    while total < (mib << 20) as u64 && i < 20_000 {
-        let size = (small_budget / 4000).clamp(512, 64 << 10) as usize;
-        let mut buf = vec![0u8; size];
-        rnd(&mut buf);
-        let d = dir.join(format!("small/{:02}", i % 50));
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join(format!("{i:05}.dat")), &buf).unwrap();
-        total += size as u64;
-        i += 1;
-    }
-    total
-}
 
 /// moto's S3 server on a free loopback port, for the S3 rows.
 struct Moto {
@@ -184,106 +103,24 @@ impl Drop for Moto {
     }
 }
 
-fn kubectl() -> PathBuf {
-    let dir =
-        std::env::var("KUBECTL_DIR").unwrap_or_else(|_| "/usr/lib/google-cloud-sdk/bin".into());
-    PathBuf::from(dir).join("kubectl.1.33")
-}
-
-/// Peak RSS from wait4 includes what the forking process had before `exec` (the kernel keeps
-/// the old mm's high-water mark), so commands are launched from a fresh, small copy of this
-/// binary (`--measure CMD…`) that reports the child's rusage on stdout.
-fn measured(cmd: &mut Command) -> Sample {
-    let program = cmd.get_program().to_owned();
-    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
-    let envs: Vec<_> = cmd
-        .get_envs()
-        .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned())))
-        .collect();
-    let out = Command::new(std::env::current_exe().unwrap())
-        .arg("--measure")
-        .arg(program)
-        .args(args)
-        .envs(envs)
-        .stderr(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let f: Vec<&str> = text.split_whitespace().collect();
-    Sample {
-        secs: f[0].parse().unwrap(),
-        max_rss_kib: f[1].parse().unwrap(),
-        cpu_secs: f[2].parse().unwrap(),
-        ok: f[3] == "true",
-    }
-}
 
 fn main() {
-    let argv: Vec<String> = std::env::args().collect();
-    if argv.get(1).map(String::as_str) == Some("--measure") {
-        let mut c = Command::new(&argv[2]);
-        c.args(&argv[3..])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        let s = measure(&mut c);
-        println!("{} {} {} {}", s.secs, s.max_rss_kib, s.cpu_secs, s.ok);
+    if support::launcher_main() {
         return;
     }
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(bench());
+    support::run(bench());
 }
 
 async fn bench() {
-    let mib: usize = std::env::var("PVBACKUP_BENCH_MIB")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1024);
-    let runs: usize = std::env::var("PVBACKUP_BENCH_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
-    let cluster = Cluster::start(ClusterOptions::default())
-        .await
-        .expect("kubesim");
-    let kc = kube::config::Kubeconfig::read_from(cluster.kubeconfig()).unwrap();
-    let client = kube::Client::try_from(
-        kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .unwrap(),
-    )
-    .unwrap();
-    let sc: k8s_openapi::api::storage::v1::StorageClass = serde_json::from_value(serde_json::json!({"metadata": {"name": "standard", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}}, "provisioner": "hostpath.csi.kubesim.dev", "volumeBindingMode": "Immediate", "reclaimPolicy": "Delete"})).unwrap();
-    Api::<k8s_openapi::api::storage::v1::StorageClass>::all(client.clone())
-        .create(&PostParams::default(), &sc)
-        .await
-        .unwrap();
-    let ns: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "bench"}})).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
-    let pvc: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({"metadata": {"name": "big"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": format!("{}Mi", mib + mib / 4 + 64)}}}})).unwrap();
-    Api::<PersistentVolumeClaim>::namespaced(client.clone(), "bench")
-        .create(&PostParams::default(), &pvc)
-        .await
-        .unwrap();
-    let pod: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": "app"}, "spec": {"containers": [{"name": "app", "image": "busybox:1.36", "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"], "volumeMounts": [{"name": "d", "mountPath": "/data"}]}], "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "big"}}]}})).unwrap();
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "bench");
-    pods.create(&PostParams::default(), &pod).await.unwrap();
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        await_condition(pods.clone(), "app", is_pod_running()),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let bytes = fill(&cluster.volume_path("bench", "big"), mib);
+    let mib: usize = env_or("PVBACKUP_BENCH_MIB", 1024);
+    let runs: usize = env_or("PVBACKUP_BENCH_RUNS", 3);
+    let bench = BenchCluster::start().await;
+    let vol = bench
+        .volume("big", "app", ((mib + mib / 4 + 64) as u64) << 20)
+        .await;
+    let bytes = fill_mixed(&vol.path, mib);
     eprintln!("volume: {} MiB", bytes >> 20);
+    let cluster = &bench.cluster;
 
     let plugin = PathBuf::from(env!("CARGO_BIN_EXE_kubectl-pvbackup"));
     let moto = std::sync::Arc::new(Moto::start());
@@ -421,12 +258,12 @@ async fn bench() {
             std::fs::create_dir_all(&out).unwrap();
             let mut cmd = make(&out);
             cmd.env("KUBECONFIG", &kcfg);
-            let s = measured(&mut cmd);
+            let s = measured(&cmd, Path::new("/dev/null"), Path::new("/dev/null"), None);
             eprintln!(
                 "{name} run {r}: {:.2}s rss {} MiB ok={}",
                 s.secs,
                 s.max_rss_kib / 1024,
-                s.ok
+                s.ok()
             );
             samples.push(s);
             let _ = std::fs::remove_dir_all(&out);
@@ -438,7 +275,7 @@ async fn bench() {
             "throughput_mib_s": (bytes as f64 / (1 << 20) as f64) / secs,
             "median_peak_rss_mib": median(samples.iter().map(|s| s.max_rss_kib as f64 / 1024.0).collect()),
             "median_cpu_seconds": median(samples.iter().map(|s| s.cpu_secs).collect()),
-            "all_ok": samples.iter().all(|s| s.ok),
+            "all_ok": samples.iter().all(|s| s.ok()),
             "runs": runs,
         }));
     }
@@ -448,12 +285,11 @@ async fn bench() {
         .map(|r| r["median_seconds"].as_f64().unwrap())
         .unwrap_or(f64::NAN);
     let mut md = format!(
-        "# Backup benchmark (kubesim, one run)\n\nVolume: {} MiB ({}), {} runs each, medians. Machine: {} cores, {}. Ratio = kubectl cp time / tool time.\n\n| tool | time (s) | MiB/s | peak RSS (MiB) | client CPU (s) | vs kubectl cp | all ok |\n|---|---|---|---|---|---|---|\n",
+        "# Backup benchmark (kubesim, one run)\n\nVolume: {} MiB ({}), {} runs each, medians. Machine: {}. Ratio = kubectl cp time / tool time.\n\n| tool | time (s) | MiB/s | peak RSS (MiB) | client CPU (s) | vs kubectl cp | all ok |\n|---|---|---|---|---|---|---|\n",
         bytes >> 20,
         "half random, half JSON-like; 64 MiB files + many small files",
         runs,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        String::from_utf8_lossy(&Command::new("uname").arg("-sr").output().map(|o| o.stdout).unwrap_or_default()).trim()
+        machine()
     );
     for r in &rows {
         let s = r["median_seconds"].as_f64().unwrap();
@@ -478,5 +314,5 @@ async fn bench() {
             .unwrap(),
     )
     .unwrap();
-    cluster.shutdown().await;
+    bench.cluster.shutdown().await;
 }

@@ -169,6 +169,26 @@ pub fn measured(cmd: &Command, stdout: &Path, stderr: &Path, limit: Option<Durat
     }
 }
 
+/// Runs a benchmark on a 2-thread runtime. Ctrl-C or SIGTERM drops it, and with it the
+/// kubesim cluster, which kills the containers and unmounts the volumes.
+pub fn run(bench: impl std::future::Future<Output = ()>) {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = bench => {}
+                _ = tokio::signal::ctrl_c() => eprintln!("interrupted"),
+                _ = term.recv() => eprintln!("terminated"),
+            }
+        });
+}
+
 pub fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;

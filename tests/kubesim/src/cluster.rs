@@ -274,6 +274,12 @@ impl Cluster {
         self.sim.kick.notify_waiters();
     }
 
+    /// Bytes carried by every exec stream so far (stdout to clients, stdin from them); take
+    /// the difference of two readings to measure one command.
+    pub fn exec_bytes(&self) -> crate::faults::ExecByteCount {
+        self.sim.faults.exec_bytes()
+    }
+
     pub fn url(&self) -> &str {
         &self.url
     }

@@ -208,6 +208,7 @@ async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<Str
             if w.write_all(&chunk).await.is_err() {
                 return;
             }
+            stdin_sim.faults.count_exec_stdin(chunk.len());
         }
         let _ = w.shutdown().await;
         drop(child_stdin);
@@ -232,7 +233,9 @@ async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<Str
                 if total + n as u64 >= limit && faults_sim.faults.fire_kill_exec() {
                     n = (limit - total) as usize;
                     if let Some(tx) = &tx {
-                        let _ = tx.send(Bytes::copy_from_slice(&buf[..n])).await;
+                        if tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_ok() {
+                            faults_sim.faults.count_exec_stdout(n);
+                        }
                     }
                     // A container crash: the exec'd process and the container die together.
                     container.kill_all();
@@ -248,6 +251,7 @@ async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<Str
                 if tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
                     return false;
                 }
+                faults_sim.faults.count_exec_stdout(n);
             }
         }
     };

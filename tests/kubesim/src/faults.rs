@@ -1,6 +1,7 @@
 //! Fault injection for tests and the benchmark: container crashes during exec, API outages,
 //! bandwidth caps on exec streams, nodes going NotReady, images that fail to pull.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,23 @@ pub struct Faults {
     state: Mutex<FaultState>,
     outage_until: Mutex<Option<Instant>>,
     outage_tx: watch::Sender<u64>,
+    exec_bytes: ExecBytes,
+}
+
+/// Bytes that crossed exec streams since the cluster started, all sessions together: what a
+/// process wrote to stdout and was handed to the transport, and what the client sent on stdin
+/// and was written to the process. The benchmark reads deltas to report wire bytes per tool.
+#[derive(Debug, Default)]
+struct ExecBytes {
+    stdout: AtomicU64,
+    stdin: AtomicU64,
+}
+
+/// A reading of [`ExecBytes`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ExecByteCount {
+    pub stdout: u64,
+    pub stdin: u64,
 }
 
 impl Default for Faults {
@@ -65,6 +83,7 @@ impl Default for Faults {
             state: Mutex::default(),
             outage_until: Mutex::default(),
             outage_tx: watch::channel(0).0,
+            exec_bytes: ExecBytes::default(),
         }
     }
 }
@@ -137,6 +156,23 @@ impl Faults {
             n => s.kill_exec = Some((after, n - 1)),
         }
         true
+    }
+
+    pub fn count_exec_stdout(&self, n: usize) {
+        self.exec_bytes
+            .stdout
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn count_exec_stdin(&self, n: usize) {
+        self.exec_bytes.stdin.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn exec_bytes(&self) -> ExecByteCount {
+        ExecByteCount {
+            stdout: self.exec_bytes.stdout.load(Ordering::Relaxed),
+            stdin: self.exec_bytes.stdin.load(Ordering::Relaxed),
+        }
     }
 
     pub fn bandwidth(&self) -> Option<u64> {

@@ -219,6 +219,7 @@ async fn exec_with_stdin_and_status() {
     let data: Vec<u8> = (0..(2 * 1024 * 1024 + 5) as u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
         .collect();
+    let before = c.exec_bytes();
     let mut p = pods
         .exec(
             "ex",
@@ -255,6 +256,10 @@ async fn exec_with_stdin_and_status() {
         "{causes:?}"
     );
     p.join().await.expect("join");
+    // The exec byte counter saw what went in and what came out, nothing else.
+    let after = c.exec_bytes();
+    assert_eq!(after.stdin - before.stdin, 2097157);
+    assert_eq!(after.stdout - before.stdout, "2097157\n".len() as u64);
 
     // A zero exit is a Success status.
     let mut p = pods
