@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use support::{env_or, fill_mixed, kubectl, machine, measured, median, BenchCluster};
 
-
 /// moto's S3 server on a free loopback port, for the S3 rows.
 struct Moto {
     child: std::process::Child,
@@ -102,7 +101,6 @@ impl Drop for Moto {
         let _ = self.child.wait();
     }
 }
-
 
 fn main() {
     if support::launcher_main() {
