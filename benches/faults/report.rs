@@ -120,6 +120,26 @@ impl Group<'_> {
         self.runs[0].dataset_bytes
     }
 
+    /// What else the outcome grid says: retries that saved a run, and whether a failed restore
+    /// left its target as it was.
+    fn note(&self) -> Option<String> {
+        let mut notes = Vec::new();
+        if self.runs.iter().any(|r| r.attempts.unwrap_or(1) > 1) {
+            notes.push(format!("attempts {}", self.attempts()));
+        }
+        let after: Vec<&str> = self
+            .runs
+            .iter()
+            .filter_map(|r| r.target_after_failure.as_deref())
+            .collect();
+        if after.iter().any(|a| a.starts_with("changed")) {
+            notes.push("target left changed".into());
+        } else if !after.is_empty() {
+            notes.push("target unchanged".into());
+        }
+        (!notes.is_empty()).then(|| notes.join(", "))
+    }
+
     /// "survived", or "2× survived, 1× detected at restore" when runs disagree.
     fn outcome(&self) -> String {
         let label = |r: &Run| match (&r.outcome, &r.failed_at) {
@@ -273,14 +293,10 @@ pub fn markdown(env: &Environment, tools: &[String], runs: &[Run]) -> String {
                 .iter()
                 .find(|g| g.tool == t && scenario_key(g.runs[0]) == sc);
             let text = match g {
-                Some(g) => {
-                    let retries = g.runs.iter().any(|r| r.attempts.unwrap_or(1) > 1);
-                    if retries {
-                        format!("{} (attempts {})", g.outcome(), g.attempts())
-                    } else {
-                        g.outcome()
-                    }
-                }
+                Some(g) => match g.note() {
+                    Some(n) => format!("{} ({n})", g.outcome()),
+                    None => g.outcome(),
+                },
                 None => "–".into(),
             };
             md.push_str(&format!(" {} |", cell(&text)));
@@ -407,7 +423,7 @@ fn esc(s: &str) -> String {
 pub fn svg(tools: &[String], runs: &[Run]) -> String {
     let gs = groups(runs);
     let rows = scenarios(runs);
-    let (label_w, col_w, row_h, top) = (250.0, 190.0, 26.0, 90.0);
+    let (label_w, col_w, row_h, top) = (290.0, 190.0, 32.0, 90.0);
     let width = label_w + col_w * tools.len() as f64 + 20.0;
     let grid_h = row_h * rows.len() as f64;
     // Grouped by data set, tools in run order within each.
@@ -452,7 +468,7 @@ pub fn svg(tools: &[String], runs: &[Run]) -> String {
         let y = top + row_h * j as f64;
         o.push_str(&format!(
             "<text x=\"10\" y=\"{:.0}\">{}</text>\n",
-            y + row_h * 0.65,
+            y + row_h * 0.62,
             esc(sc)
         ));
         for (i, t) in tools.iter().enumerate() {
@@ -469,6 +485,7 @@ pub fn svg(tools: &[String], runs: &[Run]) -> String {
                 Outcome::Hung => "#b58ad6",
             };
             let x = label_w + col_w * i as f64;
+            let note = g.note();
             o.push_str(&format!(
                 "<rect x=\"{:.0}\" y=\"{:.0}\" width=\"{:.0}\" height=\"{:.0}\" fill=\"{fill}\" stroke=\"white\"/>\n\
                  <text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"middle\" font-size=\"11\">{}</text>\n",
@@ -477,9 +494,17 @@ pub fn svg(tools: &[String], runs: &[Run]) -> String {
                 col_w,
                 row_h,
                 x + col_w / 2.0,
-                y + row_h * 0.65,
+                y + if note.is_some() { row_h * 0.45 } else { row_h * 0.62 },
                 esc(&g.outcome())
             ));
+            if let Some(n) = note {
+                o.push_str(&format!(
+                    "<text x=\"{:.0}\" y=\"{:.0}\" text-anchor=\"middle\" font-size=\"9\" fill=\"#333\">{}</text>\n",
+                    x + col_w / 2.0,
+                    y + row_h * 0.82,
+                    esc(&n)
+                ));
+            }
         }
     }
     // Throughput bars.
