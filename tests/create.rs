@@ -237,11 +237,7 @@ async fn an_outage_shorter_than_the_retry_budget_ends_in_success() {
             "json",
         ],
     );
-    wait_for_running_helper(&cluster, "shop").await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    cluster.fault(FaultRequest::Outage { seconds: 2.0 });
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    cluster.fault(FaultRequest::Clear);
+    outage_while_streaming(&cluster, "shop", Duration::from_millis(1000)).await;
     let run = run.await.unwrap();
     assert_eq!(run.code, 0, "stderr: {}", run.stderr);
     let r = &json(&run)["results"][0];

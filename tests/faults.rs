@@ -138,11 +138,7 @@ async fn an_outage_during_create_is_survived_and_the_archive_is_whole() {
             "json",
         ],
     );
-    wait_for_running_helper(&cluster, "shop").await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    cluster.fault(FaultRequest::Outage { seconds: 2.0 });
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    cluster.fault(FaultRequest::Clear);
+    outage_while_streaming(&cluster, "shop", Duration::from_millis(1000)).await;
     let run = run.await.unwrap();
     assert_eq!(run.code, 0, "stderr: {}", run.stderr);
     let r = &json(&run)["results"][0];
@@ -209,11 +205,7 @@ async fn an_outage_during_restore_is_survived_and_the_volume_is_exactly_the_back
             "json",
         ],
     );
-    wait_for_running_helper(&cluster, "shop").await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    cluster.fault(FaultRequest::Outage { seconds: 2.0 });
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    cluster.fault(FaultRequest::Clear);
+    outage_while_streaming(&cluster, "shop", Duration::from_millis(1200)).await;
     let run = run.await.unwrap();
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let out = json(&run);

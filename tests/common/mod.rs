@@ -112,6 +112,16 @@ pub async fn plugin_on_terminal(
     .expect("join")
 }
 
+/// Once a helper pod in `ns` runs and has streamed for `after`, cuts the API off for 2 s
+/// (connections reset, new ones refused), then clears the fault.
+pub async fn outage_while_streaming(cluster: &Cluster, ns: &str, after: std::time::Duration) {
+    wait_for_running_helper(cluster, ns).await;
+    tokio::time::sleep(after).await;
+    cluster.fault(kubesim::FaultRequest::Outage { seconds: 2.0 });
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    cluster.fault(kubesim::FaultRequest::Clear);
+}
+
 /// Starts the plugin in the background, for tests that inject a fault while it runs.
 pub fn spawn_plugin(cluster: &Cluster, args: &[&str]) -> tokio::task::JoinHandle<Run> {
     let kubeconfig = cluster.kubeconfig().to_path_buf();
