@@ -29,33 +29,40 @@ pub fn staging_name(id: &str) -> String {
 }
 
 /// `sh -c LIST LIST DIR EXCLUDE` (the script is its own `$0`; it is exported as `$PVB` so
-/// that it can run itself under `find -exec` — busybox find refuses a `{}` inside an argument): one NUL-separated record per entry under DIR (DIR itself is `.`):
-/// `KIND\0MODE UID GID SIZE INODE MTIME\0PATH\0EXTRA\0`, where KIND is F (regular file,
-/// EXTRA = `sha256sum` output), L (symlink, EXTRA = `readlink` output with its newline), D
-/// (directory) or O (anything else). Top-level names starting with EXCLUDE are skipped.
+/// that it can run itself under `find -exec` — busybox find refuses a `{}` inside an argument).
+/// Lists every entry under DIR (DIR itself is `.`); top-level names `.pvbackup-*-EXCLUDE` are
+/// skipped. Entries are described in batches of many paths, so that a batch costs three
+/// processes (`stat`, `sha256sum` and a `readlink` per symlink) rather than two per file:
+///
+/// `B\0PATH\0...PATH\0\0`, then one `stat` line `MODE UID GID SIZE INODE MTIME RAWMODE` per
+/// path, then for each symlink in order its `readlink` output and `\0`, then `sha256sum`'s
+/// output for the regular files in order. See [`parse_listing`].
 pub const LIST: &str = r#"
 : "${PVB:=$0}"; export PVB
 cd "$1" || exit 1
 ex="$2"
-one() {
+batch() {
+  printf 'B\0'; printf '%s\0' "$@"; printf '\0'
+  stat -c '%a %u %g %s %i %Y %f' -- "$@" || exit 1
   for p; do
-    m=$(stat -c '%a %u %g %s %i %Y' "$p") || exit 1
-    if [ -L "$p" ]; then printf 'L\0%s\0%s\0' "$m" "$p"; readlink "$p" || exit 1; printf '\0'
-    elif [ -f "$p" ]; then printf 'F\0%s\0%s\0' "$m" "$p"; sha256sum < "$p" || exit 1; printf '\0'
-    elif [ -d "$p" ]; then printf 'D\0%s\0%s\0\0' "$m" "$p"
-    else printf 'O\0%s\0%s\0\0' "$m" "$p"
-    fi
+    if [ -L "$p" ]; then readlink "$p" || exit 1; printf '\0'; fi
   done
+  n=$#
+  for p; do
+    if [ -f "$p" ] && [ ! -L "$p" ]; then set -- "$@" "$p"; fi
+  done
+  shift "$n"
+  if [ $# -gt 0 ]; then sha256sum -- "$@" || exit 1; fi
 }
-if [ "$3" = one ]; then shift 3; one "$@"; exit $?; fi
-one .
+if [ "$3" = batch ]; then shift 3; batch "$@"; exit $?; fi
+batch .
 for e in * .[!.]* ..?*; do
   [ -e "$e" ] || [ -L "$e" ] || continue
   case "$e" in .pvbackup-*-"$ex") continue;; esac
   if [ -d "$e" ] && [ ! -L "$e" ]; then
-    find "./$e" -exec sh -c 'eval "$PVB"' list . "$ex" one {} + || exit 1
+    find "./$e" -exec sh -c 'eval "$PVB"' list . "$ex" batch {} + || exit 1
   else
-    one "./$e" || exit 1
+    batch "./$e" || exit 1
   fi
 done
 "#;
@@ -221,60 +228,123 @@ pub struct Seen {
 
 /// Parses [`LIST`]'s output.
 pub fn parse_listing(out: &[u8]) -> Result<Vec<Seen>, String> {
-    let mut fields = out.split(|b| *b == 0);
+    let mut cur = Cursor { out, at: 0 };
     let mut seen = Vec::new();
-    while let Some(kind) = fields.next() {
-        if kind.is_empty() {
-            // the trailing empty slice after the last NUL
-            if fields.next().is_none() {
+    while !cur.done() {
+        if cur.field()? != b"B" {
+            return Err("a batch does not start with its marker".into());
+        }
+        let mut paths = Vec::new();
+        loop {
+            let p = cur.field()?;
+            if p.is_empty() {
                 break;
             }
-            return Err("an empty record in the listing".into());
+            paths.push(p);
         }
-        let (Some(meta), Some(path), Some(extra)) = (fields.next(), fields.next(), fields.next())
-        else {
-            return Err("a truncated record in the listing".into());
-        };
-        let meta = String::from_utf8_lossy(meta);
-        let nums: Vec<&str> = meta.split_whitespace().collect();
-        if nums.len() != 6 {
-            return Err(format!("unexpected stat output {meta:?}"));
+        let first = seen.len();
+        for p in &paths {
+            let line = String::from_utf8_lossy(cur.until(b'\n')?).into_owned();
+            seen.push(stat_line(&line, p)?);
         }
-        let n = |i: usize| {
-            nums[i]
-                .parse::<u64>()
-                .map_err(|_| format!("unexpected stat output {meta:?}"))
-        };
-        let mode = u32::from_str_radix(nums[0], 8)
-            .map_err(|_| format!("unexpected mode {:?}", nums[0]))?;
-        let kind = kind[0] as char;
-        let path = canonical_key(path.strip_prefix(b"./").unwrap_or(path));
-        let (sha256, link_target) = match kind {
-            'F' => {
-                let h = String::from_utf8_lossy(extra);
-                let h = h.split_whitespace().next().unwrap_or_default().to_string();
-                (Some(h), None)
+        for s in seen[first..].iter_mut().filter(|s| s.kind == 'L') {
+            let t = cur.field()?;
+            s.link_target = Some(t.strip_suffix(b"\n").unwrap_or(t).to_vec());
+        }
+        for (i, s) in seen[first..].iter_mut().enumerate() {
+            if s.kind == 'F' {
+                s.sha256 = Some(cur.hash_line(paths[i])?);
             }
-            'L' => (
-                None,
-                Some(extra.strip_suffix(b"\n").unwrap_or(extra).to_vec()),
-            ),
-            _ => (None, None),
-        };
-        seen.push(Seen {
-            kind,
-            mode,
-            uid: n(1)?,
-            gid: n(2)?,
-            size: n(3)?,
-            inode: n(4)?,
-            mtime: n(5)? as i64,
-            path,
-            sha256,
-            link_target,
-        });
+        }
     }
     Ok(seen)
+}
+
+/// Reads [`LIST`]'s output front to back.
+struct Cursor<'a> {
+    out: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn done(&self) -> bool {
+        self.at >= self.out.len()
+    }
+    /// Bytes up to (not including) the next `end`, which is consumed.
+    fn until(&mut self, end: u8) -> Result<&'a [u8], String> {
+        let rest = &self.out[self.at..];
+        let n = rest
+            .iter()
+            .position(|b| *b == end)
+            .ok_or("the listing is truncated")?;
+        self.at += n + 1;
+        Ok(&rest[..n])
+    }
+    fn field(&mut self) -> Result<&'a [u8], String> {
+        self.until(0)
+    }
+    /// One line of `sha256sum PATH`: the hash, two separator characters, then the name.
+    /// busybox prints the name as is (it may hold newlines, so its length is what counts);
+    /// GNU coreutils escapes an odd name and marks the line with a leading backslash.
+    fn hash_line(&mut self, path: &[u8]) -> Result<String, String> {
+        let rest = &self.out[self.at..];
+        let escaped = rest.first() == Some(&b'\\');
+        let rest = &rest[usize::from(escaped)..];
+        let hash = rest
+            .get(..64)
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+            .ok_or("a sha256sum line does not start with a hash")?;
+        let hash = String::from_utf8_lossy(hash).into_owned();
+        self.at += usize::from(escaped) + 64;
+        if escaped {
+            self.until(b'\n')?;
+        } else {
+            let line = rest.get(64..64 + 2 + path.len() + 1);
+            match line {
+                Some(l) if &l[2..2 + path.len()] == path && l.ends_with(b"\n") => {
+                    self.at += l.len();
+                }
+                _ => {
+                    return Err(format!(
+                        "the sha256sum line for {:?} names another file",
+                        String::from_utf8_lossy(path)
+                    ))
+                }
+            }
+        }
+        Ok(hash)
+    }
+}
+
+/// One line of `stat -c '%a %u %g %s %i %Y %f'` for `path`.
+fn stat_line(line: &str, path: &[u8]) -> Result<Seen, String> {
+    let bad = || format!("unexpected stat output {line:?}");
+    let f: Vec<&str> = line.split_whitespace().collect();
+    if f.len() != 7 {
+        return Err(bad());
+    }
+    let n = |i: usize| f[i].parse::<u64>().map_err(|_| bad());
+    let mode = u32::from_str_radix(f[0], 8).map_err(|_| bad())?;
+    let raw = u32::from_str_radix(f[6], 16).map_err(|_| bad())?;
+    // S_IFMT and its values, as in stat(2)
+    let kind = match raw & 0o170000 {
+        0o100000 => 'F',
+        0o120000 => 'L',
+        0o040000 => 'D',
+        _ => 'O',
+    };
+    Ok(Seen {
+        kind,
+        mode,
+        uid: n(1)?,
+        gid: n(2)?,
+        size: n(3)?,
+        inode: n(4)?,
+        mtime: n(5)? as i64,
+        path: canonical_key(path.strip_prefix(b"./").unwrap_or(path)),
+        sha256: None,
+        link_target: None,
+    })
 }
 
 /// Compares what is on the volume with the manifest. `exact`: entries the manifest does not
@@ -414,14 +484,89 @@ mod tests {
 
     #[test]
     fn listing_parses() {
-        let out = b"D\x00755 0 0 4096 1 10\x00.\x00\x00F\x00600 1000 1000 3 2 11\x00./a b\nc\x00abc  -\n\x00L\x00777 0 0 3 3 12\x00./l\x00a b\n\n\x00";
-        let s = parse_listing(out).unwrap();
-        assert_eq!(s.len(), 3);
+        let h = "ab".repeat(32);
+        let out = format!(
+            "B\x00.\x00./a b\nc\x00./l\x00./g\x00\x00755 0 0 4096 1 10 41ed\n600 1000 1000 3 2 11 81a4\n777 0 0 3 3 12 a1ff\n644 0 0 1 4 13 81a4\n\
+             a b\n\n\x00{h}  ./a b\nc\n\\{h}  ./g\n"
+        );
+        let s = parse_listing(out.as_bytes()).unwrap();
+        assert_eq!(s.len(), 4);
         assert_eq!(s[0].path, b".");
+        assert_eq!(s[0].kind, 'D');
         assert_eq!(s[1].path, b"a b\nc");
         assert_eq!(s[1].mode, 0o600);
-        assert_eq!(s[1].sha256.as_deref(), Some("abc"));
+        assert_eq!(s[1].sha256.as_deref(), Some(h.as_str()));
+        assert_eq!(s[2].kind, 'L');
         assert_eq!(s[2].link_target.as_deref(), Some(&b"a b\n"[..]));
-        assert!(parse_listing(b"F\x00600 1 1").is_err());
+        assert_eq!(s[3].sha256.as_deref(), Some(h.as_str()));
+        // truncated, or a hash line naming a different file
+        assert!(parse_listing(&out.as_bytes()[..out.len() - 3]).is_err());
+        assert!(parse_listing(b"B\x00./f\x00\x00600 1 1").is_err());
+        let wrong = format!("B\x00./f\x00\x00644 0 0 1 4 13 81a4\n{h}  ./x\n");
+        assert!(parse_listing(wrong.as_bytes()).is_err());
+    }
+
+    /// The script against the busybox the helper image runs, on a tree with awkward names.
+    #[test]
+    fn list_script_runs_in_busybox() {
+        let Ok(busybox) = which_busybox() else {
+            panic!(
+                "busybox is needed for this test (apt-get install busybox-static; .ci/run does)"
+            );
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("sub/deeper")).unwrap();
+        std::fs::write(d.join("sub/a\nb"), b"x").unwrap();
+        std::fs::write(d.join("sub/deeper/-n"), b"yy").unwrap();
+        std::fs::write(d.join("top"), b"").unwrap();
+        std::os::unix::fs::symlink("top", d.join("sub/link")).unwrap();
+        std::fs::create_dir(d.join(".pvbackup-staging-RUN")).unwrap();
+        for i in 0..3000 {
+            std::fs::write(d.join(format!("sub/deeper/f{i:05}")), i.to_string()).unwrap();
+        }
+        let out = std::process::Command::new(&busybox)
+            .args(["sh", "-c", LIST, LIST])
+            .arg(d)
+            .arg("RUN")
+            .env("PATH", busybox_path(&busybox))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let seen = parse_listing(&out.stdout).unwrap();
+        let get = |p: &[u8]| seen.iter().find(|s| s.path == p).unwrap();
+        assert_eq!(seen.len(), 3000 + 7);
+        assert_eq!(
+            get(b"sub/a\nb").sha256.as_deref(),
+            Some(&*hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"x")))
+        );
+        assert_eq!(get(b"sub/deeper/-n").size, 2);
+        assert_eq!(get(b"sub/link").link_target.as_deref(), Some(&b"top"[..]));
+        assert_eq!(get(b"sub").kind, 'D');
+        assert!(seen.iter().all(|s| !s.path.starts_with(b".pvbackup")));
+    }
+
+    fn which_busybox() -> Result<std::path::PathBuf, ()> {
+        std::env::var_os("PATH")
+            .and_then(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join("busybox"))
+                    .find(|b| b.exists())
+            })
+            .ok_or(())
+    }
+
+    /// A directory of busybox applet links, so the script runs busybox's tools, not the host's.
+    fn busybox_path(busybox: &std::path::Path) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("pvb-busybox-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for applet in ["sh", "stat", "sha256sum", "readlink", "find", "printf", "["] {
+            let _ = std::os::unix::fs::symlink(busybox, dir.join(applet));
+        }
+        dir
     }
 }
