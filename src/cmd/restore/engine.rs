@@ -32,7 +32,7 @@ pub fn staging_name(id: &str) -> String {
 /// that it can run itself under `find -exec` — busybox find refuses a `{}` inside an argument).
 /// Lists every entry under DIR (DIR itself is `.`); top-level names `.pvbackup-*-EXCLUDE` are
 /// skipped. Entries are described in batches of many paths, so that a batch costs three
-/// processes (`stat`, `sha256sum` and a `readlink` per symlink) rather than two per file:
+/// processes (`stat`, `xargs sha256sum` and a `readlink` per symlink) rather than two per file:
 ///
 /// `B\0PATH\0...PATH\0\0`, then one `stat` line `MODE UID GID SIZE INODE MTIME RAWMODE` per
 /// path, then for each symlink in order its `readlink` output and `\0`, then `sha256sum`'s
@@ -47,12 +47,10 @@ batch() {
   for p; do
     if [ -L "$p" ]; then readlink "$p" || exit 1; printf '\0'; fi
   done
-  n=$#
+  # (growing "$@" one file at a time would be quadratic in the batch size)
   for p; do
-    if [ -f "$p" ] && [ ! -L "$p" ]; then set -- "$@" "$p"; fi
-  done
-  shift "$n"
-  if [ $# -gt 0 ]; then sha256sum -- "$@" || exit 1; fi
+    if [ -f "$p" ] && [ ! -L "$p" ]; then printf '%s\0' "$p"; fi
+  done | xargs -0 -r sha256sum -- || exit 1
 }
 if [ "$3" = batch ]; then shift 3; batch "$@"; exit $?; fi
 batch .
@@ -522,7 +520,7 @@ mod tests {
         std::fs::write(d.join("top"), b"").unwrap();
         std::os::unix::fs::symlink("top", d.join("sub/link")).unwrap();
         std::fs::create_dir(d.join(".pvbackup-staging-RUN")).unwrap();
-        for i in 0..3000 {
+        for i in 0..20_000 {
             std::fs::write(d.join(format!("sub/deeper/f{i:05}")), i.to_string()).unwrap();
         }
         let out = std::process::Command::new(&busybox)
@@ -539,7 +537,7 @@ mod tests {
         );
         let seen = parse_listing(&out.stdout).unwrap();
         let get = |p: &[u8]| seen.iter().find(|s| s.path == p).unwrap();
-        assert_eq!(seen.len(), 3000 + 7);
+        assert_eq!(seen.len(), 20_000 + 7);
         assert_eq!(
             get(b"sub/a\nb").sha256.as_deref(),
             Some(&*hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"x")))
@@ -564,7 +562,16 @@ mod tests {
     fn busybox_path(busybox: &std::path::Path) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("pvb-busybox-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        for applet in ["sh", "stat", "sha256sum", "readlink", "find", "printf", "["] {
+        for applet in [
+            "sh",
+            "stat",
+            "sha256sum",
+            "readlink",
+            "find",
+            "printf",
+            "[",
+            "xargs",
+        ] {
             let _ = std::os::unix::fs::symlink(busybox, dir.join(applet));
         }
         dir
