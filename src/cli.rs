@@ -300,6 +300,13 @@ pub struct RestoreArgs {
     #[arg(long)]
     #[arg(help_heading = "Safety")]
     pub force: bool,
+    /// When the PVC lacks room to stage the backup next to its data: delete the current
+    /// content first and extract straight into the volume (--mode replace, existing PVC only).
+    /// No rollback: a failure leaves the volume partly restored until the restore is re-run.
+    /// Asks a second confirmation
+    #[arg(long)]
+    #[arg(help_heading = "Safety")]
+    pub in_place: bool,
     #[command(flatten)]
     pub helper: HelperArgs,
     #[command(flatten)]
@@ -417,7 +424,10 @@ Examples:
     -n shop-copy --create-pvc --yes
 
   # Show what would happen; change nothing
-  kubectl pvbackup restore ./backups/<id>/shop/data-orders-db-0.manifest.json --dry-run";
+  kubectl pvbackup restore ./backups/<id>/shop/data-orders-db-0.manifest.json --dry-run
+
+  # A full volume without room to stage: delete, then extract in place (no rollback)
+  kubectl pvbackup restore ./backups/<id>/shop/data-orders-db-0.manifest.json --in-place";
 
 const CLEANUP_EXAMPLES: &str = "\
 Examples:
