@@ -300,10 +300,12 @@ pub struct RestoreArgs {
     #[arg(long)]
     #[arg(help_heading = "Safety")]
     pub force: bool,
-    /// When the PVC lacks room to stage the backup next to its data: delete the current
-    /// content first and extract straight into the volume (--mode replace, existing PVC only).
-    /// No rollback: a failure leaves the volume partly restored until the restore is re-run.
-    /// Asks a second confirmation
+    /// Delete the PVC's content, then extract straight into it; no rollback: a failure leaves
+    /// the volume partly restored
+    ///
+    /// For an existing PVC whose data leaves no room to stage the backup next to it (--mode
+    /// replace only). A failure or interruption after the delete leaves the volume partly
+    /// restored until the same restore is run again. Asks a second confirmation (--yes skips it)
     #[arg(long)]
     #[arg(help_heading = "Safety")]
     pub in_place: bool,
