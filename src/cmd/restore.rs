@@ -663,9 +663,16 @@ pub(crate) async fn execute(
             }
         }
         Err(f) if *phase.lock().unwrap_or_else(|p| p.into_inner()) == Phase::PartlyRestored => {
+            // The generic interruption message speaks of partial files removed; here the
+            // partial state is the point.
+            let what = if f.kind == ExitKind::Interrupted {
+                "interrupted; the helper pods were removed".to_string()
+            } else {
+                f.message
+            };
             Err(Failure::new(
                 f.kind,
-                format!("{}; {}", f.message, partly_restored(&ex.ns, &ex.name)),
+                format!("{what}; {}", partly_restored(&ex.ns, &ex.name)),
             ))
         }
         other => other,
