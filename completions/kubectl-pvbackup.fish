@@ -157,6 +157,7 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restor
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -s y -l yes -d 'Do not ask for confirmation'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l dry-run -d 'Print the plan; change nothing'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l force -d 'Restore even while other pods mount the PVC'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l in-place -d 'Delete the PVC\'s content, then extract straight into it; no rollback: a failure leaves the volume partly restored'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -s A -l all-namespaces -d 'Look in every namespace'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -s v -l verbose -d 'More logs on stderr (-v, -vv, -vvv)'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l no-progress -d 'No progress bars (they are also off when stderr is not a terminal)'

@@ -300,6 +300,15 @@ pub struct RestoreArgs {
     #[arg(long)]
     #[arg(help_heading = "Safety")]
     pub force: bool,
+    /// Delete the PVC's content, then extract straight into it; no rollback: a failure leaves
+    /// the volume partly restored
+    ///
+    /// For an existing PVC whose data leaves no room to stage the backup next to it (--mode
+    /// replace only). A failure or interruption after the delete leaves the volume partly
+    /// restored until the same restore is run again. Asks a second confirmation (--yes skips it)
+    #[arg(long)]
+    #[arg(help_heading = "Safety")]
+    pub in_place: bool,
     #[command(flatten)]
     pub helper: HelperArgs,
     #[command(flatten)]
@@ -417,7 +426,10 @@ Examples:
     -n shop-copy --create-pvc --yes
 
   # Show what would happen; change nothing
-  kubectl pvbackup restore ./backups/<id>/shop/data-orders-db-0.manifest.json --dry-run";
+  kubectl pvbackup restore ./backups/<id>/shop/data-orders-db-0.manifest.json --dry-run
+
+  # A full volume without room to stage: delete, then extract in place (no rollback)
+  kubectl pvbackup restore ./backups/<id>/shop/data-orders-db-0.manifest.json --in-place";
 
 const CLEANUP_EXAMPLES: &str = "\
 Examples:

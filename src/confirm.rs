@@ -43,3 +43,17 @@ pub fn confirm_typed(question: &str, expected: &str) -> Result<(), Failure> {
         )))
     }
 }
+
+/// A second confirmation for a step that cannot be undone: `warning` in bold red on its own
+/// lines, then the user types `expected` (a word unlike the first prompt's answer, so that a
+/// practised Enter-and-name does not carry through).
+pub fn confirm_loud(warning: &str, question: &str, expected: &str) -> Result<(), Failure> {
+    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        return Err(Failure::refused(format!(
+            "{warning} Refusing without a terminal to ask on; pass --yes to proceed in scripts."
+        )));
+    }
+    let style = dialoguer::console::Style::new().for_stderr().red().bold();
+    eprintln!("\n{}\n", style.apply_to(warning));
+    confirm_typed(question, expected)
+}

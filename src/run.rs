@@ -130,6 +130,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 yes: a.yes,
                 dry_run: a.dry_run,
                 force: a.force,
+                in_place: cmd::restore::check_in_place(a.in_place, a.create_pvc, a.mode)?,
                 image: a.helper.image.clone(),
                 run_as_user: a.helper.run_as_user,
                 pod_timeout: Duration::from_secs(a.helper.pod_timeout),

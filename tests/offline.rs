@@ -324,3 +324,14 @@ fn regex_escape(s: &str) -> String {
         })
         .collect()
 }
+
+#[test]
+fn in_place_with_create_pvc_or_merge_is_a_usage_error_before_any_api_call() {
+    for extra in [&["--create-pvc"][..], &["--mode", "merge"][..]] {
+        let mut args = vec!["restore", "some.manifest.json", "--in-place", "--yes"];
+        args.extend_from_slice(extra);
+        let out = plugin(&args);
+        assert_eq!(out.code, 2, "{extra:?}: {}", out.stderr);
+        assert!(out.stderr.contains("drop --in-place"), "{}", out.stderr);
+    }
+}

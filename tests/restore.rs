@@ -572,3 +572,212 @@ async fn a_volume_without_room_for_staging_is_refused() {
     assert!(leftovers(&vol).is_empty());
     assert_no_helper_pods(&cluster).await;
 }
+
+/// Writes `mib` MiB of a repeating, non-zero pattern to `vol/filler`.
+fn fill(vol: &Path, mib: usize) {
+    let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    let mut data = Vec::with_capacity(mib << 20);
+    for _ in 0..mib {
+        data.extend_from_slice(&chunk);
+    }
+    std::fs::write(vol.join("filler"), data).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_place_restores_a_backup_too_big_to_stage() {
+    let cluster = demo().await;
+    let dest = tempfile::tempdir().unwrap();
+    let vol = cluster.volume_path(NS, PVC);
+    // 18 MiB of data on the 32Mi volume: the backup fits the volume, but not next to its own
+    // data (about 13 MiB stay free).
+    fill(&vol, 18);
+    // The volume root's own mode and owner are part of the backup too.
+    std::fs::set_permissions(&vol, std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::chown(&vol, Some(1000), Some(1000)).unwrap();
+    let original = state(&vol);
+    let manifest = backup(&cluster, NS, PVC, dest.path()).await;
+    let extra = tamper(&vol);
+    std::fs::set_permissions(&vol, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::os::unix::fs::chown(&vol, Some(0), Some(0)).unwrap();
+    let tampered = state(&vol);
+
+    // Staging is refused, and the refusal names --in-place and what it gives up.
+    let run = plugin(&cluster, &["restore", manifest.to_str().unwrap(), "--yes"]).await;
+    assert_eq!(run.code, 4, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("free") && run.stderr.contains("--in-place"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("partly restored"), "{}", run.stderr);
+    assert_same(&tampered, &state(&vol), "after the refusal");
+    assert!(leftovers(&vol).is_empty());
+    assert_no_helper_pods(&cluster).await;
+
+    // The plan says in place.
+    let run = plugin(
+        &cluster,
+        &[
+            "restore",
+            manifest.to_str().unwrap(),
+            "--in-place",
+            "--dry-run",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(json(&run)["inPlace"], true);
+    assert_same(&tampered, &state(&vol), "after the dry run");
+
+    let run = plugin(
+        &cluster,
+        &[
+            "restore",
+            manifest.to_str().unwrap(),
+            "--in-place",
+            "--yes",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let out = json(&run);
+    assert_eq!(out["verified"], true);
+    assert_eq!(out["inPlace"], true);
+    assert_eq!(out["mode"], "replace");
+    assert!(!extra.exists());
+    assert_same(&original, &state(&vol), "after the in-place restore");
+    assert!(leftovers(&vol).is_empty());
+    assert_no_helper_pods(&cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_place_without_a_terminal_or_yes_changes_nothing() {
+    let cluster = demo().await;
+    let dest = tempfile::tempdir().unwrap();
+    let vol = cluster.volume_path(NS, PVC);
+    let manifest = backup(&cluster, NS, PVC, dest.path()).await;
+    tamper(&vol);
+    let before = state(&vol);
+    let run = plugin(
+        &cluster,
+        &["restore", manifest.to_str().unwrap(), "--in-place"],
+    )
+    .await;
+    assert_eq!(run.code, 4, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("--yes"), "{}", run.stderr);
+    assert_same(&before, &state(&vol), "after the refusal");
+    assert!(helper_pods(&cluster).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_in_place_asks_a_second_time() {
+    let cluster = demo().await;
+    let dest = tempfile::tempdir().unwrap();
+    let vol = cluster.volume_path(NS, PVC);
+    let original = state(&vol);
+    let manifest = backup(&cluster, NS, PVC, dest.path()).await;
+    let extra = tamper(&vol);
+    let tampered = state(&vol);
+    let args = [
+        "restore",
+        manifest.to_str().unwrap(),
+        "--in-place",
+        "--no-progress",
+    ];
+    let first = format!("Type \"{PVC}\" to confirm");
+    let second = "Type \"in-place\" to confirm";
+
+    // The PVC's name, then anything but "in-place": exit 4, the volume as it was.
+    for wrong in ["", PVC, "y"] {
+        let (code, screen) =
+            plugin_on_terminal_answering(&cluster, &args, &[(&first, PVC), (second, wrong)]).await;
+        assert_eq!(code, 4, "{wrong:?}: {screen}");
+        assert!(screen.contains("no rollback"), "{screen}");
+        assert!(screen.contains("partly restored"), "{screen}");
+        assert!(screen.contains("aborted"), "{screen}");
+        assert_same(
+            &tampered,
+            &state(&vol),
+            "after declining the second question",
+        );
+        assert!(extra.exists());
+        assert!(helper_pods(&cluster).is_empty());
+    }
+
+    // Both answered: the volume is the backup again.
+    let (code, screen) =
+        plugin_on_terminal_answering(&cluster, &args, &[(&first, PVC), (second, "in-place")]).await;
+    assert_eq!(code, 0, "{screen}");
+    assert!(screen.contains("in place"), "{screen}");
+    assert_same(
+        &original,
+        &state(&vol),
+        "after the confirmed in-place restore",
+    );
+    assert!(!extra.exists());
+    assert_no_helper_pods(&cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_in_place_restore_says_partly_restored_and_a_rerun_finishes() {
+    let cluster = demo().await;
+    let dest = tempfile::tempdir().unwrap();
+    let vol = cluster.volume_path(NS, PVC);
+    let original = state(&vol);
+    let manifest = backup(&cluster, NS, PVC, dest.path()).await;
+    let extra = tamper(&vol);
+    // The measuring step prints two numbers, deleting and tar -x print nothing: the first
+    // session to cross 1 KiB of stdout is the verification, after the volume was cleared and
+    // extracted into.
+    cluster.fault(FaultRequest::KillExec {
+        after_bytes: 1024,
+        count: 1,
+    });
+    let args = [
+        "restore",
+        manifest.to_str().unwrap(),
+        "--in-place",
+        "--yes",
+        "-o",
+        "json",
+    ];
+    let mut no_retries = args.to_vec();
+    no_retries.extend(["--retries", "0"]);
+    let run = plugin(&cluster, &no_retries).await;
+    cluster.fault(FaultRequest::Clear);
+    assert_ne!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("partly restored"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("run the same restore command again"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("rolled back"), "{}", run.stderr);
+    assert_eq!(json(&run)["status"], "failed");
+    assert!(
+        !extra.exists(),
+        "the in-place restore had deleted the content"
+    );
+    assert_no_helper_pods(&cluster).await;
+
+    // The same command, with retries, while the fault strikes once more: the second attempt
+    // deletes and extracts again, and the volume is exactly the backup.
+    cluster.fault(FaultRequest::KillExec {
+        after_bytes: 1024,
+        count: 1,
+    });
+    let run = plugin(&cluster, &args).await;
+    cluster.fault(FaultRequest::Clear);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let out = json(&run);
+    assert_eq!(out["attempts"], 2, "{out:#}");
+    assert_eq!(out["inPlace"], true);
+    assert!(!run.stderr.contains("rolled back"), "{}", run.stderr);
+    assert_same(&original, &state(&vol), "after the re-run");
+    assert!(leftovers(&vol).is_empty());
+    assert_no_helper_pods(&cluster).await;
+}

@@ -211,6 +211,7 @@ pub async fn run(conn: &Connection, plan: DrillPlan) -> Result<(), Failure> {
             namespace_obj,
             run_id: super::restore::new_run_id(),
             mode: RestoreModeArg::Replace,
+            in_place: false,
             image: plan.image.clone(),
             run_as_user: plan.run_as_user,
             pod_timeout: plan.pod_timeout,

@@ -2,6 +2,11 @@
 //! helper pod extract into a staging directory on the same volume, verify it there, swap it
 //! in with renames, verify the result in place, and only then drop the originals. Any failure
 //! after the first change rolls the volume back (in a fresh helper pod if the first one died).
+//!
+//! `--in-place` (replace mode, for a volume without room to stage) is the exception: it deletes
+//! the current content and extracts straight into the volume, so there is nothing to roll back
+//! to; a failure after the delete says the volume is partly restored, and a retry (or re-run)
+//! deletes and extracts again.
 
 mod engine;
 
@@ -49,12 +54,46 @@ pub struct RestorePlan {
     pub yes: bool,
     pub dry_run: bool,
     pub force: bool,
+    /// Delete the current content and extract straight into the volume: no staging, no
+    /// rollback (see [`check_in_place`]).
+    pub in_place: bool,
     pub image: String,
     pub run_as_user: Option<i64>,
     pub pod_timeout: Duration,
     pub retry: RetryPolicy,
     pub output: OutputFormat,
     pub store: crate::destination::StoreOptions,
+}
+
+/// The rules of `--in-place`, checked before any API call; returns whether the restore runs in
+/// place. It exists for an existing PVC whose data leaves no room to stage the backup next to
+/// it, and only a replace can make that room (by deleting the data first).
+pub fn check_in_place(
+    in_place: bool,
+    create_pvc: bool,
+    mode: RestoreModeArg,
+) -> Result<bool, Failure> {
+    if !in_place {
+        return Ok(false);
+    }
+    if create_pvc {
+        return Err(Failure::usage(
+            "--in-place and --create-pvc do not go together: --in-place gives up the rollback to make room in an existing, full PVC, while a PVC that --create-pvc makes is sized for the backup and has room to stage it; drop --in-place",
+        ));
+    }
+    if mode == RestoreModeArg::Merge {
+        return Err(Failure::usage(
+            "--in-place works with --mode replace only: a merge keeps the current files, so it needs as much free space in place as it does staged, and the staged merge can roll back; drop --in-place",
+        ));
+    }
+    Ok(true)
+}
+
+/// What a failed in-place restore leaves behind, and how to finish it.
+fn partly_restored(ns: &str, name: &str) -> String {
+    format!(
+        "PVC {ns}/{name} is left partly restored (--in-place deleted its previous content and has no rollback); run the same restore command again to finish it"
+    )
 }
 
 fn mode_name(m: RestoreModeArg) -> &'static str {
@@ -340,6 +379,12 @@ pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
         }
     }
     let mode = mode_name(plan.mode);
+    // What tables and prompts call the mode; JSON keeps `mode` and adds `inPlace`.
+    let mode_label = if plan.in_place {
+        "replace, in place"
+    } else {
+        mode
+    };
     if plan.dry_run {
         let pod = request(&run_id).map(|r| build_helper_pod(&r));
         let doc = serde_json::json!({
@@ -348,6 +393,7 @@ pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
             "target": name,
             "namespace": ns,
             "mode": mode,
+            "inPlace": plan.in_place,
             "createPvc": create_size.as_ref().map(|s| serde_json::json!({"size": s, "storageClass": plan.storage_class.clone().or(m.pvc.storage_class.clone())})),
             "files": files,
             "bytes": m.uncompressed_size,
@@ -360,13 +406,16 @@ pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
             OutputFormat::Json | OutputFormat::Yaml => output::structured(plan.output, &doc),
             _ => {
                 let mut text = format!(
-                    "dry run: restore {} → {ns}/{name} ({mode}); nothing is changed\n",
+                    "dry run: restore {} → {ns}/{name} ({mode_label}); nothing is changed\n",
                     doc["backup"].as_str().unwrap_or_default()
                 );
+                if plan.in_place {
+                    text.push_str("in place: the current content is deleted first, then the backup is extracted straight into the volume; no rollback\n");
+                }
                 text.push_str(&summary_table(
                     &name,
                     &ns,
-                    mode,
+                    mode_label,
                     files,
                     m.uncompressed_size,
                     &state.users,
@@ -393,7 +442,14 @@ pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
     if !plan.yes {
         eprintln!(
             "{}",
-            summary_table(&name, &ns, mode, files, m.uncompressed_size, &state.users)
+            summary_table(
+                &name,
+                &ns,
+                mode_label,
+                files,
+                m.uncompressed_size,
+                &state.users
+            )
         );
         match plan.mode {
             RestoreModeArg::Replace => crate::confirm::confirm_typed(
@@ -407,6 +463,17 @@ pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
                 "Overwrite {files} files of PVC {ns}/{name} with backup {}?",
                 m.backup_id
             ))?,
+        }
+        if plan.in_place {
+            // The second, louder question: the first one is the same as for a restore that
+            // can roll back, so it alone does not say what is given up.
+            crate::confirm::confirm_loud(
+                &format!(
+                    "WARNING: --in-place has no rollback. The current content of PVC {ns}/{name} is deleted first, then the backup is extracted into it; if the restore fails or is interrupted, the PVC is left partly restored until the restore is run again."
+                ),
+                "Restore in place, without a rollback?",
+                "in-place",
+            )?;
         }
     }
     // 4. From here on the cluster changes.
@@ -428,6 +495,7 @@ pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
         namespace_obj: state.namespace_obj.clone(),
         run_id,
         mode: plan.mode,
+        in_place: plan.in_place,
         image: plan.image.clone(),
         run_as_user: plan.run_as_user,
         pod_timeout: plan.pod_timeout,
@@ -441,6 +509,7 @@ pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
         "target": name,
         "namespace": ns,
         "mode": mode,
+        "inPlace": plan.in_place,
         "files": files,
         "bytes": m.uncompressed_size,
         "seconds": secs,
@@ -477,7 +546,7 @@ pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
                 vec![vec![
                     ns.clone(),
                     name.clone(),
-                    mode.to_string(),
+                    mode_label.to_string(),
                     files.to_string(),
                     output::human_bytes(m.uncompressed_size),
                     format!("{secs:.1}s"),
@@ -499,6 +568,8 @@ pub(crate) struct Execution {
     pub namespace_obj: Option<Namespace>,
     pub run_id: String,
     pub mode: RestoreModeArg,
+    /// `--in-place`: no staging, no rollback (replace mode only).
+    pub in_place: bool,
     pub image: String,
     pub run_as_user: Option<i64>,
     pub pod_timeout: Duration,
@@ -538,7 +609,9 @@ pub(crate) struct Executed {
 /// rolls the volume back to its original state (removing a half-extracted staging directory,
 /// undoing a half-done swap), and only once the previous helper pod is confirmed gone, so two
 /// pods never work on the volume at once; the swap therefore stays all-or-nothing across
-/// attempts. Helper pods are deleted whatever happens.
+/// attempts. Helper pods are deleted whatever happens. An in-place restore has nothing to roll
+/// back to: every attempt deletes the volume's content and extracts again, and a failure after
+/// the first delete says the volume is partly restored.
 pub(crate) async fn execute(
     client: &kube::Client,
     ex: &Execution,
@@ -550,6 +623,7 @@ pub(crate) async fn execute(
         loc: ex.loc.clone(),
         run_id: ex.run_id.clone(),
         mode: ex.mode,
+        in_place: ex.in_place,
         timeout: ex.pod_timeout,
         needed: ex.needed,
         stall: ex.retry.stall,
@@ -558,7 +632,7 @@ pub(crate) async fn execute(
     let outcome = tokio::select! {
         r = attempts(client, ex, &job, registry, &phase, &ghost, &mut log) => r,
         _ = crate::signals::interrupted() => {
-            if ex.recover_on_interrupt {
+            if ex.recover_on_interrupt && !ex.in_place {
                 eprintln!("interrupted; rolling back");
                 if *phase.lock().unwrap_or_else(|p| p.into_inner()) != Phase::Nothing {
                     if let Err(f) = recover(client, ex, &job, registry, &ghost).await {
@@ -587,6 +661,19 @@ pub(crate) async fn execute(
                     format!("{}; {}", f.message, r.message),
                 )),
             }
+        }
+        Err(f) if *phase.lock().unwrap_or_else(|p| p.into_inner()) == Phase::PartlyRestored => {
+            // The generic interruption message speaks of partial files removed; here the
+            // partial state is the point.
+            let what = if f.kind == ExitKind::Interrupted {
+                "interrupted; the helper pods were removed".to_string()
+            } else {
+                f.message
+            };
+            Err(Failure::new(
+                f.kind,
+                format!("{what}; {}", partly_restored(&ex.ns, &ex.name)),
+            ))
         }
         other => other,
     };
@@ -640,7 +727,8 @@ async fn attempts(
                     return Err((Failure::runtime(conflict).permanent(), None));
                 }
             }
-            restore_in_pod(client, pod, job, registry, phase, number > 1).await
+            // In place there is nothing to roll back to: the attempt deletes and extracts again.
+            restore_in_pod(client, pod, job, registry, phase, number > 1 && !job.in_place).await
         }
         .await;
         let seconds = began.elapsed().as_secs_f64();
@@ -753,12 +841,16 @@ enum Phase {
     NeedsRecovery,
     /// Committed (or rolled back): nothing left to undo.
     Done,
+    /// In place: the original content was (or is being) deleted; there is nothing to roll back
+    /// to, only a restore to finish. Stays so across attempts until one succeeds.
+    PartlyRestored,
 }
 
 struct Job {
     loc: Arc<Located>,
     run_id: String,
     mode: RestoreModeArg,
+    in_place: bool,
     timeout: Duration,
     needed: u64,
     stall: Duration,
@@ -929,7 +1021,10 @@ async fn restore_in_pod(
         }
     }
     let gone = helper.delete().await;
-    let touched = *phase.lock().unwrap_or_else(|e| e.into_inner()) == Phase::NeedsRecovery;
+    let touched = matches!(
+        *phase.lock().unwrap_or_else(|e| e.into_inner()),
+        Phase::NeedsRecovery | Phase::PartlyRestored
+    );
     r.map_err(|f| (f, (touched && !gone).then(|| helper.name.clone())))
 }
 
@@ -976,7 +1071,33 @@ async fn listing(helper: &HelperPod, dir: &str, job: &Job) -> Result<Vec<engine:
     })
 }
 
+/// What [`engine::ROOM`] measured on the volume.
+struct Room {
+    /// Free bytes.
+    free: u64,
+    /// Bytes held by what a replace deletes: everything but the kept top-level names.
+    held: u64,
+}
+
+/// Measures the volume; `None` when `df`/`du` printed something unexpected.
+async fn room(helper: &HelperPod, job: &Job) -> Result<Option<Room>, Failure> {
+    let keep = job.keep();
+    let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
+    let out = run_bytes(helper, &sh(engine::ROOM, &keep)).await?;
+    let out = String::from_utf8_lossy(&out);
+    let mut kib = out
+        .split_whitespace()
+        .map(|n| n.parse::<u64>().ok().map(|n| n * 1024));
+    Ok(match (kib.next().flatten(), kib.next().flatten()) {
+        (Some(free), Some(held)) => Some(Room { free, held }),
+        _ => None,
+    })
+}
+
 async fn steps(helper: &HelperPod, job: &Job, phase: &Mutex<Phase>) -> Result<(), Failure> {
+    if job.in_place {
+        return steps_in_place(helper, job, phase).await;
+    }
     let m = &job.loc.manifest;
     // Room for staging: the originals stay until the swap.
     let df = run_bytes(helper, &["df".into(), "-Pk".into(), engine::MOUNT.into()]).await?;
@@ -989,8 +1110,26 @@ async fn steps(helper: &HelperPod, job: &Job, phase: &Mutex<Phase>) -> Result<()
     {
         let avail = avail * 1024;
         if avail < job.needed {
+            // Whether deleting the content first would make room decides what to suggest;
+            // measured only now, as `du` walks the whole volume.
+            let held = match job.mode {
+                RestoreModeArg::Replace => room(helper, job).await?.map(|r| r.held),
+                RestoreModeArg::Merge => None,
+            };
+            let larger = "restore into a larger PVC (--to-pvc NAME --create-pvc)";
+            let what_to_do = match held {
+                Some(held) if avail + held >= job.needed => format!(
+                    "free space on it, {larger}, or pass --in-place to delete the current content ({}) first and extract straight into the volume, with no rollback: if that restore fails, the volume is left partly restored",
+                    output::human_bytes(held)
+                ),
+                Some(held) => format!(
+                    "free space on it or {larger} (--in-place would not fit either: the current content holds only {})",
+                    output::human_bytes(held)
+                ),
+                None => format!("free space on it or {larger}"),
+            };
             return Err(Failure::refused(format!(
-                "the volume has {} free but staging the backup needs {} next to the current data; free space on it or restore into a larger PVC (--to-pvc NAME --create-pvc)",
+                "the volume has {} free but staging the backup needs {} next to the current data; {what_to_do}",
                 output::human_bytes(avail),
                 output::human_bytes(job.needed)
             )));
@@ -999,81 +1138,16 @@ async fn steps(helper: &HelperPod, job: &Job, phase: &Mutex<Phase>) -> Result<()
     set(phase, Phase::NeedsRecovery);
     // Extract: archive → decompress here → tar -x in the pod, over exec stdin.
     let staging = job.staging();
-    let argv = sh(
-        "mkdir -m 700 \"$1\" && exec tar -x --numeric-owner -f - -C \"$1\"",
-        &[&staging],
-    );
-    let mut session = helper
-        .session(
-            &as_strs(&argv),
-            true,
-            Watch {
-                stdin_stall: Some(job.stall),
-                stdout_stall: None,
-            },
-        )
-        .await?;
-    let stdin = session
-        .stdin
-        .take()
-        .ok_or_else(|| Failure::runtime("exec gave no stdin"))?;
-    let mut stdout = session
-        .stdout
-        .take()
-        .ok_or_else(|| Failure::runtime("exec gave no stdout"))?;
-    let mut stderr = session
-        .stderr
-        .take()
-        .ok_or_else(|| Failure::runtime("exec gave no stderr"))?;
-    let loc = job.loc.clone();
-    let feeder = tokio::task::spawn_blocking(move || feed(&loc, stdin));
-    let drain = tokio::spawn(async move {
-        let mut out = Vec::new();
-        let mut err = Vec::new();
-        let mut so = (&mut stdout).take(64 << 10);
-        let mut se = (&mut stderr).take(64 << 10);
-        let _ = tokio::join!(so.read_to_end(&mut out), se.read_to_end(&mut err));
-        String::from_utf8_lossy(&err).into_owned()
-    });
-    let fed = feeder
-        .await
-        .map_err(|e| Failure::runtime(format!("the archive feeder failed: {e}")))?;
-    // A damaged archive explains a failed tar best (and tar may still wait for input: the
-    // session is dropped on return, which ends it); a lost session explains a broken feed best.
-    if let Err(f) = &fed {
-        if f.kind == ExitKind::Integrity {
-            return Err(f.clone());
-        }
-        if let Some(why) = session.lost_reason() {
-            return Err(Failure::runtime(why));
-        }
-    }
-    let errors = drain.await.unwrap_or_default();
-    let st = session.finish(job.stall).await?;
-    if st.status.as_deref() != Some("Success") {
-        return Err(Failure::runtime(format!(
-            "tar -x in helper pod {} failed: {} {}",
-            helper.name,
-            crate::helper_session::describe_status(&st),
-            errors.trim()
-        )));
-    }
-    fed?;
-    // Ownership of symlinks (busybox tar leaves them to root).
-    let owners = engine::symlink_owners(m);
-    for chunk in owners.chunks(500) {
-        let mut args = vec![staging.clone()];
-        for (o, p) in chunk {
-            args.push(o.clone());
-            args.push(p.clone());
-        }
-        let argv: Vec<String> = ["sh", "-c", engine::FIX_SYMLINKS, "sh"]
-            .iter()
-            .map(|s| s.to_string())
-            .chain(args)
-            .collect();
-        run_bytes(helper, &argv).await?;
-    }
+    extract(
+        helper,
+        job,
+        sh(
+            "mkdir -m 700 \"$1\" && exec tar -x --numeric-owner -f - -C \"$1\"",
+            &[&staging],
+        ),
+    )
+    .await?;
+    fix_symlink_owners(helper, job, &staging).await?;
     // Verify the staged tree inside the pod.
     let seen = listing(helper, &staging, job).await?;
     let problems = compare(m, &seen, true);
@@ -1133,6 +1207,142 @@ async fn steps(helper: &HelperPod, job: &Job, phase: &Mutex<Phase>) -> Result<()
     Ok(())
 }
 
+/// `--in-place` (replace mode): delete the current content (but `lost+found` when the backup
+/// has none), extract straight into the volume, verify it exactly. No staging, no rollback;
+/// the same steps finish what a failed attempt left.
+async fn steps_in_place(
+    helper: &HelperPod,
+    job: &Job,
+    phase: &Mutex<Phase>,
+) -> Result<(), Failure> {
+    let m = &job.loc.manifest;
+    // Once the delete starts there is no way back, so the room must be known, not guessed.
+    let room = room(helper, job).await?.ok_or_else(|| {
+        Failure::runtime(format!(
+            "helper pod {} printed no readable free space (df) or usage (du) for the volume, so the in-place restore did not start",
+            helper.name
+        ))
+    })?;
+    if room.free + room.held < job.needed {
+        return Err(Failure::refused(format!(
+            "the volume has {} free and its current content holds {}, but the backup needs {}: it does not fit even in place; restore into a larger PVC (--to-pvc NAME --create-pvc --size Q)",
+            output::human_bytes(room.free),
+            output::human_bytes(room.held),
+            output::human_bytes(job.needed)
+        )));
+    }
+    set(phase, Phase::PartlyRestored);
+    let keep = job.keep();
+    let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
+    run_bytes(helper, &sh(engine::CLEAR, &keep)).await?;
+    extract(
+        helper,
+        job,
+        sh(
+            "exec tar -x --numeric-owner -f - -C \"$1\"",
+            &[engine::MOUNT],
+        ),
+    )
+    .await?;
+    fix_symlink_owners(helper, job, engine::MOUNT).await?;
+    let seen = listing(helper, engine::MOUNT, job).await?;
+    let problems = compare(m, &seen, true);
+    if !problems.is_empty() {
+        return Err(Failure::integrity(format!(
+            "the files restored in place do not match the manifest: {}",
+            problems
+                .iter()
+                .take(20)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        )));
+    }
+    set(phase, Phase::Done);
+    Ok(())
+}
+
+/// Runs `argv` (a `tar -x` into some directory) with the archive, decompressed here, on its
+/// stdin.
+async fn extract(helper: &HelperPod, job: &Job, argv: Vec<String>) -> Result<(), Failure> {
+    let mut session = helper
+        .session(
+            &as_strs(&argv),
+            true,
+            Watch {
+                stdin_stall: Some(job.stall),
+                stdout_stall: None,
+            },
+        )
+        .await?;
+    let stdin = session
+        .stdin
+        .take()
+        .ok_or_else(|| Failure::runtime("exec gave no stdin"))?;
+    let mut stdout = session
+        .stdout
+        .take()
+        .ok_or_else(|| Failure::runtime("exec gave no stdout"))?;
+    let mut stderr = session
+        .stderr
+        .take()
+        .ok_or_else(|| Failure::runtime("exec gave no stderr"))?;
+    let loc = job.loc.clone();
+    let feeder = tokio::task::spawn_blocking(move || feed(&loc, stdin));
+    let drain = tokio::spawn(async move {
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let mut so = (&mut stdout).take(64 << 10);
+        let mut se = (&mut stderr).take(64 << 10);
+        let _ = tokio::join!(so.read_to_end(&mut out), se.read_to_end(&mut err));
+        String::from_utf8_lossy(&err).into_owned()
+    });
+    let fed = feeder
+        .await
+        .map_err(|e| Failure::runtime(format!("the archive feeder failed: {e}")))?;
+    // A damaged archive explains a failed tar best (and tar may still wait for input: the
+    // session is dropped on return, which ends it); a lost session explains a broken feed best.
+    if let Err(f) = &fed {
+        if f.kind == ExitKind::Integrity {
+            return Err(f.clone());
+        }
+        if let Some(why) = session.lost_reason() {
+            return Err(Failure::runtime(why));
+        }
+    }
+    let errors = drain.await.unwrap_or_default();
+    let st = session.finish(job.stall).await?;
+    if st.status.as_deref() != Some("Success") {
+        return Err(Failure::runtime(format!(
+            "tar -x in helper pod {} failed: {} {}",
+            helper.name,
+            crate::helper_session::describe_status(&st),
+            errors.trim()
+        )));
+    }
+    fed?;
+    Ok(())
+}
+
+/// Ownership of symlinks under `dir` (busybox tar leaves them to root).
+async fn fix_symlink_owners(helper: &HelperPod, job: &Job, dir: &str) -> Result<(), Failure> {
+    let owners = engine::symlink_owners(&job.loc.manifest);
+    for chunk in owners.chunks(500) {
+        let mut args = vec![dir.to_string()];
+        for (o, p) in chunk {
+            args.push(o.clone());
+            args.push(p.clone());
+        }
+        let argv: Vec<String> = ["sh", "-c", engine::FIX_SYMLINKS, "sh"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(args)
+            .collect();
+        run_bytes(helper, &argv).await?;
+    }
+    Ok(())
+}
+
 /// Rolls the volume back in a fresh helper pod (the first one died or is unreachable).
 async fn recover(
     client: &kube::Client,
@@ -1179,4 +1389,21 @@ async fn recover(
         "rolling back failed ({last}); {}",
         manual()
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_place_is_for_replacing_an_existing_pvc() {
+        assert!(!check_in_place(false, true, RestoreModeArg::Merge).unwrap());
+        assert!(check_in_place(true, false, RestoreModeArg::Replace).unwrap());
+        let f = check_in_place(true, true, RestoreModeArg::Replace).unwrap_err();
+        assert_eq!(f.kind, ExitKind::Usage);
+        assert!(f.message.contains("--create-pvc") && f.message.contains("drop --in-place"));
+        let f = check_in_place(true, false, RestoreModeArg::Merge).unwrap_err();
+        assert_eq!(f.kind, ExitKind::Usage);
+        assert!(f.message.contains("--mode replace") && f.message.contains("drop --in-place"));
+    }
 }

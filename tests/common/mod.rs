@@ -87,9 +87,22 @@ pub async fn plugin_on_terminal(
     prompt: &str,
     answer: &str,
 ) -> (i32, String) {
+    plugin_on_terminal_answering(cluster, args, &[(prompt, answer)]).await
+}
+
+/// [`plugin_on_terminal`] for several prompts in turn: for each `(prompt, answer)`, waits until
+/// the terminal shows the prompt, then types the answer and Enter.
+pub async fn plugin_on_terminal_answering(
+    cluster: &Cluster,
+    args: &[&str],
+    dialogue: &[(&str, &str)],
+) -> (i32, String) {
     let kubeconfig = cluster.kubeconfig().to_path_buf();
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let (prompt, answer) = (prompt.to_string(), answer.to_string());
+    let dialogue: Vec<(String, String)> = dialogue
+        .iter()
+        .map(|(p, a)| (p.to_string(), a.to_string()))
+        .collect();
     tokio::task::spawn_blocking(move || {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubectl-pvbackup"));
         cmd.args(&args)
@@ -97,16 +110,22 @@ pub async fn plugin_on_terminal(
             .env("TERM", "xterm")
             .env_remove("PVBACKUP_LOG");
         let mut term = rexpect::session::spawn_command(cmd, Some(60_000)).expect("spawn on a pty");
-        let shown = term
-            .exp_string(&prompt)
-            .unwrap_or_else(|e| panic!("the terminal never showed {prompt:?}: {e}"));
-        term.send_line(&answer).expect("type the answer");
+        let mut screen = String::new();
+        for (prompt, answer) in &dialogue {
+            let shown = term.exp_string(prompt).unwrap_or_else(|e| {
+                panic!("the terminal never showed {prompt:?}: {e}\nit showed: {screen}")
+            });
+            screen.push_str(&shown);
+            screen.push_str(prompt);
+            term.send_line(answer).expect("type the answer");
+        }
         let rest = term.exp_eof().expect("the plugin exits");
         let code = match term.process().wait().expect("wait") {
             rexpect::process::WaitStatus::Exited(_, code) => code,
             other => panic!("the plugin did not exit normally: {other:?}"),
         };
-        (code, format!("{shown}{prompt}{rest}"))
+        screen.push_str(&rest);
+        (code, screen)
     })
     .await
     .expect("join")

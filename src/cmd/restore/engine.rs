@@ -209,6 +209,41 @@ shift
 while [ $# -gt 1 ]; do chown -h "$1" "$2" || exit 1; shift 2; done
 "#;
 
+/// `sh -c ROOM ROOM KEEP...`: prints `FREE HELD`, in KiB: the volume's free space (`df`), and
+/// what its content holds (`du`) but the top-level KEEP names — the room a replace in place
+/// has once it deleted the content. `du` counts a hard-linked file once.
+pub const ROOM: &str = r#"
+cd /data || exit 1
+# du still prints its total when it could not read everything; an unreadable corner then
+# counts as held by nothing, which errs on the side of "no room".
+all=$(du -sk . 2>/dev/null | tail -n 1)
+held=${all%%[!0-9]*}
+[ -n "$held" ] || exit 1
+for k; do
+  if [ -e "$k" ] && [ ! -L "$k" ]; then
+    n=$(du -sk -- "$k" 2>/dev/null | tail -n 1)
+    n=${n%%[!0-9]*}
+    held=$((held - ${n:-0}))
+  fi
+done
+set -- $(df -Pk . | tail -n 1)
+echo "$4 $held"
+"#;
+
+/// `sh -c CLEAR CLEAR KEEP...`: `--in-place`'s first step: deletes every top-level entry of
+/// /data but the KEEP names (leftovers of other runs included: afterwards the volume holds
+/// exactly the backup).
+pub const CLEAR: &str = r#"
+cd /data || exit 1
+for e in * .[!.]* ..?*; do
+  [ -e "$e" ] || [ -L "$e" ] || continue
+  keep=
+  for k; do [ "$e" = "$k" ] && keep=1; done
+  [ -n "$keep" ] && continue
+  rm -rf -- "$e" || exit 1
+done
+"#;
+
 /// One entry as the helper pod saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seen {
