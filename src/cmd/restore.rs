@@ -1061,9 +1061,16 @@ fn sh(script: &str, args: &[&str]) -> Vec<String> {
     v
 }
 
-async fn listing(helper: &HelperPod, dir: &str, job: &Job) -> Result<Vec<engine::Seen>, Failure> {
-    let out = run_bytes(helper, &sh(engine::LIST, &[dir, &job.run_id])).await?;
-    parse_listing(&out).map_err(|e| {
+/// Lists `dir` in the helper pod; `hash`: regular files are hashed too.
+async fn listing(
+    helper: &HelperPod,
+    dir: &str,
+    job: &Job,
+    hash: bool,
+) -> Result<Vec<engine::Seen>, Failure> {
+    let how = if hash { "hash" } else { "stat" };
+    let out = run_bytes(helper, &sh(engine::LIST, &[dir, &job.run_id, how])).await?;
+    parse_listing(&out, hash).map_err(|e| {
         Failure::runtime(format!(
             "the file listing from helper pod {} is unreadable: {e}",
             helper.name
@@ -1149,8 +1156,8 @@ async fn steps(helper: &HelperPod, job: &Job, phase: &Mutex<Phase>) -> Result<()
     .await?;
     fix_symlink_owners(helper, job, &staging).await?;
     // Verify the staged tree inside the pod.
-    let seen = listing(helper, &staging, job).await?;
-    let problems = compare(m, &seen, true);
+    let staged = listing(helper, &staging, job, true).await?;
+    let problems = compare(m, &staged, true);
     if !problems.is_empty() {
         return Err(Failure::integrity(format!(
             "the extracted files do not match the manifest, so the volume was not changed: {}",
@@ -1178,8 +1185,10 @@ async fn steps(helper: &HelperPod, job: &Job, phase: &Mutex<Phase>) -> Result<()
         RestoreModeArg::Merge => sh(engine::SWAP_MERGE, &[&job.run_id]),
     };
     run_bytes(helper, &argv).await?;
-    // Verify in place.
-    let seen = listing(helper, engine::MOUNT, job).await?;
+    // Verify in place: every path, type, mode, owner, size, mtime and link; file contents by
+    // identity with the staged files just hashed (see `engine::carry_hashes`).
+    let mut seen = listing(helper, engine::MOUNT, job, false).await?;
+    engine::carry_hashes(&staged, &mut seen);
     let problems = compare(m, &seen, job.mode == RestoreModeArg::Replace);
     if !problems.is_empty() {
         return Err(Failure::integrity(format!(
@@ -1245,7 +1254,7 @@ async fn steps_in_place(
     )
     .await?;
     fix_symlink_owners(helper, job, engine::MOUNT).await?;
-    let seen = listing(helper, engine::MOUNT, job).await?;
+    let seen = listing(helper, engine::MOUNT, job, true).await?;
     let problems = compare(m, &seen, true);
     if !problems.is_empty() {
         return Err(Failure::integrity(format!(

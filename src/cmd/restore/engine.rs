@@ -28,37 +28,38 @@ pub fn staging_name(id: &str) -> String {
     format!(".pvbackup-staging-{id}")
 }
 
-/// `sh -c LIST LIST DIR EXCLUDE` (the script is its own `$0`; it is exported as `$PVB` so
+/// `sh -c LIST LIST DIR EXCLUDE HOW` (the script is its own `$0`; it is exported as `$PVB` so
 /// that it can run itself under `find -exec` — busybox find refuses a `{}` inside an argument).
 /// Lists every entry under DIR (DIR itself is `.`); top-level names `.pvbackup-*-EXCLUDE` are
-/// skipped. Entries are described in batches of many paths, so that a batch costs three
+/// skipped. HOW is `hash` (regular files are hashed) or `stat` (they are not). Entries are described in batches of many paths, so that a batch costs three
 /// processes (`stat`, `xargs sha256sum` and a `readlink` per symlink) rather than two per file:
 ///
 /// `B\0PATH\0...PATH\0\0`, then one `stat` line `MODE UID GID SIZE INODE MTIME RAWMODE` per
 /// path, then for each symlink in order its `readlink` output and `\0`, then `sha256sum`'s
-/// output for the regular files in order. See [`parse_listing`].
+/// output for the regular files in order (HOW = `hash` only). See [`parse_listing`].
 pub const LIST: &str = r#"
 : "${PVB:=$0}"; export PVB
 cd "$1" || exit 1
-ex="$2"
+ex="$2"; how="$3"
 batch() {
   printf 'B\0'; printf '%s\0' "$@"; printf '\0'
   stat -c '%a %u %g %s %i %Y %f' -- "$@" || exit 1
   for p; do
     if [ -L "$p" ]; then readlink "$p" || exit 1; printf '\0'; fi
   done
+  [ "$how" = hash ] || return 0
   # (growing "$@" one file at a time would be quadratic in the batch size)
   for p; do
     if [ -f "$p" ] && [ ! -L "$p" ]; then printf '%s\0' "$p"; fi
   done | xargs -0 -r sha256sum -- || exit 1
 }
-if [ "$3" = batch ]; then shift 3; batch "$@"; exit $?; fi
+if [ "$4" = batch ]; then shift 4; batch "$@"; exit $?; fi
 batch .
 for e in * .[!.]* ..?*; do
   [ -e "$e" ] || [ -L "$e" ] || continue
   case "$e" in .pvbackup-*-"$ex") continue;; esac
   if [ -d "$e" ] && [ ! -L "$e" ]; then
-    find "./$e" -exec sh -c 'eval "$PVB"' list . "$ex" batch {} + || exit 1
+    find "./$e" -exec sh -c 'eval "$PVB"' list . "$ex" "$how" batch {} + || exit 1
   else
     batch "./$e" || exit 1
   fi
@@ -259,8 +260,8 @@ pub struct Seen {
     pub link_target: Option<Vec<u8>>,
 }
 
-/// Parses [`LIST`]'s output.
-pub fn parse_listing(out: &[u8]) -> Result<Vec<Seen>, String> {
+/// Parses [`LIST`]'s output; `hashed`: it was run with HOW = `hash`.
+pub fn parse_listing(out: &[u8], hashed: bool) -> Result<Vec<Seen>, String> {
     let mut cur = Cursor { out, at: 0 };
     let mut seen = Vec::new();
     while !cur.done() {
@@ -285,7 +286,7 @@ pub fn parse_listing(out: &[u8]) -> Result<Vec<Seen>, String> {
             s.link_target = Some(t.strip_suffix(b"\n").unwrap_or(t).to_vec());
         }
         for (i, s) in seen[first..].iter_mut().enumerate() {
-            if s.kind == 'F' {
+            if hashed && s.kind == 'F' {
                 s.sha256 = Some(cur.hash_line(paths[i])?);
             }
         }
@@ -378,6 +379,21 @@ fn stat_line(line: &str, path: &[u8]) -> Result<Seen, String> {
         sha256: None,
         link_target: None,
     })
+}
+
+/// After the swap, the files in place are the staged files renamed: `rename(2)` keeps the
+/// inode and the content, and the staged files were hashed and checked against the manifest
+/// a moment ago. So a regular file in place takes the hash its inode had in `staged`, rather
+/// than being read a second time; one that is not a staged inode gets none, which
+/// [`compare`] reports as a mismatch.
+pub fn carry_hashes(staged: &[Seen], in_place: &mut [Seen]) {
+    let by_inode: HashMap<u64, &str> = staged
+        .iter()
+        .filter_map(|s| Some((s.inode, s.sha256.as_deref()?)))
+        .collect();
+    for s in in_place.iter_mut().filter(|s| s.kind == 'F') {
+        s.sha256 = by_inode.get(&s.inode).map(|h| h.to_string());
+    }
 }
 
 /// Compares what is on the volume with the manifest. `exact`: entries the manifest does not
@@ -522,7 +538,7 @@ mod tests {
             "B\x00.\x00./a b\nc\x00./l\x00./g\x00\x00755 0 0 4096 1 10 41ed\n600 1000 1000 3 2 11 81a4\n777 0 0 3 3 12 a1ff\n644 0 0 1 4 13 81a4\n\
              a b\n\n\x00{h}  ./a b\nc\n\\{h}  ./g\n"
         );
-        let s = parse_listing(out.as_bytes()).unwrap();
+        let s = parse_listing(out.as_bytes(), true).unwrap();
         assert_eq!(s.len(), 4);
         assert_eq!(s[0].path, b".");
         assert_eq!(s[0].kind, 'D');
@@ -533,10 +549,10 @@ mod tests {
         assert_eq!(s[2].link_target.as_deref(), Some(&b"a b\n"[..]));
         assert_eq!(s[3].sha256.as_deref(), Some(h.as_str()));
         // truncated, or a hash line naming a different file
-        assert!(parse_listing(&out.as_bytes()[..out.len() - 3]).is_err());
-        assert!(parse_listing(b"B\x00./f\x00\x00600 1 1").is_err());
+        assert!(parse_listing(&out.as_bytes()[..out.len() - 3], true).is_err());
+        assert!(parse_listing(b"B\x00./f\x00\x00600 1 1", true).is_err());
         let wrong = format!("B\x00./f\x00\x00644 0 0 1 4 13 81a4\n{h}  ./x\n");
-        assert!(parse_listing(wrong.as_bytes()).is_err());
+        assert!(parse_listing(wrong.as_bytes(), true).is_err());
     }
 
     /// The script against the busybox the helper image runs, on a tree with awkward names.
@@ -562,6 +578,7 @@ mod tests {
             .args(["sh", "-c", LIST, LIST])
             .arg(d)
             .arg("RUN")
+            .arg("hash")
             .env("PATH", busybox_path(&busybox))
             .output()
             .unwrap();
@@ -570,7 +587,7 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let seen = parse_listing(&out.stdout).unwrap();
+        let seen = parse_listing(&out.stdout, true).unwrap();
         let get = |p: &[u8]| seen.iter().find(|s| s.path == p).unwrap();
         assert_eq!(seen.len(), 20_000 + 7);
         assert_eq!(
@@ -581,6 +598,29 @@ mod tests {
         assert_eq!(get(b"sub/link").link_target.as_deref(), Some(&b"top"[..]));
         assert_eq!(get(b"sub").kind, 'D');
         assert!(seen.iter().all(|s| !s.path.starts_with(b".pvbackup")));
+        // without hashing: the same entries, no hashes; hashes carried over by inode
+        let out = std::process::Command::new(&busybox)
+            .args(["sh", "-c", LIST, LIST])
+            .arg(d)
+            .args(["RUN", "stat"])
+            .env("PATH", busybox_path(&busybox))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut stat_only = parse_listing(&out.stdout, false).unwrap();
+        assert_eq!(stat_only.len(), seen.len());
+        assert!(stat_only.iter().all(|s| s.sha256.is_none()));
+        carry_hashes(&seen, &mut stat_only);
+        assert_eq!(stat_only, seen);
+        // a file that is not one of the hashed inodes gets no hash
+        let i = stat_only.iter().position(|s| s.path == b"top").unwrap();
+        stat_only[i].inode = u64::MAX;
+        carry_hashes(&seen, &mut stat_only);
+        assert_eq!(stat_only[i].sha256, None);
     }
 
     fn which_busybox() -> Result<std::path::PathBuf, ()> {
