@@ -35,8 +35,12 @@ use support::{
 /// Sizes and repetitions, from the environment.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
-    /// PVBACKUP_FAULTS_MIB: the mixed volume (also the one every fault scenario uses).
+    /// PVBACKUP_FAULTS_MIB: the mixed volume of the clean comparison.
     pub mixed_mib: usize,
+    /// PVBACKUP_FAULTS_FAULT_MIB: the mixed volume every fault scenario uses. A fault's outcome
+    /// does not depend on the volume being 1 GiB rather than 256 MiB, but the run time does.
+    #[serde(default = "default_fault_mib")]
+    pub fault_mib: usize,
     /// PVBACKUP_FAULTS_FILES: files in the small-file volume.
     pub small_files: usize,
     /// PVBACKUP_FAULTS_SLOW_MIB: each slow-link volume (compressible, incompressible).
@@ -55,6 +59,10 @@ pub struct Settings {
     pub timeout_secs: f64,
 }
 
+fn default_fault_mib() -> usize {
+    256
+}
+
 pub const HANG_FACTOR: f64 = 3.0;
 pub const HANG_FLOOR_SECS: f64 = 30.0;
 
@@ -62,6 +70,7 @@ impl Settings {
     fn from_env() -> Settings {
         Settings {
             mixed_mib: env_or("PVBACKUP_FAULTS_MIB", 1024),
+            fault_mib: env_or("PVBACKUP_FAULTS_FAULT_MIB", default_fault_mib()),
             small_files: env_or("PVBACKUP_FAULTS_FILES", 20_000),
             slow_mib: env_or("PVBACKUP_FAULTS_SLOW_MIB", 16),
             slow_rate: env_or("PVBACKUP_FAULTS_SLOW_RATE", 8 << 20),
@@ -112,7 +121,7 @@ struct Ctx {
     /// Restores go here (a workload pod `sink` mounts it, so kubectl-pvbackup needs --force,
     /// exactly as when restoring under a running workload).
     target: Volume,
-    /// A volume half the size of the mixed data set, for "volume full on restore".
+    /// A volume half the size of the fault scenarios' data set, for "volume full on restore".
     tiny: Volume,
     seq: std::sync::atomic::AtomicUsize,
     /// How long a step may run before it counts as hung and is killed.
@@ -863,6 +872,15 @@ async fn bench() {
         |d| fill_mixed(d, s.mixed_mib),
     )
     .await;
+    let fault_cap = ((s.fault_mib as u64) << 20) * 5 / 4 + (64 << 20);
+    let faulted = dataset(
+        &bench,
+        &format!("fault set, mixed {} MiB", s.fault_mib),
+        "faulted",
+        fault_cap,
+        |d| fill_mixed(d, s.fault_mib),
+    )
+    .await;
     let small = dataset(&bench, "small files", "small", small_cap, |d| {
         fill_small_files(d, s.small_files)
     })
@@ -889,7 +907,7 @@ async fn bench() {
     let target = bench
         .volume("target", "sink", (mixed_cap * 5 / 2).max(small_cap))
         .await;
-    let tiny = bench.volume("tiny", "tiny-sink", mixed.bytes / 2).await;
+    let tiny = bench.volume("tiny", "tiny-sink", faulted.bytes / 2).await;
     let ctx = Ctx {
         kubeconfig: bench.cluster.kubeconfig().to_path_buf(),
         bench,
@@ -927,16 +945,17 @@ async fn bench() {
     };
     for tool in &tools {
         reset_limit();
-        // Clean round trips; the mixed set's last backup is the one the fault scenarios reuse.
+        // Clean round trips; the fault set's last backup is the one the corruption scenarios
+        // reuse.
         let mut clean_art = None;
-        for ds in [&mixed, &small] {
+        for ds in [&mixed, &small, &faulted] {
             for run in 0..s.runs {
                 let (r, art) = ctx
                     .round_trip("clean", tool, ds, run, None, None, None)
                     .await;
                 log(&r);
                 runs.push(r);
-                if std::ptr::eq(ds, &mixed) {
+                if std::ptr::eq(ds, &faulted) {
                     clean_art = art;
                 }
             }
@@ -944,14 +963,14 @@ async fn bench() {
         // Faults may slow a tool down, but not without bound.
         let slowest = runs
             .iter()
-            .filter(|r| r.tool == tool.name && r.scenario == "clean" && r.dataset == mixed.name)
+            .filter(|r| r.tool == tool.name && r.scenario == "clean" && r.dataset == faulted.name)
             .flat_map(|r| [&r.backup, &r.restore])
             .flatten()
             .map(|st| st.seconds)
             .fold(0.0, f64::max);
         *ctx.limit.lock().unwrap() =
             Duration::from_secs_f64((slowest * HANG_FACTOR + s.outage_secs).max(HANG_FLOOR_SECS));
-        let third = mixed.bytes / 3;
+        let third = faulted.bytes / 3;
         for run in 0..s.fault_runs {
             let kill = Trigger {
                 flow: Flow::Out,
@@ -965,7 +984,7 @@ async fn bench() {
                 .round_trip(
                     "container crash mid-backup",
                     tool,
-                    &mixed,
+                    &faulted,
                     run,
                     None,
                     Some(kill),
@@ -985,7 +1004,7 @@ async fn bench() {
                 .round_trip(
                     "API outage mid-backup",
                     tool,
-                    &mixed,
+                    &faulted,
                     run,
                     None,
                     Some(outage(Flow::Out)),
@@ -998,7 +1017,7 @@ async fn bench() {
                 .round_trip(
                     "API outage mid-restore",
                     tool,
-                    &mixed,
+                    &faulted,
                     run,
                     None,
                     None,
@@ -1010,20 +1029,20 @@ async fn bench() {
         }
         let Some(art) = clean_art else {
             eprintln!(
-                "{}: no clean backup of the mixed set; skipping the corruption scenarios",
+                "{}: no clean backup of the fault set; skipping the corruption scenarios",
                 tool.name
             );
             continue;
         };
         for run in 0..s.fault_runs {
-            let r = ctx.bit_rot(tool, &mixed, &art, run).await;
+            let r = ctx.bit_rot(tool, &faulted, &art, run).await;
             log(&r);
             runs.push(r);
             let r = ctx
                 .damaged_restore(
-                    ctx.run_record("volume full on restore", &mixed, tool, run),
+                    ctx.run_record("volume full on restore", &faulted, tool, run),
                     tool,
-                    &mixed,
+                    &faulted,
                     &art,
                     &ctx.tiny,
                     &|_| String::new(),
@@ -1033,9 +1052,9 @@ async fn bench() {
             runs.push(r);
             let r = ctx
                 .damaged_restore(
-                    ctx.run_record("archive bit flip", &mixed, tool, run),
+                    ctx.run_record("archive bit flip", &faulted, tool, run),
                     tool,
-                    &mixed,
+                    &faulted,
                     &art,
                     &ctx.target,
                     &flip_bit,
@@ -1048,9 +1067,9 @@ async fn bench() {
         // Truncation destroys the backup, so it comes last and runs once.
         let r = ctx
             .damaged_restore(
-                ctx.run_record("archive truncated", &mixed, tool, 0),
+                ctx.run_record("archive truncated", &faulted, tool, 0),
                 tool,
-                &mixed,
+                &faulted,
                 &art,
                 &ctx.target,
                 &|p| {

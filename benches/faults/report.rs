@@ -244,9 +244,10 @@ pub fn markdown(env: &Environment, tools: &[String], runs: &[Run]) -> String {
         "Produced by `cargo bench --bench faults` in {:.0} s on kubesim. Machine: {}.\n\n\
          Versions: {}; {}; {}; {}; {}.\n\n\
          Data: a mixed volume ({} MiB: 64 MiB files, half random and half JSON-like, plus small \
-         random files), {} small files (512 B–8 KiB, half text), and {} MiB of compressible and of \
-         incompressible data for the slow link. Clean round trips: medians of {} runs; fault \
-         scenarios (on the mixed volume) and slow link: {} run(s) each. Outage: {} s; slow link: \
+         random files), {} small files (512 B–8 KiB, half text), a second mixed volume of {} MiB \
+         for the fault scenarios, and {} MiB of compressible and of incompressible data for the \
+         slow link. Clean round trips: medians of {} runs; fault scenarios (on the {} MiB mixed \
+         volume) and slow link: {} run(s) each. Outage: {} s; slow link: \
          {:.1} MiB/s per exec stream and direction. A step under a fault that gives no result \
          within {}× the tool's slowest clean step (plus the outage, at least {} s) counts as hung: \
          it gets SIGINT like a user's Ctrl-C, then SIGKILL {} s later.\n\n",
@@ -259,8 +260,10 @@ pub fn markdown(env: &Environment, tools: &[String], runs: &[Run]) -> String {
         env.kubesim,
         s.mixed_mib,
         s.small_files,
+        s.fault_mib,
         s.slow_mib,
         s.runs,
+        s.fault_mib,
         s.fault_runs,
         s.outage_secs,
         s.slow_rate as f64 / MIB,
