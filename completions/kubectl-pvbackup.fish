@@ -68,7 +68,7 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create
 zstd\t''
 none\t''"
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l level -d 'Compression level (gzip 0-9, zstd 1-19; default: the fastest)' -r
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l image -d 'Helper image (any image with busybox-compatible sh, tar, sha256sum)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l image -d 'Helper image (any image with busybox-compatible sh, tar, find, stat, xargs, sha256sum)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l run-as-user -d 'Run the helper as this UID instead of root (for PodSecurity `restricted` namespaces)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l pod-timeout -d 'Give up when the helper pod is not running after this many seconds' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l retries -d 'Retries per PVC after a transient failure (connection reset, API outage or 5xx/429, helper pod evicted or killed, stalled stream); 0 turns retries off' -r
@@ -139,7 +139,7 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restor
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l size -d 'With --create-pvc: request this size (e.g. 2Gi)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l mode -d 'How the backup meets what is already on the volume' -r -f -a "replace\t'Afterwards the volume holds exactly what the backup holds'
 merge\t'Overwrite the backup\'s paths and keep everything else'"
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l image -d 'Helper image (any image with busybox-compatible sh, tar, sha256sum)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l image -d 'Helper image (any image with busybox-compatible sh, tar, find, stat, xargs, sha256sum)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l run-as-user -d 'Run the helper as this UID instead of root (for PodSecurity `restricted` namespaces)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l pod-timeout -d 'Give up when the helper pod is not running after this many seconds' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l retries -d 'Retries per PVC after a transient failure (connection reset, API outage or 5xx/429, helper pod evicted or killed, stalled stream); 0 turns retries off' -r
@@ -203,7 +203,7 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand comple
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l from -d 'Where the backup lives, when BACKUP is an id' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l storage-class -d 'StorageClass of the scratch PVC (default: the backed-up PVC\'s)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l size -d 'Size of the scratch PVC, e.g. 2Gi (default: the backed-up PVC\'s)' -r
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l image -d 'Helper image (any image with busybox-compatible sh, tar, sha256sum)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l image -d 'Helper image (any image with busybox-compatible sh, tar, find, stat, xargs, sha256sum)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l run-as-user -d 'Run the helper as this UID instead of root (for PodSecurity `restricted` namespaces)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l pod-timeout -d 'Give up when the helper pod is not running after this many seconds' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l retries -d 'Retries per PVC after a transient failure (connection reset, API outage or 5xx/429, helper pod evicted or killed, stalled stream); 0 turns retries off' -r
