@@ -179,7 +179,7 @@ impl Tool {
                 c.arg("restore")
                     .arg(&art.handle)
                     .args(["--to-pvc", &dst.pvc, "-n", NAMESPACE])
-                    .args(["--yes", "--force", "--no-progress"]);
+                    .args(["--yes", "--force", "--no-progress", "-o", "json"]);
                 c
             }
             Kind::KubectlCp => {
@@ -251,13 +251,13 @@ impl Tool {
         }
     }
 
-    /// Attempts a backup took, when the tool reports them (kubectl-pvbackup `-o json`); the
-    /// others never retry.
-    fn attempts(&self, stdout: &str) -> Option<u32> {
+    /// Attempts a backup (`pointer` = `/results/0/attempts`) or a restore (`/attempts`) took,
+    /// when the tool reports them (kubectl-pvbackup `-o json`); the others never retry.
+    fn attempts(&self, stdout: &str, pointer: &str) -> Option<u32> {
         match self.kind {
             Kind::Pvbackup => serde_json::from_str::<serde_json::Value>(stdout)
                 .ok()?
-                .pointer("/results/0/attempts")?
+                .pointer(pointer)?
                 .as_u64()
                 .map(|n| n as u32),
             _ => Some(1),
@@ -368,7 +368,11 @@ pub struct Run {
     pub run: usize,
     pub backup: Option<Step>,
     pub restore: Option<Step>,
+    /// Attempts of the backup.
     pub attempts: Option<u32>,
+    /// Attempts of the restore (absent in reports made before it was recorded).
+    #[serde(default)]
+    pub restore_attempts: Option<u32>,
     pub stored_bytes: Option<u64>,
     pub outcome: Outcome,
     /// "backup" or "restore" when detected or hung.
@@ -536,6 +540,7 @@ impl Ctx {
             backup: None,
             restore: None,
             attempts: None,
+            restore_attempts: None,
             stored_bytes: None,
             outcome: Outcome::Detected,
             failed_at: None,
@@ -556,7 +561,7 @@ impl Ctx {
     ) -> Option<Artifact> {
         let out = self.scratch("backup");
         let step = self.step(tool.backup(self, src, &out), trigger).await;
-        rec.attempts = tool.attempts(&step.stdout);
+        rec.attempts = tool.attempts(&step.stdout, "/results/0/attempts");
         let ok = step.ok();
         let art = ok.then(|| tool.artifact(&out, &step.stdout)).flatten();
         if art.is_none() {
@@ -595,6 +600,7 @@ impl Ctx {
             during,
         } = into;
         let step = self.step(tool.restore(self, art, dst), during).await;
+        rec.restore_attempts = tool.attempts(&step.stdout, "/attempts");
         let got = tree_digest(&dst.path);
         if !step.ok() {
             (rec.outcome, rec.detail) = if step.timed_out {

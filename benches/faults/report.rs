@@ -124,7 +124,11 @@ impl Group<'_> {
     /// left its target as it was.
     fn note(&self) -> Option<String> {
         let mut notes = Vec::new();
-        if self.runs.iter().any(|r| r.attempts.unwrap_or(1) > 1) {
+        if self
+            .runs
+            .iter()
+            .any(|r| r.attempts.unwrap_or(1) > 1 || r.restore_attempts.unwrap_or(1) > 1)
+        {
             notes.push(format!("attempts {}", self.attempts()));
         }
         let after: Vec<&str> = self
@@ -185,9 +189,12 @@ impl Group<'_> {
         let v: Vec<String> = self
             .runs
             .iter()
-            .map(|r| r.attempts.map(|a| a.to_string()).unwrap_or("–".into()))
+            .map(|r| {
+                let n = |a: Option<u32>| a.map(|a| a.to_string()).unwrap_or("–".into());
+                format!("{} / {}", n(r.attempts), n(r.restore_attempts))
+            })
             .collect();
-        v.join("/")
+        v.join("; ")
     }
 }
 
@@ -338,7 +345,7 @@ pub fn markdown(env: &Environment, tools: &[String], runs: &[Run]) -> String {
 
     md.push_str(
         "\n## Fault scenarios\n\n\
-         | scenario | tool | outcome | attempts | backup s | restore s | exec MiB (backup / restore) | target after a failed restore | helper pods left | what happened |\n\
+         | scenario | tool | outcome | attempts (backup / restore) | backup s | restore s | exec MiB (backup / restore) | target after a failed restore | helper pods left | what happened |\n\
          |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for g in gs
