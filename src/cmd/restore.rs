@@ -1061,6 +1061,15 @@ fn sh(script: &str, args: &[&str]) -> Vec<String> {
     v
 }
 
+/// An integrity failure naming `what` and the first 20 differences, when there are any.
+fn mismatches(what: &str, problems: &[String]) -> Result<(), Failure> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let first: Vec<&str> = problems.iter().take(20).map(String::as_str).collect();
+    Err(Failure::integrity(format!("{what}: {}", first.join("; "))))
+}
+
 /// Lists `dir` in the helper pod; `hash`: regular files are hashed too.
 async fn listing(
     helper: &HelperPod,
@@ -1158,17 +1167,10 @@ async fn steps(helper: &HelperPod, job: &Job, phase: &Mutex<Phase>) -> Result<()
     // Verify the staged tree inside the pod.
     let staged = listing(helper, &staging, job, true).await?;
     let problems = compare(m, &staged, true);
-    if !problems.is_empty() {
-        return Err(Failure::integrity(format!(
-            "the extracted files do not match the manifest, so the volume was not changed: {}",
-            problems
-                .iter()
-                .take(20)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("; ")
-        )));
-    }
+    mismatches(
+        "the extracted files do not match the manifest, so the volume was not changed",
+        &problems,
+    )?;
     // Swap.
     let argv = match job.mode {
         RestoreModeArg::Replace => {
@@ -1190,17 +1192,10 @@ async fn steps(helper: &HelperPod, job: &Job, phase: &Mutex<Phase>) -> Result<()
     let mut seen = listing(helper, engine::MOUNT, job, false).await?;
     engine::carry_hashes(&staged, &mut seen);
     let problems = compare(m, &seen, job.mode == RestoreModeArg::Replace);
-    if !problems.is_empty() {
-        return Err(Failure::integrity(format!(
-            "after the swap the volume does not match the manifest: {}",
-            problems
-                .iter()
-                .take(20)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("; ")
-        )));
-    }
+    mismatches(
+        "after the swap the volume does not match the manifest",
+        &problems,
+    )?;
     run_bytes(
         helper,
         &[
@@ -1256,17 +1251,10 @@ async fn steps_in_place(
     fix_symlink_owners(helper, job, engine::MOUNT).await?;
     let seen = listing(helper, engine::MOUNT, job, true).await?;
     let problems = compare(m, &seen, true);
-    if !problems.is_empty() {
-        return Err(Failure::integrity(format!(
-            "the files restored in place do not match the manifest: {}",
-            problems
-                .iter()
-                .take(20)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("; ")
-        )));
-    }
+    mismatches(
+        "the files restored in place do not match the manifest",
+        &problems,
+    )?;
     set(phase, Phase::Done);
     Ok(())
 }

@@ -574,20 +574,22 @@ mod tests {
         for i in 0..20_000 {
             std::fs::write(d.join(format!("sub/deeper/f{i:05}")), i.to_string()).unwrap();
         }
-        let out = std::process::Command::new(&busybox)
-            .args(["sh", "-c", LIST, LIST])
-            .arg(d)
-            .arg("RUN")
-            .arg("hash")
-            .env("PATH", busybox_path(&busybox))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let seen = parse_listing(&out.stdout, true).unwrap();
+        let list = |how: &str| {
+            let out = std::process::Command::new(&busybox)
+                .args(["sh", "-c", LIST, LIST])
+                .arg(d)
+                .args(["RUN", how])
+                .env("PATH", busybox_path(&busybox))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            parse_listing(&out.stdout, how == "hash").unwrap()
+        };
+        let seen = list("hash");
         let get = |p: &[u8]| seen.iter().find(|s| s.path == p).unwrap();
         assert_eq!(seen.len(), 20_000 + 7);
         assert_eq!(
@@ -599,19 +601,7 @@ mod tests {
         assert_eq!(get(b"sub").kind, 'D');
         assert!(seen.iter().all(|s| !s.path.starts_with(b".pvbackup")));
         // without hashing: the same entries, no hashes; hashes carried over by inode
-        let out = std::process::Command::new(&busybox)
-            .args(["sh", "-c", LIST, LIST])
-            .arg(d)
-            .args(["RUN", "stat"])
-            .env("PATH", busybox_path(&busybox))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut stat_only = parse_listing(&out.stdout, false).unwrap();
+        let mut stat_only = list("stat");
         assert_eq!(stat_only.len(), seen.len());
         assert!(stat_only.iter().all(|s| s.sha256.is_none()));
         carry_hashes(&seen, &mut stat_only);
