@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -19,35 +18,6 @@ fn json(run: &Run) -> Value {
             run.stdout, run.stderr
         )
     })
-}
-
-/// The tree, its hard links and the volume root's own mode and owner.
-type State = (
-    std::collections::BTreeMap<PathBuf, Node>,
-    Vec<Vec<PathBuf>>,
-    (u32, u32, u32),
-);
-
-fn state(root: &Path) -> State {
-    let md = std::fs::metadata(root).unwrap();
-    (
-        snapshot(root),
-        hardlinks(root),
-        (md.permissions().mode() & 0o7777, md.uid(), md.gid()),
-    )
-}
-
-fn assert_same(want: &State, got: &State, what: &str) {
-    assert_eq!(
-        want.0.keys().collect::<Vec<_>>(),
-        got.0.keys().collect::<Vec<_>>(),
-        "{what}: paths differ"
-    );
-    for (p, n) in &want.0 {
-        assert_eq!(n, &got.0[p], "{what}: {} differs", p.display());
-    }
-    assert_eq!(want.1, got.1, "{what}: hard links differ");
-    assert_eq!(want.2, got.2, "{what}: the volume root's mode/owner differ");
 }
 
 /// Entries a restore run leaves on the volume if it does not clean up after itself.

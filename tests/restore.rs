@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -43,35 +43,6 @@ async fn backup(cluster: &Cluster, ns: &str, pvc: &str, dest: &Path) -> PathBuf 
     assert_eq!(run.code, 0, "backup failed: {}\n{}", run.stdout, run.stderr);
     let out = json(&run);
     PathBuf::from(out["results"][0]["manifest"].as_str().unwrap())
-}
-
-/// The tree, its hard links and the root directory's own mode and owner.
-type State = (
-    std::collections::BTreeMap<PathBuf, Node>,
-    Vec<Vec<PathBuf>>,
-    (u32, u32, u32),
-);
-
-fn state(root: &Path) -> State {
-    let md = std::fs::metadata(root).unwrap();
-    (
-        snapshot(root),
-        hardlinks(root),
-        (md.permissions().mode() & 0o7777, md.uid(), md.gid()),
-    )
-}
-
-fn assert_same(want: &State, got: &State, what: &str) {
-    assert_eq!(
-        want.0.keys().collect::<Vec<_>>(),
-        got.0.keys().collect::<Vec<_>>(),
-        "{what}: paths differ"
-    );
-    for (p, n) in &want.0 {
-        assert_eq!(n, &got.0[p], "{what}: {} differs", p.display());
-    }
-    assert_eq!(want.1, got.1, "{what}: hard links differ");
-    assert_eq!(want.2, got.2, "{what}: the volume root's mode/owner differ");
 }
 
 /// Deletes files, changes one, adds an extra one, changes a mode and an owner.

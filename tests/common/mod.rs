@@ -303,3 +303,32 @@ pub async fn wait_for_running_helper(cluster: &Cluster, namespace: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The tree, its hard links and the root directory's own mode and owner.
+pub type State = (
+    std::collections::BTreeMap<PathBuf, Node>,
+    Vec<Vec<PathBuf>>,
+    (u32, u32, u32),
+);
+
+pub fn state(root: &Path) -> State {
+    let md = std::fs::metadata(root).unwrap();
+    (
+        snapshot(root),
+        hardlinks(root),
+        (md.permissions().mode() & 0o7777, md.uid(), md.gid()),
+    )
+}
+
+pub fn assert_same(want: &State, got: &State, what: &str) {
+    assert_eq!(
+        want.0.keys().collect::<Vec<_>>(),
+        got.0.keys().collect::<Vec<_>>(),
+        "{what}: paths differ"
+    );
+    for (p, n) in &want.0 {
+        assert_eq!(n, &got.0[p], "{what}: {} differs", p.display());
+    }
+    assert_eq!(want.1, got.1, "{what}: hard links differ");
+    assert_eq!(want.2, got.2, "{what}: the volume root's mode/owner differ");
+}
