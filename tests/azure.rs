@@ -7,19 +7,9 @@ use std::io::Write;
 
 use common::azurite::Azurite;
 use common::*;
-use serde_json::Value;
 
 const NS: &str = "shop";
 const PVC: &str = "scratch-unattached";
-
-fn json(run: &Run) -> Value {
-    serde_json::from_str(&run.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}\nstderr: {}",
-            run.stdout, run.stderr
-        )
-    })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_list_verify_restore_through_a_container() {

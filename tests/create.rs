@@ -8,15 +8,6 @@ use common::*;
 use kubesim::FaultRequest;
 use serde_json::Value;
 
-fn json(run: &Run) -> Value {
-    serde_json::from_str(&run.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}\nstderr: {}",
-            run.stdout, run.stderr
-        )
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_demo_pvc_backs_up_to_an_identical_tree() {
     let cluster = demo().await;

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
@@ -12,35 +11,6 @@ use serde_json::Value;
 
 const NS: &str = "shop";
 const PVC: &str = "scratch-unattached";
-
-fn json(run: &Run) -> Value {
-    serde_json::from_str(&run.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}\nstderr: {}",
-            run.stdout, run.stderr
-        )
-    })
-}
-
-async fn backup(cluster: &Cluster, dest: &Path) -> PathBuf {
-    let run = plugin(
-        cluster,
-        &[
-            "create",
-            PVC,
-            "-n",
-            NS,
-            "--all-pvcs",
-            "--to",
-            dest.to_str().unwrap(),
-            "-o",
-            "json",
-        ],
-    )
-    .await;
-    assert_eq!(run.code, 0, "backup failed: {}\n{}", run.stdout, run.stderr);
-    PathBuf::from(json(&run)["results"][0]["manifest"].as_str().unwrap())
-}
 
 fn pvc_names(cluster: &Cluster, ns: &str) -> Vec<String> {
     let mut v: Vec<String> = cluster
@@ -78,7 +48,7 @@ fn assert_clean(cluster: &Cluster, ns: &str, pvcs_before: &[String]) {
 async fn a_good_backup_drills_intact_and_leaves_nothing() {
     let cluster = demo().await;
     let dest = tempfile::tempdir().unwrap();
-    let manifest = backup(&cluster, dest.path()).await;
+    let manifest = backup(&cluster, NS, PVC, dest.path()).await;
     let source = cluster.volume_path(NS, PVC);
     let before = snapshot(&source);
     let pvcs_before = pvc_names(&cluster, NS);
@@ -143,7 +113,7 @@ async fn a_good_backup_drills_intact_and_leaves_nothing() {
 async fn a_bit_flip_in_the_archive_is_exit_3_and_leaves_nothing() {
     let cluster = demo().await;
     let dest = tempfile::tempdir().unwrap();
-    let manifest = backup(&cluster, dest.path()).await;
+    let manifest = backup(&cluster, NS, PVC, dest.path()).await;
     let m: Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
     let archive = manifest
         .parent()
@@ -179,7 +149,7 @@ async fn a_bit_flip_in_the_archive_is_exit_3_and_leaves_nothing() {
 async fn a_checksum_the_files_do_not_match_is_exit_3_and_leaves_nothing() {
     let cluster = demo().await;
     let dest = tempfile::tempdir().unwrap();
-    let manifest = backup(&cluster, dest.path()).await;
+    let manifest = backup(&cluster, NS, PVC, dest.path()).await;
     // A manifest whose checksum for one file disagrees with the archive (it parses fine: only
     // comparing the restored file with it shows the problem).
     let mut m: Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
@@ -220,7 +190,7 @@ async fn a_checksum_the_files_do_not_match_is_exit_3_and_leaves_nothing() {
 async fn sigterm_mid_drill_cleans_up_and_exits_130() {
     let cluster = demo().await;
     let dest = tempfile::tempdir().unwrap();
-    let manifest = backup(&cluster, dest.path()).await;
+    let manifest = backup(&cluster, NS, PVC, dest.path()).await;
     let pvcs_before = pvc_names(&cluster, NS);
     // Slow the stream so that the signal lands while the scratch volume is being written.
     cluster.fault(kubesim::FaultRequest::Bandwidth {
@@ -272,7 +242,7 @@ async fn a_missing_backup_or_a_too_small_size_changes_nothing() {
     .await;
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("no manifest"), "{}", r.stderr);
-    let manifest = backup(&cluster, dest.path()).await;
+    let manifest = backup(&cluster, NS, PVC, dest.path()).await;
     let r = plugin(
         &cluster,
         &["drill", manifest.to_str().unwrap(), "--size", "1Ki"],

@@ -4,21 +4,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
 use kubesim::{Cluster, FaultRequest};
 use serde_json::Value;
-
-fn json(run: &Run) -> Value {
-    serde_json::from_str(&run.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}\nstderr: {}",
-            run.stdout, run.stderr
-        )
-    })
-}
 
 /// Entries a restore run leaves on the volume if it does not clean up after itself.
 fn leftovers(vol: &Path) -> Vec<String> {
@@ -52,27 +43,6 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
             x as u8
         })
         .collect()
-}
-
-/// Backs up `ns/pvc`; returns the manifest path.
-async fn backup(cluster: &Cluster, ns: &str, pvc: &str, dest: &Path) -> PathBuf {
-    let run = plugin(
-        cluster,
-        &[
-            "create",
-            pvc,
-            "-n",
-            ns,
-            "--all-pvcs",
-            "--to",
-            dest.to_str().unwrap(),
-            "-o",
-            "json",
-        ],
-    )
-    .await;
-    assert_eq!(run.code, 0, "backup failed: {}\n{}", run.stdout, run.stderr);
-    PathBuf::from(json(&run)["results"][0]["manifest"].as_str().unwrap())
 }
 
 fn attempt_log(r: &Value) -> &Vec<Value> {

@@ -14,37 +14,6 @@ use serde_json::Value;
 const NS: &str = "shop";
 const PVC: &str = "scratch-unattached";
 
-fn json(run: &Run) -> Value {
-    serde_json::from_str(&run.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}\nstderr: {}",
-            run.stdout, run.stderr
-        )
-    })
-}
-
-/// Backs up `ns/pvc` with `create`; returns the manifest path.
-async fn backup(cluster: &Cluster, ns: &str, pvc: &str, dest: &Path) -> PathBuf {
-    let run = plugin(
-        cluster,
-        &[
-            "create",
-            pvc,
-            "-n",
-            ns,
-            "--all-pvcs",
-            "--to",
-            dest.to_str().unwrap(),
-            "-o",
-            "json",
-        ],
-    )
-    .await;
-    assert_eq!(run.code, 0, "backup failed: {}\n{}", run.stdout, run.stderr);
-    let out = json(&run);
-    PathBuf::from(out["results"][0]["manifest"].as_str().unwrap())
-}
-
 /// Deletes files, changes one, adds an extra one, changes a mode and an owner.
 fn tamper(vol: &Path) -> PathBuf {
     std::fs::remove_dir_all(vol.join("tmp/build/shard-0")).unwrap();

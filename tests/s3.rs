@@ -17,15 +17,6 @@ const NS: &str = "shop";
 const PVC: &str = "scratch-unattached";
 const BUCKET: &str = "pv-backups";
 
-fn json(run: &Run) -> Value {
-    serde_json::from_str(&run.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}\nstderr: {}",
-            run.stdout, run.stderr
-        )
-    })
-}
-
 /// `len` bytes that no compressor shrinks.
 fn random_file(path: &Path, len: usize, seed: u64) {
     let mut x = seed | 1;

@@ -332,3 +332,34 @@ pub fn assert_same(want: &State, got: &State, what: &str) {
     assert_eq!(want.1, got.1, "{what}: hard links differ");
     assert_eq!(want.2, got.2, "{what}: the volume root's mode/owner differ");
 }
+
+/// A command's stdout as JSON; panics showing both streams when it is not.
+pub fn json(run: &Run) -> serde_json::Value {
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            run.stdout, run.stderr
+        )
+    })
+}
+
+/// Backs up `ns/pvc` with `create`; returns the manifest path.
+pub async fn backup(cluster: &Cluster, ns: &str, pvc: &str, dest: &Path) -> PathBuf {
+    let run = plugin(
+        cluster,
+        &[
+            "create",
+            pvc,
+            "-n",
+            ns,
+            "--all-pvcs",
+            "--to",
+            dest.to_str().unwrap(),
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "backup failed: {}\n{}", run.stdout, run.stderr);
+    PathBuf::from(json(&run)["results"][0]["manifest"].as_str().unwrap())
+}
