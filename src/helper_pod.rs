@@ -36,6 +36,57 @@ pub const CONTAINER_NAME: &str = "pvbackup";
 pub const DATA_VOLUME: &str = "data";
 /// Name of the scratch `emptyDir` mounted at /tmp (the root filesystem is read-only).
 pub const TMP_VOLUME: &str = "tmp";
+/// Where the scratch `emptyDir` is mounted: the lease, and the in-pod steps' busy marks.
+pub const TMP_MOUNT_PATH: &str = "/tmp";
+/// The lease file in the scratch directory: its mtime is the client's last renewal.
+pub const LEASE_FILE: &str = "pvbackup-lease";
+/// A helper whose client has not renewed its lease for this long stops by itself (after
+/// rolling back an unfinished restore): about a minute after a client vanished, rather than
+/// at the 6-hour deadline.
+pub const DEFAULT_LEASE_SECONDS: u64 = 60;
+/// Overrides the lease (seconds), for tests that kill a client and must not wait a minute.
+/// Deliberately not a flag: users have no reason to change it.
+pub const LEASE_ENV: &str = "PVBACKUP_LEASE_SECONDS";
+/// The lease in seconds, on the pod, for the client that renews it.
+pub const ANNOTATION_LEASE: &str = "pvbackup.dev/lease-seconds";
+
+/// The helper container's main process: a watchdog, not a bare `sleep`. It idles until the
+/// client stops renewing the lease (the mtime of `RUN/pvbackup-lease`, touched by the client
+/// through a short exec, see `helper_session`), for longer than LEASE seconds: then it marks
+/// the lease expired (volume-changing steps refuse to start from then on), waits until every
+/// step still running has ended (each marks itself busy with its pid), runs the rest of its
+/// arguments (a restore's rollback) and exits, which ends the pod. `trap` makes `sh` exit on
+/// SIGTERM at once (PID 1 ignores signals it has no handler for), and `wait` is interruptible
+/// where `sleep` in the foreground is not.
+///
+/// `sh -c WATCHDOG pvbackup-watchdog LEASE RUN [COMMAND ARGS...]`
+pub const WATCHDOG: &str = r#"trap 'exit 0' TERM
+lease="$1"; run="$2"; shift 2
+touch "$run/pvbackup-lease" || exit 1
+period=$((lease / 4)); [ "$period" -ge 1 ] || period=1
+while :; do
+  sleep "$period" & wait $!
+  age=$(( $(date +%s) - $(stat -c %Y "$run/pvbackup-lease") ))
+  [ "$age" -ge "$lease" ] || continue
+  : > "$run/pvbackup-expired"
+  for b in "$run"/pvbackup-busy.*; do
+    [ -e "$b" ] || continue
+    while kill -0 "${b##*.}" 2>/dev/null; do sleep 1; done
+  done
+  if [ $# -gt 0 ]; then "$@"; fi
+  exit 0
+done
+"#;
+
+/// The lease: [`DEFAULT_LEASE_SECONDS`], or [`LEASE_ENV`] when set to a number of seconds.
+pub fn lease_from_env() -> std::time::Duration {
+    let secs = std::env::var(LEASE_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .unwrap_or(DEFAULT_LEASE_SECONDS);
+    std::time::Duration::from_secs(secs)
+}
 
 pub const LABEL_NAME: &str = "app.kubernetes.io/name";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
@@ -157,6 +208,10 @@ pub struct HelperPodRequest {
     pub active_deadline_seconds: i64,
     /// Run as this UID instead of root (no capabilities are added then).
     pub run_as_user: Option<i64>,
+    /// The pod stops by itself when its client has not renewed the lease for this long.
+    pub lease_seconds: u64,
+    /// What the pod runs before it stops on an expired lease (a restore's rollback).
+    pub on_lease_expiry: Vec<String>,
 }
 
 impl HelperPodRequest {
@@ -179,6 +234,8 @@ impl HelperPodRequest {
             mount_path: DEFAULT_MOUNT_PATH.to_string(),
             active_deadline_seconds: DEFAULT_ACTIVE_DEADLINE_SECONDS,
             run_as_user: None,
+            lease_seconds: DEFAULT_LEASE_SECONDS,
+            on_lease_expiry: Vec::new(),
         }
     }
 
@@ -198,6 +255,7 @@ impl HelperPodRequest {
         req.node = place.node;
         req.tolerations = place.tolerations;
         req.run_as_user = options.run_as_user;
+        req.lease_seconds = options.lease.as_secs().max(1);
         Ok(req)
     }
 
@@ -214,6 +272,20 @@ pub struct HelperOptions {
     pub run_as_user: Option<i64>,
     /// How long a helper pod may take to start.
     pub pod_timeout: std::time::Duration,
+    /// The helper pods' lease ([`lease_from_env`]).
+    pub lease: std::time::Duration,
+}
+
+impl HelperOptions {
+    /// The user's choices, with the lease from [`lease_from_env`].
+    pub fn new(image: String, run_as_user: Option<i64>, pod_timeout: std::time::Duration) -> Self {
+        HelperOptions {
+            image,
+            run_as_user,
+            pod_timeout,
+            lease: lease_from_env(),
+        }
+    }
 }
 
 /// The helper pod for `req`, or why the namespace's Pod Security level would reject it (a
@@ -335,6 +407,7 @@ pub fn build_helper_pod(req: &HelperPodRequest) -> Pod {
             "kubectl.kubernetes.io/default-container".to_string(),
             CONTAINER_NAME.to_string(),
         ),
+        (ANNOTATION_LEASE.to_string(), req.lease_seconds.to_string()),
     ]);
     for (key, value, as_label, as_annotation) in MESH_OPT_OUTS {
         if *as_label {
@@ -362,17 +435,22 @@ pub fn build_helper_pod(req: &HelperPodRequest) -> Pod {
         name: CONTAINER_NAME.to_string(),
         image: Some(req.image.clone()),
         image_pull_policy: Some("IfNotPresent".to_string()),
-        // Idle until deleted or the deadline; `trap` makes `sh` exit on SIGTERM at once (PID 1
-        // ignores signals it has no handler for), and `wait` is interruptible where `sleep`
-        // in the foreground is not. The work itself happens over `exec`.
-        command: Some(vec![
-            "sh".to_string(),
-            "-c".to_string(),
-            format!(
-                "trap 'exit 0' TERM; sleep {} & wait",
-                req.active_deadline_seconds.max(1)
-            ),
-        ]),
+        // Idle until deleted, the deadline, or an expired lease (see WATCHDOG). The work
+        // itself happens over `exec`.
+        command: Some(
+            [
+                "sh",
+                "-c",
+                WATCHDOG,
+                "pvbackup-watchdog",
+                &req.lease_seconds.max(1).to_string(),
+                TMP_MOUNT_PATH,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(req.on_lease_expiry.iter().cloned())
+            .collect(),
+        ),
         volume_mounts: Some(vec![
             VolumeMount {
                 name: DATA_VOLUME.to_string(),
@@ -382,7 +460,7 @@ pub fn build_helper_pod(req: &HelperPodRequest) -> Pod {
             },
             VolumeMount {
                 name: TMP_VOLUME.to_string(),
-                mount_path: "/tmp".to_string(),
+                mount_path: TMP_MOUNT_PATH.to_string(),
                 ..Default::default()
             },
         ]),
@@ -480,9 +558,10 @@ pub fn build_helper_pod(req: &HelperPodRequest) -> Pod {
     }
 }
 
-/// Where the helper container mounts the PVC (the `data` volume), read from the pod spec: the
-/// in-pod steps take their paths from the pod they run in, not from a constant.
-pub fn data_mount_path(pod: &Pod) -> Option<String> {
+/// Where the helper container mounts volume `volume` (`DATA_VOLUME`: the PVC, `TMP_VOLUME`:
+/// the scratch directory), read from the pod spec: the in-pod steps take their paths from the
+/// pod they run in, not from a constant.
+pub fn mount_path(pod: &Pod, volume: &str) -> Option<String> {
     pod.spec
         .as_ref()?
         .containers
@@ -491,8 +570,20 @@ pub fn data_mount_path(pod: &Pod) -> Option<String> {
         .volume_mounts
         .iter()
         .flatten()
-        .find(|m| m.name == DATA_VOLUME)
+        .find(|m| m.name == volume)
         .map(|m| m.mount_path.clone())
+}
+
+/// The lease the pod was built with ([`ANNOTATION_LEASE`]), for the client that renews it.
+pub fn lease_of(pod: &Pod) -> std::time::Duration {
+    let secs = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_LEASE))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(DEFAULT_LEASE_SECONDS);
+    std::time::Duration::from_secs(secs.max(1))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -851,8 +942,14 @@ mod tests {
         assert_eq!(c.image.as_deref(), Some("busybox:1.36"));
         assert_eq!(
             c.command.as_ref().unwrap(),
-            &["sh", "-c", "trap 'exit 0' TERM; sleep 21600 & wait"]
+            &["sh", "-c", WATCHDOG, "pvbackup-watchdog", "60", "/tmp"]
         );
+        assert_eq!(
+            pod.metadata.annotations.as_ref().unwrap()[ANNOTATION_LEASE],
+            "60"
+        );
+        assert_eq!(mount_path(&pod, DATA_VOLUME).as_deref(), Some("/data"));
+        assert_eq!(mount_path(&pod, TMP_VOLUME).as_deref(), Some("/tmp"));
         let res = c.resources.as_ref().unwrap();
         assert_eq!(res.requests.as_ref().unwrap()["cpu"].0, "50m");
         assert_eq!(res.requests.as_ref().unwrap()["memory"].0, "32Mi");

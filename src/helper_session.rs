@@ -95,6 +95,54 @@ pub async fn wait_gone(api: &Api<Pod>, name: &str, uid: Option<&str>, limit: Dur
     }
 }
 
+/// Deletes pod `name` (retrying through short outages) and waits (at most `limit`) until it
+/// is gone; true when seen gone.
+pub async fn delete_and_wait(api: &Api<Pod>, name: &str, limit: Duration) -> bool {
+    delete_with_retry(api, name).await && wait_gone(api, name, None, limit).await
+}
+
+/// Runs a short command in a helper pod this process did not launch (one an earlier run
+/// left) and returns its stdout; anything but exit 0 within 30 s is a runtime failure.
+pub async fn run_in(api: &Api<Pod>, pod: &str, argv: &[String]) -> Result<Vec<u8>, Failure> {
+    use tokio::io::AsyncReadExt;
+    let ap = AttachParams::default()
+        .container(crate::helper_pod::CONTAINER_NAME)
+        .stdin(false)
+        .stdout(true)
+        .stderr(true);
+    let run = async {
+        let mut p = api
+            .exec(pod, argv.iter().cloned(), &ap)
+            .await
+            .map_err(|e| explain(&format!("exec into helper pod {pod}"), &e))?;
+        let mut out = Vec::new();
+        if let Some(mut so) = p.stdout() {
+            let _ = so.read_to_end(&mut out).await;
+        }
+        let st = match p.take_status() {
+            Some(st) => st.await,
+            None => None,
+        };
+        match st {
+            Some(st) if st.status.as_deref() == Some("Success") => Ok(out),
+            Some(st) => Err(Failure::runtime(format!(
+                "a command in helper pod {pod} failed: {}",
+                describe_status(&st)
+            ))),
+            None => Err(Failure::runtime(format!(
+                "the exec stream of helper pod {pod} ended without an exit status"
+            ))),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Failure::runtime(format!(
+                "a command in helper pod {pod} did not answer within 30s"
+            )))
+        })
+}
+
 /// Deletes a pod, retrying for ~40 s so a brief API outage does not strand it. The pod's own
 /// activeDeadlineSeconds is the last safety net.
 async fn delete_with_retry(api: &Api<Pod>, name: &str) -> bool {
@@ -121,17 +169,54 @@ pub struct HelperPod {
     pub node: Option<String>,
     /// Where the container mounts the PVC, as its pod spec says.
     pub mount: String,
+    /// Where the container mounts its scratch directory (the lease lives there).
+    pub run_dir: String,
     registry: Registry,
     /// Fires when the pod or its node dies; every exec session of the pod fails with it.
     lost: Lost,
     watchdog: Option<tokio::task::JoinHandle<()>>,
+    /// Renews the pod's lease while this client lives (see `helper_pod::WATCHDOG`).
+    renewal: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for HelperPod {
     fn drop(&mut self) {
-        if let Some(w) = self.watchdog.take() {
-            w.abort();
+        for task in [self.watchdog.take(), self.renewal.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
         }
+    }
+}
+
+/// How often the client renews a helper's lease: a quarter of the lease, at most every 5 s,
+/// so a few lost renewals (a short outage) never let it expire.
+pub fn renewal_period(lease: Duration) -> Duration {
+    (lease / 4).clamp(Duration::from_secs(1), Duration::from_secs(5))
+}
+
+/// Touches the helper's lease file every [`renewal_period`], through a short exec, for as long
+/// as this client lives. Failures are ignored: a lease that is not renewed for the whole lease
+/// period lets the pod stop by itself, which is the point.
+async fn renew_lease(api: Api<Pod>, name: String, file: String, lease: Duration) {
+    let period = renewal_period(lease);
+    loop {
+        tokio::time::sleep(period).await;
+        let ap = AttachParams::default()
+            .container(crate::helper_pod::CONTAINER_NAME)
+            .stdin(false)
+            .stdout(false)
+            .stderr(true);
+        let renew = async {
+            if let Ok(mut p) = api.exec(&name, ["touch", file.as_str()], &ap).await {
+                if let Some(st) = p.take_status() {
+                    let _ = st.await;
+                }
+                let _ = p.join().await;
+            }
+        };
+        let _ = tokio::time::timeout(period * 2, renew).await;
     }
 }
 
@@ -224,12 +309,14 @@ impl HelperPod {
     ) -> Result<HelperPod, Failure> {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
-        let mount = crate::helper_pod::data_mount_path(&pod).ok_or_else(|| {
-            Failure::runtime(format!(
-                "helper pod {name} mounts no volume {}",
-                crate::helper_pod::DATA_VOLUME
-            ))
-        })?;
+        let mounted = |volume: &str| {
+            crate::helper_pod::mount_path(&pod, volume).ok_or_else(|| {
+                Failure::runtime(format!("helper pod {name} mounts no volume {volume}"))
+            })
+        };
+        let mount = mounted(crate::helper_pod::DATA_VOLUME)?;
+        let run_dir = mounted(crate::helper_pod::TMP_VOLUME)?;
+        let lease = crate::helper_pod::lease_of(&pod);
         let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
         // Registered before the request: if the answer is lost, the pod may exist all the same.
         registry.add(&namespace, &name);
@@ -257,9 +344,11 @@ impl HelperPod {
             name: name.clone(),
             node: None,
             mount,
+            run_dir,
             registry: registry.clone(),
             lost: Lost::default(),
             watchdog: None,
+            renewal: None,
         };
         let settled = await_condition(api.clone(), &name, |p: Option<&Pod>| {
             let Some(p) = p else { return true };
@@ -293,6 +382,12 @@ impl HelperPod {
                 name.clone(),
                 helper.node.clone(),
                 helper.lost.clone(),
+            )));
+            helper.renewal = Some(tokio::spawn(renew_lease(
+                api.clone(),
+                name.clone(),
+                format!("{}/{}", helper.run_dir, crate::helper_pod::LEASE_FILE),
+                lease,
             )));
             return Ok(helper);
         }
@@ -457,8 +552,11 @@ impl HelperPod {
     /// not be confirmed in time (an outage, a node that does not answer).
     pub async fn delete(&mut self) -> bool {
         // Our own deletion is not a death to report.
-        if let Some(w) = self.watchdog.take() {
-            w.abort();
+        for task in [self.watchdog.take(), self.renewal.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
         }
         let uid = tokio::time::timeout(Duration::from_secs(10), self.api.get_opt(&self.name))
             .await

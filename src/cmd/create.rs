@@ -140,11 +140,7 @@ pub async fn run(conn: &Connection, plan: CreatePlan) -> Result<(), Failure> {
     let settings = BackupSettings {
         backup_id: backup_id.clone(),
         compression: plan.compression,
-        helper: HelperOptions {
-            image: plan.image.clone(),
-            run_as_user: plan.run_as_user,
-            pod_timeout: plan.pod_timeout,
-        },
+        helper: HelperOptions::new(plan.image.clone(), plan.run_as_user, plan.pod_timeout),
         retry: plan.retry,
         cluster: ClusterInfo {
             server: conn.server.clone(),

@@ -213,11 +213,7 @@ pub async fn run(conn: &Connection, plan: DrillPlan) -> Result<(), Failure> {
             run_id: new_run_id(),
             mode: Mode::Replace,
             in_place: false,
-            helper: HelperOptions {
-                image: plan.image.clone(),
-                run_as_user: plan.run_as_user,
-                pod_timeout: plan.pod_timeout,
-            },
+            helper: HelperOptions::new(plan.image.clone(), plan.run_as_user, plan.pod_timeout),
             retry: plan.retry,
             needed,
             recover_on_interrupt: false,

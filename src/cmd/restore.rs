@@ -275,11 +275,7 @@ pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
     }
     let run_id = new_run_id();
     let nodes = collect_nodes(conn).await;
-    let helper = HelperOptions {
-        image: plan.image.clone(),
-        run_as_user: plan.run_as_user,
-        pod_timeout: plan.pod_timeout,
-    };
+    let helper = HelperOptions::new(plan.image.clone(), plan.run_as_user, plan.pod_timeout);
     let request = |purpose_run_id: &str| -> Result<HelperPodRequest, Failure> {
         HelperPodRequest::placed(
             &state.target,

@@ -34,16 +34,21 @@ use tokio::io::AsyncReadExt;
 use crate::attempts::with_retries;
 use crate::discover::Target;
 use crate::exit::{ExitKind, Failure};
-use crate::helper_pod::{admissible_pod, HelperOptions, HelperPodRequest, Purpose};
-use crate::helper_session::{wait_gone, HelperPod, Registry, Watch};
+use crate::helper_pod::{
+    admissible_pod, lease_of, HelperOptions, HelperPodRequest, Purpose, APP_NAME, LABEL_MANAGED_BY,
+    LABEL_PURPOSE, LABEL_PVC, LABEL_RUN_ID, TMP_MOUNT_PATH, TMP_VOLUME,
+};
+use crate::helper_session::{
+    delete_and_wait, renewal_period, run_in, wait_gone, HelperPod, Registry, Watch,
+};
 use crate::locate::Located;
 use crate::manifest::Manifest;
 use crate::output;
 use crate::progress::Progress;
 use crate::retry::{AttemptRecord, RetryPolicy};
 
-pub use script::{compare, needed_bytes, parse_listing};
-use step::Step;
+pub use script::{compare, needed_bytes, parse_listing, Recovered};
+use step::{InPod, Step};
 
 /// What a restore does with the files already on the volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,13 +154,20 @@ pub struct Execution {
 impl Execution {
     /// The helper pod request for one pod of this run (`suffix` makes its name unique).
     pub fn request(&self, suffix: &str) -> Result<HelperPodRequest, Failure> {
-        HelperPodRequest::placed(
+        let mut req = HelperPodRequest::placed(
             &self.target,
             &self.nodes,
             format!("{}{suffix}", self.run_id),
             Purpose::Restore,
             &self.helper,
-        )
+        )?;
+        // A vanished client's helper rolls this run back by itself before it stops.
+        let pod = InPod {
+            mount: &req.mount_path,
+            run: TMP_MOUNT_PATH,
+        };
+        req.on_lease_expiry = step::on_lease_expiry(&pod, &self.run_id);
+        Ok(req)
     }
 }
 
@@ -182,15 +194,27 @@ pub async fn execute(client: &kube::Client, ex: &Execution, registry: &Registry)
         in_place: ex.in_place,
         timeout: ex.helper.pod_timeout,
         needed: ex.needed,
+        label: format!("{}/{}", ex.ns, ex.name),
         stall: ex.retry.stall,
     };
     let mut log = Vec::new();
+    let work = async {
+        take_over(client, ex, registry).await?;
+        attempts(client, ex, &job, registry, &phase, &ghost, &mut log).await
+    };
     let outcome = tokio::select! {
-        r = attempts(client, ex, &job, registry, &phase, &ghost, &mut log) => r,
+        r = work => r,
         _ = crate::signals::interrupted() => {
             if ex.recover_on_interrupt && !ex.in_place {
                 eprintln!("interrupted; rolling back");
                 if *phase.lock().unwrap_or_else(|p| p.into_inner()) != Phase::Nothing {
+                    // The attempt's pod may still run a step (an exec'd process outlives its
+                    // stream): it goes first, so that the rollback never runs next to it.
+                    let left = registry.delete_all(client).await;
+                    if let Some(pod) = left.first() {
+                        let name = pod.rsplit('/').next().unwrap_or(pod).to_string();
+                        *ghost.lock().unwrap_or_else(|p| p.into_inner()) = Some(name);
+                    }
                     if let Err(f) = recover(client, ex, &job, registry, &ghost).await {
                         eprintln!("{}", f.message);
                     }
@@ -276,8 +300,7 @@ async fn attempts(
             }
         }
         let pod = admissible_pod(&ex.request(&suffix)?, ex.namespace_obj.as_ref())?;
-        // In place there is nothing to roll back to: the attempt deletes and extracts again.
-        restore_in_pod(client, pod, job, registry, phase, number > 1 && !job.in_place)
+        restore_in_pod(client, pod, job, registry, phase)
             .await
             .map_err(|(f, not_gone)| {
                 if not_gone.is_some() {
@@ -318,6 +341,8 @@ struct Job {
     timeout: Duration,
     needed: u64,
     stall: Duration,
+    /// `namespace/pvc`, for what the user reads.
+    label: String,
 }
 
 /// Streams the archive, decompressed, into the helper pod's `tar -x`, and checks on the way
@@ -436,10 +461,18 @@ fn set(p: &Mutex<Phase>, v: Phase) {
     *p.lock().unwrap_or_else(|e| e.into_inner()) = v;
 }
 
+/// The paths of `helper`'s pod, for its steps.
+fn in_pod(helper: &HelperPod) -> InPod<'_> {
+    InPod {
+        mount: &helper.mount,
+        run: &helper.run_dir,
+    }
+}
+
 /// Runs `step` in `helper`, returns its raw stdout; a non-zero exit or a lost stream is a
 /// runtime failure.
 async fn run(helper: &HelperPod, step: &Step<'_>) -> Result<Vec<u8>, Failure> {
-    let argv = step.argv(&helper.mount);
+    let argv = step.argv(&in_pod(helper));
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     helper.run_bytes(&argv).await
 }
@@ -453,23 +486,31 @@ async fn restore_in_pod(
     job: &Job,
     registry: &Registry,
     phase: &Mutex<Phase>,
-    rollback_first: bool,
 ) -> Result<(), (Failure, Option<String>)> {
     let mut helper = HelperPod::launch(client, pod, job.timeout, registry)
         .await
         .map_err(|f| (f, None))?;
     let keep = job.keep();
     let r = async {
-        if rollback_first {
-            // Back to the original state before anything else: a previous attempt may have
-            // left a partial staging directory or a half-done swap (ROLLBACK is idempotent).
-            set(phase, Phase::NeedsRecovery);
-            run(&helper, &job.rollback(&keep)).await.map_err(|f| {
+        // Back to a volume no run is half-way through before anything else: a previous
+        // attempt, or an earlier run whose client vanished, may have left a partial staging
+        // directory or a half-done swap (RECOVER rolls back what has a journal, and deletes
+        // what finished runs left).
+        let out = run(&helper, &Step::Recover { only: None })
+            .await
+            .map_err(|f| {
                 Failure::runtime(format!(
-                    "undoing the previous attempt failed: {}",
+                    "finishing what an earlier restore left on the volume failed: {}",
                     f.message
                 ))
             })?;
+        tell_recovered(
+            &job.label,
+            &script::parse_recovered(&String::from_utf8_lossy(&out)),
+            &job.run_id,
+        );
+        if !job.in_place {
+            // In place, the state stays "partly restored" until an attempt succeeds.
             set(phase, Phase::Nothing);
         }
         steps(&helper, job, phase).await
@@ -594,6 +635,15 @@ async fn steps(helper: &HelperPod, job: &Job, phase: &Mutex<Phase>) -> Result<()
         }
     }
     set(phase, Phase::NeedsRecovery);
+    run(
+        helper,
+        &Step::Begin {
+            run_id: &job.run_id,
+            mode: job.mode,
+            keep: &keep,
+        },
+    )
+    .await?;
     // Extract: archive → decompress here → tar -x in the pod, over exec stdin.
     let staging = format!("{}/{}", helper.mount, script::staging_name(&job.run_id));
     extract(
@@ -601,6 +651,7 @@ async fn steps(helper: &HelperPod, job: &Job, phase: &Mutex<Phase>) -> Result<()
         job,
         &Step::ExtractStaged {
             run_id: &job.run_id,
+            bytes: m.uncompressed_size,
         },
     )
     .await?;
@@ -669,7 +720,14 @@ async fn steps_in_place(
     set(phase, Phase::PartlyRestored);
     let keep = job.keep();
     run(helper, &Step::Clear { keep: &keep }).await?;
-    extract(helper, job, &Step::ExtractInPlace).await?;
+    extract(
+        helper,
+        job,
+        &Step::ExtractInPlace {
+            bytes: m.uncompressed_size,
+        },
+    )
+    .await?;
     fix_symlink_owners(helper, job, &helper.mount).await?;
     let seen = listing(helper, &helper.mount, job, true).await?;
     let problems = compare(m, &seen, true);
@@ -684,7 +742,7 @@ async fn steps_in_place(
 /// Runs `step` (a `tar -x` into some directory) with the archive, decompressed here, on its
 /// stdin.
 async fn extract(helper: &HelperPod, job: &Job, step: &Step<'_>) -> Result<(), Failure> {
-    let argv = step.argv(&helper.mount);
+    let argv = step.argv(&in_pod(helper));
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let mut session = helper
         .session(
@@ -778,7 +836,6 @@ async fn recover(
             )));
         }
     }
-    let keep = job.keep();
     let mut last = String::new();
     for attempt in 0..3 {
         let req = ex
@@ -793,7 +850,13 @@ async fn recover(
         .await
         {
             Ok(mut h) => {
-                let r = run(&h, &job.rollback(&keep)).await;
+                let r = run(
+                    &h,
+                    &Step::Recover {
+                        only: Some(&job.run_id),
+                    },
+                )
+                .await;
                 h.delete().await;
                 match r {
                     Ok(_) => return Ok(()),
@@ -808,4 +871,169 @@ async fn recover(
         "rolling back failed ({last}); {}",
         manual()
     )))
+}
+
+/// Tells the user what [`script::RECOVER`] found and did on the volume (`own`: this run's
+/// id; its own leftovers of a failed attempt go unmentioned).
+fn tell_recovered(label: &str, done: &[Recovered], own: &str) {
+    for r in done {
+        match r {
+            Recovered::RolledBack { run_id } if run_id != own => eprintln!(
+                "{label}: rolled back an interrupted restore (run {run_id}) found on the volume: it holds what it held before that restore"
+            ),
+            Recovered::Removed { name } if !name.ends_with(own) => {
+                eprintln!("{label}: removed {name}, left on the volume by an earlier restore")
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Helper pods that earlier restores of this PVC left behind (their client was killed or cut
+/// off) go before this run starts, so that no two runs ever work on the volume at once:
+/// a finished one is deleted; a running one is deleted once it is clear that its client is
+/// gone (the lease not renewed for four renewal periods); one whose client keeps renewing is
+/// another restore in progress, and this one is refused.
+async fn take_over(
+    client: &kube::Client,
+    ex: &Execution,
+    registry: &Registry,
+) -> Result<(), Failure> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &ex.ns);
+    let lp = kube::api::ListParams::default().labels(&format!(
+        "{LABEL_MANAGED_BY}={APP_NAME},{LABEL_PURPOSE}={}",
+        Purpose::Restore
+    ));
+    let pods = tokio::time::timeout(Duration::from_secs(30), api.list(&lp))
+        .await
+        .map_err(|_| {
+            Failure::runtime(format!(
+                "listing helper pods in namespace {}: no answer from the API server in 30s",
+                ex.ns
+            ))
+        })?
+        .map_err(|e| {
+            crate::connect::explain(&format!("listing helper pods in namespace {}", ex.ns), &e)
+        })?
+        .items;
+    let ours = registry.pending();
+    for p in pods {
+        let annotations = p.metadata.annotations.clone().unwrap_or_default();
+        if annotations.get(LABEL_PVC) != Some(&ex.name) {
+            continue;
+        }
+        let name = p.metadata.name.clone().unwrap_or_default();
+        if ours.iter().any(|(ns, n)| ns == &ex.ns && n == &name) {
+            continue;
+        }
+        let run = annotations.get(LABEL_RUN_ID).cloned().unwrap_or_default();
+        let running = |p: &Pod| {
+            p.metadata.deletion_timestamp.is_none()
+                && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        };
+        if running(&p) {
+            let lease = lease_of(&p);
+            let abandoned = (renewal_period(lease) * 4).min(lease);
+            let run_dir = crate::helper_pod::mount_path(&p, TMP_VOLUME)
+                .unwrap_or_else(|| TMP_MOUNT_PATH.to_string());
+            let age_step = Step::LeaseAge.argv(&InPod {
+                mount: "",
+                run: &run_dir,
+            });
+            let deadline = tokio::time::Instant::now() + lease + Duration::from_secs(30);
+            let mut last_age = None;
+            loop {
+                let current = api.get_opt(&name).await.ok().flatten();
+                if !current.as_ref().is_some_and(running) {
+                    break;
+                }
+                let age = run_in(&api, &name, &age_step)
+                    .await
+                    .ok()
+                    .and_then(|o| String::from_utf8_lossy(&o).trim().parse::<u64>().ok());
+                if age.is_some_and(|a| a >= abandoned.as_secs()) {
+                    break;
+                }
+                last_age = age.or(last_age);
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Failure::refused(format!(
+                        "another restore of PVC {} is running in helper pod {name} (run {run}; its client renewed its lease {}s ago); wait for it to finish, or if its client is gone for good, remove it with `kubectl pvbackup cleanup -n {}`",
+                        ex.name,
+                        last_age.map_or("a few".to_string(), |a| a.to_string()),
+                        ex.ns
+                    )));
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            eprintln!(
+                "{}/{}: helper pod {name} of an interrupted restore (run {run}) is left without its client; deleting it",
+                ex.ns, ex.name
+            );
+        } else {
+            eprintln!(
+                "{}/{}: deleting helper pod {name}, left by an interrupted restore (run {run})",
+                ex.ns, ex.name
+            );
+        }
+        if !delete_and_wait(&api, &name, Duration::from_secs(60)).await {
+            return Err(Failure::runtime(format!(
+                "helper pod {}/{name} of an earlier restore could not be confirmed gone, so this restore did not start next to it; delete it (kubectl delete pod -n {} {name}), then run the restore again",
+                ex.ns, ex.ns
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What `cleanup` found on one volume.
+pub struct VolumeRecovery {
+    pub namespace: String,
+    pub pvc: String,
+    pub recovered: Vec<Recovered>,
+}
+
+/// Finishes what interrupted restores left on PVC `ns/pvc`, in a fresh helper pod built like
+/// `left` (a helper pod of such a restore, already deleted: same image, user, node and
+/// tolerations, so it can mount the volume where it is attached).
+pub async fn recover_volume(
+    client: &kube::Client,
+    ns: &str,
+    pvc: &str,
+    left: &Pod,
+    pod_timeout: Duration,
+) -> Result<VolumeRecovery, Failure> {
+    let spec = left.spec.clone().unwrap_or_default();
+    let mut req = HelperPodRequest::new(
+        ns,
+        pvc,
+        format!("cleanup-{}", new_run_id()),
+        Purpose::Restore,
+    );
+    if let Some(image) = spec.containers.first().and_then(|c| c.image.clone()) {
+        req.image = image;
+    }
+    req.run_as_user = spec
+        .security_context
+        .as_ref()
+        .and_then(|s| s.run_as_user)
+        .filter(|u| *u != 0);
+    req.node = spec.node_name.clone();
+    req.tolerations = spec.tolerations.clone().unwrap_or_default();
+    let registry = Registry::default();
+    let mut helper = HelperPod::launch(
+        client,
+        crate::helper_pod::build_helper_pod(&req),
+        pod_timeout,
+        &registry,
+    )
+    .await?;
+    let out = run(&helper, &Step::Recover { only: None }).await;
+    helper.delete().await;
+    registry.delete_all(client).await;
+    let out = out?;
+    Ok(VolumeRecovery {
+        namespace: ns.to_string(),
+        pvc: pvc.to_string(),
+        recovered: script::parse_recovered(&String::from_utf8_lossy(&out)),
+    })
 }

@@ -12,6 +12,12 @@
 //!   empty file per path), so a rollback can remove them.
 //! * `/data/.pvbackup-swapped-ID`: replace mode's marker "every original is in old/".
 //! * `/data/.pvbackup-root-ID`: the volume root's original `mode uid:gid`.
+//! * `/data/.pvbackup-journal-ID`: the run's journal, written first ([`BEGIN`]: the mode and
+//!   the kept names) and removed last: while it exists the run is unfinished and
+//!   [`RECOVER`] rolls it back; [`COMMIT`] removes it first, as its commit point.
+//!
+//! Every script runs in `/data` as the helper pod's spec mounts it (`$PVB_MOUNT`, set by
+//! `step::Step::argv`), and calls `phase NAME` after each phase, so a test can stop it there.
 //!
 //! Every step is idempotent with [`ROLLBACK`], which puts the originals back from any state
 //! the swap can be interrupted in, and [`COMMIT`], which drops them once the restored tree
@@ -71,9 +77,10 @@ done
 /// /data the root entry's mode and owner. Prints a line after each phase.
 pub const SWAP_REPLACE: &str = r#"
 set -e
-cd /data
+cd "$PVB_MOUNT"
 id="$1"; shift
 S=".pvbackup-staging-$id"; O=".pvbackup-old-$id"; M=".pvbackup-swapped-$id"; R=".pvbackup-root-$id"
+[ -f ".pvbackup-journal-$id" ]
 [ -d "$S" ]
 stat -c '%a %u:%g' . > "$R"
 mkdir "$O"
@@ -86,7 +93,7 @@ for e in * .[!.]* ..?*; do
   mv -- "$e" "$O/$e"
 done
 : > "$M"
-echo moved-out
+phase moved-out
 for e in "$S"/* "$S"/.[!.]* "$S"/..?*; do
   [ -e "$e" ] || [ -L "$e" ] || continue
   mv -- "$e" ./
@@ -94,7 +101,7 @@ done
 chown "$(stat -c %u:%g "$S")" .
 chmod "$(stat -c %a "$S")" .
 rmdir "$S"
-echo moved-in
+phase moved-in
 "#;
 
 /// `sh -c SWAP_MERGE SWAP_MERGE ID`: for every staged path, the original (if any) is moved
@@ -104,7 +111,7 @@ echo moved-in
 pub const SWAP_MERGE: &str = r#"
 : "${PVB:=$0}"; export PVB
 set -e
-cd /data
+cd "$PVB_MOUNT"
 id="$1"; phase="$2"
 S=".pvbackup-staging-$id"; O=".pvbackup-old-$id"; N=".pvbackup-new-$id"; J=".pvbackup-swapped-$id"; R=".pvbackup-root-$id"
 aside() {
@@ -137,20 +144,22 @@ meta) shift 2
   done
   exit 0;;
 esac
+[ -f ".pvbackup-journal-$id" ]
 [ -d "$S" ]
 stat -c '%a %u:%g' . > "$R"
 mkdir "$O" "$N" "$J"
 find "$S" -mindepth 1 -type d -exec sh -c 'eval "$PVB"' merge "$id" dirs {} +
-echo dirs-merged
+phase dirs-merged
 find "$S" -mindepth 1 ! -type d -exec sh -c 'eval "$PVB"' merge "$id" files {} +
 find "$S" -type d -exec sh -c 'eval "$PVB"' merge "$id" meta {} +
-echo moved-in
+phase moved-in
 "#;
 
 /// `sh -c ROLLBACK sh ID MODE KEEP...`: puts the originals back from whatever state the swap
-/// was left in, then removes staging and every journal of this run. Safe to run again.
+/// was left in (phase `restored`), then removes staging and every journal of this run, the
+/// run's journal file last. Safe to run again, from any point it was stopped at.
 pub const ROLLBACK: &str = r#"
-cd /data || exit 1
+cd "$PVB_MOUNT" || exit 1
 id="$1"; mode="$2"; shift 2
 S=".pvbackup-staging-$id"; O=".pvbackup-old-$id"; N=".pvbackup-new-$id"; M=".pvbackup-swapped-$id"; R=".pvbackup-root-$id"; T=".pvbackup-trash-$id"
 fail=0
@@ -163,8 +172,11 @@ if [ "$mode" = replace ] && [ -d "$O" ]; then
       keep=
       for k; do [ "$e" = "$k" ] && keep=1; done
       [ -n "$keep" ] && continue
-      rm -rf -- "$e" || fail=1
+      rm -rf -- "$e" || exit 1
     done
+    # From here on the top level holds originals only: a rollback stopped while moving them
+    # back must not take them for restored entries when it runs again.
+    rm -f -- "$M" || exit 1
   fi
   for e in "$O"/* "$O"/.[!.]* "$O"/..?*; do
     [ -e "$e" ] || [ -L "$e" ] || continue
@@ -186,18 +198,27 @@ if [ -f "$R" ] && [ "$fail" = 0 ]; then
   set -- $(cat "$R")
   chmod "$1" . ; chown "$2" .
 fi
-if [ "$fail" = 0 ]; then
-  rm -rf -- "$S" "$O" "$N" "$M" "$R" "$T"
-fi
-exit $fail
+[ "$fail" = 0 ] || exit 1
+phase restored
+rm -rf -- "$S" "$O" "$N" "$M" "$R" "$T" || exit 1
+# last: until it is gone, a later run knows this one is not finished
+rm -f -- ".pvbackup-journal-$id"
 "#;
 
-/// `sh -c COMMIT sh ID`: the restored tree was verified; drop the originals. old/ is renamed
-/// first, so an interruption never leaves it half deleted for a rollback to find.
+/// `sh -c COMMIT sh ID`: the restored tree was verified; drop the originals. Removing the run's
+/// journal is the commit point (phase `committed`): from then on nothing rolls the run back,
+/// and what is left of it is only deleted. Without a journal there is nothing to commit (the
+/// helper pod rolled the run back after its lease expired): exit 3.
 pub const COMMIT: &str = r#"
-cd /data || exit 1
+cd "$PVB_MOUNT" || exit 1
 id="$1"
-O=".pvbackup-old-$id"; T=".pvbackup-trash-$id"
+O=".pvbackup-old-$id"; T=".pvbackup-trash-$id"; J=".pvbackup-journal-$id"
+if [ ! -f "$J" ]; then
+  echo "the restore was rolled back in the helper pod (its client did not renew the lease in time), so it cannot be committed" >&2
+  exit 3
+fi
+rm -f -- "$J" || exit 1
+phase committed
 if [ -d "$O" ]; then mv -- "$O" "$T" || exit 1; fi
 rm -rf -- ".pvbackup-staging-$id" ".pvbackup-new-$id" ".pvbackup-swapped-$id" ".pvbackup-root-$id" "$T"
 "#;
@@ -214,7 +235,7 @@ while [ $# -gt 1 ]; do chown -h "$1" "$2" || exit 1; shift 2; done
 /// what its content holds (`du`) but the top-level KEEP names — the room a replace in place
 /// has once it deleted the content. `du` counts a hard-linked file once.
 pub const ROOM: &str = r#"
-cd /data || exit 1
+cd "$PVB_MOUNT" || exit 1
 # du still prints its total when it could not read everything; an unreadable corner then
 # counts as held by nothing, which errs on the side of "no room".
 all=$(du -sk . 2>/dev/null | tail -n 1)
@@ -235,7 +256,7 @@ echo "$4 $held"
 /// /data but the KEEP names (leftovers of other runs included: afterwards the volume holds
 /// exactly the backup).
 pub const CLEAR: &str = r#"
-cd /data || exit 1
+cd "$PVB_MOUNT" || exit 1
 for e in * .[!.]* ..?*; do
   [ -e "$e" ] || [ -L "$e" ] || continue
   keep=
@@ -244,6 +265,94 @@ for e in * .[!.]* ..?*; do
   rm -rf -- "$e" || exit 1
 done
 "#;
+
+/// `sh -c BEGIN sh ID MODE KEEP...`: writes the run's journal (MODE, then the KEEP names, a
+/// line each), before anything else of the run touches the volume. Stopped: at most an
+/// incomplete journal, which [`RECOVER`] treats as a run to roll back.
+pub const BEGIN: &str = r#"
+cd "$PVB_MOUNT" || exit 1
+id="$1"; shift
+printf '%s\n' "$@" > ".pvbackup-journal-$id"
+"#;
+
+/// `sh -c EXTRACT sh DIR BYTES [NEW]`: extracts the tar stream on stdin into DIR (created
+/// first, mode 0700, when NEW is given) and checks that exactly BYTES arrived: busybox tar
+/// takes a stream cut at a header boundary for a complete archive (exit 0), and a client that
+/// vanished mid-stream only closes stdin (kubesim README, "exec client gone"). Stopped: a
+/// partial DIR, which [`ROLLBACK`] removes (staging) or a re-run replaces (in place).
+pub const EXTRACT: &str = r#"
+dir="$1"; want="$2"
+if [ -n "$3" ]; then mkdir -m 700 "$dir" || exit 1; fi
+c="$PVB_RUN/pvbackup-count.$$"
+rm -f "$c" "$c.fifo"
+mkfifo "$c.fifo" || exit 1
+wc -c < "$c.fifo" > "$c" &
+tee "$c.fifo" | tar -x --numeric-owner -f - -C "$dir"
+rc=$?
+wait
+got=$(cat "$c"); rm -f "$c" "$c.fifo"
+[ "$rc" = 0 ] || exit "$rc"
+if [ "$got" != "$want" ]; then
+  echo "the archive stream ended after $got of $want bytes" >&2
+  exit 1
+fi
+"#;
+
+/// `sh -c RECOVER sh ONLY ROLLBACK`: finishes what earlier runs left on the volume (of run
+/// ONLY, or of every run when ONLY is empty): a run with a journal is rolled back with the
+/// ROLLBACK script (`rolled-back ID`), entries of runs without one (committed, or never
+/// begun) are deleted (`removed NAME`). Stopped: a re-run finishes it.
+pub const RECOVER: &str = r#"
+cd "$PVB_MOUNT" || exit 1
+only="$1"; rb="$2"
+fail=0
+for j in .pvbackup-journal-*; do
+  [ -f "$j" ] || continue
+  id=${j#.pvbackup-journal-}
+  [ -z "$only" ] || [ "$id" = "$only" ] || continue
+  if (set -f; IFS='
+'; exec sh -c "$rb" sh "$id" $(cat -- "$j")); then
+    echo "rolled-back $id"
+  else
+    fail=1
+  fi
+done
+for e in .pvbackup-*; do
+  [ -e "$e" ] || [ -L "$e" ] || continue
+  rest=${e#.pvbackup-}; id=${rest#*-}
+  [ -z "$only" ] || [ "$id" = "$only" ] || continue
+  [ -e ".pvbackup-journal-$id" ] && continue
+  rm -rf -- "$e" || { fail=1; continue; }
+  echo "removed $e"
+done
+exit $fail
+"#;
+
+/// What [`RECOVER`] did, line by line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovered {
+    /// An unfinished run was rolled back: the volume holds what it held before that run.
+    RolledBack { run_id: String },
+    /// An entry of a finished (or never begun) run was deleted.
+    Removed { name: String },
+}
+
+/// Parses [`RECOVER`]'s output (unknown lines are ignored).
+pub fn parse_recovered(out: &str) -> Vec<Recovered> {
+    out.lines()
+        .filter_map(|l| {
+            if let Some(id) = l.strip_prefix("rolled-back ") {
+                Some(Recovered::RolledBack {
+                    run_id: id.to_string(),
+                })
+            } else {
+                l.strip_prefix("removed ").map(|n| Recovered::Removed {
+                    name: n.to_string(),
+                })
+            }
+        })
+        .collect()
+}
 
 /// One entry as the helper pod saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 //! (staging/src/k8s.io/kubelet/pkg/cri/streaming/remotecommand/exec.go: `NonZeroExitCode`
 //! with an `ExitCode` cause). Faults: kill after N bytes, bandwidth caps, outages (the
 //! connection is reset, no status), NotReady nodes (the stream stalls, see [`reachable`]).
+//! A process whose stream is gone keeps running to its end, stdin closed (`Ended::Aborted`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -224,9 +225,12 @@ async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<Str
         let mut buf = vec![0u8; chunk_size(rate)];
         let start = Instant::now();
         let mut total = 0u64;
+        // Once the client is gone the process is not killed: its output goes nowhere
+        // (see `Ended::Aborted`).
+        let mut gone = false;
         loop {
             let mut n = match r.read(&mut buf).await {
-                Ok(0) | Err(_) => return true,
+                Ok(0) | Err(_) => return !gone,
                 Ok(n) => n,
             };
             if let Some(limit) = limit {
@@ -242,14 +246,20 @@ async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<Str
                     return true;
                 }
             }
+            if gone {
+                total += n as u64;
+                continue;
+            }
             total += n as u64;
             throttle(rate, start, total).await;
             if !reachable(&faults_sim, &pump_node, tx.as_ref()).await {
-                return false;
+                gone = true;
+                continue;
             }
             if let Some(tx) = &tx {
                 if tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
-                    return false;
+                    gone = true;
+                    continue;
                 }
                 faults_sim.faults.count_exec_stdout(n);
             }
@@ -263,16 +273,19 @@ async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<Str
             return true;
         };
         let mut buf = vec![0u8; 16 * 1024];
+        let mut gone = false;
         loop {
             match r.read(&mut buf).await {
-                Ok(0) | Err(_) => return true,
+                Ok(0) | Err(_) => return !gone,
+                Ok(_) if gone => {}
                 Ok(n) => {
                     if !reachable(&err_sim, &err_node, stderr.as_ref()).await {
-                        return false;
+                        gone = true;
+                        continue;
                     }
                     if let Some(tx) = &stderr {
                         if tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
-                            return false;
+                            gone = true;
                         }
                     }
                 }
@@ -307,8 +320,14 @@ async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<Str
             let _ = status.send(non_zero(&argv, code));
         }
         Ended::Aborted => {
-            // Like a broken pipe on the kubelet side: the process does not outlive its stream.
-            let _ = child.start_kill();
+            // The stream is gone (client killed, connection or API server lost), but the
+            // process is not: container runtimes do not kill an exec'd process when its
+            // stream ends (kubernetes/kubernetes#89031, kubernetes/kubectl#1076; containerd
+            // only closes the process's stdin once the stream's stdin copy ends,
+            // containerd/containerd#13936, and keeps exec processes of vanished clients
+            // running, containerd/containerd#8856). So it reads EOF on stdin (the stdin task
+            // is aborted above, which closes the pipe), runs to its end with its output
+            // dropped, and dies only with its container.
             drop(status);
         }
     }
