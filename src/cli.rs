@@ -96,8 +96,7 @@ pub enum Command {
     /// Restore a backup into a PVC, all-or-nothing
     #[command(after_help = RESTORE_EXAMPLES)]
     Restore(RestoreArgs),
-    /// Delete helper pods left behind by an interrupted run; with --to, its leftovers at a
-    /// destination
+    /// Delete what interrupted runs left: helper pods, or (--to) partial backups at DEST
     ///
     /// Without --to: deletes the helper pods a killed client left in the cluster. With --to
     /// DEST: removes what killed backups left at DEST and no running backup still writes,
