@@ -42,7 +42,7 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "v
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "list" -d 'List the backups at a destination'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "inspect" -d 'Show a backup\'s manifest'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "restore" -d 'Restore a backup into a PVC, all-or-nothing'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "cleanup" -d 'Delete helper pods left behind by an interrupted run'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "cleanup" -d 'Delete what interrupted runs left: helper pods, or (--to) partial backups at DEST'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "version" -d 'Print version, git commit and build target'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "completion" -d 'Print a shell completion script for kubectl-pvbackup'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "drill" -d 'Test-restore a backup into a scratch PVC, verify it in the cluster, delete the PVC'
@@ -163,6 +163,9 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restor
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l no-progress -d 'No progress bars (they are also off when stderr is not a terminal)'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -s V -l version -d 'Print version'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -l to -d 'Clean up this backup destination instead of the cluster (a directory, s3://, az://, gs://)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -l older-than -d 'With --to: remove only leftovers untouched for this long (e.g. 12h, 7d); the default outlasts any running backup, whose files must stay' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -l endpoint -d 'Endpoint of an S3-compatible store (MinIO, Ceph RGW), Azurite or a GCS emulator (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL for s3://)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -l context -d 'The kubeconfig context to use' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -s n -l namespace -d 'Namespace scope (default: the context\'s namespace)' -r
@@ -171,10 +174,11 @@ wide\t''
 json\t''
 yaml\t''"
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -s y -l yes -d 'Do not ask for confirmation'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -l dry-run -d 'With --to: list what would be removed; remove nothing'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -s A -l all-namespaces -d 'Look in every namespace'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -s v -l verbose -d 'More logs on stderr (-v, -vv, -vvv)'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -l no-progress -d 'No progress bars (they are also off when stderr is not a terminal)'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -s h -l help -d 'Print help'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -s V -l version -d 'Print version'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand version" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand version" -l context -d 'The kubeconfig context to use' -r
@@ -228,7 +232,7 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; 
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion drill help" -f -a "list" -d 'List the backups at a destination'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion drill help" -f -a "inspect" -d 'Show a backup\'s manifest'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion drill help" -f -a "restore" -d 'Restore a backup into a PVC, all-or-nothing'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion drill help" -f -a "cleanup" -d 'Delete helper pods left behind by an interrupted run'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion drill help" -f -a "cleanup" -d 'Delete what interrupted runs left: helper pods, or (--to) partial backups at DEST'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion drill help" -f -a "version" -d 'Print version, git commit and build target'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion drill help" -f -a "completion" -d 'Print a shell completion script for kubectl-pvbackup'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion drill help" -f -a "drill" -d 'Test-restore a backup into a scratch PVC, verify it in the cluster, delete the PVC'

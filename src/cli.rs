@@ -96,7 +96,13 @@ pub enum Command {
     /// Restore a backup into a PVC, all-or-nothing
     #[command(after_help = RESTORE_EXAMPLES)]
     Restore(RestoreArgs),
-    /// Delete helper pods left behind by an interrupted run
+    /// Delete what interrupted runs left: helper pods, or (--to) partial backups at DEST
+    ///
+    /// Without --to: deletes the helper pods a killed client left in the cluster. With --to
+    /// DEST: removes what killed backups left at DEST and no running backup still writes,
+    /// i.e. untouched for --older-than: partial files, open S3 multipart uploads, and archives
+    /// whose manifest was never written. Complete backups and files of other names are never
+    /// touched. Needs no cluster.
     #[command(after_help = CLEANUP_EXAMPLES)]
     Cleanup(CleanupArgs),
     /// Print version, git commit and build target
@@ -323,6 +329,22 @@ pub struct CleanupArgs {
     #[arg(long, short = 'y')]
     #[arg(help_heading = "Safety")]
     pub yes: bool,
+    /// Clean up this backup destination instead of the cluster (a directory, s3://, az://,
+    /// gs://)
+    #[arg(long, value_name = "DEST")]
+    #[arg(help_heading = "Destination")]
+    pub to: Option<String>,
+    /// With --to: remove only leftovers untouched for this long (e.g. 12h, 7d); the default
+    /// outlasts any running backup, whose files must stay
+    #[arg(long, requires = "to", value_name = "DURATION", value_parser = humantime::parse_duration, default_value = crate::destination::cleanup::DEFAULT_OLDER_THAN)]
+    #[arg(help_heading = "Destination")]
+    pub older_than: std::time::Duration,
+    /// With --to: list what would be removed; remove nothing
+    #[arg(long, requires = "to")]
+    #[arg(help_heading = "Safety")]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -437,7 +459,13 @@ Examples:
   kubectl pvbackup cleanup
 
   # Delete them in every namespace, without a prompt
-  kubectl pvbackup cleanup -A --yes";
+  kubectl pvbackup cleanup -A --yes
+
+  # What killed backups left in a directory more than a day ago (removes nothing)
+  kubectl pvbackup cleanup --to ./backups --dry-run
+
+  # Remove it, and abort a bucket's multipart uploads started more than 12 hours ago
+  kubectl pvbackup cleanup --to s3://acme-backups/prod --older-than 12h --yes";
 
 const VERSION_EXAMPLES: &str = "\
 Examples:

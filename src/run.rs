@@ -88,6 +88,21 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             cmd::discover::run(&conn, &plan).await
         }
         Command::Cleanup(a) => {
+            if let Some(to) = &a.to {
+                if cli.global.all_namespaces {
+                    return Err(Failure::usage(
+                        "-A/--all-namespaces is for helper pods (cleanup without --to); a destination has no namespaces, drop -A",
+                    ));
+                }
+                return cmd::cleanup::run_destination(&cmd::cleanup::DestinationPlan {
+                    dest: to.clone(),
+                    store: store(&a.store, None),
+                    older_than: a.older_than,
+                    dry_run: a.dry_run,
+                    yes: a.yes,
+                    output: out,
+                });
+            }
             let conn = connection(&cli).await?;
             cmd::cleanup::run(&conn, a.yes, out).await
         }

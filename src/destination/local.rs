@@ -7,7 +7,26 @@ use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::{Destination, DestinationError, ObjectWriter};
+use super::{
+    Destination, DestinationError, ObjectWriter, StoredObject, Unfinished, UnfinishedWrite,
+};
+
+/// The name of the temporary file a write of `name` goes to: `.<name>.partial-<8 hex digits>`.
+fn partial_name(name: &str) -> String {
+    format!(".{name}.partial-{:08x}", rand::random::<u32>())
+}
+
+/// The final name a temporary file of [`partial_name`]'s form was written for; `None` for
+/// every other name (this tool never touches files it did not name).
+pub fn partial_target(file_name: &str) -> Option<&str> {
+    let (target, suffix) = file_name.strip_prefix('.')?.rsplit_once(".partial-")?;
+    let ours = suffix.len() == 8
+        && suffix
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && !target.is_empty();
+    ours.then_some(target)
+}
 
 pub struct LocalDir {
     root: PathBuf,
@@ -36,6 +55,61 @@ fn io<'a>(
         action,
         path: path.to_path_buf(),
         source,
+    }
+}
+
+/// A regular file under the root, as `files` finds it.
+struct FoundFile {
+    key: String,
+    name: String,
+    size: u64,
+    modified: chrono::DateTime<chrono::Utc>,
+}
+
+impl LocalDir {
+    /// Every regular file under the root (symlinks and other types are not this tool's).
+    fn files(&self) -> Result<Vec<FoundFile>, DestinationError> {
+        if !self.root.is_dir() {
+            return Err(DestinationError::NotFound {
+                what: "destination directory".into(),
+                path: self.root.display().to_string(),
+            });
+        }
+        let mut out = Vec::new();
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir).map_err(io("list", &dir))? {
+                let entry = entry.map_err(io("list", &dir))?;
+                let p = entry.path();
+                let md = match fs::symlink_metadata(&p) {
+                    Ok(md) => md,
+                    // Gone since read_dir (a writer renamed or removed it): not there any more.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io("inspect", &p)(e)),
+                };
+                if md.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                if !md.is_file() {
+                    continue;
+                }
+                let Ok(rel) = p.strip_prefix(&self.root) else {
+                    continue;
+                };
+                out.push(FoundFile {
+                    key: rel.to_string_lossy().replace('\\', "/"),
+                    name: entry.file_name().to_string_lossy().into_owned(),
+                    size: md.len(),
+                    modified: md
+                        .modified()
+                        .map(chrono::DateTime::<chrono::Utc>::from)
+                        .map_err(io("inspect", &p))?,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
     }
 }
 
@@ -108,7 +182,7 @@ impl Destination for LocalDir {
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
-        let tmp = dir.join(format!(".{name}.partial-{:08x}", rand::random::<u32>()));
+        let tmp = dir.join(partial_name(&name));
         let file = File::create(&tmp).map_err(io("create", &tmp))?;
         self.in_flight
             .lock()
@@ -174,6 +248,71 @@ impl Destination for LocalDir {
         self.path(key).display().to_string()
     }
 
+    fn list_stored(&self) -> Result<Vec<StoredObject>, DestinationError> {
+        Ok(self
+            .files()?
+            .into_iter()
+            .filter(|f| partial_target(&f.name).is_none())
+            .map(|f| StoredObject {
+                key: f.key,
+                size: f.size,
+                modified: f.modified,
+            })
+            .collect())
+    }
+
+    fn list_unfinished(&self) -> Result<Unfinished, DestinationError> {
+        Ok(Unfinished::PartialFiles(
+            self.files()?
+                .into_iter()
+                .filter_map(|f| {
+                    let target = partial_target(&f.name)?;
+                    let key = match f.key.rsplit_once('/') {
+                        Some((dir, _)) => format!("{dir}/{target}"),
+                        None => target.to_string(),
+                    };
+                    Some(UnfinishedWrite {
+                        key,
+                        handle: f.key,
+                        // Every write moves a partial file's mtime: this is its last activity.
+                        since: f.modified,
+                        size: Some(f.size),
+                    })
+                })
+                .collect(),
+        ))
+    }
+
+    fn remove(&self, key: &str) -> Result<(), DestinationError> {
+        let p = self.path(key);
+        match fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(DestinationError::Io {
+                    action: "remove",
+                    path: p,
+                    source: e,
+                })
+            }
+        }
+        // Keys, not directories, are what a destination holds: a directory left empty goes
+        // too (as a prefix does on an object store), up to but never including the root.
+        // remove_dir refuses a directory that is not empty, so nothing else can go.
+        let mut dir = p.parent();
+        while let Some(d) = dir {
+            if d == self.root || !d.starts_with(&self.root) || fs::remove_dir(d).is_err() {
+                break;
+            }
+            dir = d.parent();
+        }
+        Ok(())
+    }
+
+    fn discard(&self, write: &UnfinishedWrite) -> Result<(), DestinationError> {
+        self.remove(&write.handle)
+    }
+
     fn abort_incomplete(&self) {
         for tmp in self
             .in_flight
@@ -189,6 +328,60 @@ impl Destination for LocalDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_our_partial_names_are_partials() {
+        let name = partial_name("db.tar.zst");
+        assert_eq!(partial_target(&name), Some("db.tar.zst"));
+        assert_eq!(
+            partial_target(".db.manifest.json.partial-0a1b2c3d"),
+            Some("db.manifest.json")
+        );
+        for other in [
+            "db.tar.zst",
+            ".db.tar.zst",
+            ".db.tar.zst.partial-",
+            ".db.tar.zst.partial-0A1B2C3D",
+            ".db.tar.zst.partial-0a1b2c3",
+            ".db.tar.zst.partial-0a1b2c3d4",
+            "db.tar.zst.partial-0a1b2c3d",
+            "..partial-0a1b2c3d",
+            ".swp",
+        ] {
+            assert_eq!(partial_target(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn partials_are_unfinished_and_removing_the_last_key_removes_its_directories() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = LocalDir::new(d.path().to_path_buf());
+        let mut w = dest.create("id/ns/a.tar").unwrap();
+        w.write_all(b"whole").unwrap();
+        w.commit().unwrap();
+        let mut open = dest.create("id2/ns/b.tar").unwrap();
+        open.write_all(b"half").unwrap();
+        open.flush().unwrap();
+        let stored = dest.list_stored().unwrap();
+        assert_eq!(
+            stored.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(),
+            ["id/ns/a.tar"]
+        );
+        assert_eq!(stored[0].size, 5);
+        let Unfinished::PartialFiles(partials) = dest.list_unfinished().unwrap() else {
+            panic!("a directory lists its partial files");
+        };
+        assert_eq!(partials.len(), 1);
+        assert_eq!(partials[0].key, "id2/ns/b.tar");
+        assert!(partials[0].handle.starts_with("id2/ns/.b.tar.partial-"));
+        assert_eq!(partials[0].size, Some(4));
+        dest.discard(&partials[0]).unwrap();
+        assert!(!d.path().join("id2").exists(), "emptied directories go too");
+        drop(open);
+        dest.remove("id/ns/a.tar").unwrap();
+        assert!(d.path().exists(), "the root stays");
+        assert!(!d.path().join("id").exists());
+    }
 
     #[test]
     fn uncommitted_writes_leave_nothing() {

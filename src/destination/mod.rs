@@ -8,6 +8,7 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
+pub mod cleanup;
 pub mod local;
 pub mod object;
 
@@ -58,6 +59,48 @@ pub trait Destination: Send + Sync {
     fn check(&self) -> Result<(), DestinationError> {
         Ok(())
     }
+    /// Every committed object, with its size and last modification (for `cleanup --to`).
+    fn list_stored(&self) -> Result<Vec<StoredObject>, DestinationError>;
+    /// Writes this tool started and never committed (partial files, open multipart uploads),
+    /// or why the store cannot list them.
+    fn list_unfinished(&self) -> Result<Unfinished, DestinationError>;
+    /// Deletes a committed object.
+    fn remove(&self, key: &str) -> Result<(), DestinationError>;
+    /// Removes a partial file or aborts an open multipart upload.
+    fn discard(&self, write: &UnfinishedWrite) -> Result<(), DestinationError>;
+}
+
+/// A committed object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    pub key: String,
+    pub size: u64,
+    pub modified: chrono::DateTime<chrono::Utc>,
+}
+
+/// A write that was started and never committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnfinishedWrite {
+    /// The key the write was meant to create.
+    pub key: String,
+    /// What names the write itself: the partial file's key, or the multipart upload id.
+    pub handle: String,
+    /// A local partial file's last write, or when a multipart upload was started (S3 reports
+    /// nothing later without a request per upload).
+    pub since: chrono::DateTime<chrono::Utc>,
+    /// Bytes written so far, when the store says.
+    pub size: Option<u64>,
+}
+
+/// What a destination can say about unfinished writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unfinished {
+    /// A directory's partial files.
+    PartialFiles(Vec<UnfinishedWrite>),
+    /// A bucket's open multipart uploads.
+    Uploads(Vec<UnfinishedWrite>),
+    /// The store offers no way to list or discard them; `why` says what happens to them.
+    NotListable { why: String },
 }
 
 /// Settings for object-storage destinations, from flags (the environment is read directly).

@@ -73,6 +73,8 @@ pub struct Built {
     pub secrets: Vec<String>,
     /// Whether the store itself verifies a checksum of every upload request.
     pub store_checksum: bool,
+    /// Signs requests object_store has no call for (S3's ListMultipartUploads, for `cleanup`).
+    pub signer: Option<Arc<dyn object_store::signer::Signer>>,
 }
 
 /// A configuration problem found before any request: exit 2, with the variable or file to fix.
@@ -493,11 +495,13 @@ pub fn build_s3(url: &ObjectUrl, env: &Env, plan: &S3Plan) -> Result<Built, Conf
     let store = b
         .build()
         .map_err(|e| ConfigError(format!("S3 settings: {e}")))?;
+    let store = Arc::new(store);
     Ok(Built {
-        store: Arc::new(store),
+        store: store.clone(),
         credentials: plan.credentials.source(),
         secrets,
         store_checksum: true,
+        signer: Some(store),
     })
 }
 
@@ -720,6 +724,7 @@ pub fn build_azure(url: &ObjectUrl, env: &Env, plan: &AzurePlan) -> Result<Built
         credentials: plan.credentials.source(),
         secrets,
         store_checksum: false,
+        signer: None,
     })
 }
 
@@ -863,6 +868,7 @@ pub fn build_gcs(url: &ObjectUrl, env: &Env, plan: &GcsPlan) -> Result<Built, Co
         credentials: plan.credentials.source(),
         secrets: env_secrets(env),
         store_checksum: false,
+        signer: None,
     })
 }
 

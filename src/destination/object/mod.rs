@@ -15,6 +15,7 @@
 mod aws_profile;
 pub mod config;
 mod transfer;
+mod uploads;
 pub mod url;
 
 use std::collections::HashMap;
@@ -27,9 +28,12 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use object_store::multipart::MultipartStore;
 use object_store::path::Path as StorePath;
-use object_store::{MultipartId, ObjectStore};
+use object_store::{MultipartId, ObjectStore, ObjectStoreExt};
 
-use super::{Destination, DestinationError, ObjectWriter, StoreOptions};
+use super::{
+    Destination, DestinationError, ObjectWriter, StoreOptions, StoredObject, Unfinished,
+    UnfinishedWrite,
+};
 use config::{Built, CredentialSource, Env};
 use url::ObjectUrl;
 
@@ -67,6 +71,7 @@ pub struct ObjectDest {
     uploads: OpenUploads,
     next_token: AtomicU64,
     store_checksum: bool,
+    signer: Option<Arc<dyn object_store::signer::Signer>>,
 }
 
 /// Parses and configures an object-storage destination (no request is made, except a
@@ -110,6 +115,7 @@ pub fn open_with_env(
         credentials,
         secrets,
         store_checksum,
+        signer,
     } = config::build(&url, env, &plan).map_err(|e| DestinationError::Config(e.0))?;
     Ok(ObjectDest {
         ctx: Arc::new(Context {
@@ -122,6 +128,7 @@ pub fn open_with_env(
         uploads: Arc::default(),
         next_token: AtomicU64::new(0),
         store_checksum,
+        signer,
     })
 }
 
@@ -451,6 +458,64 @@ impl Destination for ObjectDest {
             });
             futures::future::join_all(aborts).await;
         });
+    }
+
+    fn list_stored(&self) -> Result<Vec<StoredObject>, DestinationError> {
+        let root = (!self.ctx.url.prefix.is_empty())
+            .then(|| StorePath::from(self.ctx.url.prefix.as_str()));
+        let store = self.store.clone();
+        let listed =
+            block_on(async move { store.list(root.as_ref()).try_collect::<Vec<_>>().await })?
+                .map_err(|e| self.ctx.error("list", "", &e))?;
+        let mut out: Vec<StoredObject> = listed
+            .into_iter()
+            .filter_map(|m| {
+                Some(StoredObject {
+                    key: self.ctx.url.relative(m.location.as_ref())?.to_string(),
+                    size: m.size,
+                    modified: m.last_modified,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn list_unfinished(&self) -> Result<Unfinished, DestinationError> {
+        match (self.ctx.url.provider, &self.signer) {
+            (url::Provider::S3, Some(signer)) => {
+                let signer = signer.clone();
+                let ctx = self.ctx.clone();
+                Ok(Unfinished::Uploads(block_on(async move {
+                    uploads::list_s3(signer.as_ref(), &ctx).await
+                })??))
+            }
+            (url::Provider::Azure, _) => Ok(Unfinished::NotListable {
+                why: "Azure keeps the blocks of an unfinished upload uncommitted and invisible, and deletes them itself 7 days after they were written (https://learn.microsoft.com/en-us/rest/api/storageservices/put-block#remarks); there is nothing to list or abort".into(),
+            }),
+            _ => Ok(Unfinished::NotListable {
+                why: "open multipart uploads are not listed for gs:// buckets; give the bucket a lifecycle rule with the AbortIncompleteMultipartUpload action (https://cloud.google.com/storage/docs/lifecycle#abort-mpu)".into(),
+            }),
+        }
+    }
+
+    fn remove(&self, key: &str) -> Result<(), DestinationError> {
+        let store = self.store.clone();
+        let path = self.path(key);
+        match block_on(async move { store.delete(&path).await })? {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.ctx.error("delete", key, &e)),
+        }
+    }
+
+    fn discard(&self, write: &UnfinishedWrite) -> Result<(), DestinationError> {
+        let store = self.store.clone();
+        let path = self.path(&write.key);
+        let id: MultipartId = write.handle.clone();
+        block_on(async move { store.abort_multipart(&path, &id).await })?.map_err(|e| {
+            self.ctx
+                .error("abort the multipart upload of", &write.key, &e)
+        })
     }
 
     fn check(&self) -> Result<(), DestinationError> {
