@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::safety::canonical_key;
 use super::{
-    check_entries_safe, check_entry_safe, walk, ArchiveError, Compression, EntryKind, EntryRecord,
+    check_entries_safe, walk, ArchiveError, ArchiveOrder, Compression, EntryKind, EntryRecord,
     BUF_SIZE,
 };
 use crate::manifest::Manifest;
@@ -196,6 +196,7 @@ pub fn verify_archive<R: Read>(
     }
 
     let mut problems = Vec::new();
+    let mut order = ArchiveOrder::default();
     let mut entries_checked = 0u64;
     let mut files_hashed = 0u64;
     let mut hr = HashingReader {
@@ -219,8 +220,8 @@ pub fn verify_archive<R: Read>(
                 error: Rc::clone(&trap),
             },
         );
-        walk::walk(src, io::sink(), None, |rec| {
-            check_entry_safe(&rec)?;
+        walk::walk(src, io::sink(), None, None, |rec| {
+            order.check(&rec)?;
             entries_checked += 1;
             if rec.sha256.is_some() {
                 files_hashed += 1;

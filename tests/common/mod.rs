@@ -343,6 +343,17 @@ pub fn json(run: &Run) -> serde_json::Value {
     })
 }
 
+/// The whole manifest (schema-2 header and its entries stream, or a schema-1 document) at
+/// `path`, in the expanded form `inspect --files -o json` prints. Written back (edited) to a
+/// `*.manifest.json`, it is a manifest every command reads.
+pub fn whole_manifest(path: &Path) -> serde_json::Value {
+    let dest =
+        kubectl_pvbackup::destination::local::LocalDir::new(path.parent().unwrap().to_path_buf());
+    let key = path.file_name().unwrap().to_str().unwrap();
+    let m = kubectl_pvbackup::manifest::load(&dest, key).unwrap();
+    serde_json::to_value(&m).unwrap()
+}
+
 /// Backs up `ns/pvc` with `create`; returns the manifest path.
 pub async fn backup(cluster: &Cluster, ns: &str, pvc: &str, dest: &Path) -> PathBuf {
     let run = plugin(
