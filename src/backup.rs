@@ -495,3 +495,55 @@ pub async fn get_pvc(client: &kube::Client, t: &Target) -> Result<PersistentVolu
         .await
         .map_err(|e| explain(&format!("reading PVC {}/{}", t.namespace, t.pvc), &e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::{SkipReason, SkippedEntry};
+
+    #[test]
+    fn sockets_tar_ignored_are_recorded_and_other_stderr_is_serious() {
+        // busybox tar's own words (archival/tar.c: "%s: socket ignored"), in busybox 1.35
+        let (sockets, serious) = tar_stderr(
+            "tar: ./run/app.sock: socket ignored\ntar: ./a b/x.sock: socket ignored\n\ntar: ./f: Permission denied\n",
+        );
+        assert_eq!(
+            sockets,
+            vec![
+                SkippedEntry {
+                    path: "run/app.sock".into(),
+                    path_hex: None,
+                    reason: SkipReason::Socket
+                },
+                SkippedEntry {
+                    path: "a b/x.sock".into(),
+                    path_hex: None,
+                    reason: SkipReason::Socket
+                },
+            ]
+        );
+        assert_eq!(serious, vec!["tar: ./f: Permission denied"]);
+        assert_eq!(tar_stderr(""), (vec![], vec![]));
+    }
+
+    #[test]
+    fn a_stream_a_restore_would_refuse_is_refused_at_create() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..7].copy_from_slice(b"../evil");
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(0);
+        h.set_cksum();
+        b.append(&h, &b""[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let summary =
+            crate::archive::stream_backup(&tar[..], Compression::None, std::io::sink(), &|_| {})
+                .unwrap();
+        let f = refuse_unsafe(&summary).unwrap_err();
+        assert_eq!(f.kind, ExitKind::Refused);
+        assert!(f.permanent, "no retry can change what tar streams");
+        assert!(f.message.contains("\"../evil\""), "{}", f.message);
+        assert!(f.message.contains("--image"), "{}", f.message);
+    }
+}

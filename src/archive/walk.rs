@@ -221,6 +221,7 @@ pub(crate) fn walk<R: Read, S: Write>(
     // `prev_end`, then the new entry's own header blocks.
     let mut prev_end = 0u64;
     let mut prev_kept = true;
+    let mut left_out: std::collections::HashMap<Vec<u8>, SkipReason> = Default::default();
     state.holding.set(true);
     {
         let entries = archive.entries().map_err(|e| classify(&state, e))?;
@@ -228,7 +229,18 @@ pub(crate) fn walk<R: Read, S: Write>(
             let mut entry = entry.map_err(|e| classify(&state, e))?;
             let etype = entry.header().entry_type();
             let (path, path_hex) = name_fields(normalise(&entry.path_bytes()));
-            let leave_out = skip.is_some() && matches!(etype, EntryType::Char | EntryType::Block);
+            // A device node is left out, and so is a hard link to one left out (tar stores
+            // the second name of a hard-linked device node as a link to the first).
+            let reason = match etype {
+                _ if skip.is_none() => None,
+                EntryType::Char => Some(SkipReason::CharDevice),
+                EntryType::Block => Some(SkipReason::BlockDevice),
+                EntryType::Link => entry
+                    .link_name_bytes()
+                    .and_then(|t| left_out.get(normalise(&t)).copied()),
+                _ => None,
+            };
+            let leave_out = reason.is_some();
             let first = prev_end.saturating_sub(state.held_from.get());
             state.decision.set(Some((first, prev_kept, !leave_out)));
             state.holding.set(false);
@@ -240,16 +252,13 @@ pub(crate) fn walk<R: Read, S: Write>(
                 state.holding.set(true);
                 continue;
             }
-            if leave_out {
+            if let Some(reason) = reason {
+                left_out.insert(normalise(&entry.path_bytes()).to_vec(), reason);
                 if let Some(report) = skip.as_mut() {
                     report(SkippedEntry {
                         path,
                         path_hex,
-                        reason: if etype == EntryType::Char {
-                            SkipReason::CharDevice
-                        } else {
-                            SkipReason::BlockDevice
-                        },
+                        reason,
                     });
                 }
                 state.holding.set(true);

@@ -648,3 +648,27 @@ fn rejects_unsafe_entries_but_not_symlink_targets() {
     }
     Manifest::from_json(m.to_json_pretty().as_bytes()).unwrap();
 }
+
+#[test]
+fn the_skipped_warning_names_entries_and_the_reason() {
+    assert_eq!(skipped_warning(&[]), None);
+    let one = skipped_warning(&full().skipped).unwrap();
+    assert!(one.starts_with("warning: "), "{one}");
+    assert!(one.contains("1 entry "), "{one}");
+    assert!(
+        one.contains("\"chroot/dev/null\" (character device)"),
+        "{one}"
+    );
+    let many: Vec<SkippedEntry> = (0..7)
+        .map(|i| SkippedEntry {
+            path: format!("run/{i}.sock"),
+            path_hex: None,
+            reason: SkipReason::Socket,
+        })
+        .collect();
+    let w = skipped_warning(&many).unwrap();
+    assert!(w.contains("7 entries"), "{w}");
+    assert!(w.contains("\"run/4.sock\" (socket) and 2 more"), "{w}");
+    assert!(!w.contains("run/5.sock"), "{w}");
+    assert!(w.contains("inspect"), "{w}");
+}
