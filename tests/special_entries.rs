@@ -99,6 +99,8 @@ async fn symlinks_of_every_shape_round_trip_and_device_nodes_and_sockets_are_rec
 
     let v = plugin(&cluster, &["verify", &manifest]).await;
     assert_eq!(v.code, 0, "{}\n{}", v.stdout, v.stderr);
+    let l = plugin(&cluster, &["list", d]).await;
+    assert!(l.stdout.contains("complete (2 left out)"), "{}", l.stdout);
 
     let i = plugin(&cluster, &["inspect", &manifest, "--files"]).await;
     assert_eq!(i.code, 0, "{}", i.stderr);

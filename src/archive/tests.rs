@@ -612,6 +612,20 @@ fn any_symlink_target_round_trips() {
         let r = verify_archive(&out[..], c, &m).unwrap();
         assert!(r.is_ok(), "{c}: {:?}", r.problems);
     }
+    // A manifest whose target differs from the archive's only in an invalid byte is caught.
+    let (s, out) = backup(&tar, Compression::None).unwrap();
+    let mut m = manifest_for(Compression::None, &s);
+    let odd = m.entries.iter_mut().find(|e| e.path == "odd").unwrap();
+    odd.link_target_hex = Some(hex::encode(b"odd\nname\xfe \x01"));
+    let r = verify_archive(&out[..], Compression::None, &m).unwrap();
+    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+    assert!(
+        r.problems[0]
+            .to_string()
+            .contains("link_target is odd\\nname\\xff"),
+        "{}",
+        r.problems[0]
+    );
     // busybox tar -x (what the helper pod runs) creates each link with its exact target.
     let to = tempfile::tempdir().unwrap();
     let mut x = Command::new("busybox")

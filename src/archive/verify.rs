@@ -167,10 +167,8 @@ fn compare(m: &EntryRecord, a: &EntryRecord, problems: &mut Vec<Problem>) {
     if m.kind == EntryKind::File && a.kind == EntryKind::File {
         diff("mtime", m.mtime.to_string(), a.mtime.to_string());
     }
-    let target = |e: &EntryRecord| {
-        e.raw_link_target()
-            .map(|t| String::from_utf8_lossy(&t).into_owned())
-    };
+    // As bytes (escaped), so that targets differing only in invalid UTF-8 never look equal.
+    let target = |e: &EntryRecord| e.raw_link_target().map(|t| t.escape_ascii().to_string());
     diff("link_target", opt(&target(m)), opt(&target(a)));
     diff("sha256", opt(&m.sha256), opt(&a.sha256));
 }

@@ -146,7 +146,9 @@ pub fn run(
                             .unwrap_or_else(|| "-".into()),
                         i.files.map(|f| f.to_string()).unwrap_or_else(|| "-".into()),
                         i.compression.clone().unwrap_or_else(|| "-".into()),
-                        if i.complete {
+                        if i.complete && i.skipped > 0 {
+                            format!("complete ({} left out)", i.skipped)
+                        } else if i.complete {
                             "complete".into()
                         } else {
                             format!("INCOMPLETE ({})", i.problem.clone().unwrap_or_default())
