@@ -672,3 +672,30 @@ fn the_skipped_warning_names_entries_and_the_reason() {
     assert!(!w.contains("run/5.sock"), "{w}");
     assert!(w.contains("inspect"), "{w}");
 }
+
+/// The header is what `list` reads for every backup: its size must not grow with the file
+/// count (only the digits of the totals do).
+#[test]
+fn the_header_does_not_grow_with_the_file_count() {
+    let header_len = |n: usize| {
+        let mut m = sample();
+        m.entries = (0..n)
+            .map(|i| entry(&format!("dir/file-{i:07}"), EntryKind::File, Some(SHA)))
+            .collect();
+        m.entry_count = n as u64;
+        let (d, _) = stored(&m);
+        let header = std::fs::metadata(d.path().join(KEY)).unwrap().len();
+        let entries = std::fs::metadata(d.path().join("id/shop/data-web-0.entries.jsonl.zst"))
+            .unwrap()
+            .len();
+        (header, entries)
+    };
+    let (small, small_entries) = header_len(10);
+    let (big, big_entries) = header_len(200_000);
+    assert!(big - small <= 16, "{small} vs {big} bytes");
+    assert!(big < 2048, "{big} bytes");
+    assert!(
+        big_entries > 100 * small_entries,
+        "{small_entries} vs {big_entries}"
+    );
+}
