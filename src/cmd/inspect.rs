@@ -15,6 +15,9 @@ pub fn run(
 ) -> Result<(), Failure> {
     let loc = locate(backup, from, store)?;
     let m = &loc.manifest;
+    if let Some(warning) = crate::manifest::skipped_warning(&m.skipped) {
+        eprintln!("{warning}");
+    }
     match format {
         OutputFormat::Json | OutputFormat::Yaml => {
             if files {
@@ -23,6 +26,7 @@ pub fn run(
                 let mut v = serde_json::to_value(m).map_err(|e| Failure::runtime(e.to_string()))?;
                 if let Some(o) = v.as_object_mut() {
                     o.remove("entries");
+                    o.remove("entry_notes");
                 }
                 output::structured(format, &v)
             }
@@ -63,6 +67,38 @@ pub fn run(
                 output::human_bytes(m.uncompressed_size),
                 m.entry_count,
             );
+            if m.schema_version != crate::manifest::SCHEMA_VERSION {
+                text.push_str(&format!(
+                    "Schema:        version {} (written by {})\n",
+                    m.schema_version, m.tool_version
+                ));
+            }
+            if let Some(c) = &m.consistency {
+                text.push_str(&format!(
+                    "Consistency:   {}{}\n",
+                    serde_json::to_value(c.method)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    c.snapshot
+                        .as_ref()
+                        .map(|s| format!(" (VolumeSnapshot {})", s.name))
+                        .unwrap_or_default()
+                ));
+            }
+            if let Some(p) = &m.parent {
+                text.push_str(&format!("Parent:        {}\n", p.backup_id));
+            }
+            if !m.skipped.is_empty() {
+                text.push_str(&format!(
+                    "Not backed up: {} (a restore will not recreate them)\n",
+                    m.skipped
+                        .iter()
+                        .map(|s| format!("{} ({})", s.path, s.reason))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
             if files {
                 let rows = m
                     .entries
