@@ -266,6 +266,7 @@ fn destination_table(report: &crate::destination::cleanup::Report) -> String {
                     Leftover::PartialFile => "partial file",
                     Leftover::MultipartUpload => "multipart upload",
                     Leftover::ArchiveWithoutManifest => "archive without manifest",
+                    Leftover::EntriesWithoutManifest => "entries without manifest",
                 }
                 .to_string(),
                 i.location.clone(),

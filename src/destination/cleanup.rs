@@ -39,6 +39,9 @@ pub enum Leftover {
     MultipartUpload,
     /// An archive whose manifest was never written.
     ArchiveWithoutManifest,
+    /// A schema-2 entries stream (`<pvc>.entries.jsonl[.gz|.zst]`) whose header was never
+    /// written: `create` died between the two, the last steps of a commit.
+    EntriesWithoutManifest,
 }
 
 /// What happened to it.
@@ -201,6 +204,33 @@ pub fn select(
             target: Target::Object(obj.key.clone()),
         });
     }
+    // `group_keys` (what `list` reads) knows archives and headers only; an entries stream
+    // belongs to the backup whose header has the same stem.
+    for obj in stored {
+        let Some((stem, _)) = obj.key.split_once(crate::manifest::ENTRIES_SUFFIX) else {
+            continue;
+        };
+        let id = stem.split('/').next().unwrap_or_default();
+        if stem.split('/').count() != 3 || !is_backup_id(id) {
+            continue;
+        }
+        let header = format!("{stem}{}", crate::manifest::MANIFEST_SUFFIX);
+        if stored.iter().any(|o| o.key == header) {
+            continue;
+        }
+        items.push(Item {
+            kind: Leftover::EntriesWithoutManifest,
+            key: obj.key.clone(),
+            location: locate(&obj.key),
+            upload_id: None,
+            since: obj.modified,
+            age_seconds: age(now, obj.modified),
+            size: Some(obj.size),
+            outcome: decide(obj.modified),
+            error: None,
+            target: Target::Object(obj.key.clone()),
+        });
+    }
     items
 }
 
@@ -233,13 +263,14 @@ pub fn find(
     })
 }
 
-/// Removes every stale leftover of `report` (unfinished writes first, then archives without a
-/// manifest); a failure is recorded on its item and the others go on.
+/// Removes every stale leftover of `report` (unfinished writes first, then archives and entries
+/// streams without a
+/// header); a failure is recorded on its item and the others go on.
 pub fn apply(dest: &dyn Destination, mut report: Report) -> Report {
     report.dry_run = false;
     report
         .items
-        .sort_by_key(|i| i.kind == Leftover::ArchiveWithoutManifest);
+        .sort_by_key(|i| i.kind != Leftover::PartialFile && i.kind != Leftover::MultipartUpload);
     for item in report
         .items
         .iter_mut()
@@ -330,10 +361,12 @@ mod tests {
         let stored = [
             // Complete and ancient: never a candidate.
             obj(&format!("{ID}/shop/db.tar.zst"), 900),
+            obj(&format!("{ID}/shop/db.entries.jsonl.zst"), 900),
             obj(&format!("{ID}/shop/db.manifest.json"), 900),
             // An archive whose manifest never came: stale, and a fresh one.
             obj(&format!("{ID}/shop/cache.tar.zst"), 30),
             obj("20261130T230000Z-0001/shop/cache.tar.zst", 0),
+            obj(&format!("{ID}/shop/cache.entries.jsonl.zst"), 30),
             // Not of our layout: someone else's files.
             obj("notes/shop/cache.tar.zst", 900),
             obj(&format!("{ID}/shop/readme.txt"), 900),
@@ -385,6 +418,11 @@ mod tests {
                     "20261130T230000Z-0001/shop/cache.tar.zst",
                     Leftover::ArchiveWithoutManifest,
                     Outcome::Kept
+                ),
+                (
+                    format!("{ID}/shop/cache.entries.jsonl.zst").as_str(),
+                    Leftover::EntriesWithoutManifest,
+                    Outcome::WouldRemove
                 ),
             ]
         );
