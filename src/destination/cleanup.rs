@@ -264,8 +264,7 @@ pub fn find(
 }
 
 /// Removes every stale leftover of `report` (unfinished writes first, then archives and entries
-/// streams without a
-/// header); a failure is recorded on its item and the others go on.
+/// streams without a header); a failure is recorded on its item and the others go on.
 pub fn apply(dest: &dyn Destination, mut report: Report) -> Report {
     report.dry_run = false;
     report
