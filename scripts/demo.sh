@@ -13,7 +13,7 @@ if [ "${USE_CURRENT_CONTEXT:-0}" != 1 ]; then
   "$bin/kubesim" serve --state-dir "$work/state" --kubeconfig "$work/kubeconfig" --scenario demo > "$work/kubesim.out" &
   sim=$!
   # SIGTERM makes kubesim unmount every volume before it exits; only then can the state go.
-  trap 'kill $sim 2>/dev/null; wait $sim 2>/dev/null; rm -rf "$work"' EXIT
+  trap 'kill $sim 2>/dev/null || true; wait $sim 2>/dev/null || true; rm -rf "$work"' EXIT
   started=$SECONDS
   until "$bin/kubesim" status --kubeconfig "$work/kubeconfig" --wait 1 >/dev/null 2>&1; do
     kill -0 $sim 2>/dev/null || { rc=0; wait $sim || rc=$?; echo "kubesim did not start (exit $rc)" >&2; exit 1; }
