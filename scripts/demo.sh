@@ -4,16 +4,21 @@
 # set USE_CURRENT_CONTEXT=1 to skip kubesim and use your kubeconfig.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -x /usr/bin/busybox ] || { echo "kubesim needs Debian's busybox-static: apt-get install -y busybox-static" >&2; exit 1; }
 cargo build --release --quiet --workspace
 bin=target/release
 work=$(mktemp -d /tmp/pvbackup-demo.XXXX)
 if [ "${USE_CURRENT_CONTEXT:-0}" != 1 ]; then
+  # kubesim checks busybox, root and mounts first and exits 1 naming the fix; status waits
+  # until every demo pod runs, and gives up as soon as kubesim has exited.
   "$bin/kubesim" serve --state-dir "$work/state" --kubeconfig "$work/kubeconfig" --scenario demo > "$work/kubesim.out" &
   sim=$!
-  trap 'kill $sim 2>/dev/null; wait $sim 2>/dev/null; rm -rf "$work"' EXIT
-  for _ in $(seq 1 120); do grep -q '^ready ' "$work/kubesim.out" 2>/dev/null && break; sleep 0.5; done
-  grep -q '^ready ' "$work/kubesim.out" || { echo "kubesim did not start" >&2; exit 1; }
+  # SIGTERM makes kubesim unmount every volume before it exits; only then can the state go.
+  trap 'kill $sim 2>/dev/null || true; wait $sim 2>/dev/null || true; rm -rf "$work"' EXIT
+  started=$SECONDS
+  until "$bin/kubesim" status --kubeconfig "$work/kubeconfig" --wait 1 >/dev/null 2>&1; do
+    kill -0 $sim 2>/dev/null || { rc=0; wait $sim || rc=$?; echo "kubesim did not start (exit $rc)" >&2; exit 1; }
+    [ $((SECONDS - started)) -lt 180 ] || { echo "kubesim was not ready after 180 s" >&2; exit 1; }
+  done
   export KUBECONFIG="$work/kubeconfig"
 fi
 export PATH="$PWD/$bin:$PATH"   # so `kubectl pvbackup` finds the plugin

@@ -11,6 +11,7 @@ use std::time::Duration;
 use kubesim::{Cluster, ClusterOptions, Scenario};
 
 pub mod azurite;
+pub mod fake_gcs;
 pub mod moto;
 
 pub async fn demo() -> Cluster {

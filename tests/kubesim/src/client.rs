@@ -1,5 +1,5 @@
-//! A minimal client for kubesim's own endpoint (`POST /kubesim/v1/faults`), used by
-//! `kubesim fault` and by tests that run kubesim as a separate process.
+//! A minimal client for a running kubesim, through its kubeconfig: `POST /kubesim/v1/faults`
+//! (`kubesim fault`) and `GET /version` (`kubesim status`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -62,6 +62,56 @@ fn parse_pem_certs(pem: &[u8]) -> Vec<CertificateDer<'static>> {
 
 pub async fn post_fault(kubeconfig: &Path, fault: &FaultRequest) -> Result<(), String> {
     let t = read_kubeconfig(kubeconfig)?;
+    let body = serde_json::to_vec(fault).map_err(|e| e.to_string())?;
+    let (status, text) = request(&t, hyper::Method::POST, "/kubesim/v1/faults", body).await?;
+    if !status.is_success() {
+        return Err(format!(
+            "kubesim refused the fault ({status}): {}",
+            String::from_utf8_lossy(&text)
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the kubesim a kubeconfig points to is up: `Ok(server URL)` when it answers
+/// `GET /version` for this kubeconfig's token, else why not (in words a script can print).
+///
+/// `kubesim serve` writes its kubeconfig only once the cluster is ready (for the demo
+/// scenario: every pod Running) and removes it when it stops, so "up" here means "ready".
+pub async fn status(kubeconfig: &Path) -> Result<String, String> {
+    if !kubeconfig.exists() {
+        return Err(format!(
+            "not running: there is no kubeconfig at {} (kubesim serve writes it once the cluster is ready)",
+            kubeconfig.display()
+        ));
+    }
+    let t = read_kubeconfig(kubeconfig)?;
+    let url = format!("https://{}:{}", t.host, t.port);
+    match request(&t, hyper::Method::GET, "/version", Vec::new()).await {
+        Ok((s, _)) if s.is_success() => Ok(url),
+        Ok((s, body)) if s == hyper::StatusCode::UNAUTHORIZED => Err(format!(
+            "not running: {url} refused the token in {} ({s}): the kubesim that wrote it is gone and something else serves that port ({})",
+            kubeconfig.display(),
+            String::from_utf8_lossy(&body).trim()
+        )),
+        Ok((s, body)) => Err(format!(
+            "{url} answered GET /version with {s}: {}",
+            String::from_utf8_lossy(&body).trim()
+        )),
+        Err(e) => Err(format!(
+            "not running: {e} (the kubesim that wrote {} is gone)",
+            kubeconfig.display()
+        )),
+    }
+}
+
+/// One HTTPS request with the kubeconfig's CA and token; (status, body).
+async fn request(
+    t: &Target,
+    method: hyper::Method,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<(hyper::StatusCode, bytes::Bytes), String> {
     let mut roots = rustls::RootCertStore::empty();
     for c in parse_pem_certs(&t.ca_pem) {
         roots
@@ -86,8 +136,9 @@ pub async fn post_fault(kubeconfig: &Path, fault: &FaultRequest) -> Result<(), S
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let body = serde_json::to_vec(fault).map_err(|e| e.to_string())?;
-    let req = hyper::Request::post("/kubesim/v1/faults")
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
         .header("host", format!("{}:{}", t.host, t.port))
         .header("authorization", format!("Bearer {}", t.token))
         .header("content-type", "application/json")
@@ -104,11 +155,5 @@ pub async fn post_fault(kubeconfig: &Path, fault: &FaultRequest) -> Result<(), S
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    if !status.is_success() {
-        return Err(format!(
-            "kubesim refused the fault ({status}): {}",
-            String::from_utf8_lossy(&text)
-        ));
-    }
-    Ok(())
+    Ok((status, text))
 }

@@ -1,8 +1,9 @@
-//! `kubesim serve` runs a cluster until SIGINT/SIGTERM; `kubesim fault` injects faults into a
-//! running one through its kubeconfig.
+//! `kubesim serve` runs a cluster until SIGINT/SIGTERM/SIGHUP; `kubesim status` tells whether
+//! one is up; `kubesim fault` injects faults into a running one through its kubeconfig.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use kubesim::{Cluster, ClusterOptions, FaultRequest, Scenario};
@@ -26,16 +27,35 @@ enum ScenarioArg {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve a cluster; prints `ready <server-url>` once it accepts requests.
+    /// Serve a cluster until SIGINT, SIGTERM or SIGHUP.
+    ///
+    /// Checks the host first (a static busybox that runs, root, tmpfs mounts) and exits 1 naming
+    /// what to install. Once the cluster is ready (demo: every pod Running) it writes the
+    /// kubeconfig and prints `ready <server-url>`; `kubesim status --kubeconfig F --wait 60`
+    /// waits for that. On exit it kills every container, unmounts every volume and removes the
+    /// kubeconfig.
     Serve {
-        /// Where volumes (`volumes/<namespace>/<pvc>/`), container roots and logs live.
+        /// Where volumes (`volumes/<namespace>/<pvc>/`), container roots and logs live; one
+        /// kubesim per directory. Mounts a killed kubesim left here are unmounted at start.
         #[arg(long)]
         state_dir: PathBuf,
-        /// Where to write the admin kubeconfig.
+        /// Where to write the admin kubeconfig (once the cluster is ready).
         #[arg(long)]
         kubeconfig: PathBuf,
         #[arg(long, value_enum, default_value = "demo")]
         scenario: ScenarioArg,
+        /// How long the demo pods may take to run before kubesim gives up.
+        #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+        ready_timeout: u64,
+    },
+    /// Tell whether the kubesim a kubeconfig points to is up: prints `ready <server-url>` and
+    /// exits 0, or says why not and exits 1.
+    Status {
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: PathBuf,
+        /// Keep asking (every 100 ms) for up to SECONDS until it is ready.
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<f64>,
     },
     /// Inject a fault into a running kubesim.
     Fault {
@@ -92,7 +112,39 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
+    let result = match cli.command {
+        Command::Serve {
+            state_dir,
+            kubeconfig,
+            scenario,
+            ready_timeout,
+        } => {
+            let scenario = match scenario {
+                ScenarioArg::Demo => Scenario::Demo,
+                ScenarioArg::Empty => Scenario::Empty,
+            };
+            let mut claim = None;
+            let served = rt.block_on(serve(
+                &state_dir,
+                kubeconfig,
+                scenario,
+                ready_timeout,
+                &mut claim,
+            ));
+            // Tasks still running (a provisioner between mount and bookkeeping) end with the
+            // runtime; only then is the last sweep sure to see every mount. The claim is held
+            // until after it, so that it never touches another kubesim's volumes.
+            rt.shutdown_timeout(Duration::from_secs(5));
+            let swept = match claim {
+                Some(_) => final_sweep(&state_dir),
+                None => Ok(()),
+            };
+            drop(claim);
+            served.and(swept)
+        }
+        other => rt.block_on(run(other)),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kubesim: {e}");
@@ -101,41 +153,48 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
-    match cli.command {
-        Command::Serve {
-            state_dir,
-            kubeconfig,
-            scenario,
-        } => {
-            let scenario = match scenario {
-                ScenarioArg::Demo => Scenario::Demo,
-                ScenarioArg::Empty => Scenario::Empty,
-            };
-            let cluster = Cluster::start(ClusterOptions {
-                state_dir: Some(state_dir),
-                kubeconfig: Some(kubeconfig),
-                scenario,
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-            if scenario == Scenario::Demo {
-                cluster
-                    .wait_for_pods_running(std::time::Duration::from_secs(60))
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            println!("ready {}", cluster.url());
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .map_err(|e| e.to_string())?;
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            cluster.shutdown().await;
-            Ok(())
-        }
+/// Unmounts whatever is still mounted under the state directory, or names the command to.
+fn final_sweep(state_dir: &Path) -> Result<(), String> {
+    if let Err(e) = kubesim::volumes::release_all_under(state_dir) {
+        let left = kubesim::host::mounts_under(state_dir).unwrap_or_default();
+        return Err(format!(
+            "{e}; {} mount(s) are left under {}; unmount them with:\n  {}",
+            left.len(),
+            state_dir.display(),
+            kubesim::host::umount_command(&left)
+        ));
+    }
+    Ok(())
+}
+
+/// SIGINT, SIGTERM and SIGHUP, registered before anything is mounted so that none of them
+/// can end the process without the cleanup.
+struct Signals(Vec<tokio::signal::unix::Signal>);
+
+impl Signals {
+    fn install() -> Result<Signals, String> {
+        use tokio::signal::unix::{signal, SignalKind};
+        [
+            SignalKind::interrupt(),
+            SignalKind::terminate(),
+            SignalKind::hangup(),
+        ]
+        .into_iter()
+        .map(|k| signal(k).map_err(|e| format!("cannot handle signals: {e}")))
+        .collect::<Result<_, _>>()
+        .map(Signals)
+    }
+
+    async fn recv(&mut self) {
+        let waits = self.0.iter_mut().map(|s| Box::pin(s.recv()));
+        futures::future::select_all(waits).await;
+    }
+}
+
+async fn run(command: Command) -> Result<(), String> {
+    match command {
+        Command::Serve { .. } => unreachable!("main runs serve itself"),
+        Command::Status { kubeconfig, wait } => status(&kubeconfig, wait).await,
         Command::Fault { kubeconfig, fault } => {
             let req = match fault {
                 FaultCmd::KillExec { after_bytes, count } => {
@@ -151,6 +210,113 @@ async fn run(cli: Cli) -> Result<(), String> {
                 FaultCmd::Clear => FaultRequest::Clear,
             };
             kubesim::client::post_fault(&kubeconfig, &req).await
+        }
+    }
+}
+
+async fn serve(
+    state_dir: &Path,
+    kubeconfig: PathBuf,
+    scenario: Scenario,
+    ready_timeout: u64,
+    claim: &mut Option<kubesim::host::StateDirClaim>,
+) -> Result<(), String> {
+    let mut signals = Signals::install()?;
+    let claimed = kubesim::host::claim_state_dir(state_dir).map_err(|e| e.to_string())?;
+    let stale = claimed.stale_unmounted;
+    *claim = Some(claimed);
+    if stale > 0 {
+        eprintln!(
+            "kubesim: unmounted {stale} volume(s) that a killed kubesim left under {}",
+            state_dir.display()
+        );
+    }
+    let host = kubesim::host::check(state_dir)
+        .await
+        .map_err(|e| e.to_string())?;
+    eprintln!("kubesim: {}", host.describe());
+    // Written next to the final path and renamed into place once ready, so that the file's
+    // existence means "ready" to `kubesim status` and to scripts.
+    let staging = kubeconfig.with_file_name(format!(
+        ".{}.starting",
+        kubeconfig
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "kubeconfig".into())
+    ));
+    let start = Cluster::start(ClusterOptions {
+        state_dir: Some(state_dir.to_path_buf()),
+        kubeconfig: Some(staging.clone()),
+        scenario,
+    });
+    // `biased`: a signal that came while the host was checked wins over a startup that is
+    // also done.
+    let cluster = tokio::select! {
+        biased;
+        _ = signals.recv() => return Ok(()),
+        c = start => c.map_err(|e| e.to_string())?,
+    };
+    if scenario == Scenario::Demo {
+        tokio::select! {
+            biased;
+            _ = signals.recv() => {
+                cluster.shutdown().await;
+                let _ = std::fs::remove_file(&staging);
+                return Ok(());
+            }
+            r = cluster.wait_for_pods_running(Duration::from_secs(ready_timeout)) => {
+                if let Err(e) = r {
+                    cluster.shutdown().await;
+                    let _ = std::fs::remove_file(&staging);
+                    return Err(e.to_string());
+                }
+            }
+        }
+    }
+    let written =
+        std::fs::read(&staging).map_err(|e| format!("reading {}: {e}", staging.display()));
+    let published = written.and_then(|text| {
+        std::fs::rename(&staging, &kubeconfig)
+            .map(|()| text)
+            .map_err(|e| format!("cannot write kubeconfig {}: {e}", kubeconfig.display()))
+    });
+    let text = match published {
+        Ok(text) => text,
+        Err(e) => {
+            cluster.shutdown().await;
+            let _ = std::fs::remove_file(&staging);
+            return Err(e);
+        }
+    };
+    println!("ready {}", cluster.url());
+    signals.recv().await;
+    cluster.shutdown().await;
+    // Only our own file: a kubeconfig someone rewrote since is theirs.
+    if std::fs::read(&kubeconfig).is_ok_and(|now| now == text) {
+        let _ = std::fs::remove_file(&kubeconfig);
+    }
+    Ok(())
+}
+
+async fn status(kubeconfig: &Path, wait: Option<f64>) -> Result<(), String> {
+    let deadline = wait.map(|s| tokio::time::Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+    loop {
+        let answer =
+            tokio::time::timeout(Duration::from_secs(5), kubesim::client::status(kubeconfig))
+                .await
+                .unwrap_or_else(|_| Err("no answer within 5 s".into()));
+        match answer {
+            Ok(url) => {
+                println!("ready {url}");
+                return Ok(());
+            }
+            Err(why) => match deadline {
+                Some(d) if tokio::time::Instant::now() < d => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Some(_) => return Err(format!("{why} (waited {}s)", wait.unwrap_or_default())),
+                None => return Err(why),
+            },
         }
     }
 }

@@ -34,6 +34,9 @@ use nix::sys::signal::Signal;
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 const BUSYBOX_CANDIDATES: &[&str] = &["/usr/bin/busybox", "/bin/busybox"];
+/// A busybox to use instead of the candidates above (it must be statically linked: containers
+/// are chroots without a C library).
+pub const BUSYBOX_ENV: &str = "KUBESIM_BUSYBOX";
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
 
 /// Users of the container image: (name, uid, gid, home, shell).
@@ -55,8 +58,8 @@ const GROUPS: &[(&str, u32)] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    #[error("busybox not found (looked for {})", BUSYBOX_CANDIDATES.join(", "))]
-    BusyboxNotFound,
+    #[error("busybox not found (looked for {looked})")]
+    BusyboxNotFound { looked: String },
     #[error("failed to {action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -108,6 +111,28 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
     }
 }
 
+/// The busybox containers run: `$KUBESIM_BUSYBOX` when set, else the first of
+/// `/usr/bin/busybox`, `/bin/busybox` that exists.
+pub fn busybox_path() -> Result<PathBuf, SandboxError> {
+    if let Some(p) = std::env::var_os(BUSYBOX_ENV).filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(SandboxError::BusyboxNotFound {
+                looked: format!("{} from {BUSYBOX_ENV}", p.display()),
+            })
+        };
+    }
+    BUSYBOX_CANDIDATES
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or_else(|| SandboxError::BusyboxNotFound {
+            looked: BUSYBOX_CANDIDATES.join(", "),
+        })
+}
+
 /// The shared, read-only part of every container root: `bin/` with busybox and one symlink per
 /// applet, and `etc/passwd` + `etc/group`. Prepared once per cluster.
 #[derive(Debug, Clone)]
@@ -118,11 +143,7 @@ pub struct BaseRootfs {
 
 impl BaseRootfs {
     pub fn prepare(dir: &Path) -> Result<Self, SandboxError> {
-        let busybox = BUSYBOX_CANDIDATES
-            .iter()
-            .map(Path::new)
-            .find(|p| p.is_file())
-            .ok_or(SandboxError::BusyboxNotFound)?;
+        let busybox = &busybox_path()?;
         let bin = dir.join("bin");
         let etc = dir.join("etc");
         for d in [dir, &bin, &etc] {
