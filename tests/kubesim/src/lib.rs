@@ -13,6 +13,7 @@ pub mod exec_io;
 pub mod exec_transport;
 pub mod faults;
 pub mod kubelet;
+pub mod openapi;
 pub mod patch;
 pub mod protobuf;
 pub mod resources;

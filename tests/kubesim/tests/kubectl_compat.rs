@@ -538,3 +538,157 @@ spec:
     assert_eq!(thief["spec"]["nodeName"], other);
     c.shutdown().await;
 }
+
+fn fails(version: &str, args: &[&str], out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "kubectl {version} {args:?} should have failed: stdout={}",
+        text(&out.stdout)
+    );
+    text(&out.stderr)
+}
+
+/// What a new user types first, with no special flags: `create namespace` (a protobuf POST
+/// from ≥ 1.32), `create -f` / `apply -f` with validation on (OpenAPI v2 downloaded as
+/// protobuf, the v3 documents consulted for `fieldValidation`), a second `apply` that
+/// strategic-merges, `explain`, `get -o yaml`, `delete`; and `apply --server-side`, which
+/// kubesim refuses as a server without it would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_steps_of_a_new_user() {
+    let c = Cluster::start(ClusterOptions::default())
+        .await
+        .expect("cluster starts");
+    for v in VERSIONS {
+        let ns = format!("team-{}", v.replace('.', "-"));
+        let args = ["create", "namespace", ns.as_str()];
+        let out = ok(v, &args, &kubectl(&c, v, &args, None).await);
+        assert_eq!(out.trim(), format!("namespace/{ns} created"), "kubectl {v}");
+        assert!(
+            c.objects("namespaces", None)
+                .iter()
+                .any(|n| n["metadata"]["name"] == ns.as_str()),
+            "kubectl {v}: namespace stored"
+        );
+
+        let pvc = format!(
+            "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: data\n  namespace: {ns}\n\
+             spec:\n  accessModes: [ReadWriteOnce]\n  resources:\n    requests:\n      storage: 1Mi\n"
+        );
+        let args = ["create", "-f", "-"];
+        let out = ok(v, &args, &kubectl(&c, v, &args, Some(pvc.as_bytes())).await);
+        assert_eq!(
+            out.trim(),
+            "persistentvolumeclaim/data created",
+            "kubectl {v}"
+        );
+
+        // Validation is on: a misspelt field is refused, and nothing is created.
+        let typo = pvc
+            .replace("name: data", "name: typo")
+            .replace("accessModes", "accesModes");
+        let args = ["create", "-f", "-"];
+        let err = fails(
+            v,
+            &args,
+            &kubectl(&c, v, &args, Some(typo.as_bytes())).await,
+        );
+        assert!(
+            err.contains("unknown field \"spec.accesModes\""),
+            "kubectl {v}: {err}"
+        );
+        assert!(
+            !c.objects("persistentvolumeclaims", Some(&ns))
+                .iter()
+                .any(|p| p["metadata"]["name"] == "typo"),
+            "kubectl {v}: the invalid claim was not created"
+        );
+
+        let pod = |image: &str, tier: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: {ns}\n  labels:\n    tier: {tier}\n\
+                 spec:\n  containers:\n  - name: app\n    image: {image}\n    command: [sleep, '3600']\n"
+            )
+        };
+        let args = ["apply", "-f", "-"];
+        let first = pod("busybox", "front");
+        let out = ok(
+            v,
+            &args,
+            &kubectl(&c, v, &args, Some(first.as_bytes())).await,
+        );
+        assert_eq!(out.trim(), "pod/web created", "kubectl {v}");
+        let second = pod("busybox:1.36", "back");
+        let out = ok(
+            v,
+            &args,
+            &kubectl(&c, v, &args, Some(second.as_bytes())).await,
+        );
+        assert_eq!(out.trim(), "pod/web configured", "kubectl {v}");
+        let stored = c
+            .objects("pods", Some(&ns))
+            .into_iter()
+            .find(|p| p["metadata"]["name"] == "web")
+            .expect("pod stored");
+        assert_eq!(stored["metadata"]["labels"]["tier"], "back", "kubectl {v}");
+        let app = &stored["spec"]["containers"][0];
+        assert_eq!(app["image"], "busybox:1.36", "kubectl {v}");
+        // The container list was merged by name, not replaced: the server's defaults stay.
+        assert_eq!(
+            app["terminationMessagePath"], "/dev/termination-log",
+            "kubectl {v}: {stored}"
+        );
+
+        let args = ["get", "pod", "web", "-n", ns.as_str(), "-o", "yaml"];
+        let out = ok(v, &args, &kubectl(&c, v, &args, None).await);
+        assert!(
+            out.contains("image: busybox:1.36")
+                && out.contains("kubectl.kubernetes.io/last-applied-configuration"),
+            "kubectl {v}: {out}"
+        );
+
+        let args = ["explain", "pvc.spec.accessModes"];
+        let out = ok(v, &args, &kubectl(&c, v, &args, None).await);
+        assert!(
+            out.contains("PersistentVolumeClaim") && out.contains("accessModes"),
+            "kubectl {v}: {out}"
+        );
+        let args = ["explain", "pvc"];
+        let out = ok(v, &args, &kubectl(&c, v, &args, None).await);
+        for field in ["apiVersion", "metadata", "spec", "status"] {
+            assert!(out.contains(field), "kubectl {v}: {field} in {out}");
+        }
+
+        let args = ["apply", "--server-side", "-f", "-"];
+        let err = fails(
+            v,
+            &args,
+            &kubectl(&c, v, &args, Some(second.as_bytes())).await,
+        );
+        assert!(
+            err.contains("the body of the request was in an unknown format"),
+            "kubectl {v}: {err}"
+        );
+
+        for args in [
+            [
+                "delete",
+                "pod",
+                "web",
+                "-n",
+                ns.as_str(),
+                "--grace-period=0",
+            ],
+            ["delete", "pvc", "data", "-n", ns.as_str(), "--wait=false"],
+        ] {
+            ok(v, &args, &kubectl(&c, v, &args, None).await);
+        }
+        let args = ["delete", "namespace", ns.as_str(), "--wait=false"];
+        let out = ok(v, &args, &kubectl(&c, v, &args, None).await);
+        assert_eq!(
+            out.trim(),
+            format!("namespace \"{ns}\" deleted"),
+            "kubectl {v}"
+        );
+    }
+    c.shutdown().await;
+}
