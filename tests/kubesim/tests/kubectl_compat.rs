@@ -638,6 +638,46 @@ async fn first_steps_of_a_new_user() {
             "kubectl {v}: {stored}"
         );
 
+        // `kubectl run` builds a Pod with the typed client: a protobuf POST from 1.32 on.
+        let args = [
+            "run",
+            "probe",
+            "-n",
+            ns.as_str(),
+            "--image=busybox",
+            "--restart=Never",
+            "--labels=app=probe",
+            "--env=MODE=check",
+            "--",
+            "sleep",
+            "3600",
+        ];
+        let out = ok(v, &args, &kubectl(&c, v, &args, None).await);
+        assert_eq!(out.trim(), "pod/probe created", "kubectl {v}");
+        let probe = c
+            .objects("pods", Some(&ns))
+            .into_iter()
+            .find(|p| p["metadata"]["name"] == "probe")
+            .expect("pod stored");
+        assert_eq!(probe["metadata"]["labels"]["app"], "probe", "kubectl {v}");
+        assert_eq!(probe["spec"]["restartPolicy"], "Never", "kubectl {v}");
+        let c0 = &probe["spec"]["containers"][0];
+        assert_eq!(
+            c0["args"],
+            serde_json::json!(["sleep", "3600"]),
+            "kubectl {v}: {probe}"
+        );
+        assert_eq!(c0["env"][0]["value"], "check", "kubectl {v}: {probe}");
+        let args = [
+            "delete",
+            "pod",
+            "probe",
+            "-n",
+            ns.as_str(),
+            "--grace-period=0",
+        ];
+        ok(v, &args, &kubectl(&c, v, &args, None).await);
+
         let args = ["get", "pod", "web", "-n", ns.as_str(), "-o", "yaml"];
         let out = ok(v, &args, &kubectl(&c, v, &args, None).await);
         assert!(
