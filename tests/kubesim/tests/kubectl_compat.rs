@@ -638,7 +638,9 @@ async fn first_steps_of_a_new_user() {
             "kubectl {v}: {stored}"
         );
 
-        // `kubectl run` builds a Pod with the typed client: a protobuf POST from 1.32 on.
+        // `kubectl run` (a JSON POST), then `kubectl debug --copy-to`, which reads the pod and
+        // creates its copy with the typed client: a protobuf GET and POST from 1.32 on, so the
+        // whole pod makes the round trip through kubesim's encoder, client-go and its decoder.
         let args = [
             "run",
             "probe",
@@ -669,14 +671,32 @@ async fn first_steps_of_a_new_user() {
         );
         assert_eq!(c0["env"][0]["value"], "check", "kubectl {v}: {probe}");
         let args = [
-            "delete",
-            "pod",
+            "debug",
             "probe",
             "-n",
             ns.as_str(),
-            "--grace-period=0",
+            "--copy-to=probe-copy",
+            "--set-image=*=busybox:1.37",
+            "--attach=false",
         ];
         ok(v, &args, &kubectl(&c, v, &args, None).await);
+        let copy = c
+            .objects("pods", Some(&ns))
+            .into_iter()
+            .find(|p| p["metadata"]["name"] == "probe-copy")
+            .expect("copy stored");
+        let c1 = &copy["spec"]["containers"][0];
+        assert_eq!(c1["image"], "busybox:1.37", "kubectl {v}: {copy}");
+        assert_eq!(c1["args"], c0["args"], "kubectl {v}: {copy}");
+        assert_eq!(c1["env"], c0["env"], "kubectl {v}: {copy}");
+        assert_eq!(
+            copy["spec"]["volumes"], probe["spec"]["volumes"],
+            "kubectl {v}"
+        );
+        for pod in ["probe", "probe-copy"] {
+            let args = ["delete", "pod", pod, "-n", ns.as_str(), "--grace-period=0"];
+            ok(v, &args, &kubectl(&c, v, &args, None).await);
+        }
 
         let args = ["get", "pod", "web", "-n", ns.as_str(), "-o", "yaml"];
         let out = ok(v, &args, &kubectl(&c, v, &args, None).await);
