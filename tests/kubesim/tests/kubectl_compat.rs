@@ -752,3 +752,67 @@ async fn first_steps_of_a_new_user() {
     }
     c.shutdown().await;
 }
+
+/// `kubectl events` lists and watches with the typed client: from 1.32 on a protobuf
+/// `EventList` and a protobuf watch stream (`application/vnd.kubernetes.protobuf;stream=watch`,
+/// length-delimited `WatchEvent` frames), decoded by client-go itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_list_and_watch() {
+    use tokio::io::AsyncBufReadExt;
+    let c = Cluster::start(ClusterOptions::default())
+        .await
+        .expect("cluster starts");
+    let args = ["create", "namespace", "ev"];
+    ok("1.33", &args, &kubectl(&c, "1.33", &args, None).await);
+    for v in VERSIONS {
+        let pod = format!("ev-{}", v.replace('.', "-"));
+        let mut watch = tokio::process::Command::new(kubectl_bin(v))
+            .args(["events", "-n", "ev", "--watch"])
+            .env_clear()
+            .env("KUBECONFIG", c.kubeconfig())
+            .env("HOME", c.state_dir())
+            .env("PATH", "/usr/bin:/bin")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawning kubectl events --watch");
+        let mut lines = tokio::io::BufReader::new(watch.stdout.take().expect("piped")).lines();
+        // Let the list and the watch start before the pod exists, so its events arrive on
+        // the watch (kubectl takes well under a second for discovery, list and watch here).
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let args = [
+            "run",
+            pod.as_str(),
+            "-n",
+            "ev",
+            "--image=busybox",
+            "--restart=Never",
+            "--",
+            "sleep",
+            "600",
+        ];
+        ok(v, &args, &kubectl(&c, v, &args, None).await);
+        let started = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Ok(Some(l)) = lines.next_line().await {
+                if l.contains(&format!("Pod/{pod}")) && l.contains("Started") {
+                    return Some(l);
+                }
+            }
+            None
+        })
+        .await
+        .expect("the watch shows the pod's events within a minute");
+        assert!(started.is_some(), "kubectl {v}: watch ended early");
+        watch.kill().await.expect("stopping the watch");
+
+        let args = ["events", "-n", "ev"];
+        let out = ok(v, &args, &kubectl(&c, v, &args, None).await);
+        assert!(
+            out.lines()
+                .any(|l| l.contains("Scheduled") && l.contains(&format!("Pod/{pod}"))),
+            "kubectl {v}: {out}"
+        );
+    }
+    c.shutdown().await;
+}
