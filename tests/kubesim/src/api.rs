@@ -112,9 +112,15 @@ pub fn resolve(group: &str, version: &str, rest: &[&str]) -> ApiResult<Target> {
 pub async fn handle(sim: SimRef, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let protobuf = prefers_protobuf(req.headers());
     let resp = match route(sim, req).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
+    };
+    let resp = if protobuf {
+        to_protobuf(resp).await
+    } else {
+        resp
     };
     tracing::debug!(%method, %path, status = resp.status().as_u16(), "request");
     Ok(resp)
@@ -131,11 +137,6 @@ async fn read_body(req: Request<Incoming>) -> ApiResult<(hyper::http::request::P
 }
 
 fn parse_json(bytes: &[u8]) -> ApiResult<Value> {
-    if bytes.starts_with(b"k8s\0") {
-        return Err(ApiError::unsupported_media_type(
-            "application/vnd.kubernetes.protobuf",
-        ));
-    }
     serde_json::from_slice(bytes).map_err(|e| {
         ApiError::bad_request(format!(
             "the body of the request could not be decoded as JSON: {e}"
@@ -143,9 +144,10 @@ fn parse_json(bytes: &[u8]) -> ApiResult<Value> {
     })
 }
 
-/// A create body: JSON, or protobuf for the kinds client-go ≥ 1.32 sends that way (see
-/// [`crate::protobuf`]); the decoder is chosen by Content-Type, as the apiserver's is.
-fn parse_body(def: &ResourceDef, headers: &hyper::HeaderMap, bytes: &[u8]) -> ApiResult<Value> {
+/// A create/update/delete body: JSON, or protobuf for the built-in kinds (see
+/// [`crate::protobuf`]); the decoder is chosen by Content-Type, as the apiserver's is. A kind
+/// without a protobuf encoding (a custom resource) is refused with 415, as for real.
+fn parse_body(headers: &hyper::HeaderMap, bytes: &[u8]) -> ApiResult<Value> {
     let ct = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
@@ -153,9 +155,203 @@ fn parse_body(def: &ResourceDef, headers: &hyper::HeaderMap, bytes: &[u8]) -> Ap
     if ct.split(';').next().unwrap_or_default().trim() == crate::protobuf::CONTENT_TYPE
         || bytes.starts_with(crate::protobuf::MAGIC)
     {
-        return crate::protobuf::decode(def.kind, bytes).map_err(ApiError::unsupported_body);
+        return crate::protobuf::decode_object(bytes).map_err(|e| {
+            if e.contains("has no protobuf encoding") {
+                ApiError::unsupported_body(
+                    "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml",
+                )
+            } else {
+                ApiError::bad_request(format!("the protobuf body could not be decoded: {e}"))
+            }
+        });
     }
     parse_json(bytes)
+}
+
+/// Whether the client's `Accept` puts Kubernetes protobuf before JSON (client-go typed
+/// clients send `application/vnd.kubernetes.protobuf,application/json`). Media ranges are
+/// taken by `q` and then in order, as apimachinery's `negotiation` (goautoneg) does; a Table
+/// request (`;as=Table`) is always JSON here.
+fn prefers_protobuf(headers: &hyper::HeaderMap) -> bool {
+    let accept = headers
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let mut ranges: Vec<(f32, usize, &str, bool)> = accept
+        .split(',')
+        .enumerate()
+        .map(|(i, r)| {
+            let mut parts = r.split(';').map(str::trim);
+            let media = parts.next().unwrap_or_default();
+            let mut q = 1.0;
+            let mut as_kind = false;
+            for p in parts {
+                if let Some(v) = p.strip_prefix("q=") {
+                    q = v.parse().unwrap_or(1.0);
+                }
+                as_kind |= p.starts_with("as=");
+            }
+            (q, i, media, as_kind)
+        })
+        .collect();
+    ranges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    for (q, _, media, as_kind) in ranges {
+        if q <= 0.0 {
+            continue;
+        }
+        match media {
+            crate::protobuf::CONTENT_TYPE if !as_kind => return true,
+            "application/json" | "*/*" | "application/*" => return false,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Re-encodes a JSON response whose kind has a protobuf encoding (objects, lists, `Status`).
+/// Streams (watch, logs, exec) and other bodies (Tables, discovery, custom resources) stay as
+/// they are, as the apiserver serves them JSON to a client that also accepts JSON.
+async fn to_protobuf(resp: Response<Body>) -> Response<Body> {
+    let is_json = resp
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v == "application/json");
+    if !is_json || resp.headers().contains_key("transfer-encoding") {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = body.collect().await.map(|c| c.to_bytes()) else {
+        return Response::from_parts(parts, full(Bytes::new()));
+    };
+    let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
+        return Response::from_parts(parts, full(bytes));
+    };
+    if !crate::protobuf::supports(
+        v["apiVersion"].as_str().unwrap_or_default(),
+        v["kind"].as_str().unwrap_or_default(),
+    ) {
+        return Response::from_parts(parts, full(bytes));
+    }
+    match crate::protobuf::encode_object(&v) {
+        Ok(pb) => {
+            parts.headers.insert(
+                "content-type",
+                crate::protobuf::CONTENT_TYPE.parse().expect("static"),
+            );
+            Response::from_parts(parts, full(pb))
+        }
+        Err(e) => error_response(&ApiError::internal(format!(
+            "kubesim could not encode {} {} as protobuf: {e}",
+            v["apiVersion"], v["kind"]
+        ))),
+    }
+}
+
+/// `?fieldValidation=`: drops the fields the kind's schema does not declare, as the
+/// apiserver's decoder does; `Strict` refuses them (`strict decoding error: unknown field …`,
+/// k8s.io/apimachinery `runtime.NewStrictDecodingError`, wrapped by the handlers'
+/// `transformDecodeError`), `Warn` (the default) answers a `Warning` header per field.
+fn validate_fields(
+    t: &Target,
+    q: &HashMap<String, Vec<String>>,
+    obj: &mut Value,
+) -> ApiResult<Vec<String>> {
+    let mode = crate::openapi::FieldValidation::parse(q1(q, "fieldValidation"))
+        .map_err(ApiError::bad_request)?;
+    let unknown = crate::openapi::prune_unknown(t.def, obj);
+    if unknown.is_empty() || mode == crate::openapi::FieldValidation::Ignore {
+        return Ok(Vec::new());
+    }
+    let fields: Vec<String> = unknown
+        .iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect();
+    if mode == crate::openapi::FieldValidation::Strict {
+        return Err(ApiError::bad_request(format!(
+            "{kind} in version \"{v}\" cannot be handled as a {kind}: strict decoding error: {}",
+            fields.join(", "),
+            kind = t.def.kind,
+            v = t.def.version,
+        )));
+    }
+    Ok(fields)
+}
+
+/// `Warning: 299 - "<text>"` headers (RFC 7234 warn-code 299, as the apiserver sends them).
+fn with_warnings(mut r: Response<Body>, warnings: &[String]) -> Response<Body> {
+    for w in warnings {
+        let v = format!("299 - {}", serde_json::to_string(w).unwrap_or_default());
+        if let Ok(h) = v.parse() {
+            r.headers_mut().append("warning", h);
+        }
+    }
+    r
+}
+
+/// `/openapi/v2`, `/openapi/v3`, `/openapi/v3/<api/v1 …>` (see [`crate::openapi`]).
+fn openapi(
+    headers: &hyper::HeaderMap,
+    query: Option<&str>,
+    rest: &[&str],
+) -> ApiResult<Response<Body>> {
+    use crate::openapi as oa;
+    let typed = |body: Vec<u8>, ct: &str| {
+        let mut r = Response::new(full(body));
+        r.headers_mut()
+            .insert("content-type", ct.parse().expect("static"));
+        r
+    };
+    match rest {
+        ["v2"] => {
+            let accept = headers
+                .get("accept")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if oa::V2_PROTOBUF_ACCEPT.iter().any(|m| accept.contains(m)) {
+                Ok(typed(oa::v2_protobuf().to_vec(), oa::V2_PROTOBUF))
+            } else {
+                Ok(json_response(StatusCode::OK, oa::v2_document()))
+            }
+        }
+        ["v3"] => Ok(json_response(StatusCode::OK, &oa::v3_root())),
+        ["v3", gv @ ..] => {
+            let key = gv.join("/");
+            let (doc, hash) = oa::v3_served(&key).ok_or_else(ApiError::no_route)?;
+            // kube-openapi handler3: a stale `?hash=` is redirected to the current one; with
+            // the right hash the document is cacheable for good.
+            let asked = query_map(query);
+            let mut r = match q1(&asked, "hash") {
+                Some(h) if h != hash => {
+                    let mut r = Response::new(full(Bytes::new()));
+                    *r.status_mut() = StatusCode::MOVED_PERMANENTLY;
+                    r.headers_mut().insert(
+                        "location",
+                        format!("/openapi/v3/{key}?hash={hash}")
+                            .parse()
+                            .expect("a path is a valid header"),
+                    );
+                    return Ok(r);
+                }
+                Some(_) => {
+                    let mut r = typed(doc, "application/json");
+                    r.headers_mut().insert(
+                        "cache-control",
+                        "public, immutable".parse().expect("static"),
+                    );
+                    r
+                }
+                None => typed(doc, "application/json"),
+            };
+            r.headers_mut().insert(
+                "etag",
+                format!("\"{hash}\"")
+                    .parse()
+                    .expect("hex is a valid header"),
+            );
+            Ok(r)
+        }
+        _ => Err(ApiError::no_route()),
+    }
 }
 
 async fn route(sim: SimRef, req: Request<Incoming>) -> ApiResult<Response<Body>> {
@@ -217,6 +413,7 @@ async fn route(sim: SimRef, req: Request<Incoming>) -> ApiResult<Response<Body>>
         (Method::GET, ["apis", g, v]) => resources::resource_list(g, v)
             .map(|l| json_response(StatusCode::OK, &l))
             .ok_or_else(ApiError::no_route),
+        (Method::GET, ["openapi", rest @ ..]) => openapi(req.headers(), req.uri().query(), rest),
         (_, ["kubesim", "v1", "faults"]) => faults(sim, &user, req).await,
         (_, ["api", "v1", rest @ ..]) => {
             let t = resolve("", "v1", rest)?;
@@ -339,14 +536,18 @@ async fn resource(
         }
         (_, "create") => {
             let (parts, body) = read_body(req).await?;
-            let obj = parse_body(t.def, &parts.headers, &body)?;
+            let mut obj = parse_body(&parts.headers, &body)?;
+            let warnings = validate_fields(&t, &q, &mut obj)?;
             let dry = q1(&q, "dryRun").is_some();
-            create(&sim, user, &t, obj, dry).map(|(code, v)| json_response(code, &v))
+            create(&sim, user, &t, obj, dry)
+                .map(|(code, v)| with_warnings(json_response(code, &v), &warnings))
         }
         (_, "update") => {
-            let (_, body) = read_body(req).await?;
-            let obj = parse_json(&body)?;
-            update(&sim, &t, obj).map(|v| json_response(StatusCode::OK, &v))
+            let (parts, body) = read_body(req).await?;
+            let mut obj = parse_body(&parts.headers, &body)?;
+            let warnings = validate_fields(&t, &q, &mut obj)?;
+            update(&sim, &t, obj)
+                .map(|v| with_warnings(json_response(StatusCode::OK, &v), &warnings))
         }
         (_, "patch") => {
             let (parts, body) = read_body(req).await?;
@@ -356,15 +557,24 @@ async fn resource(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_string();
-            let p = parse_json(&body)?;
-            patch_object(&sim, &t, &ct, &p).map(|v| json_response(StatusCode::OK, &v))
+            // The patch type is checked before the body is read: an apply patch
+            // (`kubectl apply --server-side`, YAML) gets the 415 of a server without it.
+            patch_type(&ct)?;
+            let mut p = parse_json(&body)?;
+            let warnings = if ct.starts_with("application/json-patch+json") {
+                Vec::new()
+            } else {
+                validate_fields(&t, &q, &mut p)?
+            };
+            patch_object(&sim, &t, &ct, &p)
+                .map(|v| with_warnings(json_response(StatusCode::OK, &v), &warnings))
         }
         (_, "delete") => {
-            let (_, body) = read_body(req).await?;
+            let (parts, body) = read_body(req).await?;
             let opts = if body.is_empty() {
                 json!({})
             } else {
-                parse_json(&body)?
+                parse_body(&parts.headers, &body)?
             };
             delete(&sim, &t, &q, &opts)
         }
@@ -489,6 +699,10 @@ fn watch(
         ),
     };
     let table = wants_table(headers);
+    // A protobuf watch: length-delimited WatchEvent frames (see crate::protobuf).
+    let protobuf = !table
+        && prefers_protobuf(headers)
+        && crate::protobuf::supports(&t.def.api_version(), t.def.kind);
     let bookmarks = q1(q, "allowWatchBookmarks") == Some("true");
     let timeout = q1(q, "timeoutSeconds")
         .and_then(|s| s.parse::<u64>().ok())
@@ -514,6 +728,15 @@ fn watch(
     let mut outage = sim.faults.outage_signal();
     tokio::spawn(async move {
         let encode = |kind: &str, obj: Value| -> Bytes {
+            if protobuf {
+                return match crate::protobuf::encode_watch_event(kind, &obj) {
+                    Ok(b) => Bytes::from(b),
+                    Err(e) => {
+                        tracing::error!("watch event not encodable as protobuf: {e}");
+                        Bytes::new()
+                    }
+                };
+            }
             let obj = if table {
                 tables::to_table(def, &[obj], include_of(&q2))
             } else {
@@ -539,9 +762,14 @@ fn watch(
                 _ = tick.tick(), if bookmarks => {
                     let rv = sim.store.current_rv();
                     let bm = json!({"kind": def.kind, "apiVersion": def.api_version(), "metadata": {"resourceVersion": rv.to_string(), "annotations": {}}});
-                    let mut b = serde_json::to_vec(&json!({"type": "BOOKMARK", "object": bm})).unwrap_or_default();
-                    b.push(b'\n');
-                    if tx.send(Ok(Frame::data(Bytes::from(b)))).await.is_err() { return; }
+                    let b = if protobuf {
+                        Bytes::from(crate::protobuf::encode_watch_event("BOOKMARK", &bm).unwrap_or_default())
+                    } else {
+                        let mut b = serde_json::to_vec(&json!({"type": "BOOKMARK", "object": bm})).unwrap_or_default();
+                        b.push(b'\n');
+                        Bytes::from(b)
+                    };
+                    if tx.send(Ok(Frame::data(b))).await.is_err() { return; }
                 }
                 ev = rx.recv() => match ev {
                     Ok(ev) => {
@@ -557,8 +785,13 @@ fn watch(
     });
     let stream = tokio_stream_from(rxb);
     let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(stream)));
+    let ct = if protobuf {
+        crate::protobuf::WATCH_CONTENT_TYPE
+    } else {
+        "application/json"
+    };
     r.headers_mut()
-        .insert("content-type", "application/json".parse().expect("static"));
+        .insert("content-type", ct.parse().expect("static"));
     r.headers_mut()
         .insert("transfer-encoding", "chunked".parse().expect("static"));
     Ok(r)
@@ -777,28 +1010,27 @@ fn update(sim: &SimRef, t: &Target, new: Value) -> ApiResult<Value> {
     finish_if_finalized(sim, t.def, t.namespace.as_deref(), &out)
 }
 
+/// The patch types kubesim applies. Server-side apply (`application/apply-patch+yaml`) is not
+/// one: the answer is the 415 of an apiserver without it (handlers/patch.go
+/// `negotiation.NewUnsupportedMediaTypeError(patchTypes)`).
+fn patch_type(content_type: &str) -> ApiResult<&'static str> {
+    match content_type.split(';').next().unwrap_or_default().trim() {
+        "application/merge-patch+json" => Ok("application/merge-patch+json"),
+        "application/strategic-merge-patch+json" => Ok("application/strategic-merge-patch+json"),
+        "application/json-patch+json" => Ok("application/json-patch+json"),
+        _ => Err(ApiError::unsupported_media_type(content_type)),
+    }
+}
+
 fn patch_object(sim: &SimRef, t: &Target, content_type: &str, p: &Value) -> ApiResult<Value> {
     let name = t.name.clone().unwrap_or_default();
     let status_only = t.subresource.as_deref() == Some("status");
-    let ct = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    if !matches!(
-        ct.as_str(),
-        "application/merge-patch+json"
-            | "application/strategic-merge-patch+json"
-            | "application/json-patch+json"
-    ) {
-        return Err(ApiError::unsupported_media_type(content_type));
-    }
+    let ct = patch_type(content_type)?;
     let out = sim
         .store
         .update(t.def, t.namespace.as_deref(), &name, |cur| {
             let mut next = cur.clone();
-            match ct.as_str() {
+            match ct {
                 "application/merge-patch+json" => patch::merge_patch(&mut next, p),
                 "application/strategic-merge-patch+json" => {
                     patch::strategic_merge_patch(&mut next, p)

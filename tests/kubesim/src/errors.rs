@@ -160,8 +160,11 @@ impl ApiError {
         Self::new(405, "MethodNotAllowed", message)
     }
 
+    /// 415 for a PATCH of a type the server does not apply; the text of apimachinery
+    /// `negotiation.NewUnsupportedMediaTypeError` (which does not repeat the type sent).
     pub fn unsupported_media_type(content_type: &str) -> Self {
-        Self::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json; got {content_type}"))
+        tracing::debug!(content_type, "unsupported patch type");
+        Self::new(415, "UnsupportedMediaType", "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json")
     }
 
     /// 415 for a create/update body in an encoding kubesim cannot decode.

@@ -14,6 +14,7 @@ pub mod exec_transport;
 pub mod faults;
 pub mod host;
 pub mod kubelet;
+pub mod openapi;
 pub mod patch;
 pub mod protobuf;
 pub mod resources;

@@ -538,3 +538,281 @@ spec:
     assert_eq!(thief["spec"]["nodeName"], other);
     c.shutdown().await;
 }
+
+fn fails(version: &str, args: &[&str], out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "kubectl {version} {args:?} should have failed: stdout={}",
+        text(&out.stdout)
+    );
+    text(&out.stderr)
+}
+
+/// What a new user types first, with no special flags: `create namespace` (a protobuf POST
+/// from ≥ 1.32), `create -f` / `apply -f` with validation on (OpenAPI v2 downloaded as
+/// protobuf, the v3 documents consulted for `fieldValidation`), a second `apply` that
+/// strategic-merges, `explain`, `get -o yaml`, `delete`; and `apply --server-side`, which
+/// kubesim refuses as a server without it would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_steps_of_a_new_user() {
+    let c = Cluster::start(ClusterOptions::default())
+        .await
+        .expect("cluster starts");
+    for v in VERSIONS {
+        let ns = format!("team-{}", v.replace('.', "-"));
+        let args = ["create", "namespace", ns.as_str()];
+        let out = ok(v, &args, &kubectl(&c, v, &args, None).await);
+        assert_eq!(out.trim(), format!("namespace/{ns} created"), "kubectl {v}");
+        assert!(
+            c.objects("namespaces", None)
+                .iter()
+                .any(|n| n["metadata"]["name"] == ns.as_str()),
+            "kubectl {v}: namespace stored"
+        );
+
+        let pvc = format!(
+            "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: data\n  namespace: {ns}\n\
+             spec:\n  accessModes: [ReadWriteOnce]\n  resources:\n    requests:\n      storage: 1Mi\n"
+        );
+        let args = ["create", "-f", "-"];
+        let out = ok(v, &args, &kubectl(&c, v, &args, Some(pvc.as_bytes())).await);
+        assert_eq!(
+            out.trim(),
+            "persistentvolumeclaim/data created",
+            "kubectl {v}"
+        );
+
+        // Validation is on: a misspelt field is refused, and nothing is created.
+        let typo = pvc
+            .replace("name: data", "name: typo")
+            .replace("accessModes", "accesModes");
+        let args = ["create", "-f", "-"];
+        let err = fails(
+            v,
+            &args,
+            &kubectl(&c, v, &args, Some(typo.as_bytes())).await,
+        );
+        assert!(
+            err.contains("unknown field \"spec.accesModes\""),
+            "kubectl {v}: {err}"
+        );
+        assert!(
+            !c.objects("persistentvolumeclaims", Some(&ns))
+                .iter()
+                .any(|p| p["metadata"]["name"] == "typo"),
+            "kubectl {v}: the invalid claim was not created"
+        );
+
+        let pod = |image: &str, tier: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: {ns}\n  labels:\n    tier: {tier}\n\
+                 spec:\n  containers:\n  - name: app\n    image: {image}\n    command: [sleep, '3600']\n"
+            )
+        };
+        let args = ["apply", "-f", "-"];
+        let first = pod("busybox", "front");
+        let out = ok(
+            v,
+            &args,
+            &kubectl(&c, v, &args, Some(first.as_bytes())).await,
+        );
+        assert_eq!(out.trim(), "pod/web created", "kubectl {v}");
+        let second = pod("busybox:1.36", "back");
+        let out = ok(
+            v,
+            &args,
+            &kubectl(&c, v, &args, Some(second.as_bytes())).await,
+        );
+        assert_eq!(out.trim(), "pod/web configured", "kubectl {v}");
+        let stored = c
+            .objects("pods", Some(&ns))
+            .into_iter()
+            .find(|p| p["metadata"]["name"] == "web")
+            .expect("pod stored");
+        assert_eq!(stored["metadata"]["labels"]["tier"], "back", "kubectl {v}");
+        let app = &stored["spec"]["containers"][0];
+        assert_eq!(app["image"], "busybox:1.36", "kubectl {v}");
+        // The container list was merged by name, not replaced: the server's defaults stay.
+        assert_eq!(
+            app["terminationMessagePath"], "/dev/termination-log",
+            "kubectl {v}: {stored}"
+        );
+
+        // `kubectl run` (a JSON POST), then `kubectl debug --copy-to`, which reads the pod and
+        // creates its copy with the typed client: a protobuf GET and POST from 1.32 on, so the
+        // whole pod makes the round trip through kubesim's encoder, client-go and its decoder.
+        let args = [
+            "run",
+            "probe",
+            "-n",
+            ns.as_str(),
+            "--image=busybox",
+            "--restart=Never",
+            "--labels=app=probe",
+            "--env=MODE=check",
+            "--",
+            "sleep",
+            "3600",
+        ];
+        let out = ok(v, &args, &kubectl(&c, v, &args, None).await);
+        assert_eq!(out.trim(), "pod/probe created", "kubectl {v}");
+        let probe = c
+            .objects("pods", Some(&ns))
+            .into_iter()
+            .find(|p| p["metadata"]["name"] == "probe")
+            .expect("pod stored");
+        assert_eq!(probe["metadata"]["labels"]["app"], "probe", "kubectl {v}");
+        assert_eq!(probe["spec"]["restartPolicy"], "Never", "kubectl {v}");
+        let c0 = &probe["spec"]["containers"][0];
+        assert_eq!(
+            c0["args"],
+            serde_json::json!(["sleep", "3600"]),
+            "kubectl {v}: {probe}"
+        );
+        assert_eq!(c0["env"][0]["value"], "check", "kubectl {v}: {probe}");
+        let args = [
+            "debug",
+            "probe",
+            "-n",
+            ns.as_str(),
+            "--copy-to=probe-copy",
+            "--set-image=*=busybox:1.37",
+            "--attach=false",
+        ];
+        ok(v, &args, &kubectl(&c, v, &args, None).await);
+        let copy = c
+            .objects("pods", Some(&ns))
+            .into_iter()
+            .find(|p| p["metadata"]["name"] == "probe-copy")
+            .expect("copy stored");
+        let c1 = &copy["spec"]["containers"][0];
+        assert_eq!(c1["image"], "busybox:1.37", "kubectl {v}: {copy}");
+        assert_eq!(c1["args"], c0["args"], "kubectl {v}: {copy}");
+        assert_eq!(c1["env"], c0["env"], "kubectl {v}: {copy}");
+        assert_eq!(
+            copy["spec"]["volumes"], probe["spec"]["volumes"],
+            "kubectl {v}"
+        );
+        for pod in ["probe", "probe-copy"] {
+            let args = ["delete", "pod", pod, "-n", ns.as_str(), "--grace-period=0"];
+            ok(v, &args, &kubectl(&c, v, &args, None).await);
+        }
+
+        let args = ["get", "pod", "web", "-n", ns.as_str(), "-o", "yaml"];
+        let out = ok(v, &args, &kubectl(&c, v, &args, None).await);
+        assert!(
+            out.contains("image: busybox:1.36")
+                && out.contains("kubectl.kubernetes.io/last-applied-configuration"),
+            "kubectl {v}: {out}"
+        );
+
+        let args = ["explain", "pvc.spec.accessModes"];
+        let out = ok(v, &args, &kubectl(&c, v, &args, None).await);
+        assert!(
+            out.contains("PersistentVolumeClaim") && out.contains("accessModes"),
+            "kubectl {v}: {out}"
+        );
+        let args = ["explain", "pvc"];
+        let out = ok(v, &args, &kubectl(&c, v, &args, None).await);
+        for field in ["apiVersion", "metadata", "spec", "status"] {
+            assert!(out.contains(field), "kubectl {v}: {field} in {out}");
+        }
+
+        let args = ["apply", "--server-side", "-f", "-"];
+        let err = fails(
+            v,
+            &args,
+            &kubectl(&c, v, &args, Some(second.as_bytes())).await,
+        );
+        assert!(
+            err.contains("the body of the request was in an unknown format"),
+            "kubectl {v}: {err}"
+        );
+
+        for args in [
+            [
+                "delete",
+                "pod",
+                "web",
+                "-n",
+                ns.as_str(),
+                "--grace-period=0",
+            ],
+            ["delete", "pvc", "data", "-n", ns.as_str(), "--wait=false"],
+        ] {
+            ok(v, &args, &kubectl(&c, v, &args, None).await);
+        }
+        let args = ["delete", "namespace", ns.as_str(), "--wait=false"];
+        let out = ok(v, &args, &kubectl(&c, v, &args, None).await);
+        assert_eq!(
+            out.trim(),
+            format!("namespace \"{ns}\" deleted"),
+            "kubectl {v}"
+        );
+    }
+    c.shutdown().await;
+}
+
+/// `kubectl events` lists and watches with the typed client: from 1.32 on a protobuf
+/// `EventList` and a protobuf watch stream (`application/vnd.kubernetes.protobuf;stream=watch`,
+/// length-delimited `WatchEvent` frames), decoded by client-go itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_list_and_watch() {
+    use tokio::io::AsyncBufReadExt;
+    let c = Cluster::start(ClusterOptions::default())
+        .await
+        .expect("cluster starts");
+    let args = ["create", "namespace", "ev"];
+    ok("1.33", &args, &kubectl(&c, "1.33", &args, None).await);
+    for v in VERSIONS {
+        let pod = format!("ev-{}", v.replace('.', "-"));
+        let mut watch = tokio::process::Command::new(kubectl_bin(v))
+            .args(["events", "-n", "ev", "--watch"])
+            .env_clear()
+            .env("KUBECONFIG", c.kubeconfig())
+            .env("HOME", c.state_dir())
+            .env("PATH", "/usr/bin:/bin")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawning kubectl events --watch");
+        let mut lines = tokio::io::BufReader::new(watch.stdout.take().expect("piped")).lines();
+        // Let the list and the watch start before the pod exists, so its events arrive on
+        // the watch (kubectl takes well under a second for discovery, list and watch here).
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let args = [
+            "run",
+            pod.as_str(),
+            "-n",
+            "ev",
+            "--image=busybox",
+            "--restart=Never",
+            "--",
+            "sleep",
+            "600",
+        ];
+        ok(v, &args, &kubectl(&c, v, &args, None).await);
+        let started = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Ok(Some(l)) = lines.next_line().await {
+                if l.contains(&format!("Pod/{pod}")) && l.contains("Started") {
+                    return Some(l);
+                }
+            }
+            None
+        })
+        .await
+        .expect("the watch shows the pod's events within a minute");
+        assert!(started.is_some(), "kubectl {v}: watch ended early");
+        watch.kill().await.expect("stopping the watch");
+
+        let args = ["events", "-n", "ev"];
+        let out = ok(v, &args, &kubectl(&c, v, &args, None).await);
+        assert!(
+            out.lines()
+                .any(|l| l.contains("Scheduled") && l.contains(&format!("Pod/{pod}"))),
+            "kubectl {v}: {out}"
+        );
+    }
+    c.shutdown().await;
+}
