@@ -30,6 +30,10 @@ pub struct BackupSettings {
     pub pod_timeout: Duration,
     pub retry: RetryPolicy,
     pub cluster: ClusterInfo,
+    /// `--snapshot`, `--require-consistent`, hooks.
+    pub consistency: crate::snapshot::ConsistencySettings,
+    /// Snapshots, temporary PVCs and owed post hooks of this run.
+    pub run_state: crate::snapshot::RunState,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -55,6 +59,9 @@ pub struct TargetResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
     pub seconds: f64,
+    /// How the copy was made: snapshot, clone or live; what changed during a live copy; hooks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<crate::snapshot::Consistency>,
 }
 
 /// What the cluster told us about the target, gathered once.
@@ -67,22 +74,31 @@ pub struct TargetContext {
 }
 
 /// The helper pod of attempt `attempt` (1-based). Later attempts get their own pod name, so a
-/// predecessor still terminating after an outage never blocks them.
+/// predecessor still terminating after an outage never blocks them. `copy_claim` is the
+/// temporary PVC of a snapshot or clone: nothing else mounts it, so the helper may run on any
+/// node, not only where the workload has the volume attached.
 pub fn helper_request(
     ctx: &TargetContext,
     s: &BackupSettings,
     attempt: u32,
+    copy_claim: Option<&str>,
 ) -> Result<HelperPodRequest, Failure> {
+    if let Some(claim) = copy_claim {
+        let mut req = HelperPodRequest::new(
+            &ctx.target.namespace,
+            claim,
+            run_id(s, attempt),
+            Purpose::Backup,
+        );
+        req.image = s.image.clone();
+        req.run_as_user = s.run_as_user;
+        return Ok(req);
+    }
     let place = placement(&ctx.target, &ctx.nodes).map_err(|e| Failure::refused(e.to_string()))?;
-    let run_id = if attempt <= 1 {
-        s.backup_id.clone()
-    } else {
-        format!("{}-a{attempt}", s.backup_id)
-    };
     let mut req = HelperPodRequest::new(
         &ctx.target.namespace,
         &ctx.target.pvc,
-        &run_id,
+        run_id(s, attempt),
         Purpose::Backup,
     );
     req.image = s.image.clone();
@@ -90,6 +106,14 @@ pub fn helper_request(
     req.tolerations = place.tolerations;
     req.run_as_user = s.run_as_user;
     Ok(req)
+}
+
+fn run_id(s: &BackupSettings, attempt: u32) -> String {
+    if attempt <= 1 {
+        s.backup_id.clone()
+    } else {
+        format!("{}-a{attempt}", s.backup_id)
+    }
 }
 
 pub async fn backup_target(
@@ -116,8 +140,38 @@ pub async fn backup_target(
         stored_bytes: 0,
         sha256: None,
         seconds: 0.0,
+        consistency: None,
     };
     let bar = progress.bar(&format!("{}/{}", ctx.target.namespace, ctx.target.pvc));
+    let info = crate::snapshot::TargetInfo {
+        namespace: &ctx.target.namespace,
+        pvc: &ctx.pvc,
+        pods: &ctx.pods,
+        ns_object: ctx.namespace.as_ref(),
+        backup_id: &s.backup_id,
+    };
+    let prepared = crate::snapshot::prepare(client, &info, &s.consistency, &s.run_state, &|m| {
+        bar.note(m)
+    })
+    .await;
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err((f, hooks)) => {
+            let left = release(client, ctx, s).await;
+            bar.finish(&format!("failed: {}", f.message));
+            result.kind = Some(f.kind);
+            result.error = Some(format!("{}{left}", f.message));
+            result.attempts = 0;
+            result.consistency = (!hooks.is_empty()).then(|| crate::snapshot::Consistency {
+                source: crate::snapshot::CopySource::live(&ctx.target.pvc, None),
+                changed_files: Vec::new(),
+                changed_file_count: 0,
+                hooks,
+            });
+            result.seconds = started.elapsed().as_secs_f64();
+            return result;
+        }
+    };
     let mut first_failure: Option<Instant> = None;
     loop {
         result.attempts += 1;
@@ -126,6 +180,7 @@ pub async fn backup_target(
             client,
             ctx,
             s,
+            &prepared.source,
             dest.clone(),
             registry,
             &bar,
@@ -134,7 +189,13 @@ pub async fn backup_target(
         .await;
         let seconds = began.elapsed().as_secs_f64();
         match outcome {
-            Ok(m) => {
+            Ok((m, changes)) => {
+                result.consistency = Some(crate::snapshot::Consistency {
+                    source: prepared.source.clone(),
+                    changed_files: changes.0,
+                    changed_file_count: changes.1,
+                    hooks: prepared.hooks.clone(),
+                });
                 result.attempt_log.push(AttemptRecord {
                     attempt: result.attempts,
                     outcome: "ok",
@@ -201,20 +262,72 @@ pub async fn backup_target(
             }
         }
     }
+    // Live copies owe their post hooks until now; snapshots and clones ran them at the cut.
+    let post = s
+        .run_state
+        .owed
+        .run_for(client, &ctx.target.namespace, &prepared.post)
+        .await;
+    let post_failure = post.iter().find_map(crate::hooks::failure);
+    let left = release(client, ctx, s).await;
+    let c = result
+        .consistency
+        .get_or_insert_with(|| crate::snapshot::Consistency {
+            source: prepared.source.clone(),
+            changed_files: Vec::new(),
+            changed_file_count: 0,
+            hooks: prepared.hooks.clone(),
+        });
+    c.hooks.extend(post);
+    if result.status == "ok" {
+        if let Some(f) = post_failure {
+            // The archive is committed and good; the application may not have been resumed.
+            result.kind = Some(f.kind);
+            result.error = Some(f.message);
+            result.status = "failed";
+        }
+    }
+    if !left.is_empty() {
+        result.error = Some(format!(
+            "{}{left}",
+            result.error.clone().unwrap_or_default()
+        ));
+    }
     result.seconds = started.elapsed().as_secs_f64();
     result
 }
 
+/// Deletes this target's snapshot and temporary PVC; a note for the error if some are left.
+async fn release(client: &kube::Client, ctx: &TargetContext, s: &BackupSettings) -> String {
+    let name = crate::snapshot::temp_name(&ctx.target.pvc, &s.backup_id);
+    let left = s
+        .run_state
+        .leftovers
+        .delete_matching(client, &ctx.target.namespace, &name)
+        .await;
+    if left.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (could not delete {}; delete them with kubectl)",
+            left.join(", ")
+        )
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn attempt(
     client: &kube::Client,
     ctx: &TargetContext,
     s: &BackupSettings,
+    copy: &crate::snapshot::CopySource,
     dest: Arc<dyn Destination>,
     registry: &Registry,
     bar: &crate::progress::Bar,
     number: u32,
-) -> Result<Manifest, Failure> {
-    let req = helper_request(ctx, s, number)?;
+) -> Result<(Manifest, (Vec<String>, u64)), Failure> {
+    let temp = (copy.method != crate::snapshot::CopyMethod::Live).then_some(copy.claim.as_str());
+    let req = helper_request(ctx, s, number, temp)?;
     let pod = build_helper_pod(&req);
     if let Some(ns) = &ctx.namespace {
         if let Some(conflict) = podsecurity_conflict(ns, &pod) {
@@ -223,7 +336,7 @@ async fn attempt(
     }
     bar.note("starting helper pod");
     let mut helper = HelperPod::launch(client, pod, s.pod_timeout, registry).await?;
-    let out = stream(&helper, ctx, s, dest, bar).await;
+    let out = stream(&helper, ctx, s, copy, dest, bar).await;
     helper.delete().await;
     out
 }
@@ -232,9 +345,10 @@ async fn stream(
     helper: &HelperPod,
     ctx: &TargetContext,
     s: &BackupSettings,
+    copy: &crate::snapshot::CopySource,
     dest: Arc<dyn Destination>,
     bar: &crate::progress::Bar,
-) -> Result<Manifest, Failure> {
+) -> Result<(Manifest, (Vec<String>, u64)), Failure> {
     // A cheap size estimate for the progress bar; the backup does not depend on it, so it
     // gets a short leash.
     if let Ok(Ok(du)) =
@@ -247,6 +361,19 @@ async fn stream(
         {
             bar.set_length(kib * 1024);
         }
+    }
+    let live = copy.method == crate::snapshot::CopyMethod::Live;
+    if live {
+        // Every file's size, mtime and ctime now, to compare with after the stream.
+        helper
+            .run(&["sh", "-c", crate::snapshot::CHANGE_LISTING, "sh", "before"])
+            .await
+            .map_err(|f| {
+                Failure::runtime(format!(
+                    "listing the volume before the copy failed ({}); the helper image needs find, xargs, stat and awk",
+                    f.message
+                ))
+            })?;
     }
     bar.note("streaming");
     let mut session = helper
@@ -328,6 +455,24 @@ async fn stream(
             serious.join("; ")
         )));
     }
+    let changes = if live {
+        let out = helper
+            .run(&["sh", "-c", crate::snapshot::CHANGE_LISTING, "sh", "after"])
+            .await?;
+        crate::snapshot::parse_changes(&out)
+    } else {
+        (Vec::new(), 0)
+    };
+    if changes.1 > 0 && s.consistency.require_consistent {
+        // The writer is dropped uncommitted: its partial file goes, nothing is published.
+        return Err(Failure::runtime(format!(
+            "{} file(s) changed while the volume was read ({}{}), and --require-consistent is set; nothing was written. Back up from a snapshot (--snapshot always, with a VolumeSnapshotClass for the PVC's driver) or quiesce the application with --pre-hook/--post-hook",
+            changes.1,
+            changes.0.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+            if changes.1 > 5 { ", …" } else { "" }
+        ))
+        .permanent());
+    }
     let manifest = Manifest::new(
         meta(ctx, s),
         s.compression,
@@ -349,7 +494,7 @@ async fn stream(
     })
     .await
     .map_err(|e| Failure::runtime(format!("the manifest writer failed: {e}")))??;
-    Ok(manifest)
+    Ok((manifest, changes))
 }
 
 /// Archive writers still running on blocking threads. After an interrupt the helper pods are
