@@ -787,13 +787,13 @@ fn flip_bit(f: &Path) -> String {
 /// comparing `kubectl pvbackup inspect --files -o json` of both).
 fn manifest_drift(old: &Path, new: &Path) -> usize {
     let read = |p: &Path| -> BTreeMap<String, String> {
-        let v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(p).unwrap()).expect("a manifest");
-        v["entries"]
-            .as_array()
+        let dest =
+            kubectl_pvbackup::destination::local::LocalDir::new(p.parent().unwrap().to_path_buf());
+        let m = kubectl_pvbackup::manifest::load(&dest, p.file_name().unwrap().to_str().unwrap())
+            .expect("a manifest");
+        m.entries
             .into_iter()
-            .flatten()
-            .filter_map(|e| Some((e["path"].as_str()?.into(), e["sha256"].as_str()?.into())))
+            .filter_map(|e| Some((e.path, e.sha256?)))
             .collect()
     };
     let (a, b) = (read(old), read(new));

@@ -58,6 +58,9 @@ pub struct TargetResult {
     pub stored_bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// Entries of the volume the backup does not hold (device nodes, sockets).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<crate::archive::SkippedEntry>,
     pub seconds: f64,
     /// How the copy was made: snapshot, clone or live; what changed during a live copy; hooks.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -139,6 +142,7 @@ pub async fn backup_target(
         bytes: 0,
         stored_bytes: 0,
         sha256: None,
+        skipped: Vec::new(),
         seconds: 0.0,
         consistency: None,
     };
@@ -180,7 +184,7 @@ pub async fn backup_target(
             client,
             ctx,
             s,
-            &prepared.source,
+            &prepared,
             dest.clone(),
             registry,
             &bar,
@@ -208,6 +212,7 @@ pub async fn backup_target(
                 result.bytes = m.uncompressed_size;
                 result.stored_bytes = m.archive.size;
                 result.sha256 = Some(m.archive.sha256.clone());
+                result.skipped = m.skipped.clone();
                 result.archive = Some(dest.locate(&archive_key(
                     &s.backup_id,
                     &m.namespace,
@@ -320,12 +325,13 @@ async fn attempt(
     client: &kube::Client,
     ctx: &TargetContext,
     s: &BackupSettings,
-    copy: &crate::snapshot::CopySource,
+    prepared: &crate::snapshot::Prepared,
     dest: Arc<dyn Destination>,
     registry: &Registry,
     bar: &crate::progress::Bar,
     number: u32,
 ) -> Result<(Manifest, (Vec<String>, u64)), Failure> {
+    let copy = &prepared.source;
     let temp = (copy.method != crate::snapshot::CopyMethod::Live).then_some(copy.claim.as_str());
     let req = helper_request(ctx, s, number, temp)?;
     let pod = build_helper_pod(&req);
@@ -336,7 +342,7 @@ async fn attempt(
     }
     bar.note("starting helper pod");
     let mut helper = HelperPod::launch(client, pod, s.pod_timeout, registry).await?;
-    let out = stream(&helper, ctx, s, copy, dest, bar).await;
+    let out = stream(&helper, ctx, s, prepared, dest, bar).await;
     helper.delete().await;
     out
 }
@@ -345,10 +351,11 @@ async fn stream(
     helper: &HelperPod,
     ctx: &TargetContext,
     s: &BackupSettings,
-    copy: &crate::snapshot::CopySource,
+    prepared: &crate::snapshot::Prepared,
     dest: Arc<dyn Destination>,
     bar: &crate::progress::Bar,
 ) -> Result<(Manifest, (Vec<String>, u64)), Failure> {
+    let copy = &prepared.source;
     // A cheap size estimate for the progress bar; the backup does not depend on it, so it
     // gets a short leash.
     if let Ok(Ok(du)) =
@@ -445,10 +452,7 @@ async fn stream(
             ))
         }
     };
-    let serious: Vec<&str> = errors
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.contains("socket ignored"))
-        .collect();
+    let (sockets, serious) = tar_stderr(&errors);
     if !serious.is_empty() {
         return Err(Failure::runtime(format!(
             "tar reported read errors, so the copy is not trusted: {}",
@@ -473,28 +477,80 @@ async fn stream(
         ))
         .permanent());
     }
-    let manifest = Manifest::new(
+    refuse_unsafe(&summary)?;
+    let mut manifest = Manifest::new(
         meta(ctx, s),
         s.compression,
         file_name(&ctx.target.pvc, s.compression),
         summary,
     );
+    manifest.skipped.extend(sockets);
+    crate::snapshot::record(&mut manifest, copy, &changes, &prepared.hooks);
+    if let Some(warning) = crate::manifest::skipped_warning(&manifest.skipped) {
+        bar.event(&warning);
+    }
     // The archive is complete (for object stores: its multipart upload completed) before the
-    // manifest, the commit marker, is written. Both block on I/O, so off the async threads.
+    // entries stream, and both before the header, the commit marker. All block on I/O, so off
+    // the async threads.
     let mkey = manifest_key(&s.backup_id, &ctx.target.namespace, &ctx.target.pvc);
-    let json = manifest.to_json_pretty();
+    let stored = manifest.clone();
     tokio::task::spawn_blocking(move || -> Result<(), Failure> {
         writer.commit()?;
-        let mut mw = dest.create(&mkey)?;
-        use std::io::Write;
-        mw.write_all(json.as_bytes())
-            .map_err(|e| Failure::runtime(format!("writing the manifest: {e}")))?;
-        mw.commit()?;
+        crate::manifest::store(dest.as_ref(), &mkey, &stored)?;
         Ok(())
     })
     .await
     .map_err(|e| Failure::runtime(format!("the manifest writer failed: {e}")))??;
     Ok((manifest, changes))
+}
+
+/// Splits tar's stderr into the sockets it left out and the lines that make the copy
+/// untrustworthy. busybox tar (`archival/tar.c`) reports a socket as
+/// `tar: NAME: socket ignored` and goes on; it archives no sockets.
+fn tar_stderr(errors: &str) -> (Vec<crate::archive::SkippedEntry>, Vec<&str>) {
+    let mut sockets = Vec::new();
+    let mut serious = Vec::new();
+    for line in errors.lines().filter(|l| !l.trim().is_empty()) {
+        let name = line
+            .strip_prefix("tar: ")
+            .and_then(|l| l.strip_suffix(": socket ignored"));
+        match name {
+            Some(name) => {
+                let name = name.strip_prefix("./").unwrap_or(name);
+                sockets.push(crate::archive::SkippedEntry {
+                    path: name.to_string(),
+                    path_hex: None,
+                    reason: crate::archive::SkipReason::Socket,
+                });
+            }
+            None if line.contains("socket ignored") => {}
+            None => serious.push(line),
+        }
+    }
+    (sockets, serious)
+}
+
+/// `create`'s side of the round-trip rules ([`crate::archive::RULES`]): a stream holding an
+/// entry that `verify`/`restore` would refuse is not stored as a backup. (Device nodes, the
+/// rule whose `at_create` is skip, never get here: the archive leaves them out.)
+fn refuse_unsafe(summary: &crate::archive::ArchiveSummary) -> Result<(), Failure> {
+    let bad = summary.unsafe_entries();
+    if bad.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<String> = bad
+        .iter()
+        .take(5)
+        .map(|u| format!("{:?} ({})", u.path, u.reason))
+        .collect();
+    Err(Failure::refused(format!(
+        "the helper's tar stream holds {} entr{} that a restore would refuse: {}{}. `tar -c` of a volume never produces these, so the stream is not a plain copy of the volume and nothing was stored; check that the helper image (--image) runs an unmodified busybox tar",
+        bad.len(),
+        if bad.len() == 1 { "y" } else { "ies" },
+        shown.join(", "),
+        if bad.len() > 5 { format!(" and {} more", bad.len() - 5) } else { String::new() },
+    ))
+    .permanent())
 }
 
 /// Archive writers still running on blocking threads. After an interrupt the helper pods are
@@ -586,4 +642,56 @@ pub async fn get_pvc(client: &kube::Client, t: &Target) -> Result<PersistentVolu
     api.get(&t.pvc)
         .await
         .map_err(|e| explain(&format!("reading PVC {}/{}", t.namespace, t.pvc), &e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::{SkipReason, SkippedEntry};
+
+    #[test]
+    fn sockets_tar_ignored_are_recorded_and_other_stderr_is_serious() {
+        // busybox tar's own words (archival/tar.c: "%s: socket ignored"), in busybox 1.35
+        let (sockets, serious) = tar_stderr(
+            "tar: ./run/app.sock: socket ignored\ntar: ./a b/x.sock: socket ignored\n\ntar: ./f: Permission denied\n",
+        );
+        assert_eq!(
+            sockets,
+            vec![
+                SkippedEntry {
+                    path: "run/app.sock".into(),
+                    path_hex: None,
+                    reason: SkipReason::Socket
+                },
+                SkippedEntry {
+                    path: "a b/x.sock".into(),
+                    path_hex: None,
+                    reason: SkipReason::Socket
+                },
+            ]
+        );
+        assert_eq!(serious, vec!["tar: ./f: Permission denied"]);
+        assert_eq!(tar_stderr(""), (vec![], vec![]));
+    }
+
+    #[test]
+    fn a_stream_a_restore_would_refuse_is_refused_at_create() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_old();
+        h.as_old_mut().name[..7].copy_from_slice(b"../evil");
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(0);
+        h.set_cksum();
+        b.append(&h, &b""[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let summary =
+            crate::archive::stream_backup(&tar[..], Compression::None, std::io::sink(), &|_| {})
+                .unwrap();
+        let f = refuse_unsafe(&summary).unwrap_err();
+        assert_eq!(f.kind, ExitKind::Refused);
+        assert!(f.permanent, "no retry can change what tar streams");
+        assert!(f.message.contains("\"../evil\""), "{}", f.message);
+        assert!(f.message.contains("--image"), "{}", f.message);
+    }
 }

@@ -246,7 +246,7 @@ pub struct RetryArgs {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Helper pod")]
 pub struct HelperArgs {
-    /// Helper image (any image with busybox-compatible sh, tar, find, stat, xargs, sha256sum)
+    /// Helper image (any image with busybox-compatible sh, tar, find, stat, xargs, sha256sum, awk)
     #[arg(long, default_value = "busybox:1.36", value_name = "IMAGE")]
     pub image: String,
     /// Run the helper as this UID instead of root (for PodSecurity `restricted` namespaces)

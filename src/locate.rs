@@ -1,13 +1,12 @@
 //! Resolving a BACKUP argument: a manifest path or object URL, an archive path or URL next to
 //! its manifest, or `BACKUP_ID/NAMESPACE/PVC` at a `--from` destination.
 
-use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::destination::{self, Destination, DestinationError, StoreOptions};
 use crate::exit::Failure;
-use crate::manifest::Manifest;
+use crate::manifest::{LoadError, Manifest};
 
 pub struct Located {
     pub destination: Arc<dyn Destination>,
@@ -16,7 +15,7 @@ pub struct Located {
     pub manifest: Manifest,
 }
 
-const MANIFEST_SUFFIX: &str = ".manifest.json";
+use crate::manifest::MANIFEST_SUFFIX;
 
 /// The manifest's file name for a BACKUP file name: itself, or the archive's with the
 /// compression suffix replaced.
@@ -85,16 +84,11 @@ pub fn locate(backup: &str, from: Option<&str>, store: &StoreOptions) -> Result<
             (Arc::new(destination::local::LocalDir::new(dir)), key)
         }
     };
-    let mut bytes = Vec::new();
-    dest.open(&mkey)
-        .map_err(|e| match e {
-            DestinationError::NotFound { path, .. } => Failure::usage(format!("no manifest at {path}: the backup does not exist or is incomplete (an archive without a manifest is never restorable). `kubectl pvbackup list DEST` shows what is there")),
-            other => Failure::from(other),
-        })?
-        .read_to_end(&mut bytes)
-        .map_err(|e| Failure::runtime(format!("reading {}: {e}", dest.locate(&mkey))))?;
-    let manifest = Manifest::from_json(&bytes).map_err(|e| {
-        Failure::integrity(format!("manifest {} is invalid: {e}", dest.locate(&mkey)))
+    let manifest = crate::manifest::load(dest.as_ref(), &mkey).map_err(|e| match e {
+        LoadError::NoManifest { location } => Failure::usage(format!("no manifest at {location}: the backup does not exist or is incomplete (an archive without a manifest is never restorable). `kubectl pvbackup list DEST` shows what is there")),
+        e @ (LoadError::NoEntries { .. } | LoadError::Invalid { .. }) => Failure::integrity(e.to_string()),
+        e @ LoadError::Read { .. } => Failure::runtime(e.to_string()),
+        LoadError::Destination(e) => Failure::from(e),
     })?;
     let dir = mkey
         .rsplit_once('/')

@@ -931,6 +931,79 @@ pub async fn prepare(
     }
 }
 
+/// Fills the manifest's `consistency` section and marks the entries that changed while read.
+/// Post hooks of a live copy run after the manifest (the commit marker) is written, so they
+/// are in the result only.
+pub fn record(
+    m: &mut crate::manifest::Manifest,
+    copy: &CopySource,
+    changes: &(Vec<String>, u64),
+    hooks: &[crate::hooks::HookOutcome],
+) {
+    use crate::hooks::HookResult;
+    use crate::manifest::{
+        Consistency as Section, ConsistencyMethod, HookOutcome, HookPhase, HookRun, SnapshotInfo,
+    };
+    let method = match copy.method {
+        CopyMethod::Snapshot => ConsistencyMethod::Snapshot,
+        CopyMethod::Clone => ConsistencyMethod::Clone,
+        CopyMethod::Live => ConsistencyMethod::Live,
+    };
+    m.consistency = Some(Section {
+        method,
+        snapshot: copy.snapshot.as_ref().map(|name| SnapshotInfo {
+            name: name.clone(),
+            class: copy.snapshot_class.clone(),
+            content_name: None,
+            cut_time: copy
+                .cut_time
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc)),
+        }),
+        clone_pvc: (copy.method == CopyMethod::Clone).then(|| copy.claim.clone()),
+        hooks: hooks
+            .iter()
+            .map(|h| HookRun {
+                phase: match h.phase {
+                    crate::hooks::Phase::Pre => HookPhase::Pre,
+                    crate::hooks::Phase::Post => HookPhase::Post,
+                },
+                pod: h.pod.clone(),
+                container: h.container.clone(),
+                command: h.command.clone(),
+                outcome: match h.result {
+                    HookResult::Ok => HookOutcome::Succeeded,
+                    HookResult::Failed => HookOutcome::Failed,
+                    HookResult::TimedOut => HookOutcome::TimedOut,
+                },
+                exit_code: h.exit_code,
+                started: None,
+                duration_ms: None,
+            })
+            .collect(),
+        files_changed_while_read: changes.1,
+    });
+    if changes.0.is_empty() {
+        return;
+    }
+    let changed: std::collections::HashSet<&str> = changes.0.iter().map(String::as_str).collect();
+    // Only entries the archive holds can carry a note (a file that vanished has none).
+    let notes: Vec<crate::manifest::EntryNote> = m
+        .entries
+        .iter()
+        .filter(|e| e.path_hex.is_none() && changed.contains(e.path.as_str()))
+        .map(|e| crate::manifest::EntryNote {
+            path: e.path.clone(),
+            path_hex: None,
+            changed_while_read: true,
+            in_parent: false,
+            archive: 0,
+        })
+        .collect();
+    m.entry_notes.extend(notes);
+}
+
 /// The temporary PVC's size: the snapshot's restoreSize or the PVC's capacity, the larger.
 fn larger(restore: Option<String>, pvc: &PersistentVolumeClaim) -> Option<String> {
     let cap = pvc

@@ -57,6 +57,7 @@ async fn create_list_verify_restore_through_a_container() {
     assert_eq!(
         blobs,
         vec![
+            format!("cluster-a/{id}/{NS}/{PVC}.entries.jsonl.zst"),
             format!("cluster-a/{id}/{NS}/{PVC}.manifest.json"),
             format!("cluster-a/{id}/{NS}/{PVC}.tar.zst"),
         ]

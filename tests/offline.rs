@@ -126,9 +126,14 @@ fn make_backup(dest: &Path, id: &str, compression: Compression) -> (PathBuf, Pat
         format!("db{}", compression.extension()),
         summary,
     );
-    let mpath = dest.join(&mkey);
-    std::fs::write(&mpath, m.to_json_pretty()).unwrap();
-    (apath, mpath)
+    // Stored as `create` stores it: the entries stream, then the header.
+    kubectl_pvbackup::manifest::store(
+        &kubectl_pvbackup::destination::local::LocalDir::new(dest.to_path_buf()),
+        &mkey,
+        &m,
+    )
+    .unwrap();
+    (apath, dest.join(&mkey))
 }
 
 #[test]
@@ -205,15 +210,18 @@ fn a_hand_edited_manifest_is_exit_3() {
 fn a_malicious_archive_is_refused() {
     let d = tempfile::tempdir().unwrap();
     let (_, m) = make_backup(d.path(), "evil", Compression::None);
-    let text = std::fs::read_to_string(&m).unwrap();
-    std::fs::write(
-        &m,
-        text.replace(
-            "\"path\": \"notes with space.txt\"",
-            "\"path\": \"../../etc/evil\"",
-        ),
-    )
-    .unwrap();
+    // A manifest whose every checksum matches (header and entries stream stored afresh) but
+    // that lists an entry a restore would write outside the volume.
+    let dest = kubectl_pvbackup::destination::local::LocalDir::new(d.path().to_path_buf());
+    let key = manifest_key("evil", "shop", "db");
+    let mut manifest = kubectl_pvbackup::manifest::load(&dest, &key).unwrap();
+    let e = manifest
+        .entries
+        .iter_mut()
+        .find(|e| e.path == "notes with space.txt")
+        .unwrap();
+    e.path = "../../etc/evil".into();
+    kubectl_pvbackup::manifest::store(&dest, &key, &manifest).unwrap();
     let out = plugin(&["verify", m.to_str().unwrap()]);
     assert_eq!(out.code, 3, "{}", out.stderr);
     assert!(out.stderr.contains("../../etc/evil"), "{}", out.stderr);

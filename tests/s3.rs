@@ -80,6 +80,7 @@ async fn create_list_verify_restore_through_a_bucket() {
     assert_eq!(
         keys,
         vec![
+            format!("nightly/{id}/{NS}/{PVC}.entries.jsonl.zst"),
             format!("nightly/{id}/{NS}/{PVC}.manifest.json"),
             format!("nightly/{id}/{NS}/{PVC}.tar.zst"),
         ]

@@ -21,7 +21,10 @@ pub use compression::{
     Compression, CompressionParseError, Encoder, DEFAULT_GZIP_LEVEL, DEFAULT_ZSTD_LEVEL,
 };
 pub(crate) use safety::canonical_key;
-pub use safety::{check_entries_safe, check_entry_safe, UnsafeEntry, UnsafeReason};
+pub use safety::{
+    check_entries_safe, check_entry_safe, ArchiveOrder, AtCreate, Rule, UnsafeEntry, UnsafeReason,
+    RULES,
+};
 pub use verify::{verify_archive, Problem, VerifyReport};
 
 /// Size of the read/write buffers on the hot path.
@@ -134,6 +137,42 @@ pub(crate) fn name_fields(raw: &[u8]) -> (String, Option<String>) {
     }
 }
 
+/// An entry of the volume that a backup does not hold, and why (recorded in the manifest's
+/// `skipped` list; `create`, `inspect` and `restore` warn about it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SkippedEntry {
+    /// Named like [`EntryRecord::path`] (with `path_hex` for names that are not UTF-8).
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_hex: Option<String>,
+    pub reason: SkipReason,
+}
+
+/// Why an entry is not in a backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// A character device node: the helper pod cannot create one (no `CAP_MKNOD`), and it
+    /// holds no data (an application or the kubelet recreates the ones it needs).
+    CharDevice,
+    /// A block device node, likewise.
+    BlockDevice,
+    /// A Unix socket: it exists only while a process listens on it; tar does not archive
+    /// sockets (busybox tar says "socket ignored").
+    Socket,
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SkipReason::CharDevice => "character device",
+            SkipReason::BlockDevice => "block device",
+            SkipReason::Socket => "socket",
+        })
+    }
+}
+
 /// Result of [`stream_backup`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArchiveSummary {
@@ -141,7 +180,8 @@ pub struct ArchiveSummary {
     pub archive_sha256: String,
     /// Number of bytes written to `out`.
     pub stored_bytes: u64,
-    /// Number of raw tar bytes read (headers, padding and trailer included).
+    /// Number of tar bytes stored (headers, padding and trailer included): the input
+    /// minus the blocks of skipped entries.
     pub tar_bytes: u64,
     /// Every member, in archive order.
     pub entries: Vec<EntryRecord>,
@@ -149,16 +189,19 @@ pub struct ArchiveSummary {
     pub file_count: u64,
     /// Sum of regular file sizes.
     pub total_file_bytes: u64,
+    /// Entries of the stream left out of the archive (see [`SkipReason`]), in stream order.
+    pub skipped: Vec<SkippedEntry>,
 }
 
 impl ArchiveSummary {
-    /// The entries a restore would refuse (see [`check_entries_safe`]).
-    /// A backup records them faithfully; call this to warn the user at
-    /// backup time instead of at restore time.
+    /// The entries `verify`/`restore`/`drill` would refuse (the rules of [`RULES`], on the
+    /// archive in order and on the set), so that `create` refuses the backup instead.
+    /// Device nodes are not among them: [`stream_backup`] leaves them out.
     pub fn unsafe_entries(&self) -> Vec<UnsafeEntry> {
         let mut out = Vec::new();
+        let mut order = ArchiveOrder::default();
         for e in &self.entries {
-            if let Err(u) = check_entry_safe(e) {
+            if let Err(u) = order.check(e) {
                 out.push(u);
             }
         }
@@ -267,8 +310,12 @@ impl<W: Write> Write for HashingWriter<W> {
 /// (call `File::sync_all` yourself). On error, `out` holds an incomplete
 /// archive: delete it.
 ///
-/// Entries are recorded as they are, even unsafe ones (absolute symlinks,
-/// device nodes); see [`ArchiveSummary::unsafe_entries`].
+/// Device nodes are left out of the stored archive (a restore could not
+/// create them) and listed in [`ArchiveSummary::skipped`]; `tar_bytes` counts
+/// what was stored. Every other entry is stored and recorded as it is; the
+/// ones the restore-safety rules refuse (which a tar of a real directory never
+/// holds) are listed by [`ArchiveSummary::unsafe_entries`] for the caller to
+/// refuse the backup.
 pub fn stream_backup<R: Read, W: Write>(
     tar_stream: R,
     compression: Compression,
@@ -281,12 +328,14 @@ pub fn stream_backup<R: Read, W: Write>(
         .map_err(|source| ArchiveError::Write { source })?;
 
     let mut entries = Vec::new();
+    let mut skipped = Vec::new();
     let mut file_count = 0u64;
     let mut total_file_bytes = 0u64;
-    let (tar_bytes, encoder) = walk::walk(
+    let (read, tar_bytes, encoder) = walk::walk(
         BufReader::with_capacity(BUF_SIZE, tar_stream),
         encoder,
         Some(progress),
+        Some(&mut |s| skipped.push(s)),
         |rec| {
             if rec.kind == EntryKind::File {
                 file_count += 1;
@@ -303,7 +352,7 @@ pub fn stream_backup<R: Read, W: Write>(
     let (mut out, archive_sha256, stored_bytes) = sink.into_parts();
     out.flush()
         .map_err(|source| ArchiveError::Write { source })?;
-    progress(tar_bytes);
+    progress(read);
     Ok(ArchiveSummary {
         archive_sha256,
         stored_bytes,
@@ -311,6 +360,7 @@ pub fn stream_backup<R: Read, W: Write>(
         entries,
         file_count,
         total_file_bytes,
+        skipped,
     })
 }
 

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::safety::canonical_key;
 use super::{
-    check_entries_safe, check_entry_safe, walk, ArchiveError, Compression, EntryKind, EntryRecord,
+    check_entries_safe, walk, ArchiveError, ArchiveOrder, Compression, EntryKind, EntryRecord,
     BUF_SIZE,
 };
 use crate::manifest::Manifest;
@@ -167,10 +167,8 @@ fn compare(m: &EntryRecord, a: &EntryRecord, problems: &mut Vec<Problem>) {
     if m.kind == EntryKind::File && a.kind == EntryKind::File {
         diff("mtime", m.mtime.to_string(), a.mtime.to_string());
     }
-    let target = |e: &EntryRecord| {
-        e.raw_link_target()
-            .map(|t| String::from_utf8_lossy(&t).into_owned())
-    };
+    // As bytes (escaped), so that targets differing only in invalid UTF-8 never look equal.
+    let target = |e: &EntryRecord| e.raw_link_target().map(|t| t.escape_ascii().to_string());
     diff("link_target", opt(&target(m)), opt(&target(a)));
     diff("sha256", opt(&m.sha256), opt(&a.sha256));
 }
@@ -196,6 +194,7 @@ pub fn verify_archive<R: Read>(
     }
 
     let mut problems = Vec::new();
+    let mut order = ArchiveOrder::default();
     let mut entries_checked = 0u64;
     let mut files_hashed = 0u64;
     let mut hr = HashingReader {
@@ -219,8 +218,8 @@ pub fn verify_archive<R: Read>(
                 error: Rc::clone(&trap),
             },
         );
-        walk::walk(src, io::sink(), None, |rec| {
-            check_entry_safe(&rec)?;
+        walk::walk(src, io::sink(), None, None, |rec| {
+            order.check(&rec)?;
             entries_checked += 1;
             if rec.sha256.is_some() {
                 files_hashed += 1;

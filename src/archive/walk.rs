@@ -4,7 +4,11 @@
 //! every byte the crate consumes into a sink (the compressor for backup,
 //! nothing for verify). After the last entry the rest of the stream (the
 //! second zero block and any record padding) is drained through the same
-//! tee, so the sink receives exactly the input bytes.
+//! tee, so the sink receives exactly the input bytes — except the entries
+//! the caller asks to leave out (device nodes, at backup time): the tee holds
+//! each entry's header blocks until the walker has decided, then writes or
+//! drops them, so the sink receives the input minus those entries' blocks,
+//! still a valid tar stream.
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
@@ -13,7 +17,9 @@ use std::rc::Rc;
 use sha2::{Digest, Sha256};
 use tar::EntryType;
 
-use super::{name_fields, ArchiveError, EntryKind, EntryRecord, BUF_SIZE};
+use super::{
+    name_fields, ArchiveError, EntryKind, EntryRecord, SkipReason, SkippedEntry, BUF_SIZE,
+};
 
 /// Call the progress callback every this many bytes.
 const PROGRESS_STEP: u64 = 1024 * 1024;
@@ -31,6 +37,16 @@ struct TeeState {
     read_error: RefCell<Option<io::Error>>,
     /// First error from the sink.
     write_error: RefCell<Option<io::Error>>,
+    /// Bytes written to the sink.
+    written: Cell<u64>,
+    /// While set, bytes read are kept in `held` instead of being written.
+    holding: Cell<bool>,
+    /// Bytes read while holding; they start at stream position `held_from`.
+    held: RefCell<Vec<u8>>,
+    held_from: Cell<u64>,
+    /// What to do with `held` before the next read: `(n, keep_first, keep_rest)`: the first
+    /// `n` bytes are written if `keep_first`, the rest if `keep_rest`.
+    decision: Cell<Option<(u64, bool, bool)>>,
 }
 
 struct Tee<'p, R, S> {
@@ -41,8 +57,42 @@ struct Tee<'p, R, S> {
     last_progress: u64,
 }
 
+impl<R, S: Write> Tee<'_, R, S> {
+    fn write_out(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if let Err(e) = self.sink.write_all(bytes) {
+            let copy = io::Error::new(e.kind(), e.to_string());
+            self.state.write_error.borrow_mut().get_or_insert(e);
+            return Err(copy);
+        }
+        self.state
+            .written
+            .set(self.state.written.get() + bytes.len() as u64);
+        Ok(())
+    }
+
+    /// Carries out the walker's decision on the held bytes, if it made one.
+    fn settle(&mut self) -> io::Result<()> {
+        let Some((n, keep_first, keep_rest)) = self.state.decision.take() else {
+            return Ok(());
+        };
+        let held = std::mem::take(&mut *self.state.held.borrow_mut());
+        let n = (n as usize).min(held.len());
+        if keep_first {
+            self.write_out(&held[..n])?;
+        }
+        if keep_rest {
+            self.write_out(&held[n..])?;
+        }
+        Ok(())
+    }
+}
+
 impl<R: Read, S: Write> Read for Tee<'_, R, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.settle()?;
+        if self.state.holding.get() && self.state.held.borrow().is_empty() {
+            self.state.held_from.set(self.state.pos.get());
+        }
         let n = match self.src.read(buf) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
@@ -58,10 +108,10 @@ impl<R: Read, S: Write> Read for Tee<'_, R, S> {
             }
             return Ok(0);
         }
-        if let Err(e) = self.sink.write_all(&buf[..n]) {
-            let copy = io::Error::new(e.kind(), e.to_string());
-            self.state.write_error.borrow_mut().get_or_insert(e);
-            return Err(copy);
+        if self.state.holding.get() {
+            self.state.held.borrow_mut().extend_from_slice(&buf[..n]);
+        } else {
+            self.write_out(&buf[..n])?;
         }
         let pos = self.state.pos.get() + n as u64;
         self.state.pos.set(pos);
@@ -141,14 +191,21 @@ fn lenient<T: Default>(parsed: io::Result<T>, field: &[u8]) -> io::Result<T> {
 }
 
 /// Walk the tar stream in `src`, tee every byte into `sink`, call `visit`
-/// with each entry record (regular files hashed). Returns the number of
-/// tar bytes read and the sink.
+/// with each entry record (regular files hashed).
+///
+/// With `skip`, device nodes are left out of the sink (their header blocks, and any
+/// extension headers of theirs, are dropped) and reported to `skip` instead of `visit`;
+/// without it they are visited like any entry.
+///
+/// Returns the number of tar bytes read and written (they differ only when entries were
+/// skipped) and the sink.
 pub(crate) fn walk<R: Read, S: Write>(
     src: R,
     sink: S,
     progress: Option<&dyn Fn(u64)>,
+    mut skip: Option<&mut dyn FnMut(SkippedEntry)>,
     mut visit: impl FnMut(EntryRecord) -> Result<(), ArchiveError>,
-) -> Result<(u64, S), ArchiveError> {
+) -> Result<(u64, u64, S), ArchiveError> {
     let state = Rc::new(TeeState::default());
     let tee = Tee {
         src,
@@ -159,17 +216,54 @@ pub(crate) fn walk<R: Read, S: Write>(
     };
     let mut archive = tar::Archive::new(tee);
     let mut buf = vec![0u8; BUF_SIZE];
+    // Where the previous entry's blocks end, and whether they go to the sink. The bytes held
+    // when the next entry arrives are the previous entry's rest (padding, unread data) up to
+    // `prev_end`, then the new entry's own header blocks.
+    let mut prev_end = 0u64;
+    let mut prev_kept = true;
+    let mut left_out: std::collections::HashMap<Vec<u8>, SkipReason> = Default::default();
+    state.holding.set(true);
     {
         let entries = archive.entries().map_err(|e| classify(&state, e))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| classify(&state, e))?;
             let etype = entry.header().entry_type();
+            let (path, path_hex) = name_fields(normalise(&entry.path_bytes()));
+            // A device node is left out, and so is a hard link to one left out (tar stores
+            // the second name of a hard-linked device node as a link to the first).
+            let reason = match etype {
+                _ if skip.is_none() => None,
+                EntryType::Char => Some(SkipReason::CharDevice),
+                EntryType::Block => Some(SkipReason::BlockDevice),
+                EntryType::Link => entry
+                    .link_name_bytes()
+                    .and_then(|t| left_out.get(normalise(&t)).copied()),
+                _ => None,
+            };
+            let leave_out = reason.is_some();
+            let first = prev_end.saturating_sub(state.held_from.get());
+            state.decision.set(Some((first, prev_kept, !leave_out)));
+            state.holding.set(false);
+            prev_end = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
+            prev_kept = !leave_out;
             // PAX global headers ('g') are returned as entries by the tar
             // crate; they describe defaults, not a member. Skip them.
             if etype == EntryType::XGlobalHeader {
+                state.holding.set(true);
                 continue;
             }
-            let (path, path_hex) = name_fields(normalise(&entry.path_bytes()));
+            if let Some(reason) = reason {
+                left_out.insert(normalise(&entry.path_bytes()).to_vec(), reason);
+                if let Some(report) = skip.as_mut() {
+                    report(SkippedEntry {
+                        path,
+                        path_hex,
+                        reason,
+                    });
+                }
+                state.holding.set(true);
+                continue;
+            }
             let Some(kind) = kind_of(etype) else {
                 return Err(ArchiveError::UnsupportedEntry {
                     path,
@@ -256,8 +350,13 @@ pub(crate) fn walk<R: Read, S: Write>(
                 link_target_hex,
                 sha256,
             })?;
+            state.holding.set(true);
         }
     }
+    // What is held now: the last entry's rest, then the end-of-archive blocks (kept).
+    let first = prev_end.saturating_sub(state.held_from.get());
+    state.decision.set(Some((first, prev_kept, true)));
+    state.holding.set(false);
 
     // The tar crate stops (Ok) both on a zero block and on EOF at a header
     // boundary. Only the former is a complete archive: POSIX ustar ends
@@ -282,7 +381,8 @@ pub(crate) fn walk<R: Read, S: Write>(
             Err(e) => return Err(classify(&state, e)),
         }
     }
-    Ok((state.pos.get(), tee.sink))
+    tee.settle().map_err(|e| classify(&state, e))?;
+    Ok((state.pos.get(), state.written.get(), tee.sink))
 }
 
 #[cfg(test)]

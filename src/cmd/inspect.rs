@@ -15,6 +15,9 @@ pub fn run(
 ) -> Result<(), Failure> {
     let loc = locate(backup, from, store)?;
     let m = &loc.manifest;
+    if let Some(warning) = crate::manifest::skipped_warning(&m.skipped) {
+        eprintln!("{warning}");
+    }
     match format {
         OutputFormat::Json | OutputFormat::Yaml => {
             if files {
@@ -23,6 +26,7 @@ pub fn run(
                 let mut v = serde_json::to_value(m).map_err(|e| Failure::runtime(e.to_string()))?;
                 if let Some(o) = v.as_object_mut() {
                     o.remove("entries");
+                    o.remove("entry_notes");
                 }
                 output::structured(format, &v)
             }
@@ -63,6 +67,67 @@ pub fn run(
                 output::human_bytes(m.uncompressed_size),
                 m.entry_count,
             );
+            if m.schema_version != crate::manifest::SCHEMA_VERSION {
+                text.push_str(&format!(
+                    "Schema:        version {} (written by {})\n",
+                    m.schema_version, m.tool_version
+                ));
+            }
+            if let Some(c) = &m.consistency {
+                text.push_str(&format!(
+                    "Consistency:   {}{}\n",
+                    serde_json::to_value(c.method)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    c.snapshot
+                        .as_ref()
+                        .map(|s| format!(
+                            " (VolumeSnapshot {}{}{})",
+                            s.name,
+                            s.class
+                                .as_ref()
+                                .map(|c| format!(", class {c}"))
+                                .unwrap_or_default(),
+                            s.cut_time
+                                .map(|t| format!(
+                                    ", cut {}",
+                                    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                                ))
+                                .unwrap_or_default()
+                        ))
+                        .unwrap_or_default()
+                ));
+                if c.files_changed_while_read > 0 {
+                    text.push_str(&format!(
+                        "               {} file(s) changed while they were read; this copy may be inconsistent\n",
+                        c.files_changed_while_read
+                    ));
+                }
+                for h in &c.hooks {
+                    text.push_str(&format!(
+                        "Hook:          {:?} in {}/{}: {} ({:?})\n",
+                        h.phase,
+                        h.pod,
+                        h.container,
+                        h.command.join(" "),
+                        h.outcome
+                    ));
+                }
+            }
+            if let Some(p) = &m.parent {
+                text.push_str(&format!("Parent:        {}\n", p.backup_id));
+            }
+            if !m.skipped.is_empty() {
+                text.push_str(&format!(
+                    "Not backed up: {} (a restore will not recreate them)\n",
+                    m.skipped
+                        .iter()
+                        .map(|s| format!("{} ({})", s.path, s.reason))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
             if files {
                 let rows = m
                     .entries

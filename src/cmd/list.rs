@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::cli::OutputFormat;
 use crate::destination;
 use crate::exit::Failure;
-use crate::manifest::Manifest;
+use crate::manifest;
 use crate::output;
 
 #[derive(Debug, Serialize)]
@@ -22,11 +22,24 @@ pub struct ListedBackup {
     pub size: Option<u64>,
     pub files: Option<u64>,
     pub compression: Option<String>,
+    /// Entries of the volume the backup does not hold (device nodes, sockets).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub skipped: u64,
+    /// `snapshot`, `clone` or `live` (manifests from before schema 2 do not say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copy: Option<crate::manifest::ConsistencyMethod>,
+    /// Live copies: files that changed while they were read.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub changed_while_read: u64,
     pub complete: bool,
     pub restorable: bool,
     pub manifest: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// `(backup id, namespace, pvc)` → `(manifest key, archive key)`.
@@ -76,6 +89,9 @@ pub fn run(
             created: None,
             size: None,
             files: None,
+            skipped: 0,
+            copy: None,
+            changed_while_read: 0,
             compression: None,
             complete: false,
             restorable: false,
@@ -92,14 +108,20 @@ pub fn run(
                     .open(k)
                     .ok()
                     .and_then(|mut r| r.read_to_end(&mut bytes).ok())
-                    .map(|_| Manifest::from_json(&bytes));
+                    // The header alone: a schema-2 backup's entries are not read.
+                    .map(|_| manifest::parse(&bytes).map(|d| d.summary()));
                 match parsed {
                     Some(Ok(m)) => {
                         item.created =
                             Some(m.created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-                        item.size = Some(m.archive.size);
-                        item.files =
-                            Some(m.entries.iter().filter(|e| e.sha256.is_some()).count() as u64);
+                        item.size = Some(m.size);
+                        item.files = Some(m.files);
+                        item.skipped = m.skipped as u64;
+                        item.copy = m.consistency.as_ref().map(|c| c.method);
+                        item.changed_while_read = m
+                            .consistency
+                            .as_ref()
+                            .map_or(0, |c| c.files_changed_while_read);
                         item.compression = Some(m.compression.algorithm().to_string());
                         item.complete = archive_key.is_some();
                         item.restorable = archive_key.is_some();
@@ -137,7 +159,9 @@ pub fn run(
                             .unwrap_or_else(|| "-".into()),
                         i.files.map(|f| f.to_string()).unwrap_or_else(|| "-".into()),
                         i.compression.clone().unwrap_or_else(|| "-".into()),
-                        if i.complete {
+                        if i.complete && i.skipped > 0 {
+                            format!("complete ({} left out)", i.skipped)
+                        } else if i.complete {
                             "complete".into()
                         } else {
                             format!("INCOMPLETE ({})", i.problem.clone().unwrap_or_default())

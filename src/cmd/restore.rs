@@ -293,6 +293,9 @@ async fn target_state(
 pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
     let started = Instant::now();
     let loc = locate(&plan.backup, plan.from.as_deref(), &plan.store)?;
+    if let Some(warning) = crate::manifest::skipped_warning(&loc.manifest.skipped) {
+        eprintln!("{warning}");
+    }
     let m = loc.manifest.clone();
     // 1. The archive, checked end to end before anything else.
     let verify_loc = Arc::new(loc);

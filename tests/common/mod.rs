@@ -2,7 +2,8 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -343,6 +344,17 @@ pub fn json(run: &Run) -> serde_json::Value {
     })
 }
 
+/// The whole manifest (schema-2 header and its entries stream, or a schema-1 document) at
+/// `path`, in the expanded form `inspect --files -o json` prints. Written back (edited) to a
+/// `*.manifest.json`, it is a manifest every command reads.
+pub fn whole_manifest(path: &Path) -> serde_json::Value {
+    let dest =
+        kubectl_pvbackup::destination::local::LocalDir::new(path.parent().unwrap().to_path_buf());
+    let key = path.file_name().unwrap().to_str().unwrap();
+    let m = kubectl_pvbackup::manifest::load(&dest, key).unwrap();
+    serde_json::to_value(&m).unwrap()
+}
+
 /// Backs up `ns/pvc` with `create`; returns the manifest path.
 pub async fn backup(cluster: &Cluster, ns: &str, pvc: &str, dest: &Path) -> PathBuf {
     let run = plugin(
@@ -362,4 +374,69 @@ pub async fn backup(cluster: &Cluster, ns: &str, pvc: &str, dest: &Path) -> Path
     .await;
     assert_eq!(run.code, 0, "backup failed: {}\n{}", run.stdout, run.stderr);
     PathBuf::from(json(&run)["results"][0]["manifest"].as_str().unwrap())
+}
+
+/// Every path under `root`, sorted.
+pub fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Every entry under `root` (not `root` itself): type, mode, owner, content or link target as
+/// bytes, file mtime; hard links as the inode's first path. Fifos are not read.
+pub fn tree(root: &Path) -> BTreeMap<Vec<u8>, String> {
+    let mut inodes = BTreeMap::new();
+    walk(root)
+        .into_iter()
+        .map(|p| {
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p
+                .strip_prefix(root)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
+            let ft = md.file_type();
+            let what = if ft.is_symlink() {
+                format!(
+                    "symlink -> {:?}",
+                    String::from_utf8_lossy(std::fs::read_link(&p).unwrap().as_os_str().as_bytes())
+                )
+            } else if ft.is_dir() {
+                "dir".to_string()
+            } else if ft.is_fifo() {
+                "fifo".to_string()
+            } else if ft.is_file() {
+                let first = inodes.entry(md.ino()).or_insert_with(|| rel.clone());
+                format!(
+                    "file {:?} mtime {} first name {:?}",
+                    String::from_utf8_lossy(&std::fs::read(&p).unwrap()),
+                    md.mtime(),
+                    String::from_utf8_lossy(first)
+                )
+            } else {
+                format!("other {:o}", md.mode())
+            };
+            let mode = if ft.is_symlink() {
+                0
+            } else {
+                md.mode() & 0o7777
+            };
+            (
+                rel,
+                format!("{what} mode {mode:o} owner {}:{}", md.uid(), md.gid()),
+            )
+        })
+        .collect()
 }

@@ -452,10 +452,16 @@ pub fn compare(manifest: &Manifest, seen: &[Seen], exact: bool) -> Vec<String> {
                     .raw_link_target()
                     .map(|t| t.into_owned())
                     .unwrap_or_default();
+                // Compared as bytes (escaped, so two targets whose invalid UTF-8 differs
+                // never look the same): a target is any bytes but NUL.
                 diff(
                     "link target",
-                    show(&want),
-                    show(s.link_target.as_deref().unwrap_or_default()),
+                    want.escape_ascii().to_string(),
+                    s.link_target
+                        .as_deref()
+                        .unwrap_or_default()
+                        .escape_ascii()
+                        .to_string(),
                 );
             }
             EntryKind::Hardlink => {
@@ -553,6 +559,41 @@ mod tests {
         assert!(parse_listing(b"B\x00./f\x00\x00600 1 1", true).is_err());
         let wrong = format!("B\x00./f\x00\x00644 0 0 1 4 13 81a4\n{h}  ./x\n");
         assert!(parse_listing(wrong.as_bytes(), true).is_err());
+    }
+
+    #[test]
+    fn link_targets_compare_as_bytes() {
+        let v = serde_json::json!({
+            "schema_version": 1, "kind": "PVBackupManifest", "backup_id": "b", "tool_version": "t",
+            "created": "2025-01-01T00:00:00Z", "cluster": {"server": "s"}, "namespace": "n",
+            "pvc": {"name": "p", "uid": "u"}, "helper_image": "busybox",
+            "compression": {"algorithm": "none"},
+            "archive": {"file_name": "p.tar", "size": 0, "sha256": "0".repeat(64)},
+            "uncompressed_size": 0, "entry_count": 1,
+            "entries": [{"path": "l", "kind": "symlink", "size": 0, "mode": 511, "uid": 0,
+                         "gid": 0, "mtime": 0, "link_target": "/a\u{fffd}",
+                         "link_target_hex": hex::encode(b"/a\xff")}]
+        });
+        let m = Manifest::from_json(v.to_string().as_bytes()).unwrap();
+        let seen = |target: &[u8]| Seen {
+            kind: 'L',
+            mode: 0o777,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            inode: 1,
+            mtime: 0,
+            path: b"l".to_vec(),
+            sha256: None,
+            link_target: Some(target.to_vec()),
+        };
+        assert!(compare(&m, &[seen(b"/a\xff")], true).is_empty());
+        let p = compare(&m, &[seen(b"/a\xfe")], true);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].contains("link target is /a\\xfe, the backup has /a\\xff"),
+            "{p:?}"
+        );
     }
 
     /// The script against the busybox the helper image runs, on a tree with awkward names.
