@@ -219,6 +219,23 @@ async fn a_snapshot_backup_has_only_consistent_pairs_and_leaves_nothing_behind()
     assert!(cons["snapshot"].as_str().unwrap().starts_with("data-pvb-"));
     assert!(cons["cutTime"].as_str().unwrap().ends_with('Z'));
     assert_eq!(cons["changedFileCount"], 0);
+    // The manifest records it; inspect shows it.
+    let header: Value =
+        serde_json::from_slice(&std::fs::read(r["manifest"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(header["consistency"]["method"], "snapshot", "{header:#}");
+    assert_eq!(header["consistency"]["snapshot"]["name"], cons["snapshot"]);
+    assert_eq!(header["consistency"]["snapshot"]["class"], "csi-hostpath");
+    assert!(header["consistency"]["snapshot"]["cut_time"].is_string());
+    let shown = plugin(&c, &["inspect", r["manifest"].as_str().unwrap()]).await;
+    assert!(
+        shown
+            .stdout
+            .contains("Consistency:   snapshot (VolumeSnapshot data-pvb-")
+            && shown.stdout.contains("class csi-hostpath, cut "),
+        "{}{}",
+        shown.stdout,
+        shown.stderr
+    );
     let unpacked = tempfile::tempdir().unwrap();
     untar(Path::new(r["archive"].as_str().unwrap()), unpacked.path());
     let (seen, bad) = inconsistent_pairs(unpacked.path());
@@ -305,6 +322,19 @@ async fn a_live_backup_lists_what_changed_and_require_consistent_commits_nothing
         run.stderr
     );
     assert!(!files_under(dest.path()).is_empty());
+    let header: Value =
+        serde_json::from_slice(&std::fs::read(r["manifest"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(header["consistency"]["method"], "live", "{header:#}");
+    assert_eq!(
+        header["consistency"]["files_changed_while_read"],
+        cons["changedFileCount"]
+    );
+    let listed = json(&plugin(&c, &["list", d, "-o", "json"]).await);
+    assert_eq!(listed["items"][0]["copy"], "live", "{listed:#}");
+    assert_eq!(
+        listed["items"][0]["changedWhileRead"],
+        cons["changedFileCount"]
+    );
 
     let strict = tempfile::tempdir().unwrap();
     let run = plugin(
