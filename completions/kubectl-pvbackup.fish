@@ -68,7 +68,18 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create
 zstd\t''
 none\t''"
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l level -d 'Compression level (gzip 0-9, zstd 1-19; default: the fastest)' -r
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l image -d 'Helper image (any image with busybox-compatible sh, tar, find, stat, xargs, sha256sum)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l snapshot -d 'Copy from a CSI VolumeSnapshot (or a clone) of the PVC: `auto` when the PVC\'s driver has a VolumeSnapshotClass, `always` or fail, `never` (read the live volume)' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l snapshot-class -d 'VolumeSnapshotClass to use instead of the driver\'s default' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l snapshot-timeout -d 'How long a snapshot may take to be cut and ready, and its temporary PVC to bind' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l pre-hook -d 'Command (sh -c) to run in the workload\'s container before the copy is cut' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l post-hook -d 'Command (sh -c) to run in the workload\'s container once the copy is cut, even on failure' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l hook-container -d 'Container for the hooks (default: the first non-proxy container that mounts the PVC)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l hook-timeout -d 'Give up on a hook after this long' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l hook-on-error -d 'What a failing hook does: `fail` stops this PVC\'s backup, `continue` goes on' -r -f -a "fail\t''
+continue\t''"
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l image -d 'Helper image (any image with busybox-compatible sh, tar, find, stat, xargs, sha256sum, awk)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l run-as-user -d 'Run the helper as this UID instead of root (for PodSecurity `restricted` namespaces)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l pod-timeout -d 'Give up when the helper pod is not running after this many seconds' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l retries -d 'Retries per PVC after a transient failure (connection reset, API outage or 5xx/429, helper pod evicted or killed, stalled stream); 0 turns retries off' -r
@@ -85,6 +96,7 @@ wide\t''
 json\t''
 yaml\t''"
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l all-pvcs -d 'Every PVC in scope, mounted or not, mesh or not'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l require-consistent -d 'Fail (and write nothing) when a live copy saw files change while it read them'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l dry-run -d 'Print the plan and the helper pod spec; create nothing'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -s A -l all-namespaces -d 'Look in every namespace'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -s v -l verbose -d 'More logs on stderr (-v, -vv, -vvv)'
@@ -139,7 +151,7 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restor
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l size -d 'With --create-pvc: request this size (e.g. 2Gi)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l mode -d 'How the backup meets what is already on the volume' -r -f -a "replace\t'Afterwards the volume holds exactly what the backup holds'
 merge\t'Overwrite the backup\'s paths and keep everything else'"
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l image -d 'Helper image (any image with busybox-compatible sh, tar, find, stat, xargs, sha256sum)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l image -d 'Helper image (any image with busybox-compatible sh, tar, find, stat, xargs, sha256sum, awk)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l run-as-user -d 'Run the helper as this UID instead of root (for PodSecurity `restricted` namespaces)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l pod-timeout -d 'Give up when the helper pod is not running after this many seconds' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l retries -d 'Retries per PVC after a transient failure (connection reset, API outage or 5xx/429, helper pod evicted or killed, stalled stream); 0 turns retries off' -r
@@ -207,7 +219,7 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand comple
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l from -d 'Where the backup lives, when BACKUP is an id' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l storage-class -d 'StorageClass of the scratch PVC (default: the backed-up PVC\'s)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l size -d 'Size of the scratch PVC, e.g. 2Gi (default: the backed-up PVC\'s)' -r
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l image -d 'Helper image (any image with busybox-compatible sh, tar, find, stat, xargs, sha256sum)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l image -d 'Helper image (any image with busybox-compatible sh, tar, find, stat, xargs, sha256sum, awk)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l run-as-user -d 'Run the helper as this UID instead of root (for PodSecurity `restricted` namespaces)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l pod-timeout -d 'Give up when the helper pod is not running after this many seconds' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l retries -d 'Retries per PVC after a transient failure (connection reset, API outage or 5xx/429, helper pod evicted or killed, stalled stream); 0 turns retries off' -r

@@ -29,6 +29,10 @@ pub struct BackupSettings {
     pub helper: HelperOptions,
     pub retry: RetryPolicy,
     pub cluster: ClusterInfo,
+    /// `--snapshot`, `--require-consistent`, hooks.
+    pub consistency: crate::snapshot::ConsistencySettings,
+    /// Snapshots, temporary PVCs and owed post hooks of this run.
+    pub run_state: crate::snapshot::RunState,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -57,6 +61,9 @@ pub struct TargetResult {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<crate::archive::SkippedEntry>,
     pub seconds: f64,
+    /// How the copy was made: snapshot, clone or live; what changed during a live copy; hooks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<crate::snapshot::Consistency>,
 }
 
 /// What the cluster told us about the target, gathered once.
@@ -69,18 +76,39 @@ pub struct TargetContext {
 }
 
 /// The helper pod of attempt `attempt` (1-based). Later attempts get their own pod name, so a
-/// predecessor still terminating after an outage never blocks them.
+/// predecessor still terminating after an outage never blocks them. `copy_claim` is the
+/// temporary PVC of a snapshot or clone: nothing else mounts it, so the helper may run on any
+/// node, not only where the workload has the volume attached.
 pub fn helper_request(
     ctx: &TargetContext,
     s: &BackupSettings,
     attempt: u32,
+    copy_claim: Option<&str>,
 ) -> Result<HelperPodRequest, Failure> {
-    let run_id = if attempt <= 1 {
+    if let Some(claim) = copy_claim {
+        return Ok(HelperPodRequest::unplaced(
+            &ctx.target.namespace,
+            claim,
+            run_id(s, attempt),
+            Purpose::Backup,
+            &s.helper,
+        ));
+    }
+    HelperPodRequest::placed(
+        &ctx.target,
+        &ctx.nodes,
+        run_id(s, attempt),
+        Purpose::Backup,
+        &s.helper,
+    )
+}
+
+fn run_id(s: &BackupSettings, attempt: u32) -> String {
+    if attempt <= 1 {
         s.backup_id.clone()
     } else {
         format!("{}-a{attempt}", s.backup_id)
-    };
-    HelperPodRequest::placed(&ctx.target, &ctx.nodes, run_id, Purpose::Backup, &s.helper)
+    }
 }
 
 pub async fn backup_target(
@@ -108,16 +136,61 @@ pub async fn backup_target(
         sha256: None,
         skipped: Vec::new(),
         seconds: 0.0,
+        consistency: None,
     };
     let bar = progress.bar(&format!("{}/{}", ctx.target.namespace, ctx.target.pvc));
+    let info = crate::snapshot::TargetInfo {
+        namespace: &ctx.target.namespace,
+        pvc: &ctx.pvc,
+        pods: &ctx.pods,
+        ns_object: ctx.namespace.as_ref(),
+        backup_id: &s.backup_id,
+    };
+    let prepared = crate::snapshot::prepare(client, &info, &s.consistency, &s.run_state, &|m| {
+        bar.note(m)
+    })
+    .await;
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err((f, hooks)) => {
+            let left = release(client, ctx, s).await;
+            bar.finish(&format!("failed: {}", f.message));
+            result.kind = Some(f.kind);
+            result.error = Some(format!("{}{left}", f.message));
+            result.attempts = 0;
+            result.consistency = (!hooks.is_empty()).then(|| crate::snapshot::Consistency {
+                source: crate::snapshot::CopySource::live(&ctx.target.pvc, None),
+                changed_files: Vec::new(),
+                changed_file_count: 0,
+                hooks,
+            });
+            result.seconds = started.elapsed().as_secs_f64();
+            return result;
+        }
+    };
     let done = with_retries(&s.retry, &bar, |number| {
-        attempt(client, ctx, s, dest.clone(), registry, &bar, number)
+        attempt(
+            client,
+            ctx,
+            s,
+            &prepared,
+            dest.clone(),
+            registry,
+            &bar,
+            number,
+        )
     })
     .await;
     result.attempts = done.log.len() as u32;
     result.attempt_log = done.log;
     match done.result {
-        Ok(m) => {
+        Ok((m, changes)) => {
+            result.consistency = Some(crate::snapshot::Consistency {
+                source: prepared.source.clone(),
+                changed_files: changes.0,
+                changed_file_count: changes.1,
+                hooks: prepared.hooks.clone(),
+            });
             result.status = "ok";
             result.files = m.entries.iter().filter(|e| e.sha256.is_some()).count() as u64;
             result.bytes = m.uncompressed_size;
@@ -140,24 +213,77 @@ pub async fn backup_target(
             result.error = Some(f.message);
         }
     }
+    // Live copies owe their post hooks until now; snapshots and clones ran them at the cut.
+    let post = s
+        .run_state
+        .owed
+        .run_for(client, &ctx.target.namespace, &prepared.post)
+        .await;
+    let post_failure = post.iter().find_map(crate::hooks::failure);
+    let left = release(client, ctx, s).await;
+    let c = result
+        .consistency
+        .get_or_insert_with(|| crate::snapshot::Consistency {
+            source: prepared.source.clone(),
+            changed_files: Vec::new(),
+            changed_file_count: 0,
+            hooks: prepared.hooks.clone(),
+        });
+    c.hooks.extend(post);
+    if result.status == "ok" {
+        if let Some(f) = post_failure {
+            // The archive is committed and good; the application may not have been resumed.
+            result.kind = Some(f.kind);
+            result.error = Some(f.message);
+            result.status = "failed";
+        }
+    }
+    if !left.is_empty() {
+        result.error = Some(format!(
+            "{}{left}",
+            result.error.clone().unwrap_or_default()
+        ));
+    }
     result.seconds = started.elapsed().as_secs_f64();
     result
 }
 
+/// Deletes this target's snapshot and temporary PVC; a note for the error if some are left.
+async fn release(client: &kube::Client, ctx: &TargetContext, s: &BackupSettings) -> String {
+    let name = crate::snapshot::temp_name(&ctx.target.pvc, &s.backup_id);
+    let left = s
+        .run_state
+        .leftovers
+        .delete_matching(client, &ctx.target.namespace, &name)
+        .await;
+    if left.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (could not delete {}; delete them with kubectl)",
+            left.join(", ")
+        )
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn attempt(
     client: &kube::Client,
     ctx: &TargetContext,
     s: &BackupSettings,
+    prepared: &crate::snapshot::Prepared,
     dest: Arc<dyn Destination>,
     registry: &Registry,
     bar: &crate::progress::Bar,
     number: u32,
-) -> Result<Manifest, Failure> {
-    let req = helper_request(ctx, s, number)?;
+) -> Result<(Manifest, (Vec<String>, u64)), Failure> {
+    let copy = &prepared.source;
+    let temp = (copy.method != crate::snapshot::CopyMethod::Live).then_some(copy.claim.as_str());
+    let req = helper_request(ctx, s, number, temp)?;
     let pod = admissible_pod(&req, ctx.namespace.as_ref())?;
     bar.note("starting helper pod");
     let mut helper = HelperPod::launch(client, pod, s.helper.pod_timeout, registry).await?;
-    let out = stream(&helper, ctx, s, dest, bar).await;
+    let out = stream(&helper, ctx, s, prepared, dest, bar).await;
     helper.delete().await;
     out
 }
@@ -166,9 +292,11 @@ async fn stream(
     helper: &HelperPod,
     ctx: &TargetContext,
     s: &BackupSettings,
+    prepared: &crate::snapshot::Prepared,
     dest: Arc<dyn Destination>,
     bar: &crate::progress::Bar,
-) -> Result<Manifest, Failure> {
+) -> Result<(Manifest, (Vec<String>, u64)), Failure> {
+    let copy = &prepared.source;
     // A cheap size estimate for the progress bar; the backup does not depend on it, so it
     // gets a short leash.
     if let Ok(Ok(du)) =
@@ -181,6 +309,19 @@ async fn stream(
         {
             bar.set_length(kib * 1024);
         }
+    }
+    let live = copy.method == crate::snapshot::CopyMethod::Live;
+    if live {
+        // Every file's size, mtime and ctime now, to compare with after the stream.
+        helper
+            .run(&["sh", "-c", crate::snapshot::CHANGE_LISTING, "sh", "before"])
+            .await
+            .map_err(|f| {
+                Failure::runtime(format!(
+                    "listing the volume before the copy failed ({}); the helper image needs find, xargs, stat and awk",
+                    f.message
+                ))
+            })?;
     }
     bar.note("streaming");
     let mut session = helper
@@ -259,6 +400,24 @@ async fn stream(
             serious.join("; ")
         )));
     }
+    let changes = if live {
+        let out = helper
+            .run(&["sh", "-c", crate::snapshot::CHANGE_LISTING, "sh", "after"])
+            .await?;
+        crate::snapshot::parse_changes(&out)
+    } else {
+        (Vec::new(), 0)
+    };
+    if changes.1 > 0 && s.consistency.require_consistent {
+        // The writer is dropped uncommitted: its partial file goes, nothing is published.
+        return Err(Failure::runtime(format!(
+            "{} file(s) changed while the volume was read ({}{}), and --require-consistent is set; nothing was written. Back up from a snapshot (--snapshot always, with a VolumeSnapshotClass for the PVC's driver) or quiesce the application with --pre-hook/--post-hook",
+            changes.1,
+            changes.0.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+            if changes.1 > 5 { ", …" } else { "" }
+        ))
+        .permanent());
+    }
     refuse_unsafe(&summary)?;
     let mut manifest = Manifest::new(
         meta(ctx, s),
@@ -267,6 +426,7 @@ async fn stream(
         summary,
     );
     manifest.skipped.extend(sockets);
+    crate::snapshot::record(&mut manifest, copy, &changes, &prepared.hooks);
     if let Some(warning) = crate::manifest::skipped_warning(&manifest.skipped) {
         bar.event(&warning);
     }
@@ -282,7 +442,7 @@ async fn stream(
     })
     .await
     .map_err(|e| Failure::runtime(format!("the manifest writer failed: {e}")))??;
-    Ok(manifest)
+    Ok((manifest, changes))
 }
 
 /// Splits tar's stderr into the sockets it left out and the lines that make the copy

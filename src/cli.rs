@@ -157,6 +157,8 @@ pub struct CreateArgs {
     #[command(flatten)]
     pub data: DataArgs,
     #[command(flatten)]
+    pub consistency: ConsistencyArgs,
+    #[command(flatten)]
     pub helper: HelperArgs,
     #[command(flatten)]
     pub retry: RetryArgs,
@@ -187,6 +189,52 @@ pub struct DataArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Consistency")]
+pub struct ConsistencyArgs {
+    /// Copy from a CSI VolumeSnapshot (or a clone) of the PVC: `auto` when the PVC's driver
+    /// has a VolumeSnapshotClass, `always` or fail, `never` (read the live volume)
+    #[arg(long, value_enum, default_value = "auto", value_name = "WHEN")]
+    pub snapshot: SnapshotArg,
+    /// VolumeSnapshotClass to use instead of the driver's default
+    #[arg(long, value_name = "CLASS")]
+    pub snapshot_class: Option<String>,
+    /// How long a snapshot may take to be cut and ready, and its temporary PVC to bind
+    #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub snapshot_timeout: std::time::Duration,
+    /// Fail (and write nothing) when a live copy saw files change while it read them
+    #[arg(long)]
+    pub require_consistent: bool,
+    /// Command (sh -c) to run in the workload's container before the copy is cut
+    #[arg(long, value_name = "CMD")]
+    pub pre_hook: Option<String>,
+    /// Command (sh -c) to run in the workload's container once the copy is cut, even on failure
+    #[arg(long, value_name = "CMD")]
+    pub post_hook: Option<String>,
+    /// Container for the hooks (default: the first non-proxy container that mounts the PVC)
+    #[arg(long, value_name = "NAME")]
+    pub hook_container: Option<String>,
+    /// Give up on a hook after this long
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub hook_timeout: std::time::Duration,
+    /// What a failing hook does: `fail` stops this PVC's backup, `continue` goes on
+    #[arg(long, value_enum, default_value = "fail", value_name = "ACTION")]
+    pub hook_on_error: HookOnErrorArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SnapshotArg {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HookOnErrorArg {
+    Fail,
+    Continue,
+}
+
+#[derive(Debug, Args)]
 #[command(next_help_heading = "Retries")]
 pub struct RetryArgs {
     /// Retries per PVC after a transient failure (connection reset, API outage or 5xx/429,
@@ -204,7 +252,7 @@ pub struct RetryArgs {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Helper pod")]
 pub struct HelperArgs {
-    /// Helper image (any image with busybox-compatible sh, tar, find, stat, xargs, sha256sum)
+    /// Helper image (any image with busybox-compatible sh, tar, find, stat, xargs, sha256sum, awk)
     #[arg(long, default_value = "busybox:1.36", value_name = "IMAGE")]
     pub image: String,
     /// Run the helper as this UID instead of root (for PodSecurity `restricted` namespaces)

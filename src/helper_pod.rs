@@ -259,6 +259,22 @@ impl HelperPodRequest {
         Ok(req)
     }
 
+    /// A helper pod for a claim nothing else mounts (the temporary PVC of a snapshot or
+    /// clone): no placement, so the scheduler may put it on any node.
+    pub fn unplaced(
+        namespace: &str,
+        claim: &str,
+        run_id: impl Into<String>,
+        purpose: Purpose,
+        options: &HelperOptions,
+    ) -> Self {
+        let mut req = HelperPodRequest::new(namespace, claim, run_id, purpose);
+        req.image = options.image.clone();
+        req.run_as_user = options.run_as_user;
+        req.lease_seconds = options.lease.as_secs().max(1);
+        req
+    }
+
     fn runs_as_root(&self) -> bool {
         self.run_as_user.is_none_or(|u| u == 0)
     }

@@ -323,6 +323,8 @@ pub struct Summary {
     pub compression: Compression,
     /// Entries of the volume the backup does not hold.
     pub skipped: usize,
+    /// How the copy was made (`consistency`), when the manifest says.
+    pub consistency: Option<Consistency>,
 }
 
 /// A parsed `<pvc>.manifest.json`.
@@ -608,6 +610,7 @@ impl Manifest {
             files: self.file_totals().0,
             compression: self.compression,
             skipped: self.skipped.len(),
+            consistency: self.consistency.clone(),
         }
     }
 
@@ -932,6 +935,7 @@ impl Document {
                 files: h.file_count,
                 compression: h.compression,
                 skipped: h.details.as_ref().map_or(0, |d| d.skipped.len()),
+                consistency: h.consistency.clone(),
             },
         }
     }

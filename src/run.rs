@@ -124,6 +124,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 run_as_user: a.helper.run_as_user,
                 pod_timeout: Duration::from_secs(a.helper.pod_timeout),
                 retry: retry_policy(&a.retry)?,
+                consistency: consistency(&a.consistency),
                 parallel: a.parallel as usize,
                 dry_run: a.dry_run,
                 output: out,
@@ -187,5 +188,38 @@ mod tests {
         );
         assert!(compression(CompressionArg::Zstd, None).is_ok());
         assert!(compression(CompressionArg::None, Some(3)).is_err());
+    }
+}
+
+/// `--snapshot`, `--require-consistent` and the hook flags as plain settings.
+fn consistency(a: &crate::cli::ConsistencyArgs) -> crate::snapshot::ConsistencySettings {
+    use crate::cli::{HookOnErrorArg, SnapshotArg};
+    use crate::hooks::{HookPlan, HookSpec, OnError};
+    let on_error = match a.hook_on_error {
+        HookOnErrorArg::Fail => OnError::Fail,
+        HookOnErrorArg::Continue => OnError::Continue,
+    };
+    let spec = |cmd: &Option<String>| {
+        cmd.as_ref().map(|c| HookSpec {
+            command: c.clone(),
+            container: a.hook_container.clone(),
+            timeout: a.hook_timeout,
+            on_error,
+        })
+    };
+    crate::snapshot::ConsistencySettings {
+        mode: match a.snapshot {
+            SnapshotArg::Auto => crate::snapshot::SnapshotMode::Auto,
+            SnapshotArg::Always => crate::snapshot::SnapshotMode::Always,
+            SnapshotArg::Never => crate::snapshot::SnapshotMode::Never,
+        },
+        class: a.snapshot_class.clone(),
+        require_consistent: a.require_consistent,
+        timeout: a.snapshot_timeout,
+        hooks: HookPlan {
+            pre: spec(&a.pre_hook),
+            post: spec(&a.post_hook),
+        },
+        denied: None,
     }
 }

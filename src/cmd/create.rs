@@ -34,6 +34,7 @@ pub struct CreatePlan {
     pub run_as_user: Option<i64>,
     pub pod_timeout: Duration,
     pub retry: crate::retry::RetryPolicy,
+    pub consistency: crate::snapshot::ConsistencySettings,
     pub parallel: usize,
     pub dry_run: bool,
     pub output: OutputFormat,
@@ -63,32 +64,69 @@ const NEEDED: &[(&str, &str, &str)] = &[
     ("get", "persistentvolumeclaims", ""),
 ];
 
-async fn preflight(client: &kube::Client, namespaces: &[String]) -> Result<(), Failure> {
+/// What a snapshot or clone adds: (verb, group, resource). Only `--snapshot always` requires
+/// them up front; `auto` makes live copies without them (see `snapshot_permissions`).
+const NEEDED_FOR_SNAPSHOTS: &[(&str, &str, &str)] = &[
+    ("create", "snapshot.storage.k8s.io", "volumesnapshots"),
+    ("get", "snapshot.storage.k8s.io", "volumesnapshots"),
+    ("delete", "snapshot.storage.k8s.io", "volumesnapshots"),
+    ("create", "", "persistentvolumeclaims"),
+    ("delete", "", "persistentvolumeclaims"),
+];
+
+async fn allowed(
+    api: &Api<SelfSubjectAccessReview>,
+    ns: &str,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    sub: &str,
+) -> Result<bool, Failure> {
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(ns.to_string()),
+                verb: Some(verb.to_string()),
+                group: (!group.is_empty()).then(|| group.to_string()),
+                resource: Some(resource.to_string()),
+                subresource: (!sub.is_empty()).then(|| sub.to_string()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Ok(api
+        .create(&PostParams::default(), &review)
+        .await
+        .map_err(|e| crate::connect::explain("checking permissions (SelfSubjectAccessReview)", &e))?
+        .status
+        .is_some_and(|s| s.allowed))
+}
+
+async fn preflight(
+    client: &kube::Client,
+    namespaces: &[String],
+    consistency: &mut crate::snapshot::ConsistencySettings,
+) -> Result<(), Failure> {
     let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
     let mut missing = Vec::new();
+    let mut missing_snapshot = Vec::new();
     for ns in namespaces {
+        if consistency.mode != crate::snapshot::SnapshotMode::Never {
+            for (verb, group, resource) in NEEDED_FOR_SNAPSHOTS {
+                if !allowed(&api, ns, verb, group, resource, "").await? {
+                    let r = if group.is_empty() {
+                        resource.to_string()
+                    } else {
+                        format!("{resource}.{group}")
+                    };
+                    missing_snapshot.push(format!("{verb} {r} (namespace {ns})"));
+                }
+            }
+        }
         for (verb, resource, sub) in NEEDED {
-            let review = SelfSubjectAccessReview {
-                spec: SelfSubjectAccessReviewSpec {
-                    resource_attributes: Some(ResourceAttributes {
-                        namespace: Some(ns.clone()),
-                        verb: Some(verb.to_string()),
-                        resource: Some(resource.to_string()),
-                        subresource: (!sub.is_empty()).then(|| sub.to_string()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-                ..Default::default()
-            };
-            let allowed = api
-                .create(&PostParams::default(), &review)
-                .await
-                .map_err(|e| {
-                    crate::connect::explain("checking permissions (SelfSubjectAccessReview)", &e)
-                })?
-                .status
-                .is_some_and(|s| s.allowed);
+            let allowed = allowed(&api, ns, verb, "", resource, sub).await?;
             if !allowed {
                 let r = if sub.is_empty() {
                     resource.to_string()
@@ -99,6 +137,7 @@ async fn preflight(client: &kube::Client, namespaces: &[String]) -> Result<(), F
             }
         }
     }
+    snapshot_permissions(missing_snapshot, consistency)?;
     if missing.is_empty() {
         Ok(())
     } else {
@@ -106,6 +145,27 @@ async fn preflight(client: &kube::Client, namespaces: &[String]) -> Result<(), F
             "missing permissions, nothing was created: {}. Grant them with the Role in the README (RBAC section).",
             missing.join(", ")
         )))
+    }
+}
+
+/// Snapshot permissions: `always` needs them; `auto` makes live copies without them, and says so.
+fn snapshot_permissions(
+    missing: Vec<String>,
+    consistency: &mut crate::snapshot::ConsistencySettings,
+) -> Result<(), Failure> {
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list = missing.join(", ");
+    match consistency.mode {
+        crate::snapshot::SnapshotMode::Always => Err(Failure::runtime(format!(
+            "--snapshot always needs permissions you lack, nothing was created: {list}. Grant them with the Role in the README (RBAC section), or use --snapshot auto"
+        ))),
+        _ => {
+            // Recorded as the fallback reason of every live copy of this run.
+            consistency.denied = Some(format!("missing permissions for snapshots: {list}"));
+            Ok(())
+        }
     }
 }
 
@@ -137,7 +197,7 @@ pub async fn run(conn: &Connection, plan: CreatePlan) -> Result<(), Failure> {
         .map_err(|e| Failure::runtime(e.to_string()))?;
     let nodes = collect_nodes(conn).await;
     let backup_id = new_backup_id();
-    let settings = BackupSettings {
+    let mut settings = BackupSettings {
         backup_id: backup_id.clone(),
         compression: plan.compression,
         helper: HelperOptions::new(plan.image.clone(), plan.run_as_user, plan.pod_timeout),
@@ -146,6 +206,8 @@ pub async fn run(conn: &Connection, plan: CreatePlan) -> Result<(), Failure> {
             server: conn.server.clone(),
             context: conn.context.clone(),
         },
+        consistency: plan.consistency.clone(),
+        run_state: Default::default(),
     };
     let mut contexts = Vec::new();
     for t in targets {
@@ -187,7 +249,7 @@ pub async fn run(conn: &Connection, plan: CreatePlan) -> Result<(), Failure> {
         .map(|c| c.target.namespace.clone())
         .collect();
     namespaces.dedup();
-    preflight(&conn.client, &namespaces).await?;
+    preflight(&conn.client, &namespaces, &mut settings.consistency).await?;
 
     let registry = Registry::default();
     let progress = Progress::new(
@@ -209,6 +271,12 @@ pub async fn run(conn: &Connection, plan: CreatePlan) -> Result<(), Failure> {
     let results = tokio::select! {
         r = work => r,
         _ = crate::signals::interrupted() => {
+            // The application first: post hooks whose pre hook ran.
+            for o in settings.run_state.owed.run_all(&conn.client).await {
+                if o.result != crate::hooks::HookResult::Ok {
+                    eprintln!("post hook in {}/{} failed: {}", o.pod, o.container, o.error.unwrap_or_default());
+                }
+            }
             let left = registry.delete_all(&conn.client).await;
             if !left.is_empty() {
                 eprintln!("could not delete helper pods {}; run `kubectl pvbackup cleanup`", left.join(", "));
@@ -217,6 +285,10 @@ pub async fn run(conn: &Connection, plan: CreatePlan) -> Result<(), Failure> {
             // whatever is still blocked after a short wait is removed here.
             crate::backup::wait_for_writers(Duration::from_secs(3)).await;
             plan.destination.abort_incomplete();
+            let copies = settings.run_state.leftovers.delete_all(&conn.client).await;
+            if !copies.is_empty() {
+                eprintln!("could not delete {}; delete them with kubectl", copies.join(", "));
+            }
             return Err(Failure::interrupted());
         }
     };
@@ -230,6 +302,18 @@ pub async fn run(conn: &Connection, plan: CreatePlan) -> Result<(), Failure> {
     let mut results = results;
     results.sort_by(|a, b| (&a.namespace, &a.pvc).cmp(&(&b.namespace, &b.pvc)));
     report(&backup_id, plan.destination.as_ref(), &results, plan.output)?;
+    for r in &results {
+        if let Some(c) = r.consistency.as_ref().filter(|c| c.changed_file_count > 0) {
+            eprintln!(
+                "warning: {}/{}: {} file(s) changed while they were read ({}{}); this live copy may not be consistent. Use --snapshot always with a VolumeSnapshotClass for the PVC's driver, or quiesce the application with --pre-hook/--post-hook (or Velero hook annotations); --require-consistent makes this an error",
+                r.namespace,
+                r.pvc,
+                c.changed_file_count,
+                c.changed_files.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+                if c.changed_file_count > 5 { ", …" } else { "" }
+            );
+        }
+    }
     for r in results.iter().filter(|r| r.status != "ok") {
         eprintln!(
             "error: {}/{}: {}",
@@ -315,7 +399,7 @@ fn print_dry_run(
 ) -> Result<(), Failure> {
     let mut plans = Vec::new();
     for c in contexts {
-        let pod = helper_request(c, s, 1).map(|r| build_helper_pod(&r));
+        let pod = helper_request(c, s, 1, None).map(|r| build_helper_pod(&r));
         plans.push(serde_json::json!({
             "namespace": c.target.namespace,
             "pvc": c.target.pvc,

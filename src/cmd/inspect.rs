@@ -82,9 +82,38 @@ pub fn run(
                         .unwrap_or_default(),
                     c.snapshot
                         .as_ref()
-                        .map(|s| format!(" (VolumeSnapshot {})", s.name))
+                        .map(|s| format!(
+                            " (VolumeSnapshot {}{}{})",
+                            s.name,
+                            s.class
+                                .as_ref()
+                                .map(|c| format!(", class {c}"))
+                                .unwrap_or_default(),
+                            s.cut_time
+                                .map(|t| format!(
+                                    ", cut {}",
+                                    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                                ))
+                                .unwrap_or_default()
+                        ))
                         .unwrap_or_default()
                 ));
+                if c.files_changed_while_read > 0 {
+                    text.push_str(&format!(
+                        "               {} file(s) changed while they were read; this copy may be inconsistent\n",
+                        c.files_changed_while_read
+                    ));
+                }
+                for h in &c.hooks {
+                    text.push_str(&format!(
+                        "Hook:          {:?} in {}/{}: {} ({:?})\n",
+                        h.phase,
+                        h.pod,
+                        h.container,
+                        h.command.join(" "),
+                        h.outcome
+                    ));
+                }
             }
             if let Some(p) = &m.parent {
                 text.push_str(&format!("Parent:        {}\n", p.backup_id));

@@ -25,6 +25,12 @@ pub struct ListedBackup {
     /// Entries of the volume the backup does not hold (device nodes, sockets).
     #[serde(skip_serializing_if = "is_zero")]
     pub skipped: u64,
+    /// `snapshot`, `clone` or `live` (manifests from before schema 2 do not say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copy: Option<crate::manifest::ConsistencyMethod>,
+    /// Live copies: files that changed while they were read.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub changed_while_read: u64,
     pub complete: bool,
     pub restorable: bool,
     pub manifest: Option<String>,
@@ -84,6 +90,8 @@ pub fn run(
             size: None,
             files: None,
             skipped: 0,
+            copy: None,
+            changed_while_read: 0,
             compression: None,
             complete: false,
             restorable: false,
@@ -109,6 +117,11 @@ pub fn run(
                         item.size = Some(m.size);
                         item.files = Some(m.files);
                         item.skipped = m.skipped as u64;
+                        item.copy = m.consistency.as_ref().map(|c| c.method);
+                        item.changed_while_read = m
+                            .consistency
+                            .as_ref()
+                            .map_or(0, |c| c.files_changed_while_read);
                         item.compression = Some(m.compression.algorithm().to_string());
                         item.complete = archive_key.is_some();
                         item.restorable = archive_key.is_some();

@@ -883,6 +883,7 @@ pub fn create(
                 .get(resources::namespaces(), None, ns.unwrap_or_default())?;
             let default_sc = default_storage_class(sim);
             admission::admit_pvc(&mut obj, default_sc.as_deref())?;
+            crate::snapshots::normalize_data_sources(&mut obj);
         }
         "namespaces" => {
             let name = obj["metadata"]["name"]

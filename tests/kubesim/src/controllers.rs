@@ -30,6 +30,7 @@ pub async fn run(sim: SimRef, mut shutdown: tokio::sync::watch::Receiver<bool>) 
 
 pub fn reconcile(sim: &SimRef) {
     node_status(sim);
+    crate::snapshots::reconcile(sim);
     bind_claims(sim);
     schedule(sim);
     kubelet::sync(sim);
@@ -155,6 +156,21 @@ fn bind_claims(sim: &SimRef) {
             .unwrap_or("1Gi")
             .to_string();
         let bytes = quantity_bytes(&request).unwrap_or(1 << 30);
+        let source = match crate::snapshots::claim_source(sim, &pvc, &sc, bytes) {
+            Ok(s) => s,
+            Err(why) => {
+                let type_ = if why.reason == "ProvisioningFailed" {
+                    "Warning"
+                } else {
+                    "Normal"
+                };
+                let component = sc["provisioner"]
+                    .as_str()
+                    .unwrap_or("hostpath.csi.kubesim.dev");
+                sim.record(&pvc, type_, why.reason, &why.message, component);
+                continue;
+            }
+        };
         let host = kubelet::volume_path(sim, &ns, &name);
         if let Some(parent) = host.parent() {
             let _ = std::fs::create_dir_all(parent);
@@ -165,6 +181,17 @@ fn bind_claims(sim: &SimRef) {
                 "Warning",
                 "ProvisioningFailed",
                 &format!("failed to provision volume with StorageClass \"{sc_name}\": {e}"),
+                "hostpath.csi.kubesim.dev",
+            );
+            continue;
+        }
+        if let Err(e) = crate::snapshots::fill(sim, &source, &host) {
+            let _ = crate::volumes::release(&host);
+            sim.record(
+                &pvc,
+                "Warning",
+                "ProvisioningFailed",
+                &format!("failed to provision volume with StorageClass \"{sc_name}\": rpc error: code = Internal desc = {e}"),
                 "hostpath.csi.kubesim.dev",
             );
             continue;

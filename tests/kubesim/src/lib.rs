@@ -23,6 +23,7 @@ pub mod scenario;
 pub mod selectors;
 pub mod server;
 pub mod sim;
+pub mod snapshots;
 pub mod store;
 pub mod tables;
 pub mod tls;

@@ -123,6 +123,45 @@ pub const RESOURCES: &[ResourceDef] = &[
         categories: &[],
         subresources: &[],
     },
+    // The external-snapshotter CRDs (client/config/crd/snapshot.storage.k8s.io_*.yaml):
+    // short names, scope and the status subresource as `kubectl api-resources` shows them once
+    // they are installed. Served as JSON only, like every CRD.
+    ResourceDef {
+        plural: "volumesnapshotclasses",
+        singular: "volumesnapshotclass",
+        kind: "VolumeSnapshotClass",
+        group: "snapshot.storage.k8s.io",
+        version: "v1",
+        namespaced: false,
+        short_names: &["vsclass", "vsclasses"],
+        verbs: CRUD,
+        categories: &[],
+        subresources: &[],
+    },
+    ResourceDef {
+        plural: "volumesnapshots",
+        singular: "volumesnapshot",
+        kind: "VolumeSnapshot",
+        group: "snapshot.storage.k8s.io",
+        version: "v1",
+        namespaced: true,
+        short_names: &["vs"],
+        verbs: CRUD,
+        categories: &[],
+        subresources: &[STATUS],
+    },
+    ResourceDef {
+        plural: "volumesnapshotcontents",
+        singular: "volumesnapshotcontent",
+        kind: "VolumeSnapshotContent",
+        group: "snapshot.storage.k8s.io",
+        version: "v1",
+        namespaced: false,
+        short_names: &["vsc", "vscs"],
+        verbs: CRUD,
+        categories: &[],
+        subresources: &[STATUS],
+    },
     ResourceDef {
         plural: "selfsubjectaccessreviews",
         singular: "selfsubjectaccessreview",
@@ -202,6 +241,16 @@ pub fn events() -> &'static ResourceDef {
 }
 pub fn storage_classes() -> &'static ResourceDef {
     find("storage.k8s.io", "v1", "storageclasses").expect("storageclasses are always served")
+}
+
+pub fn volume_snapshot_classes() -> &'static ResourceDef {
+    find("snapshot.storage.k8s.io", "v1", "volumesnapshotclasses").expect("served")
+}
+pub fn volume_snapshots() -> &'static ResourceDef {
+    find("snapshot.storage.k8s.io", "v1", "volumesnapshots").expect("served")
+}
+pub fn volume_snapshot_contents() -> &'static ResourceDef {
+    find("snapshot.storage.k8s.io", "v1", "volumesnapshotcontents").expect("served")
 }
 
 /// `APIResourceList` for one group/version, as `/api/v1` or `/apis/<g>/<v>` returns it.

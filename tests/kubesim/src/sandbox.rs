@@ -682,6 +682,58 @@ impl MntNs {
         })
     }
 
+    /// SIGSTOPs every process whose mount namespace is this one and waits until each is
+    /// stopped; repeats until a pass finds no member that is not yet stopped (a process may
+    /// fork while we look). This is what a cgroup freezer or `fsfreeze` gives a CSI driver:
+    /// no process of the container runs, so none of its writes is half done in a copy taken
+    /// now. A `write(2)` in progress completes before the stop is delivered (signals are taken
+    /// on the way back to user space), so single writes are never torn.
+    fn stop_members(&self) -> Vec<OwnedFd> {
+        let me = std::process::id();
+        let mut stopped: Vec<(u32, OwnedFd)> = Vec::new();
+        for _round in 0..200 {
+            let mut pending = 0;
+            let Ok(entries) = fs::read_dir("/proc") else {
+                break;
+            };
+            for e in entries.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                    continue;
+                };
+                if pid == me {
+                    continue;
+                }
+                let Ok(m) = fs::metadata(format!("/proc/{pid}/ns/mnt")) else {
+                    continue;
+                };
+                if (m.dev(), m.ino()) != (self.dev, self.ino) {
+                    continue;
+                }
+                if !stopped.iter().any(|(p, _)| *p == pid) {
+                    let Ok(pidfd) = pidfd_open(pid) else { continue };
+                    if pidfd_exited(&pidfd) {
+                        continue;
+                    }
+                    let _ = pidfd_send_signal(&pidfd, libc::SIGSTOP);
+                    stopped.push((pid, pidfd));
+                }
+                // /proc/<pid>/stat field 3 is the state; `T` once the stop took effect.
+                let state = fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.chars().next()))
+                    .flatten();
+                if !matches!(state, Some('T') | Some('t') | Some('Z') | Some('X') | None) {
+                    pending += 1;
+                }
+            }
+            if pending == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        stopped.into_iter().map(|(_, fd)| fd).collect()
+    }
+
     /// SIGKILLs every process whose mount namespace is this one, until none is left. This is
     /// kubesim's stand-in for tearing down the container's cgroup/PID namespace: it catches
     /// exec'd processes and the orphans the main process left behind.
@@ -717,6 +769,25 @@ impl MntNs {
             }
             // Killed processes keep their namespace until they finish exiting.
             std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+}
+
+/// Processes stopped by [`Container::freeze`]; dropping this continues them (SIGCONT).
+pub struct Frozen {
+    members: Vec<OwnedFd>,
+}
+
+impl Frozen {
+    pub fn processes(&self) -> usize {
+        self.members.len()
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for fd in &self.members {
+            let _ = pidfd_send_signal(fd, libc::SIGCONT);
         }
     }
 }
@@ -1151,6 +1222,18 @@ impl Container {
         }
         if let Some(ns) = &self.mnt_ns {
             ns.kill_members();
+        }
+    }
+
+    /// Pauses every process of the container (main, exec'd, orphans) until the returned guard
+    /// is dropped; see `MntNs::stop_members`.
+    pub fn freeze(&self) -> Frozen {
+        Frozen {
+            members: self
+                .mnt_ns
+                .as_ref()
+                .map(MntNs::stop_members)
+                .unwrap_or_default(),
         }
     }
 
