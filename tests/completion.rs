@@ -321,6 +321,6 @@ fn the_binary_answers_when_called_as_the_completion_executable() {
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "cleanup\tDelete helper pods left behind by an interrupted run\n:4\n"
+        "cleanup\tDelete what interrupted runs left: helper pods, or (--to) partial backups at DEST\n:4\n"
     );
 }
