@@ -155,13 +155,12 @@ fn parse_body(headers: &hyper::HeaderMap, bytes: &[u8]) -> ApiResult<Value> {
     if ct.split(';').next().unwrap_or_default().trim() == crate::protobuf::CONTENT_TYPE
         || bytes.starts_with(crate::protobuf::MAGIC)
     {
-        return crate::protobuf::decode_object(bytes).map_err(|e| {
-            if e.contains("has no protobuf encoding") {
-                ApiError::unsupported_body(
-                    "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml",
-                )
-            } else {
-                ApiError::bad_request(format!("the protobuf body could not be decoded: {e}"))
+        return crate::protobuf::decode_object(bytes).map_err(|e| match e {
+            crate::protobuf::DecodeError::NoEncoding { .. } => ApiError::unsupported_body(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml",
+            ),
+            crate::protobuf::DecodeError::Malformed(m) => {
+                ApiError::bad_request(format!("the protobuf body could not be decoded: {m}"))
             }
         });
     }

@@ -203,25 +203,46 @@ pub fn encode_object(obj: &Value) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// Why a protobuf body could not be decoded: the apiserver answers the first with 415 (as for
+/// a custom resource), the second with 400.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("the protobuf body holds {api_version:?} {kind:?}, which has no protobuf encoding")]
+    NoEncoding { api_version: String, kind: String },
+    #[error("{0}")]
+    Malformed(String),
+}
+
 /// Decodes a full protobuf body into the JSON form of the object (with `apiVersion` and `kind`
-/// from the envelope). `Err` names what is wrong, for a 400/415 answer.
-pub fn decode_object(body: &[u8]) -> Result<Value, String> {
-    let envelope = body.strip_prefix(MAGIC).ok_or(
-        "the body is not a Kubernetes protobuf message: it lacks the k8s\\0 prefix".to_string(),
-    )?;
-    let type_meta = bytes_field(envelope, 1)?.unwrap_or_default();
-    let api_version = string_field(type_meta, 1)?;
-    let kind = string_field(type_meta, 2)?;
-    let encoding = string_field(envelope, 3)?;
-    if !encoding.is_empty() {
-        return Err(format!("unsupported contentEncoding {encoding:?}"));
-    }
-    let name = message_name(&api_version, &kind).ok_or_else(|| {
-        format!("the protobuf body holds {api_version:?} {kind:?}, which has no protobuf encoding")
+/// from the envelope).
+pub fn decode_object(body: &[u8]) -> Result<Value, DecodeError> {
+    let envelope = body.strip_prefix(MAGIC).ok_or_else(|| {
+        DecodeError::Malformed(
+            "the body is not a Kubernetes protobuf message: it lacks the k8s\\0 prefix".into(),
+        )
     })?;
-    let raw = bytes_field(envelope, 2)?.unwrap_or_default();
-    let mut v = decode_message(&name, raw)?;
-    let m = v.as_object_mut().ok_or("the object is not a message")?;
+    let malformed = DecodeError::Malformed;
+    let type_meta = bytes_field(envelope, 1)
+        .map_err(malformed)?
+        .unwrap_or_default();
+    let api_version = string_field(type_meta, 1).map_err(malformed)?;
+    let kind = string_field(type_meta, 2).map_err(malformed)?;
+    let encoding = string_field(envelope, 3).map_err(malformed)?;
+    if !encoding.is_empty() {
+        return Err(malformed(format!(
+            "unsupported contentEncoding {encoding:?}"
+        )));
+    }
+    let Some(name) = message_name(&api_version, &kind) else {
+        return Err(DecodeError::NoEncoding { api_version, kind });
+    };
+    let raw = bytes_field(envelope, 2)
+        .map_err(malformed)?
+        .unwrap_or_default();
+    let mut v = decode_message(&name, raw).map_err(malformed)?;
+    let m = v
+        .as_object_mut()
+        .ok_or_else(|| malformed("the object is not a message".into()))?;
     // TypeMeta first, as the JSON encoder writes it.
     let mut out = Map::new();
     out.insert("kind".into(), json!(kind));
@@ -252,7 +273,8 @@ pub fn decode_watch_event(buf: &[u8]) -> Result<((String, Value), &[u8]), String
     let kind = string_field(frame, 1)?;
     let raw_ext = bytes_field(frame, 2)?.unwrap_or_default();
     let body = bytes_field(raw_ext, 1)?.unwrap_or_default();
-    Ok(((kind, decode_object(body)?), &buf[4 + len..]))
+    let obj = decode_object(body).map_err(|e| e.to_string())?;
+    Ok(((kind, obj), &buf[4 + len..]))
 }
 
 // ---- messages ----
@@ -551,7 +573,7 @@ fn decode_special(name: &str, buf: &[u8]) -> Result<Value, String> {
             if raw.is_empty() {
                 Value::Null
             } else if raw.starts_with(MAGIC) {
-                decode_object(raw)?
+                decode_object(raw).map_err(|e| e.to_string())?
             } else {
                 serde_json::from_slice(raw)
                     .map_err(|e| format!("embedded object is not JSON: {e}"))?
@@ -748,6 +770,7 @@ mod tests {
         assert!(supports("v1", "DeleteOptions"));
         assert!(decode_object(b"{\"kind\":\"Pod\"}")
             .unwrap_err()
+            .to_string()
             .contains("k8s\\0"));
         let body = encode_object(&pod()).unwrap();
         assert!(decode_object(&body[..body.len() - 3]).is_err());
