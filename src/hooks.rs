@@ -437,7 +437,14 @@ mod tests {
             "pre.hook.backup.velero.io/on-error": "Continue",
             "pre.hook.backup.velero.io/timeout": "2m",
         }));
-        let h = resolve(Phase::Pre, Some(&flag("sync")), &[p.clone()], "data", None).unwrap();
+        let h = resolve(
+            Phase::Pre,
+            Some(&flag("sync")),
+            std::slice::from_ref(&p),
+            "data",
+            None,
+        )
+        .unwrap();
         assert_eq!(h[0].argv, ["/bin/fsfreeze", "--freeze", "/var/lib/pg"]);
         assert_eq!(h[0].on_error, OnError::Continue);
         assert_eq!(h[0].timeout, Duration::from_secs(120));

@@ -177,20 +177,6 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn compression_levels_are_checked() {
-        assert!(
-            matches!(compression(CompressionArg::Gzip, Some(12)), Err(f) if f.kind == crate::exit::ExitKind::Usage)
-        );
-        assert!(compression(CompressionArg::Zstd, None).is_ok());
-        assert!(compression(CompressionArg::None, Some(3)).is_err());
-    }
-}
-
 /// `--snapshot`, `--require-consistent` and the hook flags as plain settings.
 fn consistency(a: &crate::cli::ConsistencyArgs) -> crate::snapshot::ConsistencySettings {
     use crate::cli::{HookOnErrorArg, SnapshotArg};
@@ -221,5 +207,19 @@ fn consistency(a: &crate::cli::ConsistencyArgs) -> crate::snapshot::ConsistencyS
             post: spec(&a.post_hook),
         },
         denied: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compression_levels_are_checked() {
+        assert!(
+            matches!(compression(CompressionArg::Gzip, Some(12)), Err(f) if f.kind == crate::exit::ExitKind::Usage)
+        );
+        assert!(compression(CompressionArg::Zstd, None).is_ok());
+        assert!(compression(CompressionArg::None, Some(3)).is_err());
     }
 }
