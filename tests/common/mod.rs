@@ -13,6 +13,7 @@ use kubesim::{Cluster, ClusterOptions, Scenario};
 pub mod azurite;
 pub mod fake_gcs;
 pub mod moto;
+pub mod s3s_fs;
 
 pub async fn demo() -> Cluster {
     let c = Cluster::start(ClusterOptions {
