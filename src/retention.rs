@@ -305,15 +305,25 @@ mod tests {
             ]
         );
         // Across a year end, the ISO week-year counts: 2026-12-31 (Thu) and 2027-01-01 (Fri)
-        // are both in week 53 of 2026, one bucket.
+        // are both in week 53 of 2026, one bucket; the second week is 51 (2026-12-20).
         let k = kept(
             Policy {
-                weekly: 5,
+                weekly: 2,
                 ..Default::default()
             },
-            &backups(&["2027-01-01T00:00:00Z", "2026-12-31T00:00:00Z"]),
+            &backups(&[
+                "2027-01-01T00:00:00Z",
+                "2026-12-31T00:00:00Z",
+                "2026-12-20T00:00:00Z",
+            ]),
         );
-        assert_eq!(k, [("2027-01-01 00:00".into(), vec!["weekly"])]);
+        assert_eq!(
+            k,
+            [
+                ("2027-01-01 00:00".into(), vec!["weekly"]),
+                ("2026-12-20 00:00".into(), vec!["weekly"]),
+            ]
+        );
     }
 
     #[test]

@@ -172,7 +172,11 @@ fn actions(out: &Out) -> Vec<(String, String, String)> {
         .map(|b| {
             (
                 b["id"].as_str().unwrap().to_string(),
-                format!("{}/{}", b["namespace"].as_str().unwrap(), b["pvc"].as_str().unwrap()),
+                format!(
+                    "{}/{}",
+                    b["namespace"].as_str().unwrap(),
+                    b["pvc"].as_str().unwrap()
+                ),
                 b["action"].as_str().unwrap().to_string(),
             )
         })
@@ -252,7 +256,12 @@ fn a_month_in_a_directory_keeps_what_restic_keeps_and_every_pvcs_newest() {
     let run = plugin(&args, &[]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(
-        run.stdout.lines().next().unwrap().split_whitespace().collect::<Vec<_>>(),
+        run.stdout
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
         ["BACKUP", "NAMESPACE/PVC", "CREATED", "ACTION", "REASONS"],
         "{}",
         run.stdout
@@ -275,9 +284,7 @@ fn a_month_in_a_directory_keeps_what_restic_keeps_and_every_pvcs_newest() {
     let mut expected: BTreeSet<String> = BTreeSet::new();
     for (f, bytes) in &bytes_before {
         let id = f.split('/').next().unwrap();
-        let keep = want.contains(id)
-            || id == id_at("2025-11-01T00:00:00Z", 99)
-            || f == &fresh;
+        let keep = want.contains(id) || id == id_at("2025-11-01T00:00:00Z", 99) || f == &fresh;
         if keep {
             assert_eq!(&std::fs::read(root.join(f)).unwrap(), bytes, "{f} changed");
             expected.insert(f.clone());
@@ -312,16 +319,38 @@ fn a_month_in_a_directory_keeps_what_restic_keeps_and_every_pvcs_newest() {
 #[test]
 fn a_policy_is_required_and_named() {
     let dir = tempfile::tempdir().unwrap();
-    make_backup(dir.path(), &id_at("2026-11-01T00:00:00Z", 1), "shop", "db", "2026-11-01T00:00:00Z");
+    make_backup(
+        dir.path(),
+        &id_at("2026-11-01T00:00:00Z", 1),
+        "shop",
+        "db",
+        "2026-11-01T00:00:00Z",
+    );
     let before = files(dir.path());
     for args in [
         vec!["prune", dir.path().to_str().unwrap(), "--yes"],
-        vec!["prune", dir.path().to_str().unwrap(), "--keep-daily", "0", "--yes"],
+        vec![
+            "prune",
+            dir.path().to_str().unwrap(),
+            "--keep-daily",
+            "0",
+            "--yes",
+        ],
     ] {
         let out = plugin(&args, &[]);
         assert_eq!(out.code, 2, "{}", out.stderr);
-        for flag in ["--keep-last", "--keep-hourly", "--keep-daily", "--keep-weekly", "--keep-monthly"] {
-            assert!(out.stderr.contains(flag), "{flag} not named: {}", out.stderr);
+        for flag in [
+            "--keep-last",
+            "--keep-hourly",
+            "--keep-daily",
+            "--keep-weekly",
+            "--keep-monthly",
+        ] {
+            assert!(
+                out.stderr.contains(flag),
+                "{flag} not named: {}",
+                out.stderr
+            );
         }
     }
     assert_eq!(files(dir.path()), before);
@@ -352,7 +381,15 @@ fn a_month_in_a_bucket_is_pruned_the_same() {
     let env = moto.env();
     let run = plugin(
         &[
-            "prune", &dest, "--keep-last", "2", "--keep-daily", "7", "--yes", "-o", "json",
+            "prune",
+            &dest,
+            "--keep-last",
+            "2",
+            "--keep-daily",
+            "7",
+            "--yes",
+            "-o",
+            "json",
         ],
         &env,
     );

@@ -134,13 +134,12 @@ pub fn run(plan: &PrunePlan) -> Result<(), Failure> {
                 b.error.as_deref().unwrap_or_default()
             )
         })
-        .chain(report.leftovers.failed().map(|i| {
-            format!(
-                "{}: {}",
-                i.location,
-                i.error.as_deref().unwrap_or_default()
-            )
-        }))
+        .chain(
+            report
+                .leftovers
+                .failed()
+                .map(|i| format!("{}: {}", i.location, i.error.as_deref().unwrap_or_default())),
+        )
         .collect();
     match failed.first() {
         None => Ok(()),
@@ -224,10 +223,7 @@ fn decide(dest: &dyn Destination, policy: &Policy) -> Result<Vec<PrunedBackup>, 
         .map(|d| {
             let (c, b) = &candidates[d.index];
             PrunedBackup {
-                created: Some(
-                    c.created
-                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                ),
+                created: Some(c.created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
                 action: if d.keep() {
                     Action::Keep
                 } else {
@@ -276,9 +272,7 @@ fn table(report: &Report) -> String {
                 }
                 .into(),
                 match b.action {
-                    Action::Failed | Action::Skipped => {
-                        b.error.clone().unwrap_or_default()
-                    }
+                    Action::Failed | Action::Skipped => b.error.clone().unwrap_or_default(),
                     _ if b.reasons.is_empty() => "not kept by the policy".into(),
                     _ => b
                         .reasons
