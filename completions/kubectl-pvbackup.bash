@@ -40,6 +40,9 @@ _kubectl__pvbackup() {
             kubectl__pvbackup,list)
                 cmd="kubectl__pvbackup__subcmd__list"
                 ;;
+            kubectl__pvbackup,prune)
+                cmd="kubectl__pvbackup__subcmd__prune"
+                ;;
             kubectl__pvbackup,restore)
                 cmd="kubectl__pvbackup__subcmd__restore"
                 ;;
@@ -73,6 +76,9 @@ _kubectl__pvbackup() {
             kubectl__pvbackup__subcmd__help,list)
                 cmd="kubectl__pvbackup__subcmd__help__subcmd__list"
                 ;;
+            kubectl__pvbackup__subcmd__help,prune)
+                cmd="kubectl__pvbackup__subcmd__help__subcmd__prune"
+                ;;
             kubectl__pvbackup__subcmd__help,restore)
                 cmd="kubectl__pvbackup__subcmd__help__subcmd__restore"
                 ;;
@@ -89,7 +95,7 @@ _kubectl__pvbackup() {
 
     case "${cmd}" in
         kubectl__pvbackup)
-            opts="-n -A -o -v -h -V --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version discover create verify list inspect restore cleanup version completion drill help"
+            opts="-n -A -o -v -h -V --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version discover create verify list inspect restore cleanup prune version completion drill help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -469,7 +475,7 @@ _kubectl__pvbackup() {
             return 0
             ;;
         kubectl__pvbackup__subcmd__help)
-            opts="discover create verify list inspect restore cleanup version completion drill help"
+            opts="discover create verify list inspect restore cleanup prune version completion drill help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -594,6 +600,20 @@ _kubectl__pvbackup() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        kubectl__pvbackup__subcmd__help__subcmd__prune)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         kubectl__pvbackup__subcmd__help__subcmd__restore)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -689,6 +709,72 @@ _kubectl__pvbackup() {
                 return 0
             fi
             case "${prev}" in
+                --endpoint)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --kubeconfig)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --context)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --namespace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "table wide json yaml" -- "${cur}"))
+                    return 0
+                    ;;
+                -o)
+                    COMPREPLY=($(compgen -W "table wide json yaml" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        kubectl__pvbackup__subcmd__prune)
+            opts="-y -n -A -o -v -h -V --keep-last --keep-hourly --keep-daily --keep-weekly --keep-monthly --older-than --dry-run --yes --endpoint --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --keep-last)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --keep-hourly)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --keep-daily)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --keep-weekly)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --keep-monthly)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --older-than)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --endpoint)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -43,6 +43,7 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "l
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "inspect" -d 'Show a backup\'s manifest'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "restore" -d 'Restore a backup into a PVC, all-or-nothing'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "cleanup" -d 'Delete what interrupted runs left: helper pods, or (--to) partial backups at DEST'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "prune" -d 'Remove the backups at DEST a retention policy does not keep (restic-style --keep-*)'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "version" -d 'Print version, git commit and build target'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "completion" -d 'Print a shell completion script for kubectl-pvbackup'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "drill" -d 'Test-restore a backup into a scratch PVC, verify it in the cluster, delete the PVC'
@@ -192,6 +193,27 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanu
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -l no-progress -d 'No progress bars (they are also off when stderr is not a terminal)'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -s V -l version -d 'Print version'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand prune" -l keep-last -d 'Keep the N newest backups of each PVC' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand prune" -l keep-hourly -d 'Keep the newest backup of each of the last N hours that hold one' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand prune" -l keep-daily -d 'Keep the newest backup of each of the last N days (UTC) that hold one' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand prune" -l keep-weekly -d 'Keep the newest backup of each of the last N ISO weeks that hold one' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand prune" -l keep-monthly -d 'Keep the newest backup of each of the last N months (UTC) that hold one' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand prune" -l older-than -d 'Remove leftovers of interrupted backups only once untouched for this long (e.g. 12h, 7d); the default outlasts any running backup, whose files must stay' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand prune" -l endpoint -d 'Endpoint of an S3-compatible store (MinIO, Ceph RGW), Azurite or a GCS emulator (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL for s3://)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand prune" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand prune" -l context -d 'The kubeconfig context to use' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand prune" -s n -l namespace -d 'Namespace scope (default: the context\'s namespace)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand prune" -s o -l output -d 'Output format' -r -f -a "table\t''
+wide\t''
+json\t''
+yaml\t''"
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand prune" -l dry-run -d 'Show what would be kept and removed; remove nothing'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand prune" -s y -l yes -d 'Do not ask for confirmation'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand prune" -s A -l all-namespaces -d 'Look in every namespace'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand prune" -s v -l verbose -d 'More logs on stderr (-v, -vv, -vvv)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand prune" -l no-progress -d 'No progress bars (they are also off when stderr is not a terminal)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand prune" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand prune" -s V -l version -d 'Print version'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand version" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand version" -l context -d 'The kubeconfig context to use' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand version" -s n -l namespace -d 'Namespace scope (default: the context\'s namespace)' -r
@@ -238,14 +260,15 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill"
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l no-progress -d 'No progress bars (they are also off when stderr is not a terminal)'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -s V -l version -d 'Print version'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion drill help" -f -a "discover" -d 'List pods that run a service-mesh proxy and the PVCs they mount'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion drill help" -f -a "create" -d 'Back up PVCs to a destination through a short-lived helper pod'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion drill help" -f -a "verify" -d 'Check an archive against its manifest (offline, no cluster needed)'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion drill help" -f -a "list" -d 'List the backups at a destination'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion drill help" -f -a "inspect" -d 'Show a backup\'s manifest'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion drill help" -f -a "restore" -d 'Restore a backup into a PVC, all-or-nothing'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion drill help" -f -a "cleanup" -d 'Delete what interrupted runs left: helper pods, or (--to) partial backups at DEST'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion drill help" -f -a "version" -d 'Print version, git commit and build target'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion drill help" -f -a "completion" -d 'Print a shell completion script for kubectl-pvbackup'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion drill help" -f -a "drill" -d 'Test-restore a backup into a scratch PVC, verify it in the cluster, delete the PVC'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup version completion drill help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill help" -f -a "discover" -d 'List pods that run a service-mesh proxy and the PVCs they mount'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill help" -f -a "create" -d 'Back up PVCs to a destination through a short-lived helper pod'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill help" -f -a "verify" -d 'Check an archive against its manifest (offline, no cluster needed)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill help" -f -a "list" -d 'List the backups at a destination'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill help" -f -a "inspect" -d 'Show a backup\'s manifest'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill help" -f -a "restore" -d 'Restore a backup into a PVC, all-or-nothing'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill help" -f -a "cleanup" -d 'Delete what interrupted runs left: helper pods, or (--to) partial backups at DEST'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill help" -f -a "prune" -d 'Remove the backups at DEST a retention policy does not keep (restic-style --keep-*)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill help" -f -a "version" -d 'Print version, git commit and build target'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill help" -f -a "completion" -d 'Print a shell completion script for kubectl-pvbackup'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill help" -f -a "drill" -d 'Test-restore a backup into a scratch PVC, verify it in the cluster, delete the PVC'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

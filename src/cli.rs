@@ -105,6 +105,16 @@ pub enum Command {
     /// touched. Needs no cluster.
     #[command(after_help = CLEANUP_EXAMPLES)]
     Cleanup(CleanupArgs),
+    /// Remove the backups at DEST a retention policy does not keep (restic-style --keep-*)
+    ///
+    /// The policy applies to each namespace/PVC on its own, as restic's forget does: the
+    /// newest backup of each of the last N hours/days/weeks/months that hold one (UTC; ISO
+    /// weeks), plus the N newest with --keep-last. The newest complete backup of a PVC is never
+    /// removed. A backup's manifest is deleted first, so an interrupted prune never leaves a
+    /// half-deleted backup listed as complete. Leftovers of interrupted backups untouched for
+    /// --older-than go too (as with cleanup --to). Needs no cluster.
+    #[command(after_help = PRUNE_EXAMPLES)]
+    Prune(PruneArgs),
     /// Print version, git commit and build target
     #[command(after_help = VERSION_EXAMPLES)]
     Version,
@@ -395,6 +405,47 @@ pub struct CleanupArgs {
     pub store: StoreArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// The destination to prune (a directory, s3://, az://, gs://)
+    pub dest: String,
+    /// Keep the N newest backups of each PVC
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(help_heading = "Policy")]
+    pub keep_last: u32,
+    /// Keep the newest backup of each of the last N hours that hold one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(help_heading = "Policy")]
+    pub keep_hourly: u32,
+    /// Keep the newest backup of each of the last N days (UTC) that hold one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(help_heading = "Policy")]
+    pub keep_daily: u32,
+    /// Keep the newest backup of each of the last N ISO weeks that hold one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(help_heading = "Policy")]
+    pub keep_weekly: u32,
+    /// Keep the newest backup of each of the last N months (UTC) that hold one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(help_heading = "Policy")]
+    pub keep_monthly: u32,
+    /// Remove leftovers of interrupted backups only once untouched for this long (e.g. 12h,
+    /// 7d); the default outlasts any running backup, whose files must stay
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = crate::destination::cleanup::DEFAULT_OLDER_THAN)]
+    #[arg(help_heading = "Policy")]
+    pub older_than: std::time::Duration,
+    /// Show what would be kept and removed; remove nothing
+    #[arg(long)]
+    #[arg(help_heading = "Safety")]
+    pub dry_run: bool,
+    /// Do not ask for confirmation
+    #[arg(long, short = 'y')]
+    #[arg(help_heading = "Safety")]
+    pub yes: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CompletionShell {
     Bash,
@@ -514,6 +565,17 @@ Examples:
 
   # Remove it, and abort a bucket's multipart uploads started more than 12 hours ago
   kubectl pvbackup cleanup --to s3://acme-backups/prod --older-than 12h --yes";
+
+const PRUNE_EXAMPLES: &str = "\
+Examples:
+  # What a policy would keep and remove, and why (removes nothing)
+  kubectl pvbackup prune ./backups --keep-last 2 --keep-daily 7 --dry-run
+
+  # Apply it to a bucket without a prompt, as a script would
+  kubectl pvbackup prune s3://acme-backups/prod --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --yes
+
+  # The decisions as JSON
+  kubectl pvbackup prune ./backups --keep-last 5 --dry-run -o json";
 
 const VERSION_EXAMPLES: &str = "\
 Examples:

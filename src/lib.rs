@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod output;
 pub mod progress;
 pub mod restore;
+pub mod retention;
 pub mod retry;
 pub mod run;
 pub mod signals;

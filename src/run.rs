@@ -106,6 +106,28 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let conn = connection(&cli).await?;
             cmd::cleanup::run(&conn, a.yes, out).await
         }
+        Command::Prune(a) => {
+            if cli.global.all_namespaces {
+                return Err(Failure::usage(
+                    "-A/--all-namespaces makes no sense for prune: it always covers every namespace at DEST; drop -A",
+                ));
+            }
+            cmd::prune::run(&cmd::prune::PrunePlan {
+                dest: a.dest.clone(),
+                store: store(&a.store, None),
+                policy: crate::retention::Policy {
+                    last: a.keep_last,
+                    hourly: a.keep_hourly,
+                    daily: a.keep_daily,
+                    weekly: a.keep_weekly,
+                    monthly: a.keep_monthly,
+                },
+                older_than: a.older_than,
+                dry_run: a.dry_run,
+                yes: a.yes,
+                output: out,
+            })
+        }
         Command::Create(a) => {
             let mesh = a.mesh.as_deref().map(cmd::create::parse_mesh).transpose()?;
             let plan = cmd::create::CreatePlan {

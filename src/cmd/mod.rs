@@ -8,6 +8,7 @@ pub mod discover;
 pub mod drill;
 pub mod inspect;
 pub mod list;
+pub mod prune;
 pub mod restore;
 pub mod verify;
 pub mod version;
