@@ -262,13 +262,7 @@ fn destination_table(report: &crate::destination::cleanup::Report) -> String {
         .map(|i| {
             let upload = i.kind == Leftover::MultipartUpload;
             vec![
-                match i.kind {
-                    Leftover::PartialFile => "partial file",
-                    Leftover::MultipartUpload => "multipart upload",
-                    Leftover::ArchiveWithoutManifest => "archive without manifest",
-                    Leftover::EntriesWithoutManifest => "entries without manifest",
-                }
-                .to_string(),
+                i.kind.label().to_string(),
                 i.location.clone(),
                 age(i.age_seconds),
                 i.size

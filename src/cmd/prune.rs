@@ -251,7 +251,7 @@ fn remove(dest: &dyn Destination, b: &mut PrunedBackup) {
 }
 
 fn table(report: &Report) -> String {
-    use cleanup::{Leftover, Outcome};
+    use cleanup::Outcome;
     if report.backups.is_empty() && report.leftovers.items.is_empty() {
         return format!("no backups at {}\n", report.destination);
     }
@@ -289,11 +289,7 @@ fn table(report: &Report) -> String {
         let id = parts.next().unwrap_or_default().to_string();
         let ns = parts.next().unwrap_or_default();
         let file = parts.next().unwrap_or_default();
-        let kind = match i.kind {
-            Leftover::PartialFile => "partial file",
-            Leftover::MultipartUpload => "multipart upload",
-            Leftover::ArchiveWithoutManifest => "archive without manifest",
-        };
+        let kind = i.kind.label();
         rows.push(vec![
             id,
             format!("{ns}/{file}"),

@@ -44,6 +44,18 @@ pub enum Leftover {
     EntriesWithoutManifest,
 }
 
+impl Leftover {
+    /// The KIND column of `cleanup --to` and `prune`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Leftover::PartialFile => "partial file",
+            Leftover::MultipartUpload => "multipart upload",
+            Leftover::ArchiveWithoutManifest => "archive without manifest",
+            Leftover::EntriesWithoutManifest => "entries without manifest",
+        }
+    }
+}
+
 /// What happened to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
