@@ -107,13 +107,15 @@ async fn create_list_verify_restore_through_a_bucket() {
     assert_eq!(
         gcs.objects(BUCKET),
         vec![
+            format!("nightly/{id}/{NS}/{PVC}.entries.jsonl.zst"),
             format!("nightly/{id}/{NS}/{PVC}.manifest.json"),
             format!("nightly/{id}/{NS}/{PVC}.tar.zst"),
         ]
     );
     assert!(gcs.open_uploads().is_empty(), "{:?}", gcs.open_uploads());
-    // The archive went up in parts, the manifest in one PUT.
-    assert_eq!(gcs.finished_uploads(), (1, 1));
+    // The archive went up in parts; the entries stream and the manifest header (schema 2)
+    // in one PUT each.
+    assert_eq!(gcs.finished_uploads(), (2, 1));
     // What the bucket holds is what the manifest describes, byte for byte, and unpacks with
     // the system's tools to the volume's tree.
     let stored = gcs.object(BUCKET, &format!("nightly/{id}/{NS}/{PVC}.tar.zst"));
