@@ -31,6 +31,12 @@ struct TeeState {
     read_error: RefCell<Option<io::Error>>,
     /// First error from the sink.
     write_error: RefCell<Option<io::Error>>,
+    /// A gated walk holds each member's header blocks back (here) until the gate admitted
+    /// the member: while `holding`, bytes read are kept instead of going to the sink.
+    holding: Cell<bool>,
+    held: RefCell<Vec<u8>>,
+    /// The held bytes go to the sink before the next read.
+    release: Cell<bool>,
 }
 
 struct Tee<'p, R, S> {
@@ -41,8 +47,22 @@ struct Tee<'p, R, S> {
     last_progress: u64,
 }
 
+impl<R, S: Write> Tee<'_, R, S> {
+    fn write_sink(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.sink.write_all(bytes).map_err(|e| {
+            let copy = io::Error::new(e.kind(), e.to_string());
+            self.state.write_error.borrow_mut().get_or_insert(e);
+            copy
+        })
+    }
+}
+
 impl<R: Read, S: Write> Read for Tee<'_, R, S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.state.release.replace(false) {
+            let held = std::mem::take(&mut *self.state.held.borrow_mut());
+            self.write_sink(&held)?;
+        }
         let n = match self.src.read(buf) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
@@ -58,10 +78,10 @@ impl<R: Read, S: Write> Read for Tee<'_, R, S> {
             }
             return Ok(0);
         }
-        if let Err(e) = self.sink.write_all(&buf[..n]) {
-            let copy = io::Error::new(e.kind(), e.to_string());
-            self.state.write_error.borrow_mut().get_or_insert(e);
-            return Err(copy);
+        if self.state.holding.get() {
+            self.state.held.borrow_mut().extend_from_slice(&buf[..n]);
+        } else {
+            self.write_sink(&buf[..n])?;
         }
         let pos = self.state.pos.get() + n as u64;
         self.state.pos.set(pos);
@@ -147,9 +167,37 @@ pub(crate) fn walk<R: Read, S: Write>(
     src: R,
     sink: S,
     progress: Option<&dyn Fn(u64)>,
+    visit: impl FnMut(EntryRecord) -> Result<(), ArchiveError>,
+) -> Result<(u64, S), ArchiveError> {
+    walk_inner(src, sink, progress, None, visit)
+}
+
+/// The gate of [`walk_gated`].
+pub(crate) type Admit<'a> = &'a mut dyn FnMut(&EntryRecord) -> Result<(), ArchiveError>;
+
+/// [`walk`] with a gate: each member's header blocks (long-name and PAX records included)
+/// reach `sink` only once `admit` accepted the member's record (`sha256` not known yet);
+/// its content follows as it is read. A refusal ends the walk with `admit`'s error, and the
+/// refused member's header never reaches the sink. A restore streams into `tar -x` this way,
+/// so that `tar` never sees a member its manifest does not describe.
+pub(crate) fn walk_gated<R: Read, S: Write>(
+    src: R,
+    sink: S,
+    admit: Admit<'_>,
+    visit: impl FnMut(EntryRecord) -> Result<(), ArchiveError>,
+) -> Result<(u64, S), ArchiveError> {
+    walk_inner(src, sink, None, Some(admit), visit)
+}
+
+fn walk_inner<R: Read, S: Write>(
+    src: R,
+    sink: S,
+    progress: Option<&dyn Fn(u64)>,
+    mut admit: Option<Admit<'_>>,
     mut visit: impl FnMut(EntryRecord) -> Result<(), ArchiveError>,
 ) -> Result<(u64, S), ArchiveError> {
     let state = Rc::new(TeeState::default());
+    state.holding.set(admit.is_some());
     let tee = Tee {
         src,
         sink,
@@ -213,7 +261,28 @@ pub(crate) fn walk<R: Read, S: Write>(
                 }
                 _ => (None, None),
             };
-            let sha256 = if kind == EntryKind::File {
+            let mut record = EntryRecord {
+                path,
+                path_hex,
+                kind,
+                size,
+                mode,
+                uid,
+                gid,
+                mtime,
+                link_target,
+                link_target_hex,
+                sha256: None,
+            };
+            if let Some(admit) = admit.as_mut() {
+                admit(&record)?;
+                // The header goes out before the content (next read); the next header is
+                // held again, from the first byte the content does not use.
+                state.release.set(true);
+                state.holding.set(false);
+            }
+            let path = &record.path;
+            record.sha256 = if kind == EntryKind::File {
                 let mut hasher = Sha256::new();
                 let mut got = 0u64;
                 loop {
@@ -243,19 +312,10 @@ pub(crate) fn walk<R: Read, S: Write>(
             } else {
                 None
             };
-            visit(EntryRecord {
-                path,
-                path_hex,
-                kind,
-                size,
-                mode,
-                uid,
-                gid,
-                mtime,
-                link_target,
-                link_target_hex,
-                sha256,
-            })?;
+            if admit.is_some() {
+                state.holding.set(true);
+            }
+            visit(record)?;
         }
     }
 
@@ -272,6 +332,9 @@ pub(crate) fn walk<R: Read, S: Write>(
         });
     }
     let mut tee = archive.into_inner();
+    // The end-of-archive blocks the crate read while holding, then the rest, go through.
+    state.holding.set(false);
+    state.release.set(true);
     // Drain the second zero block and any blocking-factor padding through
     // the tee so the stored archive is byte-identical to the input.
     loop {

@@ -12,6 +12,11 @@
 //!   empty file per path), so a rollback can remove them.
 //! * `/data/.pvbackup-swapped-ID`: replace mode's marker "every original is in old/".
 //! * `/data/.pvbackup-root-ID`: the volume root's original `mode uid:gid`.
+//! * `/data/.pvbackup-direct-ID`: the archive is extracted straight into a volume that held
+//!   nothing but an empty `lost+found` (a new PVC): no staging, no swap; a rollback empties
+//!   the volume again. Holds `lost+found`'s original `mode uid:gid`, or `none`.
+//! * `/data/.pvbackup-extracted-ID`: `tar -x` has ended (see [`EXTRACT`]); the in-pod hashers
+//!   wait for it at the latest.
 //!
 //! Every step is idempotent with [`ROLLBACK`], which puts the originals back from any state
 //! the swap can be interrupted in, and [`COMMIT`], which drops them once the restored tree
@@ -153,7 +158,24 @@ pub const ROLLBACK: &str = r#"
 cd /data || exit 1
 id="$1"; mode="$2"; shift 2
 S=".pvbackup-staging-$id"; O=".pvbackup-old-$id"; N=".pvbackup-new-$id"; M=".pvbackup-swapped-$id"; R=".pvbackup-root-$id"; T=".pvbackup-trash-$id"
+X=".pvbackup-direct-$id"; D=".pvbackup-extracted-$id"
 fail=0
+if [ -f "$X" ]; then
+  # extracted straight into a volume that held nothing but an empty lost+found: empty it again
+  for e in * .[!.]* ..?*; do
+    [ -e "$e" ] || [ -L "$e" ] || continue
+    case "$e" in .pvbackup-*-"$id"|lost+found) continue;; esac
+    rm -rf -- "$e" || fail=1
+  done
+  lf=$(cat "$X")
+  if [ "$lf" = none ]; then
+    rm -rf lost+found || fail=1
+  elif [ -d lost+found ]; then
+    rm -rf lost+found/* lost+found/.[!.]* lost+found/..?* || fail=1
+    set -- $lf
+    chmod "$1" lost+found; chown "$2" lost+found
+  fi
+fi
 if [ "$mode" = replace ] && [ -d "$O" ]; then
   if [ -e "$M" ]; then
     # every original is in old/: what is at the top level now came from staging
@@ -187,7 +209,7 @@ if [ -f "$R" ] && [ "$fail" = 0 ]; then
   chmod "$1" . ; chown "$2" .
 fi
 if [ "$fail" = 0 ]; then
-  rm -rf -- "$S" "$O" "$N" "$M" "$R" "$T"
+  rm -rf -- "$S" "$O" "$N" "$M" "$R" "$T" "$X" "$D"
 fi
 exit $fail
 "#;
@@ -199,7 +221,8 @@ cd /data || exit 1
 id="$1"
 O=".pvbackup-old-$id"; T=".pvbackup-trash-$id"
 if [ -d "$O" ]; then mv -- "$O" "$T" || exit 1; fi
-rm -rf -- ".pvbackup-staging-$id" ".pvbackup-new-$id" ".pvbackup-swapped-$id" ".pvbackup-root-$id" "$T"
+rm -rf -- ".pvbackup-staging-$id" ".pvbackup-new-$id" ".pvbackup-swapped-$id" ".pvbackup-root-$id" \
+  ".pvbackup-direct-$id" ".pvbackup-extracted-$id" "$T"
 "#;
 
 /// `sh -c FIX_SYMLINKS sh DIR UID:GID PATH ...`: busybox tar does not restore the owner of
@@ -244,6 +267,154 @@ for e in * .[!.]* ..?*; do
   rm -rf -- "$e" || exit 1
 done
 "#;
+
+/// `sh -c PREPARE PREPARE ID NEED_KIB WANT`: the first step that may write. Measures the free
+/// space (`df`), and prints `noroom FREE` (KiB) without changing anything when NEED_KIB does not
+/// fit. Otherwise, with WANT = `auto` and a volume holding nothing but an empty `lost+found`,
+/// it records the root's and `lost+found`'s mode and owner for [`ROLLBACK`] and prints
+/// `direct FREE CPUS`: extract straight into the volume. Else it creates the staging directory
+/// and prints `staged FREE CPUS`. FREE is `?` when `df` printed nothing readable (the check is
+/// then left to `tar`), CPUS the helper's processor count (`nproc`, 1 if it has none).
+pub const PREPARE: &str = r#"
+cd /data || exit 1
+id="$1"; need="$2"; want="$3"
+S=".pvbackup-staging-$id"; R=".pvbackup-root-$id"; X=".pvbackup-direct-$id"
+set -- $(df -Pk . | tail -n 1)
+free="$4"
+case "$free" in ''|*[!0-9]*) free='?';; esac
+if [ "$free" != '?' ] && [ "$free" -lt "$need" ]; then echo "noroom $free"; exit 0; fi
+cpus=$(nproc 2>/dev/null) || cpus=1
+empty=1
+for e in * .[!.]* ..?*; do
+  [ -e "$e" ] || [ -L "$e" ] || continue
+  if [ "$e" = lost+found ] && [ -d "$e" ] && [ ! -L "$e" ] && [ -z "$(ls -A "$e")" ]; then continue; fi
+  empty=; break
+done
+if [ "$want" = auto ] && [ -n "$empty" ]; then
+  stat -c '%a %u:%g' . > "$R" || exit 1
+  if [ -d lost+found ]; then stat -c '%a %u:%g' lost+found; else echo none; fi > "$X" || exit 1
+  echo "direct $free $cpus"
+else
+  mkdir -m 700 "$S" || exit 1
+  echo "staged $free $cpus"
+fi
+"#;
+
+/// `sh -c EXTRACT EXTRACT DIR ID`: `tar -x` of stdin into DIR, then the marker
+/// `/data/.pvbackup-extracted-ID` whatever tar's outcome (the hashers stop waiting on it);
+/// exits with tar's status.
+pub const EXTRACT: &str = r#"
+tar -x --numeric-owner -f - -C "$1"
+rc=$?
+: > "/data/.pvbackup-extracted-$2"
+exit $rc
+"#;
+
+/// `sh -c HASH HASH DIR DONE ARGS` with stdin: chunks of `GATE\0FILE\0…` of ARGS arguments
+/// each (the last one may be shorter), paths relative to DIR. Hashes the files of each chunk
+/// with one `sha256sum` once GATE exists (or DONE, `tar -x` ended): GATE is the archive member
+/// right after the chunk's last file, and busybox `tar` writes and closes each member before it
+/// creates the next, so every file of the chunk is whole by then. So the hashing runs while
+/// `tar` is still extracting, and several HASH sessions use the node's cores. Chunks are padded
+/// with `/dev/null` (hashed too) to ARGS arguments so that `xargs -n` splits them where they
+/// were cut; [`hash_plan`] keeps each chunk well below the `-s` limit, which would split too.
+pub const HASH: &str = r#"
+cd "$1" || exit 1
+exec xargs -0 -r -s 131072 -n "$3" sh -c '
+d="$1"; g="$2"; shift 2
+until [ -e "$g" ] || [ -L "$g" ] || [ -e "$d" ]; do sleep 0.02; done
+exec sha256sum -- "$@"' chunk "$2"
+"#;
+
+/// Files per [`HASH`] chunk (the gate is one argument more).
+pub const HASH_CHUNK_FILES: usize = 128;
+/// A chunk closes once its files hold this many bytes, so that a large file is hashed soon after
+/// it was written rather than after the next 127 files.
+const HASH_CHUNK_BYTES: u64 = 16 << 20;
+/// Argument bytes per chunk (each path plus its NUL), well below HASH's `-s 131072`.
+const HASH_CHUNK_ARG_BYTES: usize = 48 << 10;
+/// The padding argument of a short chunk.
+const PAD: &[u8] = b"/dev/null";
+
+/// The stdin of one [`HASH`] session and the names its `sha256sum` lines will carry, in order
+/// (`PAD` included).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HashShard {
+    pub stdin: Vec<u8>,
+    pub names: Vec<Vec<u8>>,
+}
+
+/// Splits the regular files of a manifest's `entries`, in archive order, into [`HASH`] chunks dealt out to
+/// `shards` sessions in turn. `done` is the absolute path of the end-of-extraction marker: the
+/// gate of the chunk holding the last member.
+pub fn hash_plan(entries: &[EntryRecord], done: &str, shards: usize) -> Vec<HashShard> {
+    let shards = shards.max(1);
+    let rel = |e: &EntryRecord| {
+        let mut p = b"./".to_vec();
+        p.extend_from_slice(&canonical_key(&e.raw_path()));
+        p
+    };
+    let mut out = vec![HashShard::default(); shards];
+    let mut next_shard = 0;
+    let mut chunk: Vec<Vec<u8>> = Vec::new();
+    let (mut bytes, mut arg_bytes) = (0u64, 0usize);
+    let last = entries.iter().rposition(|e| e.kind == EntryKind::File);
+    for (i, e) in entries.iter().enumerate() {
+        if e.kind != EntryKind::File {
+            continue;
+        }
+        let p = rel(e);
+        arg_bytes += p.len() + 1;
+        bytes += e.size;
+        chunk.push(p);
+        // The gate is the next member, of any kind.
+        let gate = match entries.get(i + 1) {
+            Some(n) => rel(n),
+            None => done.as_bytes().to_vec(),
+        };
+        let last_file = Some(i) == last;
+        let full = chunk.len() == HASH_CHUNK_FILES
+            || bytes >= HASH_CHUNK_BYTES
+            // room for the gate, the padding and the longest next path (PATH_MAX)
+            || arg_bytes + gate.len() + HASH_CHUNK_FILES * (PAD.len() + 1) + 4096 >= HASH_CHUNK_ARG_BYTES;
+        if !(full || last_file) {
+            continue;
+        }
+        let shard = &mut out[next_shard];
+        next_shard = (next_shard + 1) % shards;
+        shard.stdin.extend_from_slice(&gate);
+        shard.stdin.push(0);
+        while chunk.len() < HASH_CHUNK_FILES {
+            chunk.push(PAD.to_vec());
+        }
+        for f in chunk.drain(..) {
+            shard.stdin.extend_from_slice(&f);
+            shard.stdin.push(0);
+            shard.names.push(f);
+        }
+        bytes = 0;
+        arg_bytes = 0;
+    }
+    out.retain(|s| !s.names.is_empty());
+    out
+}
+
+/// Parses the `sha256sum` lines of a [`HASH`] session (or of `xargs sha256sum` over `names`):
+/// the hash of every name but the padding, by canonical path.
+pub fn parse_hashes(out: &[u8], names: &[Vec<u8>]) -> Result<HashMap<Vec<u8>, String>, String> {
+    let mut cur = Cursor { out, at: 0 };
+    let mut hashes = HashMap::with_capacity(names.len());
+    for n in names {
+        let h = cur.hash_line(n)?;
+        if n != PAD {
+            hashes.insert(canonical_key(n.strip_prefix(b"./").unwrap_or(n)), h);
+        }
+    }
+    if !cur.done() {
+        return Err("sha256sum printed more lines than there are files".into());
+    }
+    Ok(hashes)
+}
 
 /// One entry as the helper pod saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -613,6 +784,143 @@ mod tests {
         assert_eq!(stat_only[i].sha256, None);
     }
 
+    fn file(path: &str, size: u64) -> EntryRecord {
+        EntryRecord {
+            path: path.into(),
+            path_hex: None,
+            kind: EntryKind::File,
+            size,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            link_target: None,
+            link_target_hex: None,
+            sha256: None,
+        }
+    }
+
+    #[test]
+    fn hash_plan_chunks_gates_and_pads() {
+        let mut entries = vec![EntryRecord {
+            kind: EntryKind::Dir,
+            ..file(".", 0)
+        }];
+        for i in 0..300 {
+            entries.push(file(&format!("f{i:03}"), 10));
+        }
+        entries.insert(5, file("big", 40 << 20));
+        entries.push(EntryRecord {
+            kind: EntryKind::Symlink,
+            link_target: Some("f000".into()),
+            ..file("z-link", 0)
+        });
+        let plan = hash_plan(&entries, "/data/.pvbackup-extracted-X", 2);
+        assert_eq!(plan.len(), 2);
+        let args: Vec<Vec<&[u8]>> = plan
+            .iter()
+            .map(|s| s.stdin.split(|b| *b == 0).filter(|a| !a.is_empty()).collect())
+            .collect();
+        // Every chunk is gate + HASH_CHUNK_FILES names; every file is in exactly one chunk.
+        let mut files: Vec<Vec<u8>> = Vec::new();
+        let mut gates: Vec<&[u8]> = Vec::new();
+        for (s, a) in plan.iter().zip(&args) {
+            assert_eq!(a.len() % (HASH_CHUNK_FILES + 1), 0);
+            let mut names = Vec::new();
+            for c in a.chunks(HASH_CHUNK_FILES + 1) {
+                gates.push(c[0]);
+                names.extend(c[1..].iter().map(|n| n.to_vec()));
+            }
+            assert_eq!(names, s.names);
+            files.extend(names.into_iter().filter(|n| n != PAD));
+        }
+        files.sort();
+        assert_eq!(files.len(), 301);
+        assert!(files.windows(2).all(|w| w[0] != w[1]));
+        // "big" closes its chunk (16 MiB), gated by the member after it; the last chunk by the
+        // symlink after the last file.
+        assert!(gates.contains(&&b"./f004"[..]));
+        assert!(gates.contains(&&b"./z-link"[..]));
+        // No chunk reaches xargs' size limit.
+        for a in &args {
+            for c in a.chunks(HASH_CHUNK_FILES + 1) {
+                assert!(c.iter().map(|x| x.len() + 1).sum::<usize>() < HASH_CHUNK_ARG_BYTES);
+            }
+        }
+        // The last member is a file: its chunk waits for the end of the extraction.
+        let plan = hash_plan(&entries[..entries.len() - 1], "/done", 1);
+        assert!(plan[0].stdin.windows(6).any(|w| w == b"/done\0"));
+    }
+
+    /// HASH in busybox while a slow writer creates the files in archive order, each in two
+    /// halves with a pause between: every hash must be of the whole file, so no chunk may be
+    /// hashed before its gate exists.
+    #[test]
+    fn hash_script_hashes_each_file_whole_while_it_is_written() {
+        let busybox = which_busybox().expect("busybox (apt-get install busybox-static)");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        let done = d.join(".done");
+        let mut entries = Vec::new();
+        for i in 0..400 {
+            let size = if i % 97 == 0 { 3 << 20 } else { 100 + i as u64 };
+            entries.push(file(&format!("f{i:03} odd\nname"), size));
+        }
+        let plan = hash_plan(&entries, done.to_str().unwrap(), 2);
+        let writer = {
+            let (d, done, entries) = (d.clone(), done.clone(), entries.clone());
+            std::thread::spawn(move || {
+                for (i, e) in entries.iter().enumerate() {
+                    use std::io::Write;
+                    let body: Vec<u8> = (0..e.size).map(|j| (i as u64 + j) as u8).collect();
+                    let mut f = std::fs::File::create(d.join(&e.path)).unwrap();
+                    let half = body.len() / 2;
+                    f.write_all(&body[..half]).unwrap();
+                    f.flush().unwrap();
+                    if i % 50 == 0 {
+                        std::thread::sleep(std::time::Duration::from_millis(30));
+                    }
+                    f.write_all(&body[half..]).unwrap();
+                }
+                std::fs::write(done, b"").unwrap();
+            })
+        };
+        let sessions: Vec<_> = plan
+            .iter()
+            .map(|shard| {
+                let mut c = std::process::Command::new(&busybox)
+                    .args(["sh", "-c", HASH, HASH])
+                    .arg(&d)
+                    .arg(&done)
+                    .arg((HASH_CHUNK_FILES + 1).to_string())
+                    .env("PATH", busybox_path(&busybox))
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(&shard.stdin).unwrap();
+                c
+            })
+            .collect();
+        let mut got = HashMap::new();
+        for (c, shard) in sessions.into_iter().zip(&plan) {
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success());
+            got.extend(parse_hashes(&out.stdout, &shard.names).unwrap());
+        }
+        writer.join().unwrap();
+        assert_eq!(got.len(), entries.len());
+        for e in &entries {
+            let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                std::fs::read(d.join(&e.path)).unwrap(),
+            ));
+            assert_eq!(got[e.path.as_bytes()], want, "{:?}", e.path);
+        }
+        // A line naming another file, or one too many, is refused.
+        assert!(parse_hashes(b"", &plan[0].names).is_err());
+    }
+
     fn which_busybox() -> Result<std::path::PathBuf, ()> {
         std::env::var_os("PATH")
             .and_then(|p| {
@@ -636,6 +944,7 @@ mod tests {
             "printf",
             "[",
             "xargs",
+            "sleep",
         ] {
             let _ = std::os::unix::fs::symlink(busybox, dir.join(applet));
         }
