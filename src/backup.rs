@@ -11,23 +11,22 @@ use serde::Serialize;
 use tokio::io::AsyncReadExt;
 
 use crate::archive::{stream_backup, Compression};
+use crate::attempts::with_retries;
 use crate::connect::explain;
 use crate::destination::{archive_key, manifest_key, Destination};
-use crate::discover::{detect_mesh, placement, Target};
+use crate::discover::{detect_mesh, Target};
 use crate::exit::{ExitKind, Failure};
-use crate::helper_pod::{build_helper_pod, podsecurity_conflict, HelperPodRequest, Purpose};
+use crate::helper_pod::{admissible_pod, HelperOptions, HelperPodRequest, Purpose};
 use crate::helper_session::{HelperPod, Registry, Watch};
 use crate::manifest::{ClusterInfo, Manifest, ManifestMeta, PvcInfo, SourcePod};
 use crate::progress::Progress;
-use crate::retry::{jitter, AttemptRecord, GiveUp, RetryPolicy};
+use crate::retry::{AttemptRecord, RetryPolicy};
 
 /// Everything a backup run needs besides the targets.
 pub struct BackupSettings {
     pub backup_id: String,
     pub compression: Compression,
-    pub image: String,
-    pub run_as_user: Option<i64>,
-    pub pod_timeout: Duration,
+    pub helper: HelperOptions,
     pub retry: RetryPolicy,
     pub cluster: ClusterInfo,
 }
@@ -73,23 +72,12 @@ pub fn helper_request(
     s: &BackupSettings,
     attempt: u32,
 ) -> Result<HelperPodRequest, Failure> {
-    let place = placement(&ctx.target, &ctx.nodes).map_err(|e| Failure::refused(e.to_string()))?;
     let run_id = if attempt <= 1 {
         s.backup_id.clone()
     } else {
         format!("{}-a{attempt}", s.backup_id)
     };
-    let mut req = HelperPodRequest::new(
-        &ctx.target.namespace,
-        &ctx.target.pvc,
-        &run_id,
-        Purpose::Backup,
-    );
-    req.image = s.image.clone();
-    req.node = place.node;
-    req.tolerations = place.tolerations;
-    req.run_as_user = s.run_as_user;
-    Ok(req)
+    HelperPodRequest::placed(&ctx.target, &ctx.nodes, run_id, Purpose::Backup, &s.helper)
 }
 
 pub async fn backup_target(
@@ -118,87 +106,33 @@ pub async fn backup_target(
         seconds: 0.0,
     };
     let bar = progress.bar(&format!("{}/{}", ctx.target.namespace, ctx.target.pvc));
-    let mut first_failure: Option<Instant> = None;
-    loop {
-        result.attempts += 1;
-        let began = Instant::now();
-        let outcome = attempt(
-            client,
-            ctx,
-            s,
-            dest.clone(),
-            registry,
-            &bar,
-            result.attempts,
-        )
-        .await;
-        let seconds = began.elapsed().as_secs_f64();
-        match outcome {
-            Ok(m) => {
-                result.attempt_log.push(AttemptRecord {
-                    attempt: result.attempts,
-                    outcome: "ok",
-                    error: None,
-                    seconds,
-                    retry_after_seconds: None,
-                });
-                result.status = "ok";
-                result.files = m.entries.iter().filter(|e| e.sha256.is_some()).count() as u64;
-                result.bytes = m.uncompressed_size;
-                result.stored_bytes = m.archive.size;
-                result.sha256 = Some(m.archive.sha256.clone());
-                result.archive = Some(dest.locate(&archive_key(
-                    &s.backup_id,
-                    &m.namespace,
-                    &m.pvc.name,
-                    s.compression.extension(),
-                )));
-                result.manifest =
-                    Some(dest.locate(&manifest_key(&s.backup_id, &m.namespace, &m.pvc.name)));
-                if result.attempts > 1 {
-                    bar.event(&format!(
-                        "attempt {} succeeded, {} files",
-                        result.attempts, result.files
-                    ));
-                }
-                bar.finish(&format!("done, {} files", result.files));
-                break;
-            }
-            Err(f) => {
-                let since = first_failure.get_or_insert_with(Instant::now).elapsed();
-                let next = s.retry.next(&f, result.attempts, since, jitter());
-                result.attempt_log.push(AttemptRecord {
-                    attempt: result.attempts,
-                    outcome: "failed",
-                    error: Some(f.message.clone()),
-                    seconds,
-                    retry_after_seconds: next.as_ref().ok().map(Duration::as_secs_f64),
-                });
-                match next {
-                    Ok(wait) => {
-                        bar.event(&format!(
-                            "attempt {} failed: {}; retrying in {:.1}s",
-                            result.attempts,
-                            f.message,
-                            wait.as_secs_f64()
-                        ));
-                        tokio::time::sleep(wait).await;
-                    }
-                    Err(give_up) => {
-                        let message = format!("{}{}", f.message, give_up.note(result.attempts));
-                        if result.attempts > 1 || give_up != GiveUp::Permanent {
-                            bar.event(&format!(
-                                "attempt {} failed: {}",
-                                result.attempts, f.message
-                            ));
-                        }
-                        bar.finish(&format!("failed: {message}"));
-                        result.kind = Some(f.kind);
-                        result.error = Some(message);
-                        break;
-                    }
-                }
-            }
+    let done = with_retries(&s.retry, &bar, |number| {
+        attempt(client, ctx, s, dest.clone(), registry, &bar, number)
+    })
+    .await;
+    result.attempts = done.log.len() as u32;
+    result.attempt_log = done.log;
+    match done.result {
+        Ok(m) => {
+            result.status = "ok";
+            result.files = m.entries.iter().filter(|e| e.sha256.is_some()).count() as u64;
+            result.bytes = m.uncompressed_size;
+            result.stored_bytes = m.archive.size;
+            result.sha256 = Some(m.archive.sha256.clone());
+            result.archive = Some(dest.locate(&archive_key(
+                &s.backup_id,
+                &m.namespace,
+                &m.pvc.name,
+                s.compression.extension(),
+            )));
+            result.manifest =
+                Some(dest.locate(&manifest_key(&s.backup_id, &m.namespace, &m.pvc.name)));
+            bar.finish(&format!("done, {} files", result.files));
+        }
+        Err(f) => {
+            bar.finish(&format!("failed: {}", f.message));
+            result.kind = Some(f.kind);
+            result.error = Some(f.message);
         }
     }
     result.seconds = started.elapsed().as_secs_f64();
@@ -215,14 +149,9 @@ async fn attempt(
     number: u32,
 ) -> Result<Manifest, Failure> {
     let req = helper_request(ctx, s, number)?;
-    let pod = build_helper_pod(&req);
-    if let Some(ns) = &ctx.namespace {
-        if let Some(conflict) = podsecurity_conflict(ns, &pod) {
-            return Err(Failure::runtime(conflict).permanent());
-        }
-    }
+    let pod = admissible_pod(&req, ctx.namespace.as_ref())?;
     bar.note("starting helper pod");
-    let mut helper = HelperPod::launch(client, pod, s.pod_timeout, registry).await?;
+    let mut helper = HelperPod::launch(client, pod, s.helper.pod_timeout, registry).await?;
     let out = stream(&helper, ctx, s, dest, bar).await;
     helper.delete().await;
     out
@@ -431,7 +360,7 @@ fn meta(ctx: &TargetContext, s: &BackupSettings) -> ManifestMeta {
             labels: ctx.pvc.metadata.labels.clone().unwrap_or_default(),
         },
         source_pods,
-        helper_image: s.image.clone(),
+        helper_image: s.helper.image.clone(),
     }
 }
 

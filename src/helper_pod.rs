@@ -182,9 +182,53 @@ impl HelperPodRequest {
         }
     }
 
+    /// The one way every command builds its helper pod's request: placed where the target's
+    /// volume can be mounted (`discover::placement`), with the user's image and UID.
+    pub fn placed(
+        target: &crate::discover::Target,
+        nodes: &[k8s_openapi::api::core::v1::Node],
+        run_id: impl Into<String>,
+        purpose: Purpose,
+        options: &HelperOptions,
+    ) -> Result<Self, crate::exit::Failure> {
+        let place = crate::discover::placement(target, nodes)
+            .map_err(|e| crate::exit::Failure::refused(e.to_string()))?;
+        let mut req = HelperPodRequest::new(&target.namespace, &target.pvc, run_id, purpose);
+        req.image = options.image.clone();
+        req.node = place.node;
+        req.tolerations = place.tolerations;
+        req.run_as_user = options.run_as_user;
+        Ok(req)
+    }
+
     fn runs_as_root(&self) -> bool {
         self.run_as_user.is_none_or(|u| u == 0)
     }
+}
+
+/// What the user chose for every helper pod of a run (`--image`, `--run-as-user`,
+/// `--pod-timeout`), shared by create, restore and drill.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HelperOptions {
+    pub image: String,
+    pub run_as_user: Option<i64>,
+    /// How long a helper pod may take to start.
+    pub pod_timeout: std::time::Duration,
+}
+
+/// The helper pod for `req`, or why the namespace's Pod Security level would reject it (a
+/// permanent failure: retrying cannot help).
+pub fn admissible_pod(
+    req: &HelperPodRequest,
+    namespace: Option<&Namespace>,
+) -> Result<Pod, crate::exit::Failure> {
+    let pod = build_helper_pod(req);
+    if let Some(ns) = namespace {
+        if let Some(conflict) = podsecurity_conflict(ns, &pod) {
+            return Err(crate::exit::Failure::runtime(conflict).permanent());
+        }
+    }
+    Ok(pod)
 }
 
 /// FNV-1a, 32 bits: a stable, dependency-free hash for name shortening.
@@ -434,6 +478,21 @@ pub fn build_helper_pod(req: &HelperPodRequest) -> Pod {
         }),
         ..Default::default()
     }
+}
+
+/// Where the helper container mounts the PVC (the `data` volume), read from the pod spec: the
+/// in-pod steps take their paths from the pod they run in, not from a constant.
+pub fn data_mount_path(pod: &Pod) -> Option<String> {
+    pod.spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == CONTAINER_NAME)?
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == DATA_VOLUME)
+        .map(|m| m.mount_path.clone())
 }
 
 // ---------------------------------------------------------------------------------------------

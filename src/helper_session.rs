@@ -68,16 +68,30 @@ impl Registry {
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         for (api, name) in deleted {
-            while tokio::time::Instant::now() < deadline {
-                if let Ok(Ok(None)) =
-                    tokio::time::timeout(Duration::from_secs(10), api.get_opt(&name)).await
-                {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            let rest = deadline.saturating_duration_since(tokio::time::Instant::now());
+            wait_gone(&api, &name, None, rest).await;
         }
         left
+    }
+}
+
+/// Waits (at most `limit`) until pod `name` no longer exists — or, with `uid`, until no pod of
+/// that uid does (a new pod may reuse the name). True when seen gone: its processes are over,
+/// so another pod may work on the volume. The one "wait until gone" of every command.
+pub async fn wait_gone(api: &Api<Pod>, name: &str, uid: Option<&str>, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Ok(Ok(p)) = tokio::time::timeout(Duration::from_secs(10), api.get_opt(name)).await {
+            match (p, uid) {
+                (None, _) => return true,
+                (Some(p), Some(uid)) if p.metadata.uid.as_deref() != Some(uid) => return true,
+                _ => {}
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -105,6 +119,8 @@ pub struct HelperPod {
     pub namespace: String,
     pub name: String,
     pub node: Option<String>,
+    /// Where the container mounts the PVC, as its pod spec says.
+    pub mount: String,
     registry: Registry,
     /// Fires when the pod or its node dies; every exec session of the pod fails with it.
     lost: Lost,
@@ -208,6 +224,12 @@ impl HelperPod {
     ) -> Result<HelperPod, Failure> {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
+        let mount = crate::helper_pod::data_mount_path(&pod).ok_or_else(|| {
+            Failure::runtime(format!(
+                "helper pod {name} mounts no volume {}",
+                crate::helper_pod::DATA_VOLUME
+            ))
+        })?;
         let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
         // Registered before the request: if the answer is lost, the pod may exist all the same.
         registry.add(&namespace, &name);
@@ -234,6 +256,7 @@ impl HelperPod {
             namespace: namespace.clone(),
             name: name.clone(),
             node: None,
+            mount,
             registry: registry.clone(),
             lost: Lost::default(),
             watchdog: None,
@@ -447,23 +470,13 @@ impl HelperPod {
             return false;
         }
         self.registry.remove(&self.namespace, &self.name);
-        match uid {
-            Some(uid) => {
-                let gone = await_condition(
-                    self.api.clone(),
-                    &self.name,
-                    kube::runtime::conditions::is_deleted(&uid),
-                );
-                matches!(
-                    tokio::time::timeout(Duration::from_secs(30), gone).await,
-                    Ok(Ok(_))
-                )
-            }
-            None => matches!(
-                tokio::time::timeout(Duration::from_secs(10), self.api.get_opt(&self.name)).await,
-                Ok(Ok(None))
-            ),
-        }
+        wait_gone(
+            &self.api,
+            &self.name,
+            uid.as_deref(),
+            Duration::from_secs(30),
+        )
+        .await
     }
 
     pub fn client(&self) -> &kube::Client {

@@ -1,6 +1,7 @@
 //! kubectl-pvbackup: back up and restore the PersistentVolumeClaims of service-mesh workloads.
 
 pub mod archive;
+pub mod attempts;
 pub mod backup;
 pub mod cli;
 pub mod cmd;
@@ -17,6 +18,7 @@ pub mod locate;
 pub mod manifest;
 pub mod output;
 pub mod progress;
+pub mod restore;
 pub mod retry;
 pub mod run;
 pub mod signals;

@@ -19,7 +19,7 @@ use crate::connect::Connection;
 use crate::destination::Destination;
 use crate::discover::{discover_targets, Mesh, TargetSelection};
 use crate::exit::{ExitKind, Failure};
-use crate::helper_pod::build_helper_pod;
+use crate::helper_pod::{build_helper_pod, HelperOptions};
 use crate::helper_session::Registry;
 use crate::manifest::ClusterInfo;
 use crate::output;
@@ -140,9 +140,11 @@ pub async fn run(conn: &Connection, plan: CreatePlan) -> Result<(), Failure> {
     let settings = BackupSettings {
         backup_id: backup_id.clone(),
         compression: plan.compression,
-        image: plan.image.clone(),
-        run_as_user: plan.run_as_user,
-        pod_timeout: plan.pod_timeout,
+        helper: HelperOptions {
+            image: plan.image.clone(),
+            run_as_user: plan.run_as_user,
+            pod_timeout: plan.pod_timeout,
+        },
         retry: plan.retry,
         cluster: ClusterInfo {
             server: conn.server.clone(),

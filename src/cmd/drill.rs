@@ -16,7 +16,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use serde::Serialize;
 
 use crate::archive::check_entries_safe;
-use crate::cli::{OutputFormat, RestoreModeArg};
+use crate::cli::OutputFormat;
 use crate::collect::collect_nodes;
 use crate::connect::{explain, Connection};
 use crate::discover::{parse_quantity_bytes, AccessMode, Target};
@@ -27,7 +27,8 @@ use crate::locate::{locate, Located};
 use crate::output;
 use crate::retry::{AttemptRecord, RetryPolicy};
 
-use super::restore::{execute, needed_bytes, new_pvc, Execution};
+use crate::helper_pod::HelperOptions;
+use crate::restore::{execute, needed_bytes, new_pvc, new_run_id, Execution, Mode};
 
 /// The label that marks a scratch PVC of a drill (its value: the backup id).
 pub const LABEL_DRILL: &str = "pvbackup.dev/drill";
@@ -209,12 +210,14 @@ pub async fn run(conn: &Connection, plan: DrillPlan) -> Result<(), Failure> {
             },
             nodes: collect_nodes(conn).await,
             namespace_obj,
-            run_id: super::restore::new_run_id(),
-            mode: RestoreModeArg::Replace,
+            run_id: new_run_id(),
+            mode: Mode::Replace,
             in_place: false,
-            image: plan.image.clone(),
-            run_as_user: plan.run_as_user,
-            pod_timeout: plan.pod_timeout,
+            helper: HelperOptions {
+                image: plan.image.clone(),
+                run_as_user: plan.run_as_user,
+                pod_timeout: plan.pod_timeout,
+            },
             retry: plan.retry,
             needed,
             recover_on_interrupt: false,

@@ -1,45 +1,30 @@
-//! `kubectl pvbackup restore`: verify the archive locally, check the target, ask, then in a
-//! helper pod extract into a staging directory on the same volume, verify it there, swap it
-//! in with renames, verify the result in place, and only then drop the originals. Any failure
-//! after the first change rolls the volume back (in a fresh helper pod if the first one died).
-//!
-//! `--in-place` (replace mode, for a volume without room to stage) is the exception: it deletes
-//! the current content and extracts straight into the volume, so there is nothing to roll back
-//! to; a failure after the delete says the volume is partly restored, and a retry (or re-run)
-//! deletes and extracts again.
+//! `kubectl pvbackup restore`: the plan (verify the archive locally, check the target, ask),
+//! then the restore engine (`crate::restore`), then the report.
 
-mod engine;
-
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{
-    Namespace, PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod, VolumeResourceRequirements,
-};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod};
 use kube::api::{Api, ListParams, PostParams};
-use tokio::io::AsyncReadExt;
 
 use crate::archive::{check_entries_safe, verify_archive};
 use crate::cli::{OutputFormat, RestoreModeArg};
 use crate::collect::collect_nodes;
 use crate::connect::{explain, Connection};
 use crate::discover::{
-    discover_targets, parse_quantity_bytes, placement, AccessMode, Target, TargetSelection,
+    discover_targets, parse_quantity_bytes, AccessMode, Target, TargetSelection,
 };
 use crate::exit::{ExitKind, Failure};
 use crate::helper_pod::{
-    build_helper_pod, podsecurity_conflict, HelperPodRequest, Purpose, APP_NAME, LABEL_MANAGED_BY,
+    build_helper_pod, podsecurity_conflict, HelperOptions, HelperPodRequest, Purpose, APP_NAME,
+    LABEL_MANAGED_BY,
 };
-use crate::helper_session::{HelperPod, Registry, Watch};
+use crate::helper_session::Registry;
 use crate::locate::{locate, Located};
 use crate::manifest::Manifest;
 use crate::output;
-use crate::retry::{jitter, AttemptRecord, GiveUp, RetryPolicy};
-
-pub use engine::{compare, needed_bytes, parse_listing};
+use crate::restore::{execute, needed_bytes, new_pvc, new_run_id, Execution, Mode};
+use crate::retry::RetryPolicy;
 
 pub struct RestorePlan {
     pub backup: String,
@@ -89,28 +74,6 @@ pub fn check_in_place(
     Ok(true)
 }
 
-/// What a failed in-place restore leaves behind, and how to finish it.
-fn partly_restored(ns: &str, name: &str) -> String {
-    format!(
-        "PVC {ns}/{name} is left partly restored (--in-place deleted its previous content and has no rollback); run the same restore command again to finish it"
-    )
-}
-
-fn mode_name(m: RestoreModeArg) -> &'static str {
-    match m {
-        RestoreModeArg::Replace => "replace",
-        RestoreModeArg::Merge => "merge",
-    }
-}
-
-pub(crate) fn new_run_id() -> String {
-    format!(
-        "{}-{:04x}",
-        chrono::Utc::now().format("%Y%m%dt%H%M%S"),
-        rand::random::<u16>()
-    )
-}
-
 /// Streams the whole archive through `verify_archive`; any problem is exit 3.
 fn verify_locally(loc: &Located) -> Result<(), Failure> {
     check_entries_safe(&loc.manifest.entries).map_err(|e| Failure::integrity(e.to_string()))?;
@@ -156,53 +119,6 @@ fn pvc_capacity(pvc: &PersistentVolumeClaim) -> Option<u64> {
     from_status
         .or(from_spec)
         .and_then(|q| parse_quantity_bytes(&q.0).ok())
-}
-
-/// The PVC `--create-pvc` creates: the manifest's access modes, class, size and labels.
-pub(crate) fn new_pvc(
-    m: &Manifest,
-    ns: &str,
-    name: &str,
-    storage_class: Option<&str>,
-    size: &str,
-) -> PersistentVolumeClaim {
-    let mut labels: BTreeMap<String, String> = m.pvc.labels.clone();
-    labels.insert(
-        "pvbackup.dev/restored-from".into(),
-        m.backup_id
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            .take(63)
-            .collect(),
-    );
-    PersistentVolumeClaim {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            namespace: Some(ns.to_string()),
-            labels: Some(labels),
-            ..Default::default()
-        },
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(if m.pvc.access_modes.is_empty() {
-                vec!["ReadWriteOnce".to_string()]
-            } else {
-                m.pvc.access_modes.clone()
-            }),
-            storage_class_name: storage_class
-                .map(str::to_string)
-                .or_else(|| m.pvc.storage_class.clone()),
-            volume_mode: m.pvc.volume_mode.clone(),
-            resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([(
-                    "storage".to_string(),
-                    Quantity(size.to_string()),
-                )])),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        status: None,
-    }
 }
 
 /// The cluster's view of the target, gathered before anything changes.
@@ -359,15 +275,19 @@ pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
     }
     let run_id = new_run_id();
     let nodes = collect_nodes(conn).await;
+    let helper = HelperOptions {
+        image: plan.image.clone(),
+        run_as_user: plan.run_as_user,
+        pod_timeout: plan.pod_timeout,
+    };
     let request = |purpose_run_id: &str| -> Result<HelperPodRequest, Failure> {
-        let place =
-            placement(&state.target, &nodes).map_err(|e| Failure::refused(e.to_string()))?;
-        let mut req = HelperPodRequest::new(&ns, &name, purpose_run_id, Purpose::Restore);
-        req.image = plan.image.clone();
-        req.node = place.node;
-        req.tolerations = place.tolerations;
-        req.run_as_user = plan.run_as_user;
-        Ok(req)
+        HelperPodRequest::placed(
+            &state.target,
+            &nodes,
+            purpose_run_id,
+            Purpose::Restore,
+            &helper,
+        )
     };
     if !plan.dry_run {
         // The plan's pod must be admissible before anything changes (the PVC included).
@@ -378,7 +298,11 @@ pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
             }
         }
     }
-    let mode = mode_name(plan.mode);
+    let engine_mode = match plan.mode {
+        RestoreModeArg::Replace => Mode::Replace,
+        RestoreModeArg::Merge => Mode::Merge,
+    };
+    let mode = engine_mode.as_str();
     // What tables and prompts call the mode; JSON keeps `mode` and adds `inPlace`.
     let mode_label = if plan.in_place {
         "replace, in place"
@@ -494,11 +418,9 @@ pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
         nodes: nodes.clone(),
         namespace_obj: state.namespace_obj.clone(),
         run_id,
-        mode: plan.mode,
+        mode: engine_mode,
         in_place: plan.in_place,
-        image: plan.image.clone(),
-        run_as_user: plan.run_as_user,
-        pod_timeout: plan.pod_timeout,
+        helper: helper.clone(),
         retry: plan.retry,
         needed,
         recover_on_interrupt: true,
@@ -558,249 +480,6 @@ pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
     }
 }
 
-/// Everything the in-cluster half of a restore needs; shared by `restore` and `drill`.
-pub(crate) struct Execution {
-    pub loc: Arc<Located>,
-    pub ns: String,
-    pub name: String,
-    pub target: Target,
-    pub nodes: Vec<k8s_openapi::api::core::v1::Node>,
-    pub namespace_obj: Option<Namespace>,
-    pub run_id: String,
-    pub mode: RestoreModeArg,
-    /// `--in-place`: no staging, no rollback (replace mode only).
-    pub in_place: bool,
-    pub image: String,
-    pub run_as_user: Option<i64>,
-    pub pod_timeout: Duration,
-    pub retry: RetryPolicy,
-    pub needed: u64,
-    /// On Ctrl-C/SIGTERM, roll the volume back before returning (a drill's scratch volume is
-    /// deleted instead, so it skips this).
-    pub recover_on_interrupt: bool,
-}
-
-impl Execution {
-    /// The helper pod request for one pod of this run (`suffix` makes its name unique).
-    fn request(&self, suffix: &str) -> Result<HelperPodRequest, Failure> {
-        let place =
-            placement(&self.target, &self.nodes).map_err(|e| Failure::refused(e.to_string()))?;
-        let mut req = HelperPodRequest::new(
-            &self.ns,
-            &self.name,
-            format!("{}{suffix}", self.run_id),
-            Purpose::Restore,
-        );
-        req.image = self.image.clone();
-        req.node = place.node;
-        req.tolerations = place.tolerations;
-        req.run_as_user = self.run_as_user;
-        Ok(req)
-    }
-}
-
-/// The outcome of [`execute`]: every attempt, and the final result.
-pub(crate) struct Executed {
-    pub result: Result<(), Failure>,
-    pub attempt_log: Vec<AttemptRecord>,
-}
-
-/// Restores in helper pods, retrying transient failures. Every attempt after a failure first
-/// rolls the volume back to its original state (removing a half-extracted staging directory,
-/// undoing a half-done swap), and only once the previous helper pod is confirmed gone, so two
-/// pods never work on the volume at once; the swap therefore stays all-or-nothing across
-/// attempts. Helper pods are deleted whatever happens. An in-place restore has nothing to roll
-/// back to: every attempt deletes the volume's content and extracts again, and a failure after
-/// the first delete says the volume is partly restored.
-pub(crate) async fn execute(
-    client: &kube::Client,
-    ex: &Execution,
-    registry: &Registry,
-) -> Executed {
-    let phase = Mutex::new(Phase::Nothing);
-    let ghost = Mutex::new(None);
-    let job = Job {
-        loc: ex.loc.clone(),
-        run_id: ex.run_id.clone(),
-        mode: ex.mode,
-        in_place: ex.in_place,
-        timeout: ex.pod_timeout,
-        needed: ex.needed,
-        stall: ex.retry.stall,
-    };
-    let mut log = Vec::new();
-    let outcome = tokio::select! {
-        r = attempts(client, ex, &job, registry, &phase, &ghost, &mut log) => r,
-        _ = crate::signals::interrupted() => {
-            if ex.recover_on_interrupt && !ex.in_place {
-                eprintln!("interrupted; rolling back");
-                if *phase.lock().unwrap_or_else(|p| p.into_inner()) != Phase::Nothing {
-                    if let Err(f) = recover(client, ex, &job, registry, &ghost).await {
-                        eprintln!("{}", f.message);
-                    }
-                }
-            }
-            Err(Failure::interrupted())
-        }
-    };
-    let outcome = match outcome {
-        Err(f)
-            if f.kind != ExitKind::Interrupted
-                && *phase.lock().unwrap_or_else(|p| p.into_inner()) == Phase::NeedsRecovery =>
-        {
-            match recover(client, ex, &job, registry, &ghost).await {
-                Ok(()) => Err(Failure::new(
-                    f.kind,
-                    format!(
-                        "{}; the volume was rolled back to its previous content",
-                        f.message
-                    ),
-                )),
-                Err(r) => Err(Failure::new(
-                    f.kind,
-                    format!("{}; {}", f.message, r.message),
-                )),
-            }
-        }
-        Err(f) if *phase.lock().unwrap_or_else(|p| p.into_inner()) == Phase::PartlyRestored => {
-            // The generic interruption message speaks of partial files removed; here the
-            // partial state is the point.
-            let what = if f.kind == ExitKind::Interrupted {
-                "interrupted; the helper pods were removed".to_string()
-            } else {
-                f.message
-            };
-            Err(Failure::new(
-                f.kind,
-                format!("{what}; {}", partly_restored(&ex.ns, &ex.name)),
-            ))
-        }
-        other => other,
-    };
-    let left = registry.delete_all(client).await;
-    if !left.is_empty() {
-        eprintln!(
-            "warning: could not delete helper pods {}; run `kubectl pvbackup cleanup`",
-            left.join(", ")
-        );
-    }
-    Executed {
-        result: outcome,
-        attempt_log: log,
-    }
-}
-
-/// The retry loop of [`execute`]; `log` receives one record per attempt.
-async fn attempts(
-    client: &kube::Client,
-    ex: &Execution,
-    job: &Job,
-    registry: &Registry,
-    phase: &Mutex<Phase>,
-    ghost: &Mutex<Option<String>>,
-    log: &mut Vec<AttemptRecord>,
-) -> Result<(), Failure> {
-    let label = format!("{}/{}", ex.ns, ex.name);
-    let mut first_failure: Option<Instant> = None;
-    for number in 1u32.. {
-        let began = Instant::now();
-        let suffix = if number == 1 {
-            String::new()
-        } else {
-            format!("-a{number}")
-        };
-        let outcome = async {
-            let last_pod = ghost.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(g) = last_pod {
-                if !wait_gone(client, &ex.ns, &g, Duration::from_secs(60)).await {
-                    *ghost.lock().unwrap_or_else(|p| p.into_inner()) = Some(g.clone());
-                    return Err((Failure::runtime(format!(
-                        "helper pod {}/{g} of the previous attempt still exists, so another attempt could race with it on the volume; delete it, then run the restore again",
-                        ex.ns
-                    ))
-                    .permanent(), None));
-                }
-            }
-            let pod = build_helper_pod(&ex.request(&suffix).map_err(|f| (f, None))?);
-            if let Some(nso) = &ex.namespace_obj {
-                if let Some(conflict) = podsecurity_conflict(nso, &pod) {
-                    return Err((Failure::runtime(conflict).permanent(), None));
-                }
-            }
-            // In place there is nothing to roll back to: the attempt deletes and extracts again.
-            restore_in_pod(client, pod, job, registry, phase, number > 1 && !job.in_place).await
-        }
-        .await;
-        let seconds = began.elapsed().as_secs_f64();
-        let f = match outcome {
-            Ok(()) => {
-                log.push(AttemptRecord {
-                    attempt: number,
-                    outcome: "ok",
-                    error: None,
-                    seconds,
-                    retry_after_seconds: None,
-                });
-                if number > 1 {
-                    eprintln!("{label}: attempt {number} succeeded");
-                }
-                return Ok(());
-            }
-            Err((f, not_gone)) => {
-                if not_gone.is_some() {
-                    *ghost.lock().unwrap_or_else(|p| p.into_inner()) = not_gone;
-                }
-                f
-            }
-        };
-        let since = first_failure.get_or_insert_with(Instant::now).elapsed();
-        let next = ex.retry.next(&f, number, since, jitter());
-        log.push(AttemptRecord {
-            attempt: number,
-            outcome: "failed",
-            error: Some(f.message.clone()),
-            seconds,
-            retry_after_seconds: next.as_ref().ok().map(Duration::as_secs_f64),
-        });
-        match next {
-            Ok(wait) => {
-                eprintln!(
-                    "{label}: attempt {number} failed: {}; retrying in {:.1}s",
-                    f.message,
-                    wait.as_secs_f64()
-                );
-                tokio::time::sleep(wait).await;
-            }
-            Err(give_up) => {
-                if number > 1 || give_up != GiveUp::Permanent {
-                    eprintln!("{label}: attempt {number} failed: {}", f.message);
-                }
-                return Err(Failure {
-                    message: format!("{}{}", f.message, give_up.note(number)),
-                    ..f
-                });
-            }
-        }
-    }
-    unreachable!("the attempt counter is unbounded")
-}
-
-/// Waits (bounded) until pod `ns/name` no longer exists; true when confirmed.
-async fn wait_gone(client: &kube::Client, ns: &str, name: &str, limit: Duration) -> bool {
-    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Ok(Ok(None)) = tokio::time::timeout(Duration::from_secs(10), api.get_opt(name)).await
-        {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 fn summary_table(
     name: &str,
     ns: &str,
@@ -831,561 +510,6 @@ fn summary_table(
             },
         ]],
     )
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Nothing on the volume changed yet.
-    Nothing,
-    /// Staging or the swap may have touched the volume: a failure must roll back.
-    NeedsRecovery,
-    /// Committed (or rolled back): nothing left to undo.
-    Done,
-    /// In place: the original content was (or is being) deleted; there is nothing to roll back
-    /// to, only a restore to finish. Stays so across attempts until one succeeds.
-    PartlyRestored,
-}
-
-struct Job {
-    loc: Arc<Located>,
-    run_id: String,
-    mode: RestoreModeArg,
-    in_place: bool,
-    timeout: Duration,
-    needed: u64,
-    stall: Duration,
-}
-
-/// Streams the archive, decompressed, into the helper pod's `tar -x`, and checks on the way
-/// that the stored archive is the one the manifest describes (size and sha256 of the stored
-/// bytes). Reading or decoding problems are integrity failures (exit 3, never retried); a
-/// write that fails is the connection's or the pod's problem (runtime, retried).
-fn feed<W: tokio::io::AsyncWrite + Unpin>(loc: &Located, stdin: W) -> Result<u64, Failure> {
-    use sha2::Digest;
-    use std::io::{Read, Write};
-    let m = &loc.manifest;
-    let mut bridge = tokio_util::io::SyncIoBridge::new(stdin);
-    let reader = loc.destination.open(&loc.archive_key).map_err(|e| {
-        Failure::integrity(format!(
-            "{e} (the manifest names it, so the backup is damaged)"
-        ))
-    })?;
-    let mut hashing = HashingReader {
-        inner: reader,
-        hasher: sha2::Sha256::new(),
-        bytes: 0,
-    };
-    let mut decoder = m
-        .compression
-        .decoder(std::io::BufReader::with_capacity(1 << 20, &mut hashing))
-        .map_err(|e| Failure::integrity(format!("cannot decompress the archive: {e}")))?;
-    let corrupt = |e: std::io::Error| {
-        Failure::integrity(format!(
-            "the archive {} cannot be read back: {e}",
-            loc.destination.locate(&loc.archive_key)
-        ))
-    };
-    let broken = |e: std::io::Error| {
-        Failure::runtime(format!(
-            "streaming the archive to the helper pod failed: {e}"
-        ))
-    };
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = match decoder.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(corrupt(e)),
-        };
-        bridge.write_all(&buf[..n]).map_err(broken)?;
-        total += n as u64;
-    }
-    drop(decoder);
-    // The decoder may stop at the end of its stream; the rest of the file still counts.
-    std::io::copy(&mut hashing, &mut std::io::sink()).map_err(corrupt)?;
-    let (digest, size) = hashing.finish();
-    if size != m.archive.size || digest != m.archive.sha256 {
-        return Err(Failure::integrity(format!(
-            "the stored archive is not the one the manifest describes (sha256 {digest}, {size} bytes; the manifest says {}, {} bytes)",
-            m.archive.sha256, m.archive.size
-        )));
-    }
-    bridge.flush().map_err(broken)?;
-    bridge
-        .shutdown()
-        .map_err(|e| Failure::runtime(format!("closing the helper pod's stdin failed: {e}")))?;
-    Ok(total)
-}
-
-/// Counts and hashes the stored bytes as they are read.
-struct HashingReader<R> {
-    inner: R,
-    hasher: sha2::Sha256,
-    bytes: u64,
-}
-
-impl<R> HashingReader<R> {
-    fn finish(self) -> (String, u64) {
-        use sha2::Digest;
-        (hex::encode(self.hasher.finalize()), self.bytes)
-    }
-}
-
-impl<R: std::io::Read> std::io::Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        use sha2::Digest;
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-}
-
-impl Job {
-    fn staging(&self) -> String {
-        format!("{}/{}", engine::MOUNT, engine::staging_name(&self.run_id))
-    }
-    /// Top-level names a replace keeps: `lost+found` when the backup has none.
-    fn keep(&self) -> Vec<String> {
-        let has = self
-            .loc
-            .manifest
-            .entries
-            .iter()
-            .any(|e| crate::archive::canonical_key(&e.raw_path()) == b"lost+found");
-        if has {
-            Vec::new()
-        } else {
-            vec!["lost+found".to_string()]
-        }
-    }
-}
-
-fn set(p: &Mutex<Phase>, v: Phase) {
-    *p.lock().unwrap_or_else(|e| e.into_inner()) = v;
-}
-
-/// One attempt in one helper pod. On failure, also returns the pod's name when it touched the
-/// volume and could not be confirmed gone (a later pod must not start on the volume while it
-/// may still run).
-async fn restore_in_pod(
-    client: &kube::Client,
-    pod: Pod,
-    job: &Job,
-    registry: &Registry,
-    phase: &Mutex<Phase>,
-    rollback_first: bool,
-) -> Result<(), (Failure, Option<String>)> {
-    let mut helper = HelperPod::launch(client, pod, job.timeout, registry)
-        .await
-        .map_err(|f| (f, None))?;
-    let r = async {
-        if rollback_first {
-            // Back to the original state before anything else: a previous attempt may have
-            // left a partial staging directory or a half-done swap (ROLLBACK is idempotent).
-            set(phase, Phase::NeedsRecovery);
-            helper
-                .run_bytes(&as_strs(&rollback_argv(job)))
-                .await
-                .map_err(|f| {
-                    Failure::runtime(format!(
-                        "undoing the previous attempt failed: {}",
-                        f.message
-                    ))
-                })?;
-            set(phase, Phase::Nothing);
-        }
-        steps(&helper, job, phase).await
-    }
-    .await;
-    let mut r = r;
-    if r.is_err() && *phase.lock().unwrap_or_else(|e| e.into_inner()) == Phase::NeedsRecovery {
-        // Roll back in this pod while it is alive; `recover` retries in a fresh one otherwise.
-        if helper
-            .run_bytes(&as_strs(&rollback_argv(job)))
-            .await
-            .is_ok()
-        {
-            set(phase, Phase::Done);
-            r = r.map_err(|f| {
-                Failure::new(
-                    f.kind,
-                    format!(
-                        "{}; the volume was rolled back to its previous content",
-                        f.message
-                    ),
-                )
-            });
-        }
-    }
-    let gone = helper.delete().await;
-    let touched = matches!(
-        *phase.lock().unwrap_or_else(|e| e.into_inner()),
-        Phase::NeedsRecovery | Phase::PartlyRestored
-    );
-    r.map_err(|f| (f, (touched && !gone).then(|| helper.name.clone())))
-}
-
-fn as_strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
-fn rollback_argv(job: &Job) -> Vec<String> {
-    let mut v = vec![
-        "sh".into(),
-        "-c".into(),
-        engine::ROLLBACK.into(),
-        "sh".into(),
-        job.run_id.clone(),
-        mode_name(job.mode).into(),
-    ];
-    v.extend(job.keep());
-    v
-}
-
-/// Runs `argv`, returns raw stdout; non-zero exit or a lost stream is a runtime failure.
-async fn run_bytes(helper: &HelperPod, argv: &[String]) -> Result<Vec<u8>, Failure> {
-    helper.run_bytes(&as_strs(argv)).await
-}
-
-fn sh(script: &str, args: &[&str]) -> Vec<String> {
-    let mut v = vec![
-        "sh".to_string(),
-        "-c".to_string(),
-        script.to_string(),
-        script.to_string(),
-    ];
-    v.extend(args.iter().map(|s| s.to_string()));
-    v
-}
-
-/// An integrity failure naming `what` and the first 20 differences, when there are any.
-fn mismatches(what: &str, problems: &[String]) -> Result<(), Failure> {
-    if problems.is_empty() {
-        return Ok(());
-    }
-    let first: Vec<&str> = problems.iter().take(20).map(String::as_str).collect();
-    Err(Failure::integrity(format!("{what}: {}", first.join("; "))))
-}
-
-/// Lists `dir` in the helper pod; `hash`: regular files are hashed too.
-async fn listing(
-    helper: &HelperPod,
-    dir: &str,
-    job: &Job,
-    hash: bool,
-) -> Result<Vec<engine::Seen>, Failure> {
-    let how = if hash { "hash" } else { "stat" };
-    let out = run_bytes(helper, &sh(engine::LIST, &[dir, &job.run_id, how])).await?;
-    parse_listing(&out, hash).map_err(|e| {
-        Failure::runtime(format!(
-            "the file listing from helper pod {} is unreadable: {e}",
-            helper.name
-        ))
-    })
-}
-
-/// What [`engine::ROOM`] measured on the volume.
-struct Room {
-    /// Free bytes.
-    free: u64,
-    /// Bytes held by what a replace deletes: everything but the kept top-level names.
-    held: u64,
-}
-
-/// Measures the volume; `None` when `df`/`du` printed something unexpected.
-async fn room(helper: &HelperPod, job: &Job) -> Result<Option<Room>, Failure> {
-    let keep = job.keep();
-    let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
-    let out = run_bytes(helper, &sh(engine::ROOM, &keep)).await?;
-    let out = String::from_utf8_lossy(&out);
-    let mut kib = out
-        .split_whitespace()
-        .map(|n| n.parse::<u64>().ok().map(|n| n * 1024));
-    Ok(match (kib.next().flatten(), kib.next().flatten()) {
-        (Some(free), Some(held)) => Some(Room { free, held }),
-        _ => None,
-    })
-}
-
-async fn steps(helper: &HelperPod, job: &Job, phase: &Mutex<Phase>) -> Result<(), Failure> {
-    if job.in_place {
-        return steps_in_place(helper, job, phase).await;
-    }
-    let m = &job.loc.manifest;
-    // Room for staging: the originals stay until the swap.
-    let df = run_bytes(helper, &["df".into(), "-Pk".into(), engine::MOUNT.into()]).await?;
-    let df = String::from_utf8_lossy(&df);
-    if let Some(avail) = df
-        .lines()
-        .last()
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|n| n.parse::<u64>().ok())
-    {
-        let avail = avail * 1024;
-        if avail < job.needed {
-            // Whether deleting the content first would make room decides what to suggest;
-            // measured only now, as `du` walks the whole volume.
-            let held = match job.mode {
-                RestoreModeArg::Replace => room(helper, job).await?.map(|r| r.held),
-                RestoreModeArg::Merge => None,
-            };
-            let larger = "restore into a larger PVC (--to-pvc NAME --create-pvc)";
-            let what_to_do = match held {
-                Some(held) if avail + held >= job.needed => format!(
-                    "free space on it, {larger}, or pass --in-place to delete the current content ({}) first and extract straight into the volume, with no rollback: if that restore fails, the volume is left partly restored",
-                    output::human_bytes(held)
-                ),
-                Some(held) => format!(
-                    "free space on it or {larger} (--in-place would not fit either: the current content holds only {})",
-                    output::human_bytes(held)
-                ),
-                None => format!("free space on it or {larger}"),
-            };
-            return Err(Failure::refused(format!(
-                "the volume has {} free but staging the backup needs {} next to the current data; {what_to_do}",
-                output::human_bytes(avail),
-                output::human_bytes(job.needed)
-            )));
-        }
-    }
-    set(phase, Phase::NeedsRecovery);
-    // Extract: archive → decompress here → tar -x in the pod, over exec stdin.
-    let staging = job.staging();
-    extract(
-        helper,
-        job,
-        sh(
-            "mkdir -m 700 \"$1\" && exec tar -x --numeric-owner -f - -C \"$1\"",
-            &[&staging],
-        ),
-    )
-    .await?;
-    fix_symlink_owners(helper, job, &staging).await?;
-    // Verify the staged tree inside the pod.
-    let staged = listing(helper, &staging, job, true).await?;
-    let problems = compare(m, &staged, true);
-    mismatches(
-        "the extracted files do not match the manifest, so the volume was not changed",
-        &problems,
-    )?;
-    // Swap.
-    let argv = match job.mode {
-        RestoreModeArg::Replace => {
-            let mut v = vec![
-                "sh".into(),
-                "-c".into(),
-                engine::SWAP_REPLACE.into(),
-                "sh".into(),
-                job.run_id.clone(),
-            ];
-            v.extend(job.keep());
-            v
-        }
-        RestoreModeArg::Merge => sh(engine::SWAP_MERGE, &[&job.run_id]),
-    };
-    run_bytes(helper, &argv).await?;
-    // Verify in place: every path, type, mode, owner, size, mtime and link; file contents by
-    // identity with the staged files just hashed (see `engine::carry_hashes`).
-    let mut seen = listing(helper, engine::MOUNT, job, false).await?;
-    engine::carry_hashes(&staged, &mut seen);
-    let problems = compare(m, &seen, job.mode == RestoreModeArg::Replace);
-    mismatches(
-        "after the swap the volume does not match the manifest",
-        &problems,
-    )?;
-    run_bytes(
-        helper,
-        &[
-            "sh".into(),
-            "-c".into(),
-            engine::COMMIT.into(),
-            "sh".into(),
-            job.run_id.clone(),
-        ],
-    )
-    .await?;
-    set(phase, Phase::Done);
-    Ok(())
-}
-
-/// `--in-place` (replace mode): delete the current content (but `lost+found` when the backup
-/// has none), extract straight into the volume, verify it exactly. No staging, no rollback;
-/// the same steps finish what a failed attempt left.
-async fn steps_in_place(
-    helper: &HelperPod,
-    job: &Job,
-    phase: &Mutex<Phase>,
-) -> Result<(), Failure> {
-    let m = &job.loc.manifest;
-    // Once the delete starts there is no way back, so the room must be known, not guessed.
-    let room = room(helper, job).await?.ok_or_else(|| {
-        Failure::runtime(format!(
-            "helper pod {} printed no readable free space (df) or usage (du) for the volume, so the in-place restore did not start",
-            helper.name
-        ))
-    })?;
-    if room.free + room.held < job.needed {
-        return Err(Failure::refused(format!(
-            "the volume has {} free and its current content holds {}, but the backup needs {}: it does not fit even in place; restore into a larger PVC (--to-pvc NAME --create-pvc --size Q)",
-            output::human_bytes(room.free),
-            output::human_bytes(room.held),
-            output::human_bytes(job.needed)
-        )));
-    }
-    set(phase, Phase::PartlyRestored);
-    let keep = job.keep();
-    let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
-    run_bytes(helper, &sh(engine::CLEAR, &keep)).await?;
-    extract(
-        helper,
-        job,
-        sh(
-            "exec tar -x --numeric-owner -f - -C \"$1\"",
-            &[engine::MOUNT],
-        ),
-    )
-    .await?;
-    fix_symlink_owners(helper, job, engine::MOUNT).await?;
-    let seen = listing(helper, engine::MOUNT, job, true).await?;
-    let problems = compare(m, &seen, true);
-    mismatches(
-        "the files restored in place do not match the manifest",
-        &problems,
-    )?;
-    set(phase, Phase::Done);
-    Ok(())
-}
-
-/// Runs `argv` (a `tar -x` into some directory) with the archive, decompressed here, on its
-/// stdin.
-async fn extract(helper: &HelperPod, job: &Job, argv: Vec<String>) -> Result<(), Failure> {
-    let mut session = helper
-        .session(
-            &as_strs(&argv),
-            true,
-            Watch {
-                stdin_stall: Some(job.stall),
-                stdout_stall: None,
-            },
-        )
-        .await?;
-    let stdin = session
-        .stdin
-        .take()
-        .ok_or_else(|| Failure::runtime("exec gave no stdin"))?;
-    let mut stdout = session
-        .stdout
-        .take()
-        .ok_or_else(|| Failure::runtime("exec gave no stdout"))?;
-    let mut stderr = session
-        .stderr
-        .take()
-        .ok_or_else(|| Failure::runtime("exec gave no stderr"))?;
-    let loc = job.loc.clone();
-    let feeder = tokio::task::spawn_blocking(move || feed(&loc, stdin));
-    let drain = tokio::spawn(async move {
-        let mut out = Vec::new();
-        let mut err = Vec::new();
-        let mut so = (&mut stdout).take(64 << 10);
-        let mut se = (&mut stderr).take(64 << 10);
-        let _ = tokio::join!(so.read_to_end(&mut out), se.read_to_end(&mut err));
-        String::from_utf8_lossy(&err).into_owned()
-    });
-    let fed = feeder
-        .await
-        .map_err(|e| Failure::runtime(format!("the archive feeder failed: {e}")))?;
-    // A damaged archive explains a failed tar best (and tar may still wait for input: the
-    // session is dropped on return, which ends it); a lost session explains a broken feed best.
-    if let Err(f) = &fed {
-        if f.kind == ExitKind::Integrity {
-            return Err(f.clone());
-        }
-        if let Some(why) = session.lost_reason() {
-            return Err(Failure::runtime(why));
-        }
-    }
-    let errors = drain.await.unwrap_or_default();
-    let st = session.finish(job.stall).await?;
-    if st.status.as_deref() != Some("Success") {
-        return Err(Failure::runtime(format!(
-            "tar -x in helper pod {} failed: {} {}",
-            helper.name,
-            crate::helper_session::describe_status(&st),
-            errors.trim()
-        )));
-    }
-    fed?;
-    Ok(())
-}
-
-/// Ownership of symlinks under `dir` (busybox tar leaves them to root).
-async fn fix_symlink_owners(helper: &HelperPod, job: &Job, dir: &str) -> Result<(), Failure> {
-    let owners = engine::symlink_owners(&job.loc.manifest);
-    for chunk in owners.chunks(500) {
-        let mut args = vec![dir.to_string()];
-        for (o, p) in chunk {
-            args.push(o.clone());
-            args.push(p.clone());
-        }
-        let argv: Vec<String> = ["sh", "-c", engine::FIX_SYMLINKS, "sh"]
-            .iter()
-            .map(|s| s.to_string())
-            .chain(args)
-            .collect();
-        run_bytes(helper, &argv).await?;
-    }
-    Ok(())
-}
-
-/// Rolls the volume back in a fresh helper pod (the first one died or is unreachable).
-async fn recover(
-    client: &kube::Client,
-    ex: &Execution,
-    job: &Job,
-    registry: &Registry,
-    ghost: &Mutex<Option<String>>,
-) -> Result<(), Failure> {
-    let manual = || {
-        format!(
-            "the volume may hold a partial restore; run `kubectl pvbackup restore` again, or in a pod mounting it run: cd /data; ls -a (entries of run {} are named .pvbackup-*-{})",
-            job.run_id, job.run_id
-        )
-    };
-    let last_pod = ghost.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    if let Some(g) = last_pod {
-        if !wait_gone(client, &ex.ns, &g, Duration::from_secs(60)).await {
-            return Err(Failure::runtime(format!(
-                "helper pod {}/{g} could not be confirmed gone, so no rollback was attempted next to it; {}",
-                ex.ns,
-                manual()
-            )));
-        }
-    }
-    let mut last = String::new();
-    for attempt in 0..3 {
-        let req = ex
-            .request(&format!("-rb{attempt}"))
-            .map_err(|f| Failure::runtime(format!("{}; {}", f.message, manual())))?;
-        match HelperPod::launch(client, build_helper_pod(&req), job.timeout, registry).await {
-            Ok(mut h) => {
-                let r = run_bytes(&h, &rollback_argv(job)).await;
-                h.delete().await;
-                match r {
-                    Ok(_) => return Ok(()),
-                    Err(f) => last = f.message,
-                }
-            }
-            Err(f) => last = f.message,
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    Err(Failure::runtime(format!(
-        "rolling back failed ({last}); {}",
-        manual()
-    )))
 }
 
 #[cfg(test)]

@@ -1,0 +1,811 @@
+//! The restore engine: streams a verified backup into a PVC through a helper pod and leaves
+//! the volume either exactly as it was or exactly as the backup.
+//!
+//! In the helper pod the archive is extracted into a staging directory on the same volume,
+//! verified there, swapped in with renames, verified in place, and only then are the originals
+//! dropped. Any failure after the first change rolls the volume back (in a fresh helper pod if
+//! the first one died). The steps in the pod are typed ([`step::Step`]); their scripts and
+//! what each leaves on the volume when stopped are in [`script`].
+//!
+//! `--in-place` (replace mode, for a volume without room to stage) is the exception: it
+//! deletes the current content and extracts straight into the volume, so there is nothing to
+//! roll back to; a failure after the delete says the volume is partly restored, and a retry
+//! (or re-run) deletes and extracts again.
+//!
+//! `cmd::restore` and `cmd::drill` turn their plans into an [`Execution`] and report what
+//! [`execute`] returns.
+
+pub mod script;
+pub mod step;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{
+    Namespace, Node, PersistentVolumeClaim, PersistentVolumeClaimSpec, Pod,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::Api;
+use tokio::io::AsyncReadExt;
+
+use crate::attempts::with_retries;
+use crate::discover::Target;
+use crate::exit::{ExitKind, Failure};
+use crate::helper_pod::{admissible_pod, HelperOptions, HelperPodRequest, Purpose};
+use crate::helper_session::{wait_gone, HelperPod, Registry, Watch};
+use crate::locate::Located;
+use crate::manifest::Manifest;
+use crate::output;
+use crate::progress::Progress;
+use crate::retry::{AttemptRecord, RetryPolicy};
+
+pub use script::{compare, needed_bytes, parse_listing};
+use step::Step;
+
+/// What a restore does with the files already on the volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The volume ends up holding exactly the backup.
+    Replace,
+    /// The backup's files are written over the volume; other files stay.
+    Merge,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Replace => "replace",
+            Mode::Merge => "merge",
+        }
+    }
+}
+
+/// A fresh id for one restore run: names its entries on the volume and its helper pods.
+pub fn new_run_id() -> String {
+    format!(
+        "{}-{:04x}",
+        chrono::Utc::now().format("%Y%m%dt%H%M%S"),
+        rand::random::<u16>()
+    )
+}
+
+/// The PVC a restore creates (`restore --create-pvc`, a drill's scratch PVC): the manifest's
+/// access modes, class, size and labels.
+pub fn new_pvc(
+    m: &Manifest,
+    ns: &str,
+    name: &str,
+    storage_class: Option<&str>,
+    size: &str,
+) -> PersistentVolumeClaim {
+    let mut labels: BTreeMap<String, String> = m.pvc.labels.clone();
+    labels.insert(
+        "pvbackup.dev/restored-from".into(),
+        m.backup_id
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            .take(63)
+            .collect(),
+    );
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(ns.to_string()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(if m.pvc.access_modes.is_empty() {
+                vec!["ReadWriteOnce".to_string()]
+            } else {
+                m.pvc.access_modes.clone()
+            }),
+            storage_class_name: storage_class
+                .map(str::to_string)
+                .or_else(|| m.pvc.storage_class.clone()),
+            volume_mode: m.pvc.volume_mode.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(size.to_string()),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// What a failed in-place restore leaves behind, and how to finish it.
+fn partly_restored(ns: &str, name: &str) -> String {
+    format!(
+        "PVC {ns}/{name} is left partly restored (--in-place deleted its previous content and has no rollback); run the same restore command again to finish it"
+    )
+}
+/// Everything the in-cluster half of a restore needs; built by `restore` and `drill`.
+pub struct Execution {
+    pub loc: Arc<Located>,
+    pub ns: String,
+    pub name: String,
+    pub target: Target,
+    pub nodes: Vec<Node>,
+    pub namespace_obj: Option<Namespace>,
+    pub run_id: String,
+    pub mode: Mode,
+    /// `--in-place`: no staging, no rollback (replace mode only).
+    pub in_place: bool,
+    pub helper: HelperOptions,
+    pub retry: RetryPolicy,
+    pub needed: u64,
+    /// On Ctrl-C/SIGTERM, roll the volume back before returning (a drill's scratch volume is
+    /// deleted instead, so it skips this).
+    pub recover_on_interrupt: bool,
+}
+
+impl Execution {
+    /// The helper pod request for one pod of this run (`suffix` makes its name unique).
+    pub fn request(&self, suffix: &str) -> Result<HelperPodRequest, Failure> {
+        HelperPodRequest::placed(
+            &self.target,
+            &self.nodes,
+            format!("{}{suffix}", self.run_id),
+            Purpose::Restore,
+            &self.helper,
+        )
+    }
+}
+
+/// The outcome of [`execute`]: every attempt, and the final result.
+pub struct Executed {
+    pub result: Result<(), Failure>,
+    pub attempt_log: Vec<AttemptRecord>,
+}
+
+/// Restores in helper pods, retrying transient failures. Every attempt after a failure first
+/// rolls the volume back to its original state (removing a half-extracted staging directory,
+/// undoing a half-done swap), and only once the previous helper pod is confirmed gone, so two
+/// pods never work on the volume at once; the swap therefore stays all-or-nothing across
+/// attempts. Helper pods are deleted whatever happens. An in-place restore has nothing to roll
+/// back to: every attempt deletes the volume's content and extracts again, and a failure after
+/// the first delete says the volume is partly restored.
+pub async fn execute(client: &kube::Client, ex: &Execution, registry: &Registry) -> Executed {
+    let phase = Mutex::new(Phase::Nothing);
+    let ghost = Mutex::new(None);
+    let job = Job {
+        loc: ex.loc.clone(),
+        run_id: ex.run_id.clone(),
+        mode: ex.mode,
+        in_place: ex.in_place,
+        timeout: ex.helper.pod_timeout,
+        needed: ex.needed,
+        stall: ex.retry.stall,
+    };
+    let mut log = Vec::new();
+    let outcome = tokio::select! {
+        r = attempts(client, ex, &job, registry, &phase, &ghost, &mut log) => r,
+        _ = crate::signals::interrupted() => {
+            if ex.recover_on_interrupt && !ex.in_place {
+                eprintln!("interrupted; rolling back");
+                if *phase.lock().unwrap_or_else(|p| p.into_inner()) != Phase::Nothing {
+                    if let Err(f) = recover(client, ex, &job, registry, &ghost).await {
+                        eprintln!("{}", f.message);
+                    }
+                }
+            }
+            Err(Failure::interrupted())
+        }
+    };
+    let outcome = match outcome {
+        Err(f)
+            if f.kind != ExitKind::Interrupted
+                && *phase.lock().unwrap_or_else(|p| p.into_inner()) == Phase::NeedsRecovery =>
+        {
+            match recover(client, ex, &job, registry, &ghost).await {
+                Ok(()) => Err(Failure::new(
+                    f.kind,
+                    format!(
+                        "{}; the volume was rolled back to its previous content",
+                        f.message
+                    ),
+                )),
+                Err(r) => Err(Failure::new(
+                    f.kind,
+                    format!("{}; {}", f.message, r.message),
+                )),
+            }
+        }
+        Err(f) if *phase.lock().unwrap_or_else(|p| p.into_inner()) == Phase::PartlyRestored => {
+            // The generic interruption message speaks of partial files removed; here the
+            // partial state is the point.
+            let what = if f.kind == ExitKind::Interrupted {
+                "interrupted; the helper pods were removed".to_string()
+            } else {
+                f.message
+            };
+            Err(Failure::new(
+                f.kind,
+                format!("{what}; {}", partly_restored(&ex.ns, &ex.name)),
+            ))
+        }
+        other => other,
+    };
+    let left = registry.delete_all(client).await;
+    if !left.is_empty() {
+        eprintln!(
+            "warning: could not delete helper pods {}; run `kubectl pvbackup cleanup`",
+            left.join(", ")
+        );
+    }
+    Executed {
+        result: outcome,
+        attempt_log: log,
+    }
+}
+
+/// The attempts of [`execute`] (the shared loop of `crate::attempts`); `log` receives one
+/// record per attempt.
+async fn attempts(
+    client: &kube::Client,
+    ex: &Execution,
+    job: &Job,
+    registry: &Registry,
+    phase: &Mutex<Phase>,
+    ghost: &Mutex<Option<String>>,
+    log: &mut Vec<AttemptRecord>,
+) -> Result<(), Failure> {
+    let bar = Progress::new(false).bar(&format!("{}/{}", ex.ns, ex.name));
+    let done = with_retries(&ex.retry, &bar, |number| async move {
+        let suffix = if number == 1 {
+            String::new()
+        } else {
+            format!("-a{number}")
+        };
+        let last_pod = ghost.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(g) = last_pod {
+            if !pod_gone(client, &ex.ns, &g).await {
+                *ghost.lock().unwrap_or_else(|p| p.into_inner()) = Some(g.clone());
+                return Err(Failure::runtime(format!(
+                    "helper pod {}/{g} of the previous attempt still exists, so another attempt could race with it on the volume; delete it, then run the restore again",
+                    ex.ns
+                ))
+                .permanent());
+            }
+        }
+        let pod = admissible_pod(&ex.request(&suffix)?, ex.namespace_obj.as_ref())?;
+        // In place there is nothing to roll back to: the attempt deletes and extracts again.
+        restore_in_pod(client, pod, job, registry, phase, number > 1 && !job.in_place)
+            .await
+            .map_err(|(f, not_gone)| {
+                if not_gone.is_some() {
+                    *ghost.lock().unwrap_or_else(|p| p.into_inner()) = not_gone;
+                }
+                f
+            })
+    })
+    .await;
+    *log = done.log;
+    done.result
+}
+
+/// Waits (a minute at most) until helper pod `ns/name` is gone.
+async fn pod_gone(client: &kube::Client, ns: &str, name: &str) -> bool {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    wait_gone(&api, name, None, Duration::from_secs(60)).await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Nothing on the volume changed yet.
+    Nothing,
+    /// Staging or the swap may have touched the volume: a failure must roll back.
+    NeedsRecovery,
+    /// Committed (or rolled back): nothing left to undo.
+    Done,
+    /// In place: the original content was (or is being) deleted; there is nothing to roll back
+    /// to, only a restore to finish. Stays so across attempts until one succeeds.
+    PartlyRestored,
+}
+
+struct Job {
+    loc: Arc<Located>,
+    run_id: String,
+    mode: Mode,
+    in_place: bool,
+    timeout: Duration,
+    needed: u64,
+    stall: Duration,
+}
+
+/// Streams the archive, decompressed, into the helper pod's `tar -x`, and checks on the way
+/// that the stored archive is the one the manifest describes (size and sha256 of the stored
+/// bytes). Reading or decoding problems are integrity failures (exit 3, never retried); a
+/// write that fails is the connection's or the pod's problem (runtime, retried).
+fn feed<W: tokio::io::AsyncWrite + Unpin>(loc: &Located, stdin: W) -> Result<u64, Failure> {
+    use sha2::Digest;
+    use std::io::{Read, Write};
+    let m = &loc.manifest;
+    let mut bridge = tokio_util::io::SyncIoBridge::new(stdin);
+    let reader = loc.destination.open(&loc.archive_key).map_err(|e| {
+        Failure::integrity(format!(
+            "{e} (the manifest names it, so the backup is damaged)"
+        ))
+    })?;
+    let mut hashing = HashingReader {
+        inner: reader,
+        hasher: sha2::Sha256::new(),
+        bytes: 0,
+    };
+    let mut decoder = m
+        .compression
+        .decoder(std::io::BufReader::with_capacity(1 << 20, &mut hashing))
+        .map_err(|e| Failure::integrity(format!("cannot decompress the archive: {e}")))?;
+    let corrupt = |e: std::io::Error| {
+        Failure::integrity(format!(
+            "the archive {} cannot be read back: {e}",
+            loc.destination.locate(&loc.archive_key)
+        ))
+    };
+    let broken = |e: std::io::Error| {
+        Failure::runtime(format!(
+            "streaming the archive to the helper pod failed: {e}"
+        ))
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = match decoder.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(corrupt(e)),
+        };
+        bridge.write_all(&buf[..n]).map_err(broken)?;
+        total += n as u64;
+    }
+    drop(decoder);
+    // The decoder may stop at the end of its stream; the rest of the file still counts.
+    std::io::copy(&mut hashing, &mut std::io::sink()).map_err(corrupt)?;
+    let (digest, size) = hashing.finish();
+    if size != m.archive.size || digest != m.archive.sha256 {
+        return Err(Failure::integrity(format!(
+            "the stored archive is not the one the manifest describes (sha256 {digest}, {size} bytes; the manifest says {}, {} bytes)",
+            m.archive.sha256, m.archive.size
+        )));
+    }
+    bridge.flush().map_err(broken)?;
+    bridge
+        .shutdown()
+        .map_err(|e| Failure::runtime(format!("closing the helper pod's stdin failed: {e}")))?;
+    Ok(total)
+}
+
+/// Counts and hashes the stored bytes as they are read.
+struct HashingReader<R> {
+    inner: R,
+    hasher: sha2::Sha256,
+    bytes: u64,
+}
+
+impl<R> HashingReader<R> {
+    fn finish(self) -> (String, u64) {
+        use sha2::Digest;
+        (hex::encode(self.hasher.finalize()), self.bytes)
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use sha2::Digest;
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+impl Job {
+    /// Top-level names a replace keeps: `lost+found` when the backup has none.
+    fn keep(&self) -> Vec<String> {
+        let has = self
+            .loc
+            .manifest
+            .entries
+            .iter()
+            .any(|e| crate::archive::canonical_key(&e.raw_path()) == b"lost+found");
+        if has {
+            Vec::new()
+        } else {
+            vec!["lost+found".to_string()]
+        }
+    }
+
+    fn rollback<'a>(&'a self, keep: &'a [String]) -> Step<'a> {
+        Step::Rollback {
+            run_id: &self.run_id,
+            mode: self.mode,
+            keep,
+        }
+    }
+}
+
+fn set(p: &Mutex<Phase>, v: Phase) {
+    *p.lock().unwrap_or_else(|e| e.into_inner()) = v;
+}
+
+/// Runs `step` in `helper`, returns its raw stdout; a non-zero exit or a lost stream is a
+/// runtime failure.
+async fn run(helper: &HelperPod, step: &Step<'_>) -> Result<Vec<u8>, Failure> {
+    let argv = step.argv(&helper.mount);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    helper.run_bytes(&argv).await
+}
+
+/// One attempt in one helper pod. On failure, also returns the pod's name when it touched the
+/// volume and could not be confirmed gone (a later pod must not start on the volume while it
+/// may still run).
+async fn restore_in_pod(
+    client: &kube::Client,
+    pod: Pod,
+    job: &Job,
+    registry: &Registry,
+    phase: &Mutex<Phase>,
+    rollback_first: bool,
+) -> Result<(), (Failure, Option<String>)> {
+    let mut helper = HelperPod::launch(client, pod, job.timeout, registry)
+        .await
+        .map_err(|f| (f, None))?;
+    let keep = job.keep();
+    let r = async {
+        if rollback_first {
+            // Back to the original state before anything else: a previous attempt may have
+            // left a partial staging directory or a half-done swap (ROLLBACK is idempotent).
+            set(phase, Phase::NeedsRecovery);
+            run(&helper, &job.rollback(&keep)).await.map_err(|f| {
+                Failure::runtime(format!(
+                    "undoing the previous attempt failed: {}",
+                    f.message
+                ))
+            })?;
+            set(phase, Phase::Nothing);
+        }
+        steps(&helper, job, phase).await
+    }
+    .await;
+    let mut r = r;
+    if r.is_err() && *phase.lock().unwrap_or_else(|e| e.into_inner()) == Phase::NeedsRecovery {
+        // Roll back in this pod while it is alive; `recover` retries in a fresh one otherwise.
+        if run(&helper, &job.rollback(&keep)).await.is_ok() {
+            set(phase, Phase::Done);
+            r = r.map_err(|f| {
+                Failure::new(
+                    f.kind,
+                    format!(
+                        "{}; the volume was rolled back to its previous content",
+                        f.message
+                    ),
+                )
+            });
+        }
+    }
+    let gone = helper.delete().await;
+    let touched = matches!(
+        *phase.lock().unwrap_or_else(|e| e.into_inner()),
+        Phase::NeedsRecovery | Phase::PartlyRestored
+    );
+    r.map_err(|f| (f, (touched && !gone).then(|| helper.name.clone())))
+}
+
+/// An integrity failure naming `what` and the first 20 differences, when there are any.
+fn mismatches(what: &str, problems: &[String]) -> Result<(), Failure> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let first: Vec<&str> = problems.iter().take(20).map(String::as_str).collect();
+    Err(Failure::integrity(format!("{what}: {}", first.join("; "))))
+}
+
+/// Lists `dir` in the helper pod; `hash`: regular files are hashed too.
+async fn listing(
+    helper: &HelperPod,
+    dir: &str,
+    job: &Job,
+    hash: bool,
+) -> Result<Vec<script::Seen>, Failure> {
+    let step = Step::List {
+        dir,
+        run_id: &job.run_id,
+        hash,
+    };
+    let out = run(helper, &step).await?;
+    parse_listing(&out, hash).map_err(|e| {
+        Failure::runtime(format!(
+            "the file listing from helper pod {} is unreadable: {e}",
+            helper.name
+        ))
+    })
+}
+
+/// What [`script::ROOM`] measured on the volume.
+struct Room {
+    /// Free bytes.
+    free: u64,
+    /// Bytes held by what a replace deletes: everything but the kept top-level names.
+    held: u64,
+}
+
+/// Measures the volume; `None` when `df`/`du` printed something unexpected.
+async fn room(helper: &HelperPod, job: &Job) -> Result<Option<Room>, Failure> {
+    let keep = job.keep();
+    let out = run(helper, &Step::Room { keep: &keep }).await?;
+    let out = String::from_utf8_lossy(&out);
+    let mut kib = out
+        .split_whitespace()
+        .map(|n| n.parse::<u64>().ok().map(|n| n * 1024));
+    Ok(match (kib.next().flatten(), kib.next().flatten()) {
+        (Some(free), Some(held)) => Some(Room { free, held }),
+        _ => None,
+    })
+}
+
+async fn steps(helper: &HelperPod, job: &Job, phase: &Mutex<Phase>) -> Result<(), Failure> {
+    if job.in_place {
+        return steps_in_place(helper, job, phase).await;
+    }
+    let m = &job.loc.manifest;
+    let keep = job.keep();
+    // Room for staging: the originals stay until the swap.
+    let df = run(helper, &Step::FreeSpace).await?;
+    let df = String::from_utf8_lossy(&df);
+    if let Some(avail) = df
+        .lines()
+        .last()
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        let avail = avail * 1024;
+        if avail < job.needed {
+            // Whether deleting the content first would make room decides what to suggest;
+            // measured only now, as `du` walks the whole volume.
+            let held = match job.mode {
+                Mode::Replace => room(helper, job).await?.map(|r| r.held),
+                Mode::Merge => None,
+            };
+            let larger = "restore into a larger PVC (--to-pvc NAME --create-pvc)";
+            let what_to_do = match held {
+                Some(held) if avail + held >= job.needed => format!(
+                    "free space on it, {larger}, or pass --in-place to delete the current content ({}) first and extract straight into the volume, with no rollback: if that restore fails, the volume is left partly restored",
+                    output::human_bytes(held)
+                ),
+                Some(held) => format!(
+                    "free space on it or {larger} (--in-place would not fit either: the current content holds only {})",
+                    output::human_bytes(held)
+                ),
+                None => format!("free space on it or {larger}"),
+            };
+            return Err(Failure::refused(format!(
+                "the volume has {} free but staging the backup needs {} next to the current data; {what_to_do}",
+                output::human_bytes(avail),
+                output::human_bytes(job.needed)
+            )));
+        }
+    }
+    set(phase, Phase::NeedsRecovery);
+    // Extract: archive → decompress here → tar -x in the pod, over exec stdin.
+    let staging = format!("{}/{}", helper.mount, script::staging_name(&job.run_id));
+    extract(
+        helper,
+        job,
+        &Step::ExtractStaged {
+            run_id: &job.run_id,
+        },
+    )
+    .await?;
+    fix_symlink_owners(helper, job, &staging).await?;
+    // Verify the staged tree inside the pod.
+    let staged = listing(helper, &staging, job, true).await?;
+    let problems = compare(m, &staged, true);
+    mismatches(
+        "the extracted files do not match the manifest, so the volume was not changed",
+        &problems,
+    )?;
+    // Swap.
+    run(
+        helper,
+        &Step::Swap {
+            run_id: &job.run_id,
+            mode: job.mode,
+            keep: &keep,
+        },
+    )
+    .await?;
+    // Verify in place: every path, type, mode, owner, size, mtime and link; file contents by
+    // identity with the staged files just hashed (see `script::carry_hashes`).
+    let mut seen = listing(helper, &helper.mount, job, false).await?;
+    script::carry_hashes(&staged, &mut seen);
+    let problems = compare(m, &seen, job.mode == Mode::Replace);
+    mismatches(
+        "after the swap the volume does not match the manifest",
+        &problems,
+    )?;
+    run(
+        helper,
+        &Step::Commit {
+            run_id: &job.run_id,
+        },
+    )
+    .await?;
+    set(phase, Phase::Done);
+    Ok(())
+}
+
+/// `--in-place` (replace mode): delete the current content (but `lost+found` when the backup
+/// has none), extract straight into the volume, verify it exactly. No staging, no rollback;
+/// the same steps finish what a failed attempt left.
+async fn steps_in_place(
+    helper: &HelperPod,
+    job: &Job,
+    phase: &Mutex<Phase>,
+) -> Result<(), Failure> {
+    let m = &job.loc.manifest;
+    // Once the delete starts there is no way back, so the room must be known, not guessed.
+    let room = room(helper, job).await?.ok_or_else(|| {
+        Failure::runtime(format!(
+            "helper pod {} printed no readable free space (df) or usage (du) for the volume, so the in-place restore did not start",
+            helper.name
+        ))
+    })?;
+    if room.free + room.held < job.needed {
+        return Err(Failure::refused(format!(
+            "the volume has {} free and its current content holds {}, but the backup needs {}: it does not fit even in place; restore into a larger PVC (--to-pvc NAME --create-pvc --size Q)",
+            output::human_bytes(room.free),
+            output::human_bytes(room.held),
+            output::human_bytes(job.needed)
+        )));
+    }
+    set(phase, Phase::PartlyRestored);
+    let keep = job.keep();
+    run(helper, &Step::Clear { keep: &keep }).await?;
+    extract(helper, job, &Step::ExtractInPlace).await?;
+    fix_symlink_owners(helper, job, &helper.mount).await?;
+    let seen = listing(helper, &helper.mount, job, true).await?;
+    let problems = compare(m, &seen, true);
+    mismatches(
+        "the files restored in place do not match the manifest",
+        &problems,
+    )?;
+    set(phase, Phase::Done);
+    Ok(())
+}
+
+/// Runs `step` (a `tar -x` into some directory) with the archive, decompressed here, on its
+/// stdin.
+async fn extract(helper: &HelperPod, job: &Job, step: &Step<'_>) -> Result<(), Failure> {
+    let argv = step.argv(&helper.mount);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let mut session = helper
+        .session(
+            &argv,
+            true,
+            Watch {
+                stdin_stall: Some(job.stall),
+                stdout_stall: None,
+            },
+        )
+        .await?;
+    let stdin = session
+        .stdin
+        .take()
+        .ok_or_else(|| Failure::runtime("exec gave no stdin"))?;
+    let mut stdout = session
+        .stdout
+        .take()
+        .ok_or_else(|| Failure::runtime("exec gave no stdout"))?;
+    let mut stderr = session
+        .stderr
+        .take()
+        .ok_or_else(|| Failure::runtime("exec gave no stderr"))?;
+    let loc = job.loc.clone();
+    let feeder = tokio::task::spawn_blocking(move || feed(&loc, stdin));
+    let drain = tokio::spawn(async move {
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let mut so = (&mut stdout).take(64 << 10);
+        let mut se = (&mut stderr).take(64 << 10);
+        let _ = tokio::join!(so.read_to_end(&mut out), se.read_to_end(&mut err));
+        String::from_utf8_lossy(&err).into_owned()
+    });
+    let fed = feeder
+        .await
+        .map_err(|e| Failure::runtime(format!("the archive feeder failed: {e}")))?;
+    // A damaged archive explains a failed tar best (and tar may still wait for input: the
+    // session is dropped on return, which ends it); a lost session explains a broken feed best.
+    if let Err(f) = &fed {
+        if f.kind == ExitKind::Integrity {
+            return Err(f.clone());
+        }
+        if let Some(why) = session.lost_reason() {
+            return Err(Failure::runtime(why));
+        }
+    }
+    let errors = drain.await.unwrap_or_default();
+    let st = session.finish(job.stall).await?;
+    if st.status.as_deref() != Some("Success") {
+        return Err(Failure::runtime(format!(
+            "tar -x in helper pod {} failed: {} {}",
+            helper.name,
+            crate::helper_session::describe_status(&st),
+            errors.trim()
+        )));
+    }
+    fed?;
+    Ok(())
+}
+
+/// Ownership of symlinks under `dir` (busybox tar leaves them to root).
+async fn fix_symlink_owners(helper: &HelperPod, job: &Job, dir: &str) -> Result<(), Failure> {
+    let owners = script::symlink_owners(&job.loc.manifest);
+    for chunk in owners.chunks(500) {
+        run(helper, &Step::FixSymlinks { dir, owners: chunk }).await?;
+    }
+    Ok(())
+}
+
+/// Rolls the volume back in a fresh helper pod (the first one died or is unreachable).
+async fn recover(
+    client: &kube::Client,
+    ex: &Execution,
+    job: &Job,
+    registry: &Registry,
+    ghost: &Mutex<Option<String>>,
+) -> Result<(), Failure> {
+    let manual = || {
+        format!(
+            "the volume may hold a partial restore; run `kubectl pvbackup restore` again, or in a pod mounting it run: cd /data; ls -a (entries of run {} are named .pvbackup-*-{})",
+            job.run_id, job.run_id
+        )
+    };
+    let last_pod = ghost.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some(g) = last_pod {
+        if !pod_gone(client, &ex.ns, &g).await {
+            return Err(Failure::runtime(format!(
+                "helper pod {}/{g} could not be confirmed gone, so no rollback was attempted next to it; {}",
+                ex.ns,
+                manual()
+            )));
+        }
+    }
+    let keep = job.keep();
+    let mut last = String::new();
+    for attempt in 0..3 {
+        let req = ex
+            .request(&format!("-rb{attempt}"))
+            .map_err(|f| Failure::runtime(format!("{}; {}", f.message, manual())))?;
+        match HelperPod::launch(
+            client,
+            crate::helper_pod::build_helper_pod(&req),
+            job.timeout,
+            registry,
+        )
+        .await
+        {
+            Ok(mut h) => {
+                let r = run(&h, &job.rollback(&keep)).await;
+                h.delete().await;
+                match r {
+                    Ok(_) => return Ok(()),
+                    Err(f) => last = f.message,
+                }
+            }
+            Err(f) => last = f.message,
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Err(Failure::runtime(format!(
+        "rolling back failed ({last}); {}",
+        manual()
+    )))
+}
