@@ -12,7 +12,8 @@
 //! the target equal to the source's.
 //!
 //! `cargo bench --bench restore` (env: PVBACKUP_RESTORE_RUNS=3, PVBACKUP_RESTORE_SMALL_FILES=200000,
-//! PVBACKUP_RESTORE_MIXED_FILES=2000, PVBACKUP_RESTORE_BIG_MIB=100, PVBACKUP_RESTORE_SETS=mixed,small).
+//! PVBACKUP_RESTORE_MIXED_FILES=2000, PVBACKUP_RESTORE_BIG_MIB=100, PVBACKUP_RESTORE_SETS=mixed,small,
+//! PVBACKUP_RESTORE_PLUGIN=another kubectl-pvbackup binary, PVBACKUP_RESTORE_OUT=results file stem).
 //! Writes benches/results/restore.md and restore.json.
 
 #[path = "support/mod.rs"]
@@ -192,7 +193,11 @@ async fn bench() {
     let big_mib: usize = env_or("PVBACKUP_RESTORE_BIG_MIB", 100);
     let sets_wanted: String = env_or("PVBACKUP_RESTORE_SETS", "mixed,small".to_string());
     let bench = BenchCluster::start().await;
-    let plugin = PathBuf::from(env!("CARGO_BIN_EXE_kubectl-pvbackup"));
+    // PVBACKUP_RESTORE_PLUGIN: another build of the plugin (a copy of an older commit's, to
+    // compare), instead of this one's.
+    let plugin = std::env::var_os("PVBACKUP_RESTORE_PLUGIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kubectl-pvbackup")));
     let work = tempfile::Builder::new()
         .prefix("pvbackup-restore-bench-")
         .tempdir()
@@ -409,9 +414,10 @@ async fn bench() {
     println!("{md}");
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("restore.md"), &md).unwrap();
+    let stem: String = env_or("PVBACKUP_RESTORE_OUT", "restore".to_string());
+    std::fs::write(dir.join(format!("{stem}.md")), &md).unwrap();
     std::fs::write(
-        dir.join("restore.json"),
+        dir.join(format!("{stem}.json")),
         serde_json::to_string_pretty(&serde_json::json!({
             "machine": machine(),
             "runs": runs,

@@ -60,15 +60,15 @@ batch() {
 }
 if [ "$4" = batch ]; then shift 4; batch "$@"; exit $?; fi
 batch .
+# One find over every top-level entry but this run's own (a find per entry cost a dozen
+# processes for each of a thousand top-level directories).
+set --
 for e in * .[!.]* ..?*; do
   [ -e "$e" ] || [ -L "$e" ] || continue
   case "$e" in .pvbackup-*-"$ex") continue;; esac
-  if [ -d "$e" ] && [ ! -L "$e" ]; then
-    find "./$e" -exec sh -c 'eval "$PVB"' list . "$ex" "$how" batch {} + || exit 1
-  else
-    batch "./$e" || exit 1
-  fi
+  set -- "$@" "./$e"
 done
+[ $# -eq 0 ] || find "$@" -exec sh -c 'eval "$PVB"' list . "$ex" "$how" batch {} + || exit 1
 "#;
 
 /// `sh -c SWAP_REPLACE sh ID KEEP...`: moves every original top-level entry (except this
@@ -233,9 +233,9 @@ shift
 while [ $# -gt 1 ]; do chown -h "$1" "$2" || exit 1; shift 2; done
 "#;
 
-/// `sh -c ROOM ROOM KEEP...`: prints `FREE HELD`, in KiB: the volume's free space (`df`), and
-/// what its content holds (`du`) but the top-level KEEP names — the room a replace in place
-/// has once it deleted the content. `du` counts a hard-linked file once.
+/// `sh -c ROOM ROOM KEEP...`: prints `FREE HELD CPUS`, FREE and HELD in KiB: the volume's free
+/// space (`df`), and what its content holds (`du`) but the top-level KEEP names — the room a
+/// replace in place has once it deleted the content; CPUS the helper's processors (`nproc`). `du` counts a hard-linked file once.
 pub const ROOM: &str = r#"
 cd /data || exit 1
 # du still prints its total when it could not read everything; an unreadable corner then
@@ -251,7 +251,7 @@ for k; do
   fi
 done
 set -- $(df -Pk . | tail -n 1)
-echo "$4 $held"
+echo "$4 $held $(nproc 2>/dev/null || echo 1)"
 "#;
 
 /// `sh -c CLEAR CLEAR KEEP...`: `--in-place`'s first step: deletes every top-level entry of
@@ -268,7 +268,7 @@ for e in * .[!.]* ..?*; do
 done
 "#;
 
-/// `sh -c PREPARE PREPARE ID NEED_KIB WANT`: the first step that may write. Measures the free
+/// `sh -c PREPARE PREPARE MOUNT ID NEED_KIB WANT`: the first step that may write. Measures the free
 /// space (`df`), and prints `noroom FREE` (KiB) without changing anything when NEED_KIB does not
 /// fit. Otherwise, with WANT = `auto` and a volume holding nothing but an empty `lost+found`,
 /// it records the root's and `lost+found`'s mode and owner for [`ROLLBACK`] and prints
@@ -276,8 +276,8 @@ done
 /// and prints `staged FREE CPUS`. FREE is `?` when `df` printed nothing readable (the check is
 /// then left to `tar`), CPUS the helper's processor count (`nproc`, 1 if it has none).
 pub const PREPARE: &str = r#"
-cd /data || exit 1
-id="$1"; need="$2"; want="$3"
+cd "$1" || exit 1
+id="$2"; need="$3"; want="$4"
 S=".pvbackup-staging-$id"; R=".pvbackup-root-$id"; X=".pvbackup-direct-$id"
 set -- $(df -Pk . | tail -n 1)
 free="$4"
@@ -300,15 +300,20 @@ else
 fi
 "#;
 
-/// `sh -c EXTRACT EXTRACT DIR ID`: `tar -x` of stdin into DIR, then the marker
-/// `/data/.pvbackup-extracted-ID` whatever tar's outcome (the hashers stop waiting on it);
-/// exits with tar's status.
+/// `sh -c EXTRACT EXTRACT DIR DONE`: `tar -x` of stdin into DIR, then the marker file DONE
+/// (`/data/.pvbackup-extracted-ID`, see [`extracted_marker`]) whatever tar's outcome: the
+/// hashers stop waiting on it. Exits with tar's status.
 pub const EXTRACT: &str = r#"
 tar -x --numeric-owner -f - -C "$1"
 rc=$?
-: > "/data/.pvbackup-extracted-$2"
+: > "$2"
 exit $rc
 "#;
+
+/// The end-of-extraction marker of run `id` on a volume mounted at `mount`.
+pub fn extracted_marker(mount: &str, id: &str) -> String {
+    format!("{mount}/.pvbackup-extracted-{id}")
+}
 
 /// `sh -c HASH HASH DIR DONE ARGS` with stdin: chunks of `GATE\0FILE\0…` of ARGS arguments
 /// each (the last one may be shorter), paths relative to DIR. Hashes the files of each chunk

@@ -10,15 +10,23 @@ use super::Mode;
 /// spec) is given to [`Step::argv`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step<'a> {
-    /// `df -Pk MOUNT`: the volume's free space (POSIX format, KiB).
-    FreeSpace,
     /// [`script::ROOM`]: prints `FREE HELD` in KiB (free space, and what all but `keep` holds).
     Room { keep: &'a [String] },
-    /// Creates this run's staging directory and extracts the archive on stdin into it.
-    /// Stopped: a partial staging directory, which [`Step::Rollback`] removes.
-    ExtractStaged { run_id: &'a str },
-    /// `--in-place`: extracts the archive on stdin straight into the volume.
-    ExtractInPlace,
+    /// [`script::PREPARE`]: refuses (`noroom FREE`) when `need_kib` does not fit; else, with
+    /// `direct` allowed and an empty volume, records what [`Step::Rollback`] needs to empty it
+    /// again (`direct FREE CPUS`), or creates this run's staging directory (`staged FREE CPUS`).
+    Prepare {
+        run_id: &'a str,
+        need_kib: u64,
+        direct: bool,
+    },
+    /// [`script::EXTRACT`]: extracts the archive on stdin into `dir`, then marks the end of the
+    /// extraction for the hashers. Stopped: a partial tree in `dir` (staging, or the volume of a
+    /// direct or in-place restore), which [`Step::Rollback`] removes (but in place).
+    Extract { dir: &'a str, done: &'a str },
+    /// [`script::HASH`]: hashes chunks of files under `dir` (on stdin, see
+    /// [`script::hash_plan`]) as the extraction finishes them; `done` is the end marker.
+    Hash { dir: &'a str, done: &'a str },
     /// [`script::FIX_SYMLINKS`]: `chown -h` of `(uid:gid, ./path)` pairs under `dir`.
     FixSymlinks {
         dir: &'a str,
@@ -62,17 +70,34 @@ impl Step<'_> {
     pub fn argv(&self, mount: &str) -> Vec<String> {
         let owned = |v: &[String]| v.to_vec();
         match self {
-            Step::FreeSpace => vec!["df".into(), "-Pk".into(), mount.into()],
             Step::Room { keep } => sh(script::ROOM, script::ROOM, owned(keep)),
-            Step::ExtractStaged { run_id } => sh(
-                "mkdir -m 700 \"$1\" && exec tar -x --numeric-owner -f - -C \"$1\"",
-                "sh",
-                [format!("{mount}/{}", script::staging_name(run_id))],
+            Step::Prepare {
+                run_id,
+                need_kib,
+                direct,
+            } => sh(
+                script::PREPARE,
+                script::PREPARE,
+                [
+                    mount.to_string(),
+                    run_id.to_string(),
+                    need_kib.to_string(),
+                    if *direct { "auto" } else { "stage" }.to_string(),
+                ],
             ),
-            Step::ExtractInPlace => sh(
-                "exec tar -x --numeric-owner -f - -C \"$1\"",
-                "sh",
-                [mount.to_string()],
+            Step::Extract { dir, done } => sh(
+                script::EXTRACT,
+                script::EXTRACT,
+                [dir.to_string(), done.to_string()],
+            ),
+            Step::Hash { dir, done } => sh(
+                script::HASH,
+                script::HASH,
+                [
+                    dir.to_string(),
+                    done.to_string(),
+                    (script::HASH_CHUNK_FILES + 1).to_string(),
+                ],
             ),
             Step::FixSymlinks { dir, owners } => sh(
                 script::FIX_SYMLINKS,
