@@ -350,8 +350,14 @@ fn feed<W: tokio::io::AsyncWrite + Unpin>(loc: &Located, stdin: W) -> Result<u64
     .map_err(|e| match e {
         crate::archive::ArchiveError::Write { source } => broken(source),
         other => Failure::from(other),
+    });
+    // On a damaged archive `tar` gets an end of input now, and ends (`extract` waits for that
+    // before anything rolls back).
+    let report = report.inspect_err(|_| {
+        let _ = bridge.shutdown();
     })?;
     if !report.is_ok() {
+        let _ = bridge.shutdown();
         let mut problems: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
         if problems.is_empty() {
             problems.push("the archive ends early".into());
@@ -881,10 +887,13 @@ async fn extract(helper: &HelperPod, job: &Job, step: &Step<'_>) -> Result<(), F
     let fed = feeder
         .await
         .map_err(|e| Failure::runtime(format!("the archive feeder failed: {e}")))?;
-    // A damaged archive explains a failed tar best (and tar may still wait for input: the
-    // session is dropped on return, which ends it); a lost session explains a broken feed best.
+    // A damaged archive explains a failed tar best; a lost session explains a broken feed
+    // best.
     if let Err(f) = &fed {
         if f.kind == ExitKind::Integrity {
+            // `tar` got an end of input: wait (bounded) until it has ended, so that it does not
+            // write on while the volume is rolled back.
+            let _ = session.finish(job.stall).await;
             return Err(f.clone());
         }
         if let Some(why) = session.lost_reason() {
