@@ -794,3 +794,31 @@ async fn a_failed_restore_into_a_new_pvc_leaves_it_empty() {
     assert!(leftovers(&vol).is_empty(), "{:?}", leftovers(&vol));
     assert_no_helper_pods(&cluster).await;
 }
+
+/// On a terminal, a volume without room to stage the backup is refused before the question,
+/// not after the user typed the PVC's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_no_room_is_refused_before_the_question() {
+    use std::io::Write;
+    let cluster = demo().await;
+    let dest = tempfile::tempdir().unwrap();
+    let vol = cluster.volume_path(NS, PVC);
+    let manifest = backup(&cluster, NS, PVC, dest.path()).await;
+    let mut f = std::fs::File::create(vol.join("filler")).unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    let mut written = 0u64;
+    while f.write_all(&chunk).is_ok() {
+        written += chunk.len() as u64;
+        assert!(written < 1 << 30, "the volume's capacity is not enforced");
+    }
+    drop(f);
+    let before = state(&vol);
+    let args = ["restore", manifest.to_str().unwrap(), "--no-progress"];
+    let (code, screen) = plugin_on_terminal_answering(&cluster, &args, &[]).await;
+    assert_eq!(code, 4, "{screen}");
+    assert!(screen.contains("free"), "{screen}");
+    assert!(!screen.contains("to confirm"), "asked anyway: {screen}");
+    assert_same(&before, &state(&vol), "after the refusal");
+    assert!(leftovers(&vol).is_empty());
+    assert_no_helper_pods(&cluster).await;
+}

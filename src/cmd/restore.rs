@@ -346,8 +346,28 @@ pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
             }
         };
     }
-    // 3. Confirmation.
+    let registry = Registry::default();
+    let exec = Execution {
+        loc: verify_loc.clone(),
+        ns: ns.clone(),
+        name: name.clone(),
+        target: state.target.clone(),
+        nodes: nodes.clone(),
+        namespace_obj: state.namespace_obj.clone(),
+        run_id,
+        mode: engine_mode,
+        in_place: plan.in_place,
+        helper: helper.clone(),
+        retry: plan.retry,
+        needed,
+        recover_on_interrupt: true,
+    };
+    // 3. Confirmation, once the volume is known to have room (nobody should type the PVC's
+    // name for a restore that is then refused).
     if !plan.yes {
+        if state.pvc.is_some() {
+            crate::restore::check_room(&conn.client, &exec, &registry).await?;
+        }
         eprintln!(
             "{}",
             summary_table(
@@ -393,22 +413,6 @@ pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
             .map_err(|e| explain(&format!("creating PVC {ns}/{name}"), &e))?;
         eprintln!("created PVC {ns}/{name} ({size})");
     }
-    let registry = Registry::default();
-    let exec = Execution {
-        loc: verify_loc.clone(),
-        ns: ns.clone(),
-        name: name.clone(),
-        target: state.target.clone(),
-        nodes: nodes.clone(),
-        namespace_obj: state.namespace_obj.clone(),
-        run_id,
-        mode: engine_mode,
-        in_place: plan.in_place,
-        helper: helper.clone(),
-        retry: plan.retry,
-        needed,
-        recover_on_interrupt: true,
-    };
     let done = execute(&conn.client, &exec, &registry).await;
     let secs = started.elapsed().as_secs_f64();
     let doc = serde_json::json!({

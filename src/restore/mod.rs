@@ -175,15 +175,7 @@ pub struct Executed {
 pub async fn execute(client: &kube::Client, ex: &Execution, registry: &Registry) -> Executed {
     let phase = Mutex::new(Phase::Nothing);
     let ghost = Mutex::new(None);
-    let job = Job {
-        loc: ex.loc.clone(),
-        run_id: ex.run_id.clone(),
-        mode: ex.mode,
-        in_place: ex.in_place,
-        timeout: ex.helper.pod_timeout,
-        needed: ex.needed,
-        stall: ex.retry.stall,
-    };
+    let job = Job::of(ex);
     let mut log = Vec::new();
     let outcome = tokio::select! {
         r = attempts(client, ex, &job, registry, &phase, &ghost, &mut log) => r,
@@ -380,6 +372,18 @@ fn feed<W: tokio::io::AsyncWrite + Unpin>(loc: &Located, stdin: W) -> Result<u64
 }
 
 impl Job {
+    fn of(ex: &Execution) -> Job {
+        Job {
+            loc: ex.loc.clone(),
+            run_id: ex.run_id.clone(),
+            mode: ex.mode,
+            in_place: ex.in_place,
+            timeout: ex.helper.pod_timeout,
+            needed: ex.needed,
+            stall: ex.retry.stall,
+        }
+    }
+
     /// Top-level names a replace keeps: `lost+found` when the backup has none.
     fn keep(&self) -> Vec<String> {
         let has = self
@@ -659,6 +663,11 @@ async fn no_room(helper: &HelperPod, job: &Job, avail: u64) -> Failure {
         },
         Mode::Merge => None,
     };
+    no_room_refusal(job, avail, held)
+}
+
+/// [`no_room`]'s message; `held`: what the content a replace deletes holds, when measured.
+fn no_room_refusal(job: &Job, avail: u64, held: Option<u64>) -> Failure {
     let larger = "restore into a larger PVC (--to-pvc NAME --create-pvc)";
     let what_to_do = match held {
         Some(held) if avail + held >= job.needed => format!(
@@ -695,12 +704,7 @@ async fn steps_in_place(
         ))
     })?;
     if room.free + room.held < job.needed {
-        return Err(Failure::refused(format!(
-            "the volume has {} free and its current content holds {}, but the backup needs {}: it does not fit even in place; restore into a larger PVC (--to-pvc NAME --create-pvc --size Q)",
-            output::human_bytes(room.free),
-            output::human_bytes(room.held),
-            output::human_bytes(job.needed)
-        )));
+        return Err(no_room_in_place(job, &room));
     }
     set(phase, Phase::PartlyRestored);
     let keep = job.keep();
@@ -719,6 +723,43 @@ async fn steps_in_place(
     )
     .await?;
     set(phase, Phase::Done);
+    Ok(())
+}
+
+fn no_room_in_place(job: &Job, room: &Room) -> Failure {
+    Failure::refused(format!(
+        "the volume has {} free and its current content holds {}, but the backup needs {}: it does not fit even in place; restore into a larger PVC (--to-pvc NAME --create-pvc --size Q)",
+        output::human_bytes(room.free),
+        output::human_bytes(room.held),
+        output::human_bytes(job.needed)
+    ))
+}
+
+/// Before a user is asked to confirm a restore into an existing PVC: measures the volume in a
+/// helper pod ([`script::ROOM`], which changes nothing) and refuses exactly as the restore
+/// would, so that nobody types the PVC's name for a restore that cannot fit. A volume whose
+/// free space cannot be read is left to the restore's own check.
+pub async fn check_room(
+    client: &kube::Client,
+    ex: &Execution,
+    registry: &Registry,
+) -> Result<(), Failure> {
+    let job = Job::of(ex);
+    let pod = admissible_pod(&ex.request("-room")?, ex.namespace_obj.as_ref())?;
+    let mut helper = HelperPod::launch(client, pod, job.timeout, registry).await?;
+    let measured = room(&helper, &job).await;
+    helper.delete().await;
+    let Some(room) = measured? else {
+        return Ok(());
+    };
+    if job.in_place {
+        if room.free + room.held < job.needed {
+            return Err(no_room_in_place(&job, &room));
+        }
+    } else if room.free < job.needed {
+        let held = (job.mode == Mode::Replace).then_some(room.held);
+        return Err(no_room_refusal(&job, room.free, held));
+    }
     Ok(())
 }
 
