@@ -13,7 +13,9 @@
 //!
 //! `cargo bench --bench restore` (env: PVBACKUP_RESTORE_RUNS=3, PVBACKUP_RESTORE_SMALL_FILES=200000,
 //! PVBACKUP_RESTORE_MIXED_FILES=2000, PVBACKUP_RESTORE_BIG_MIB=100, PVBACKUP_RESTORE_SETS=mixed,small,
-//! PVBACKUP_RESTORE_PLUGIN=another kubectl-pvbackup binary, PVBACKUP_RESTORE_OUT=results file stem).
+//! PVBACKUP_RESTORE_PLUGIN=another kubectl-pvbackup binary, PVBACKUP_RESTORE_OUT=results file stem,
+//! PVBACKUP_RESTORE_LOGS=a directory for each run's stderr: with PVBACKUP_LOG=debug the plugin
+//! logs how long each step in the helper pod took).
 //! Writes benches/results/restore.md and restore.json.
 
 #[path = "support/mod.rs"]
@@ -83,6 +85,14 @@ fn fill_small_set(dir: &Path, files: usize) -> u64 {
     total
 }
 
+/// The 1-minute load average (`/proc/loadavg`), as printed there.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// One data set: its source volume, its backup and what every restore must reproduce.
 struct Set {
     name: &'static str,
@@ -120,7 +130,12 @@ impl Tool {
     }
 }
 
-const TOOLS: [Tool; 4] = [Tool::Fresh, Tool::CreatePvc, Tool::Existing, Tool::KubectlCp];
+const TOOLS: [Tool; 4] = [
+    Tool::Fresh,
+    Tool::CreatePvc,
+    Tool::Existing,
+    Tool::KubectlCp,
+];
 
 async fn prepare(
     bench: &BenchCluster,
@@ -128,7 +143,6 @@ async fn prepare(
     plugin: &Path,
     name: &'static str,
     what: String,
-    files: usize,
     cap: u64,
     fill: impl FnOnce(&Path) -> u64,
 ) -> Set {
@@ -140,9 +154,18 @@ async fn prepare(
     let out = work.join(format!("backup-{name}"));
     std::fs::create_dir_all(&out).unwrap();
     let mut c = Command::new(plugin);
-    c.args(["create", &src.pvc, "-n", NAMESPACE, "--no-progress", "-o", "json", "--to"])
-        .arg(&out)
-        .env("KUBECONFIG", bench.cluster.kubeconfig());
+    c.args([
+        "create",
+        &src.pvc,
+        "-n",
+        NAMESPACE,
+        "--no-progress",
+        "-o",
+        "json",
+        "--to",
+    ])
+    .arg(&out)
+    .env("KUBECONFIG", bench.cluster.kubeconfig());
     let o = c.output().unwrap();
     assert!(
         o.status.success(),
@@ -159,7 +182,7 @@ async fn prepare(
     Set {
         name,
         what,
-        files,
+        files: digest.len(),
         bytes,
         cap,
         src,
@@ -192,6 +215,7 @@ async fn bench() {
     let mixed_files: usize = env_or("PVBACKUP_RESTORE_MIXED_FILES", 2_000);
     let big_mib: usize = env_or("PVBACKUP_RESTORE_BIG_MIB", 100);
     let sets_wanted: String = env_or("PVBACKUP_RESTORE_SETS", "mixed,small".to_string());
+    let load_before = loadavg();
     let bench = BenchCluster::start().await;
     // PVBACKUP_RESTORE_PLUGIN: another build of the plugin (a copy of an older commit's, to
     // compare), instead of this one's.
@@ -216,7 +240,6 @@ async fn bench() {
                 format!(
                     "{mixed_files} compressible files of 50–70 KB + 4 random files of {big_mib} MiB"
                 ),
-                mixed_files + 4,
                 cap,
                 |d| fill_mixed_set(d, mixed_files, big_mib),
             )
@@ -234,7 +257,6 @@ async fn bench() {
                 format!(
                     "{small_files} files of 256 B–4 KiB in 1,000 directories (half random, half text)"
                 ),
-                small_files,
                 cap,
                 |d| fill_small_set(d, small_files),
             )
@@ -265,7 +287,9 @@ async fn bench() {
                 let stderr = work.path().join(format!("{}-{seq}.err", set.name));
                 let (mut cmd, target) = match tool {
                     Tool::Fresh => {
-                        let v = bench.claim(&format!("fresh-{}-{seq}", set.name), set.cap).await;
+                        let v = bench
+                            .claim(&format!("fresh-{}-{seq}", set.name), set.cap)
+                            .await;
                         let mut c = Command::new(&plugin);
                         c.arg("restore")
                             .arg(&set.manifest)
@@ -296,7 +320,9 @@ async fn bench() {
                         (c, None)
                     }
                     Tool::KubectlCp => {
-                        let mut v = bench.claim(&format!("cp-{}-{seq}", set.name), set.cap).await;
+                        let mut v = bench
+                            .claim(&format!("cp-{}-{seq}", set.name), set.cap)
+                            .await;
                         bench.mount(&mut v, &format!("cp-{}-{seq}", set.name)).await;
                         let mut c = Command::new(kubectl());
                         c.args(["cp", "-c", "app"])
@@ -329,6 +355,14 @@ async fn bench() {
                     s.cpu_secs,
                     wrong.as_deref().unwrap_or("ok")
                 );
+                if let Some(keep) = std::env::var_os("PVBACKUP_RESTORE_LOGS") {
+                    // Each run's stderr, for a look at where the time went (with PVBACKUP_LOG=debug).
+                    let _ = std::fs::create_dir_all(&keep);
+                    let _ = std::fs::copy(
+                        &stderr,
+                        Path::new(&keep).join(format!("{}-{seq}-{tool:?}.err", set.name)),
+                    );
+                }
                 if let Some(w) = wrong {
                     problems[t].push(w);
                 }
@@ -374,11 +408,14 @@ async fn bench() {
             .args(["version", "--client"])
             .env("KUBECONFIG", &kcfg),
     );
+    let load_after = loadavg();
     let mut md = format!(
-        "# Restore benchmark (kubesim, one run)\n\n{runs} runs of each tool, alternating, medians. Machine: {}. \
-         kubectl: {} ({kubectl_version}). Ratio = tool time / `kubectl cp` time (lower is better). \
+        "# Restore benchmark (kubesim, one run)\n\n{runs} runs of each tool, alternating, medians. Machine: {}; \
+         1-minute load average {load_before} at the start, {load_after} at the end (the machine is shared). \
+         Plugin: {}. kubectl: {} ({kubectl_version}). Ratio = tool time / `kubectl cp` time (lower is better). \
          Every restore checked: exit 0 and every file's sha256 equal to the source's.\n",
         machine(),
+        plugin.display(),
         kubectl().display()
     );
     for set in &report {
@@ -420,6 +457,8 @@ async fn bench() {
         dir.join(format!("{stem}.json")),
         serde_json::to_string_pretty(&serde_json::json!({
             "machine": machine(),
+            "plugin": plugin.display().to_string(),
+            "load_average_1m": [load_before, load_after],
             "runs": runs,
             "sets": report,
         }))

@@ -766,7 +766,11 @@ async fn a_failed_restore_into_a_new_pvc_leaves_it_empty() {
     flipped[i] ^= 0x01;
     std::fs::write(&archive, &flipped).unwrap();
     let args = restore(&[]);
-    let run = plugin(&cluster, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let run = plugin(
+        &cluster,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
     assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
     assert!(entries(&vol).is_empty(), "{:?}", entries(&vol));
     assert_no_helper_pods(&cluster).await;
@@ -779,7 +783,11 @@ async fn a_failed_restore_into_a_new_pvc_leaves_it_empty() {
         count: 1,
     });
     let args = restore(&["--retries", "0"]);
-    let run = plugin(&cluster, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let run = plugin(
+        &cluster,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
     cluster.fault(FaultRequest::Clear);
     assert_ne!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert!(run.stderr.contains("rolled back"), "{}", run.stderr);
@@ -788,7 +796,11 @@ async fn a_failed_restore_into_a_new_pvc_leaves_it_empty() {
 
     // The PVC exists now, still empty: restored into directly, exactly the backup.
     let args = restore(&[]);
-    let run = plugin(&cluster, &args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let run = plugin(
+        &cluster,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert_same(&before, &state(&vol), "restored into the empty PVC");
     assert!(leftovers(&vol).is_empty(), "{:?}", leftovers(&vol));

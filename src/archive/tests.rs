@@ -608,7 +608,11 @@ fn verify_with_detected_compression() {
 fn stops_before(sink: &[u8], tar: &[u8], name: &str) {
     let at = header_at(tar, name);
     assert!(tar.starts_with(sink));
-    assert!(sink.len() + 512 > at && sink.len() <= at, "{} vs {at}", sink.len());
+    assert!(
+        sink.len() + 512 > at && sink.len() <= at,
+        "{} vs {at}",
+        sink.len()
+    );
 }
 
 /// Byte offset in `tar` of the header naming `name` (`./name` as busybox writes it).
@@ -630,7 +634,10 @@ fn stream_verified_passes_the_exact_tar_stream_once_checked() {
         let r = stream_verified(&out[..], c, &manifest, &mut sink).unwrap();
         assert!(r.is_ok(), "{c:?}: {:?}", r.problems);
         assert_eq!(r.entries_checked, s.entries.len() as u64);
-        assert_eq!(sink, tar, "{c:?}: the sink gets the tar stream byte for byte");
+        assert_eq!(
+            sink, tar,
+            "{c:?}: the sink gets the tar stream byte for byte"
+        );
     }
 }
 
@@ -659,7 +666,10 @@ fn stream_verified_stops_before_a_member_the_manifest_does_not_describe() {
     let mut sink = Vec::new();
     let r = stream_verified(&out[..], Compression::None, &manifest, &mut sink).unwrap();
     assert!(!r.is_ok() && !r.complete);
-    assert!(r.problems.iter().any(|p| matches!(p, Problem::Mismatch { path, field: "mode", .. } if path == "secret")));
+    assert!(r
+        .problems
+        .iter()
+        .any(|p| matches!(p, Problem::Mismatch { path, field: "mode", .. } if path == "secret")));
     stops_before(&sink, &tar, "secret");
 }
 
@@ -674,7 +684,10 @@ fn stream_verified_stops_after_a_file_whose_content_differs() {
     let mut sink = Vec::new();
     let r = stream_verified(&bad[..], Compression::None, &manifest, &mut sink).unwrap();
     assert!(!r.is_ok() && !r.complete);
-    assert!(r.problems.iter().any(|p| matches!(p, Problem::Mismatch { path, field: "sha256", .. } if path == "secret")));
+    assert!(r
+        .problems
+        .iter()
+        .any(|p| matches!(p, Problem::Mismatch { path, field: "sha256", .. } if path == "secret")));
     // The damaged file went out (its hash is known at its end), the next header did not.
     let at = header_at(&bad, "secret");
     assert!(sink.len() >= at + 512 + 10 && sink.len() < at + 1024 + 512);

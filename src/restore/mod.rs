@@ -417,7 +417,15 @@ fn set(p: &Mutex<Phase>, v: Phase) {
 async fn run(helper: &HelperPod, step: &Step<'_>) -> Result<Vec<u8>, Failure> {
     let argv = step.argv(&helper.mount);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    helper.run_bytes(&argv).await
+    let began = std::time::Instant::now();
+    let out = helper.run_bytes(&argv).await;
+    tracing::debug!(
+        "{}: {} in {:.2}s",
+        helper.name,
+        step.name(),
+        began.elapsed().as_secs_f64()
+    );
+    out
 }
 
 /// One attempt in one helper pod. On failure, also returns the pod's name when it touched the
@@ -431,9 +439,15 @@ async fn restore_in_pod(
     phase: &Mutex<Phase>,
     rollback_first: bool,
 ) -> Result<(), (Failure, Option<String>)> {
+    let began = std::time::Instant::now();
     let mut helper = HelperPod::launch(client, pod, job.timeout, registry)
         .await
         .map_err(|f| (f, None))?;
+    tracing::debug!(
+        "{}: running in {:.2}s",
+        helper.name,
+        began.elapsed().as_secs_f64()
+    );
     let keep = job.keep();
     let r = async {
         if rollback_first {
@@ -467,7 +481,13 @@ async fn restore_in_pod(
             });
         }
     }
+    let began = std::time::Instant::now();
     let gone = helper.delete().await;
+    tracing::debug!(
+        "{}: deleted in {:.2}s",
+        helper.name,
+        began.elapsed().as_secs_f64()
+    );
     let touched = matches!(
         *phase.lock().unwrap_or_else(|e| e.into_inner()),
         Phase::NeedsRecovery | Phase::PartlyRestored
@@ -546,7 +566,12 @@ enum Prepared {
 fn parse_prepared(out: &[u8]) -> Option<Prepared> {
     let out = String::from_utf8_lossy(out);
     let f: Vec<&str> = out.split_whitespace().collect();
-    let cpus = || f.get(2).and_then(|c| c.parse().ok()).unwrap_or(1usize).max(1);
+    let cpus = || {
+        f.get(2)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(1usize)
+            .max(1)
+    };
     match f.first().copied()? {
         "noroom" => Some(Prepared::NoRoom(f.get(1)?.parse().ok()?)),
         "direct" => Some(Prepared::Direct { cpus: cpus() }),
@@ -786,6 +811,7 @@ async fn extract_verified(
     let mut hashed = None;
     // The extraction decides: when it fails, the hashers (which may wait for a file that never
     // comes) are dropped with it.
+    let began = std::time::Instant::now();
     let extracted = loop {
         tokio::select! {
             r = &mut extraction => break r,
@@ -793,10 +819,21 @@ async fn extract_verified(
         }
     };
     extracted?;
+    tracing::debug!(
+        "{}: extracted in {:.2}s",
+        helper.name,
+        began.elapsed().as_secs_f64()
+    );
     let hashed = match hashed {
         Some(h) => h,
         None => hashing.await,
     }?;
+    tracing::debug!(
+        "{}: hashed in {:.2}s ({} sessions)",
+        helper.name,
+        began.elapsed().as_secs_f64(),
+        plan.len()
+    );
     let mut hashes: std::collections::HashMap<Vec<u8>, String> =
         hashed.into_iter().flatten().collect();
     fix_symlink_owners(helper, job, dir).await?;

@@ -824,7 +824,12 @@ mod tests {
         assert_eq!(plan.len(), 2);
         let args: Vec<Vec<&[u8]>> = plan
             .iter()
-            .map(|s| s.stdin.split(|b| *b == 0).filter(|a| !a.is_empty()).collect())
+            .map(|s| {
+                s.stdin
+                    .split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .collect()
+            })
             .collect();
         // Every chunk is gate + HASH_CHUNK_FILES names; every file is in exactly one chunk.
         let mut files: Vec<Vec<u8>> = Vec::new();

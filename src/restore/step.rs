@@ -66,6 +66,22 @@ fn sh(script: &str, name: &str, args: impl IntoIterator<Item = String>) -> Vec<S
 }
 
 impl Step<'_> {
+    /// What the step is, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Step::Room { .. } => "room",
+            Step::Prepare { .. } => "prepare",
+            Step::Extract { .. } => "extract",
+            Step::Hash { .. } => "hash",
+            Step::FixSymlinks { .. } => "fix-symlinks",
+            Step::List { .. } => "list",
+            Step::Swap { .. } => "swap",
+            Step::Commit { .. } => "commit",
+            Step::Rollback { .. } => "rollback",
+            Step::Clear { .. } => "clear",
+        }
+    }
+
     /// The command line of this step, for a helper pod that mounts the volume at `mount`.
     pub fn argv(&self, mount: &str) -> Vec<String> {
         let owned = |v: &[String]| v.to_vec();
