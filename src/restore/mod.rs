@@ -1056,3 +1056,33 @@ async fn recover(
         manual()
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepare_answers_parse() {
+        assert_eq!(
+            parse_prepared(b"noroom 1234\n"),
+            Some(Prepared::NoRoom(1234))
+        );
+        assert_eq!(
+            parse_prepared(b"direct 99 8\n"),
+            Some(Prepared::Direct { cpus: 8 })
+        );
+        // `df` unreadable (`?`), `nproc` missing or odd: one CPU.
+        assert_eq!(
+            parse_prepared(b"staged ? x\n"),
+            Some(Prepared::Staged { cpus: 1 })
+        );
+        assert_eq!(
+            parse_prepared(b"staged 5 0"),
+            Some(Prepared::Staged { cpus: 1 })
+        );
+        assert_eq!(parse_prepared(b"noroom ?"), None);
+        assert_eq!(parse_prepared(b""), None);
+        assert_eq!(hashers(1), 1);
+        assert_eq!(hashers(64), 4);
+    }
+}

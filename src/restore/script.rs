@@ -931,6 +931,69 @@ mod tests {
         assert!(parse_hashes(b"", &plan[0].names).is_err());
     }
 
+    /// PREPARE in busybox: an empty volume (an empty `lost+found` at most) goes direct and
+    /// records the root's and `lost+found`'s mode and owner; anything else gets a staging
+    /// directory; a backup that does not fit changes nothing.
+    #[test]
+    fn prepare_script_chooses_direct_staged_or_no_room() {
+        use std::os::unix::fs::PermissionsExt;
+        let busybox = which_busybox().expect("busybox (apt-get install busybox-static)");
+        let prepare = |mount: &std::path::Path, need_kib: u64, want: &str| {
+            let out = std::process::Command::new(&busybox)
+                .args(["sh", "-c", PREPARE, PREPARE])
+                .arg(mount)
+                .args(["RUN", &need_kib.to_string(), want])
+                .env("PATH", busybox_path(&busybox))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let names = |d: &std::path::Path| {
+            let mut v: Vec<String> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("lost+found")).unwrap();
+        std::fs::set_permissions(d.join("lost+found"), std::fs::Permissions::from_mode(0o700))
+            .unwrap();
+        // Too big: nothing is created.
+        assert!(prepare(d, 1 << 50, "auto").starts_with("noroom "));
+        assert_eq!(names(d), ["lost+found"]);
+        // Empty: direct, with the records ROLLBACK needs.
+        let out = prepare(d, 1, "auto");
+        assert!(out.starts_with("direct "), "{out}");
+        assert_eq!(out.split_whitespace().count(), 3, "{out}");
+        let lf = std::fs::metadata(d.join("lost+found")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(d.join(".pvbackup-direct-RUN")).unwrap(),
+            format!(
+                "700 {}:{}\n",
+                std::os::unix::fs::MetadataExt::uid(&lf),
+                std::os::unix::fs::MetadataExt::gid(&lf)
+            )
+        );
+        assert!(d.join(".pvbackup-root-RUN").is_file());
+        // Staging asked for, or a volume with content: a staging directory.
+        let other = tempfile::tempdir().unwrap();
+        assert!(prepare(other.path(), 1, "stage").starts_with("staged "));
+        assert!(other.path().join(".pvbackup-staging-RUN").is_dir());
+        let full = tempfile::tempdir().unwrap();
+        std::fs::create_dir(full.path().join("lost+found")).unwrap();
+        std::fs::write(full.path().join("lost+found/#12"), b"x").unwrap();
+        assert!(prepare(full.path(), 1, "auto").starts_with("staged "));
+        assert_eq!(names(full.path()), [".pvbackup-staging-RUN", "lost+found"]);
+    }
+
     fn which_busybox() -> Result<std::path::PathBuf, ()> {
         std::env::var_os("PATH")
             .and_then(|p| {
@@ -955,6 +1018,11 @@ mod tests {
             "[",
             "xargs",
             "sleep",
+            "df",
+            "tail",
+            "nproc",
+            "ls",
+            "mkdir",
         ] {
             let _ = std::os::unix::fs::symlink(busybox, dir.join(applet));
         }
