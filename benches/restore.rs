@@ -401,33 +401,36 @@ async fn bench() {
             "rows": rows,
         }));
         bench.delete_claim(&set.src).await;
+        write_report(&report, runs, &load_before, &plugin);
     }
 
-    let kubectl_version = first_line(
-        Command::new(kubectl())
-            .args(["version", "--client"])
-            .env("KUBECONFIG", &kcfg),
-    );
+    bench.cluster.shutdown().await;
+}
+
+/// Writes benches/results/<stem>.md and .json with the sets measured so far (after each set,
+/// so that a long run interrupted in its second set keeps the first).
+fn write_report(report: &[serde_json::Value], runs: usize, load_before: &str, plugin: &Path) {
+    let kubectl_version = first_line(Command::new(kubectl()).args(["version", "--client"]));
     let load_after = loadavg();
     let mut md = format!(
-        "# Restore benchmark (kubesim, one run)\n\n{runs} runs of each tool, alternating, medians. Machine: {}; \
-         1-minute load average {load_before} at the start, {load_after} at the end (the machine is shared). \
-         Plugin: {}. kubectl: {} ({kubectl_version}). Ratio = tool time / `kubectl cp` time (lower is better). \
-         Every restore checked: exit 0 and every file's sha256 equal to the source's.\n",
-        machine(),
-        plugin.display(),
-        kubectl().display()
-    );
-    for set in &report {
+    "# Restore benchmark (kubesim, one run)\n\n{runs} runs of each tool, alternating, medians. Machine: {}; \
+     1-minute load average {load_before} at the start, {load_after} at the end (the machine is shared). \
+     Plugin: {}. kubectl: {} ({kubectl_version}). Ratio = tool time / `kubectl cp` time (lower is better). \
+     Every restore checked: exit 0 and every file's sha256 equal to the source's.\n",
+    machine(),
+    plugin.display(),
+    kubectl().display()
+);
+    for set in report {
         md.push_str(&format!(
-            "\n## {} set: {}\n\n{} files, {} MiB; archive (zstd-1) {} MiB.\n\n\
-             | tool | time (s) | runs (s) | MiB/s | vs kubectl cp | peak RSS (MiB) | client CPU (s) | all ok |\n|---|---|---|---|---|---|---|---|\n",
-            set["set"].as_str().unwrap(),
-            set["what"].as_str().unwrap(),
-            set["files"],
-            set["bytes"].as_u64().unwrap() >> 20,
-            set["archive_bytes"].as_u64().unwrap() >> 20,
-        ));
+        "\n## {} set: {}\n\n{} files, {} MiB; archive (zstd-1) {} MiB.\n\n\
+         | tool | time (s) | runs (s) | MiB/s | vs kubectl cp | peak RSS (MiB) | client CPU (s) | all ok |\n|---|---|---|---|---|---|---|---|\n",
+        set["set"].as_str().unwrap(),
+        set["what"].as_str().unwrap(),
+        set["files"],
+        set["bytes"].as_u64().unwrap() >> 20,
+        set["archive_bytes"].as_u64().unwrap() >> 20,
+    ));
         for r in set["rows"].as_array().unwrap() {
             md.push_str(&format!(
                 "| {} | {:.2} | {} | {:.0} | {:.2}× | {:.0} | {:.2} | {} |\n",
@@ -465,5 +468,4 @@ async fn bench() {
         .unwrap(),
     )
     .unwrap();
-    bench.cluster.shutdown().await;
 }
