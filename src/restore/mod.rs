@@ -793,10 +793,12 @@ async fn steps_in_place(
         "the files restored in place do not match the manifest",
         &problems,
     )?;
+    // An in-place run has no journal to commit (nothing to roll back to): what it left of its
+    // own (the end-of-extraction marker) is deleted as RECOVER deletes a finished run's.
     run(
         helper,
-        &Step::Commit {
-            run_id: &job.run_id,
+        &Step::Recover {
+            only: Some(&job.run_id),
         },
     )
     .await?;
