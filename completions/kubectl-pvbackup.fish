@@ -174,7 +174,7 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanu
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -s A -l all-namespaces -d 'Look in every namespace'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -s v -l verbose -d 'More logs on stderr (-v, -vv, -vvv)'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -l no-progress -d 'No progress bars (they are also off when stderr is not a terminal)'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -s h -l help -d 'Print help'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand cleanup" -s V -l version -d 'Print version'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand version" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand version" -l context -d 'The kubeconfig context to use' -r

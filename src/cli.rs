@@ -97,6 +97,11 @@ pub enum Command {
     #[command(after_help = RESTORE_EXAMPLES)]
     Restore(RestoreArgs),
     /// Delete helper pods left behind by an interrupted run
+    ///
+    /// Deletes the plugin's helper pods (running or stopped), waits until they are gone, then
+    /// checks the volume of every restore helper it found in a fresh helper pod: a restore
+    /// that was interrupted half-way is rolled back (the volume holds what it held before
+    /// it), and what finished restores left is removed. Says what it did for each PVC.
     #[command(after_help = CLEANUP_EXAMPLES)]
     Cleanup(CleanupArgs),
     /// Print version, git commit and build target
@@ -433,7 +438,8 @@ Examples:
 
 const CLEANUP_EXAMPLES: &str = "\
 Examples:
-  # Delete leftover helper pods in the current namespace (asks first)
+  # Delete leftover helper pods in the current namespace and roll back what an
+  # interrupted restore left on its volume (asks first)
   kubectl pvbackup cleanup
 
   # Delete them in every namespace, without a prompt
