@@ -243,17 +243,14 @@ impl Step<'_> {
 
     /// The command line of this step in a helper pod with the paths `pod`.
     pub fn argv(&self, pod: &InPod) -> Vec<String> {
-        match self {
-            Step::LeaseAge => {
-                return vec![
-                    "sh".into(),
-                    "-c".into(),
-                    "echo $(( $(date +%s) - $(stat -c %Y \"$1\") ))".into(),
-                    "sh".into(),
-                    format!("{}/{}", pod.run, crate::helper_pod::LEASE_FILE),
-                ]
-            }
-            _ => {}
+        if let Step::LeaseAge = self {
+            return vec![
+                "sh".into(),
+                "-c".into(),
+                "echo $(( $(date +%s) - $(stat -c %Y \"$1\") ))".into(),
+                "sh".into(),
+                format!("{}/{}", pod.run, crate::helper_pod::LEASE_FILE),
+            ];
         }
         let (body, self_named, args) = self.parts();
         let body = with_functions(&body);
