@@ -98,8 +98,12 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Delete what interrupted runs left: helper pods, or (--to) partial backups at DEST
     ///
-    /// Without --to: deletes the helper pods a killed client left in the cluster. With --to
-    /// DEST: removes what killed backups left at DEST and no running backup still writes,
+    /// Without --to: deletes the plugin's helper pods (running or stopped) a killed client left
+    /// in the cluster, waits until they are gone, then checks the volume of every restore
+    /// helper it found in a fresh helper pod: a restore that was interrupted half-way is rolled
+    /// back (the volume holds what it held before it; a restore into an empty volume empties it
+    /// again), and what finished restores left is removed. Says what it did for each PVC. With
+    /// --to DEST: removes what killed backups left at DEST and no running backup still writes,
     /// i.e. untouched for --older-than: partial files, open S3 multipart uploads, and archives
     /// whose manifest was never written. Complete backups and files of other names are never
     /// touched. Needs no cluster.
@@ -554,7 +558,8 @@ Examples:
 
 const CLEANUP_EXAMPLES: &str = "\
 Examples:
-  # Delete leftover helper pods in the current namespace (asks first)
+  # Delete leftover helper pods in the current namespace and roll back what an
+  # interrupted restore left on its volume (asks first)
   kubectl pvbackup cleanup
 
   # Delete them in every namespace, without a prompt

@@ -402,3 +402,52 @@ async fn a_killed_create_leaves_no_running_helper() {
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     until_no_helper_pods(&cluster).await;
 }
+
+/// A restore into an empty volume extracts straight into it (no staging). SIGKILLed while it
+/// streams, the helper's watchdog rolls it back: the volume is empty again, nothing of the run
+/// is left, and a plain re-run restores the backup exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_direct_restore_leaves_the_volume_empty() {
+    let cluster = demo().await;
+    let dest = tempfile::tempdir().unwrap();
+    let vol = cluster.volume_path(NS, PVC);
+    widen(&vol);
+    let manifest = backup(&cluster, NS, PVC, dest.path()).await;
+    let backed_up = state(&vol);
+    for e in std::fs::read_dir(&vol).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() && !p.is_symlink() {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+    let empty = state(&vol);
+    let manifest = manifest.to_str().unwrap();
+    cluster.fault(FaultRequest::Bandwidth {
+        bytes_per_second: 200_000,
+    });
+    let mut client = Client::start(&cluster, &["restore", manifest, "--yes"], &lease(LEASE));
+    client
+        .until("the direct restore", Duration::from_secs(60), |_| {
+            has(&vol, ".pvbackup-direct-")
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!has(&vol, ".pvbackup-staging-"), "{:?}", leftovers(&vol));
+    client.kill();
+    cluster.fault(FaultRequest::Clear);
+    until_no_running_helper(&cluster, Duration::from_secs(60)).await;
+    assert!(leftovers(&vol).is_empty(), "{:?}", leftovers(&vol));
+    assert_same(&empty, &state(&vol), "after SIGKILL in a direct restore");
+    let run = plugin_env(
+        cluster.kubeconfig(),
+        &["restore", manifest, "--yes"],
+        &lease(LEASE),
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_same(&backed_up, &state(&vol), "after the re-run");
+    assert!(leftovers(&vol).is_empty(), "{:?}", leftovers(&vol));
+    until_no_helper_pods(&cluster).await;
+}

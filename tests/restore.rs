@@ -246,10 +246,9 @@ async fn a_damaged_archive_is_refused_and_the_volume_untouched() {
     let run = plugin(&cluster, &["restore", manifest.to_str().unwrap(), "--yes"]).await;
     assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
     assert_same(&before, &state(&vol), "after a truncated archive");
-    assert!(
-        helper_pods(&cluster).is_empty(),
-        "nothing reached the cluster"
-    );
+    // The archive is checked while it streams into staging: the helper pod that found the
+    // damage rolled staging back and is gone.
+    assert!(helper_pods(&cluster).is_empty(), "a helper pod is left");
     assert!(cluster
         .objects("pods", Some(NS))
         .iter()
@@ -453,8 +452,8 @@ async fn a_crash_mid_restore_rolls_the_volume_back() {
     let manifest = backup(&cluster, NS, PVC, dest.path()).await;
     tamper(&vol);
     let before = state(&vol);
-    // `df` prints less than 1 KiB, tar -x prints nothing: the first session to cross 1 KiB of
-    // stdout is the verification of the extracted files, after staging was written.
+    // The volume check prints less than 1 KiB, tar -x prints nothing: the first session to
+    // cross 1 KiB of stdout is the hashing of the extracted files, once staging was written.
     cluster.fault(FaultRequest::KillExec {
         after_bytes: 1024,
         count: 1,
@@ -718,6 +717,120 @@ async fn a_crash_mid_in_place_restore_says_partly_restored_and_a_rerun_finishes(
     assert_eq!(out["inPlace"], true);
     assert!(!run.stderr.contains("rolled back"), "{}", run.stderr);
     assert_same(&original, &state(&vol), "after the re-run");
+    assert!(leftovers(&vol).is_empty());
+    assert_no_helper_pods(&cluster).await;
+}
+
+/// Entries of a volume's root but `lost+found`.
+fn entries(vol: &Path) -> Vec<String> {
+    std::fs::read_dir(vol)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lost+found")
+        .collect()
+}
+
+/// A new, empty PVC is restored into directly (no staging, no swap), and stays all or nothing:
+/// a damaged archive or a crash leaves it empty again; the next restore fills it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_restore_into_a_new_pvc_leaves_it_empty() {
+    let cluster = demo().await;
+    let dest = tempfile::tempdir().unwrap();
+    let before = state(&cluster.volume_path(NS, PVC));
+    let manifest = backup(&cluster, NS, PVC, dest.path()).await;
+    let m: Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    let archive = manifest
+        .parent()
+        .unwrap()
+        .join(m["archive"]["file_name"].as_str().unwrap());
+    let good = std::fs::read(&archive).unwrap();
+    let restore = |extra: &'static [&'static str]| {
+        let mut args = vec![
+            "restore",
+            manifest.to_str().unwrap(),
+            "--to-pvc",
+            "fresh",
+            "--create-pvc",
+            "--size",
+            "48Mi",
+            "--yes",
+        ];
+        args.extend_from_slice(extra);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let vol = cluster.volume_path(NS, "fresh");
+
+    // A flipped byte, found while streaming: exit 3, and the new PVC is empty again.
+    let mut flipped = good.clone();
+    let i = flipped.len() / 2;
+    flipped[i] ^= 0x01;
+    std::fs::write(&archive, &flipped).unwrap();
+    let args = restore(&[]);
+    let run = plugin(
+        &cluster,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
+    assert!(entries(&vol).is_empty(), "{:?}", entries(&vol));
+    assert_no_helper_pods(&cluster).await;
+    std::fs::write(&archive, &good).unwrap();
+
+    // The helper's container killed once the in-pod hashing has printed 1 KiB (the data is on
+    // the volume by then), without retries: rolled back to empty in a fresh helper pod.
+    cluster.fault(FaultRequest::KillExec {
+        after_bytes: 1024,
+        count: 1,
+    });
+    let args = restore(&["--retries", "0"]);
+    let run = plugin(
+        &cluster,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    cluster.fault(FaultRequest::Clear);
+    assert_ne!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("rolled back"), "{}", run.stderr);
+    assert!(entries(&vol).is_empty(), "{:?}", entries(&vol));
+    assert_no_helper_pods(&cluster).await;
+
+    // The PVC exists now, still empty: restored into directly, exactly the backup.
+    let args = restore(&[]);
+    let run = plugin(
+        &cluster,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_same(&before, &state(&vol), "restored into the empty PVC");
+    assert!(leftovers(&vol).is_empty(), "{:?}", leftovers(&vol));
+    assert_no_helper_pods(&cluster).await;
+}
+
+/// On a terminal, a volume without room to stage the backup is refused before the question,
+/// not after the user typed the PVC's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_no_room_is_refused_before_the_question() {
+    use std::io::Write;
+    let cluster = demo().await;
+    let dest = tempfile::tempdir().unwrap();
+    let vol = cluster.volume_path(NS, PVC);
+    let manifest = backup(&cluster, NS, PVC, dest.path()).await;
+    let mut f = std::fs::File::create(vol.join("filler")).unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    let mut written = 0u64;
+    while f.write_all(&chunk).is_ok() {
+        written += chunk.len() as u64;
+        assert!(written < 1 << 30, "the volume's capacity is not enforced");
+    }
+    drop(f);
+    let before = state(&vol);
+    let args = ["restore", manifest.to_str().unwrap(), "--no-progress"];
+    let (code, screen) = plugin_on_terminal_answering(&cluster, &args, &[]).await;
+    assert_eq!(code, 4, "{screen}");
+    assert!(screen.contains("free"), "{screen}");
+    assert!(!screen.contains("to confirm"), "asked anyway: {screen}");
+    assert_same(&before, &state(&vol), "after the refusal");
     assert!(leftovers(&vol).is_empty());
     assert_no_helper_pods(&cluster).await;
 }

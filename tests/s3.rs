@@ -172,13 +172,33 @@ async fn create_list_verify_restore_through_a_bucket() {
     let run = run_s3(&cluster, &moto, &["verify", &backup, "--from", &dest]).await;
     assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
     assert!(run.stdout.contains("sha256"), "{}", run.stdout);
+    // restore reads the archive once, checking it as it streams into the helper pod; into a new
+    // PVC (room for it, so the damage is what stops it), which is left empty.
     let run = run_s3(
         &cluster,
         &moto,
-        &["restore", &backup, "--from", &dest, "--yes"],
+        &[
+            "restore",
+            &backup,
+            "--from",
+            &dest,
+            "--to-pvc",
+            "damaged-copy",
+            "--create-pvc",
+            "--size",
+            "64Mi",
+            "--yes",
+        ],
     )
     .await;
     assert_eq!(run.code, 3, "{}", run.stderr);
+    let copy = cluster.volume_path(NS, "damaged-copy");
+    let left: Vec<_> = std::fs::read_dir(&copy)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "lost+found")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// Starts `create` to the bucket as a child process, slowed down so it can be stopped

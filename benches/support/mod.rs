@@ -461,6 +461,59 @@ impl BenchCluster {
         v
     }
 
+    /// Creates PVC `pvc` of `bytes` (rounded up to MiB) with no pod mounting it (`pod` is
+    /// empty until [`BenchCluster::mount`]).
+    pub async fn claim(&self, pvc: &str, bytes: u64) -> Volume {
+        let claim: PersistentVolumeClaim = from_json(
+            serde_json::json!({"metadata": {"name": pvc}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": format!("{}Mi", bytes.div_ceil(1 << 20))}}}}),
+        );
+        Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), NAMESPACE)
+            .create(&PostParams::default(), &claim)
+            .await
+            .unwrap();
+        let pvcs = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), NAMESPACE);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let p = pvcs.get(pvc).await.unwrap();
+            if p.status.and_then(|s| s.phase).as_deref() == Some("Bound") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "PVC {pvc} not bound in 60s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Volume {
+            pvc: pvc.to_string(),
+            pod: String::new(),
+            path: self.cluster.volume_path(NAMESPACE, pvc),
+        }
+    }
+
+    /// Starts pod `pod` mounting the claim, as a workload would; waits until it runs.
+    pub async fn mount(&self, v: &mut Volume, pod: &str) {
+        v.pod = pod.to_string();
+        self.start_pod(v).await;
+    }
+
+    /// Deletes the volume's pod (if any) and its PVC, and waits until both are gone (kubesim
+    /// then releases the volume's directory).
+    pub async fn delete_claim(&self, v: &Volume) {
+        let pods = self.pods();
+        let pvcs = Api::<PersistentVolumeClaim>::namespaced(self.client.clone(), NAMESPACE);
+        if !v.pod.is_empty() {
+            let _ = pods.delete(&v.pod, &DeleteParams::default()).await;
+        }
+        let _ = pvcs.delete(&v.pvc, &DeleteParams::default()).await;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let pod_gone = v.pod.is_empty() || pods.get_opt(&v.pod).await.unwrap().is_none();
+            if pod_gone && pvcs.get_opt(&v.pvc).await.unwrap().is_none() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "PVC {} not gone in 120s", v.pvc);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn start_pod(&self, v: &Volume) {
         let pod: Pod = from_json(
             serde_json::json!({"metadata": {"name": v.pod}, "spec": {"terminationGracePeriodSeconds": 2, "containers": [{"name": "app", "image": "busybox:1.36", "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"], "volumeMounts": [{"name": "d", "mountPath": "/data"}]}], "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": v.pvc}}]}}),

@@ -25,7 +25,7 @@ pub use safety::{
     check_entries_safe, check_entry_safe, ArchiveOrder, AtCreate, Rule, UnsafeEntry, UnsafeReason,
     RULES,
 };
-pub use verify::{verify_archive, Problem, VerifyReport};
+pub use verify::{stream_verified, verify_archive, Problem, VerifyReport};
 
 /// Size of the read/write buffers on the hot path.
 pub const BUF_SIZE: usize = 256 * 1024;

@@ -764,3 +764,116 @@ fn verify_with_detected_compression() {
         assert!(!r.is_ok());
     }
 }
+
+/// `sink` is `tar` up to the header of `name`, but for the padding of the member before it
+/// (the walker holds that back with the header that follows it).
+fn stops_before(sink: &[u8], tar: &[u8], name: &str) {
+    let at = header_at(tar, name);
+    assert!(tar.starts_with(sink));
+    assert!(
+        sink.len() + 512 > at && sink.len() <= at,
+        "{} vs {at}",
+        sink.len()
+    );
+}
+
+/// Byte offset in `tar` of the header naming `name` (`./name` as busybox writes it).
+fn header_at(tar: &[u8], name: &str) -> usize {
+    let want = format!("./{name}");
+    (0..tar.len())
+        .step_by(512)
+        .find(|&o| tar[o..].starts_with(want.as_bytes()) && tar[o + want.len()] == 0)
+        .unwrap()
+}
+
+#[test]
+fn stream_verified_passes_the_exact_tar_stream_once_checked() {
+    let tar = busybox_tar(fixture().path());
+    for c in ALL {
+        let (s, out) = backup(&tar, c).unwrap();
+        let manifest = manifest_for(c, &s);
+        let mut sink = Vec::new();
+        let r = stream_verified(&out[..], c, &manifest, &mut sink).unwrap();
+        assert!(r.is_ok(), "{c:?}: {:?}", r.problems);
+        assert_eq!(r.entries_checked, s.entries.len() as u64);
+        assert_eq!(
+            sink, tar,
+            "{c:?}: the sink gets the tar stream byte for byte"
+        );
+    }
+}
+
+#[test]
+fn stream_verified_stops_before_a_member_the_manifest_does_not_describe() {
+    let tar = busybox_tar(fixture().path());
+    let (s, out) = backup(&tar, Compression::None).unwrap();
+    // Not in the manifest at all: its header never reaches the sink, nor anything after it.
+    let mut manifest = manifest_for(Compression::None, &s);
+    manifest.entries.retain(|e| e.path != "with space.txt");
+    let mut sink = Vec::new();
+    let r = stream_verified(&out[..], Compression::None, &manifest, &mut sink).unwrap();
+    assert!(!r.is_ok() && !r.complete);
+    assert!(r.problems.contains(&Problem::Unexpected {
+        path: "with space.txt".into()
+    }));
+    stops_before(&sink, &tar, "with space.txt");
+    // In the manifest with another mode: the same, before its content is read.
+    let mut manifest = manifest_for(Compression::None, &s);
+    let i = manifest
+        .entries
+        .iter()
+        .position(|e| e.path == "secret")
+        .unwrap();
+    manifest.entries[i].mode = 0o644;
+    let mut sink = Vec::new();
+    let r = stream_verified(&out[..], Compression::None, &manifest, &mut sink).unwrap();
+    assert!(!r.is_ok() && !r.complete);
+    assert!(r
+        .problems
+        .iter()
+        .any(|p| matches!(p, Problem::Mismatch { path, field: "mode", .. } if path == "secret")));
+    stops_before(&sink, &tar, "secret");
+}
+
+#[test]
+fn stream_verified_stops_after_a_file_whose_content_differs() {
+    let tar = busybox_tar(fixture().path());
+    let (s, out) = backup(&tar, Compression::None).unwrap();
+    let manifest = manifest_for(Compression::None, &s);
+    let pos = out.windows(10).position(|w| w == b"top secret").unwrap();
+    let mut bad = out.clone();
+    bad[pos + 4] ^= 0x20;
+    let mut sink = Vec::new();
+    let r = stream_verified(&bad[..], Compression::None, &manifest, &mut sink).unwrap();
+    assert!(!r.is_ok() && !r.complete);
+    assert!(r
+        .problems
+        .iter()
+        .any(|p| matches!(p, Problem::Mismatch { path, field: "sha256", .. } if path == "secret")));
+    // The damaged file went out (its hash is known at its end), the next header did not.
+    let at = header_at(&bad, "secret");
+    assert!(sink.len() >= at + 512 + 10 && sink.len() < at + 1024 + 512);
+    assert_eq!(sink[..], bad[..sink.len()]);
+}
+
+/// Schema 2 lists entries by path, not in archive order: the streaming check matches members
+/// by name, so any order of the manifest's entries passes the same stream through (symlinks,
+/// whatever their target, hard links after their target, as the archive has them).
+#[test]
+fn stream_verified_accepts_entries_in_any_order() {
+    let tar = busybox_tar(fixture().path());
+    let (s, out) = backup(&tar, Compression::None).unwrap();
+    let mut manifest = manifest_for(Compression::None, &s);
+    assert!(manifest
+        .entries
+        .iter()
+        .any(|e| e.kind == EntryKind::Symlink));
+    manifest
+        .entries
+        .sort_by(|a, b| a.raw_path().cmp(&b.raw_path()));
+    manifest.entries.reverse();
+    let mut sink = Vec::new();
+    let r = stream_verified(&out[..], Compression::None, &manifest, &mut sink).unwrap();
+    assert!(r.is_ok(), "{:?}", r.problems);
+    assert_eq!(sink, tar);
+}

@@ -1,9 +1,9 @@
 //! Streaming verification of a stored archive against its manifest.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Write};
 use std::rc::Rc;
 
 use sha2::{Digest, Sha256};
@@ -186,15 +186,54 @@ pub fn verify_archive<R: Read>(
     compression: Compression,
     manifest: &Manifest,
 ) -> Result<VerifyReport, ArchiveError> {
+    verify_inner(stored, compression, manifest, io::sink(), false)
+}
+
+/// [`verify_archive`] for a restore: the decompressed tar stream goes to `sink` (the helper
+/// pod's `tar -x`) as it is checked, so the archive is read once. A member reaches `sink` only
+/// after its header was found in the manifest with the same type, size, mode, owner, mtime and
+/// link target (see [`super::walk::walk_gated`]); the walk stops at the first problem, so `tar`
+/// sees nothing past it. The report is only known at the end: until [`VerifyReport::is_ok`],
+/// what `sink` extracted must not be trusted (a restore extracts into staging, or into an
+/// empty volume it empties again). `Err(ArchiveError::Write)` is a failure of `sink`.
+pub fn stream_verified<R: Read, W: Write>(
+    stored: R,
+    compression: Compression,
+    manifest: &Manifest,
+    sink: W,
+) -> Result<VerifyReport, ArchiveError> {
+    verify_inner(stored, compression, manifest, sink, true)
+}
+
+fn verify_inner<R: Read, W: Write>(
+    stored: R,
+    compression: Compression,
+    manifest: &Manifest,
+    sink: W,
+    gated: bool,
+) -> Result<VerifyReport, ArchiveError> {
     check_entries_safe(&manifest.entries)?;
     let mut expected: HashMap<Vec<u8>, (usize, bool)> =
         HashMap::with_capacity(manifest.entries.len());
     for (i, e) in manifest.entries.iter().enumerate() {
         expected.insert(canonical_key(&e.raw_path()), (i, false));
     }
+    // Shared by the gate and the visitor of a gated walk.
+    let expected = RefCell::new(expected);
 
-    let mut problems = Vec::new();
-    let mut order = ArchiveOrder::default();
+    let problems = RefCell::new(Vec::new());
+    // Unsafe entries, including the rules that need the entries before (hard links to an
+    // earlier member): checked by the gate in a gated walk, before `tar` sees the member.
+    let order = RefCell::new(ArchiveOrder::default());
+    // Set when a gated walk stops at a problem (already recorded).
+    let stopped = Cell::new(false);
+    let stop = || {
+        stopped.set(true);
+        ArchiveError::Corrupt {
+            offset: 0,
+            source: io::Error::other("stopped at the first problem"),
+        }
+    };
     let mut entries_checked = 0u64;
     let mut files_hashed = 0u64;
     let mut hr = HashingReader {
@@ -218,22 +257,65 @@ pub fn verify_archive<R: Read>(
                 error: Rc::clone(&trap),
             },
         );
-        walk::walk(src, io::sink(), None, None, |rec| {
-            order.check(&rec)?;
+        let visit = |rec: EntryRecord| {
+            if !gated {
+                order.borrow_mut().check(&rec)?;
+            }
             entries_checked += 1;
             if rec.sha256.is_some() {
                 files_hashed += 1;
             }
-            match expected.get_mut(canonical_key(&rec.raw_path()).as_slice()) {
+            let mut problems = problems.borrow_mut();
+            let before = problems.len();
+            match expected
+                .borrow_mut()
+                .get_mut(canonical_key(&rec.raw_path()).as_slice())
+            {
                 Some((i, seen)) if !*seen => {
                     *seen = true;
                     compare(&manifest.entries[*i], &rec, &mut problems);
                 }
                 _ => problems.push(Problem::Unexpected { path: rec.path }),
             }
+            if gated && problems.len() > before {
+                return Err(stop());
+            }
             Ok(())
-        })
+        };
+        if gated {
+            // Everything but the content hash, before the member reaches the sink.
+            let mut admit = |rec: &EntryRecord| {
+                order.borrow_mut().check(rec)?;
+                let mut problems = problems.borrow_mut();
+                match expected
+                    .borrow()
+                    .get(canonical_key(&rec.raw_path()).as_slice())
+                {
+                    Some((i, false)) => {
+                        let want = &manifest.entries[*i];
+                        let mut header = rec.clone();
+                        header.sha256 = want.sha256.clone();
+                        let before = problems.len();
+                        compare(want, &header, &mut problems);
+                        if problems.len() > before {
+                            return Err(stop());
+                        }
+                        Ok(())
+                    }
+                    _ => {
+                        problems.push(Problem::Unexpected {
+                            path: rec.path.clone(),
+                        });
+                        Err(stop())
+                    }
+                }
+            };
+            walk::walk_gated(src, sink, &mut admit, visit).map(|_| ())
+        } else {
+            walk::walk(src, sink, None, None, visit).map(|_| ())
+        }
     };
+    let mut problems = problems.into_inner();
 
     // Hash whatever the decompressor did not consume (trailing bytes, or
     // everything after a corruption) so the archive hash covers the file.
@@ -246,6 +328,7 @@ pub fn verify_archive<R: Read>(
 
     let complete = match walked {
         Ok(_) => true,
+        Err(_) if stopped.get() => false,
         Err(e) => {
             if let Some(detail) = trap.borrow_mut().take() {
                 problems.push(Problem::Decompression { detail });
@@ -270,6 +353,7 @@ pub fn verify_archive<R: Read>(
     };
     if complete {
         let mut missing: Vec<usize> = expected
+            .borrow()
             .values()
             .filter(|(_, seen)| !seen)
             .map(|(i, _)| *i)

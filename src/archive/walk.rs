@@ -1,4 +1,4 @@
-//! The single-pass tar walker shared by backup and verify.
+//! The single-pass tar walker shared by backup, verify and restore.
 //!
 //! A [`Tee`] sits between the byte source and the `tar` crate and copies
 //! every byte the crate consumes into a sink (the compressor for backup,
@@ -8,7 +8,8 @@
 //! the caller asks to leave out (device nodes, at backup time): the tee holds
 //! each entry's header blocks until the walker has decided, then writes or
 //! drops them, so the sink receives the input minus those entries' blocks,
-//! still a valid tar stream.
+//! still a valid tar stream. A restore's walk is gated the same way: a member's header
+//! blocks reach `tar -x` only once the manifest check admitted it ([`walk_gated`]).
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
@@ -203,7 +204,36 @@ pub(crate) fn walk<R: Read, S: Write>(
     src: R,
     sink: S,
     progress: Option<&dyn Fn(u64)>,
+    skip: Option<&mut dyn FnMut(SkippedEntry)>,
+    visit: impl FnMut(EntryRecord) -> Result<(), ArchiveError>,
+) -> Result<(u64, u64, S), ArchiveError> {
+    walk_inner(src, sink, progress, skip, None, visit)
+}
+
+/// The gate of [`walk_gated`].
+pub(crate) type Admit<'a> = &'a mut dyn FnMut(&EntryRecord) -> Result<(), ArchiveError>;
+
+/// [`walk`] with a gate: each member's header blocks (long-name and PAX records included)
+/// reach `sink` only once `admit` accepted the member's record (`sha256` not known yet);
+/// its content follows as it is read. A refusal ends the walk with `admit`'s error, and the
+/// refused member's header never reaches the sink. A restore streams into `tar -x` this way,
+/// so that `tar` never sees a member its manifest does not describe. Device nodes are not
+/// left out here: they reach `admit` like any member (a backup left them out when it was made).
+pub(crate) fn walk_gated<R: Read, S: Write>(
+    src: R,
+    sink: S,
+    admit: Admit<'_>,
+    visit: impl FnMut(EntryRecord) -> Result<(), ArchiveError>,
+) -> Result<(u64, u64, S), ArchiveError> {
+    walk_inner(src, sink, None, None, Some(admit), visit)
+}
+
+fn walk_inner<R: Read, S: Write>(
+    src: R,
+    sink: S,
+    progress: Option<&dyn Fn(u64)>,
     mut skip: Option<&mut dyn FnMut(SkippedEntry)>,
+    mut admit: Option<Admit<'_>>,
     mut visit: impl FnMut(EntryRecord) -> Result<(), ArchiveError>,
 ) -> Result<(u64, u64, S), ArchiveError> {
     let state = Rc::new(TeeState::default());
@@ -242,17 +272,25 @@ pub(crate) fn walk<R: Read, S: Write>(
             };
             let leave_out = reason.is_some();
             let first = prev_end.saturating_sub(state.held_from.get());
-            state.decision.set(Some((first, prev_kept, !leave_out)));
-            state.holding.set(false);
+            // What is held (the previous entry's rest, then this entry's header blocks) is
+            // written or dropped before the next read: at once for an entry left out or a
+            // global header, after the gate for a member.
+            let (tee_state, keep_prev) = (&*state, prev_kept);
+            let decide = move |keep: bool| {
+                tee_state.decision.set(Some((first, keep_prev, keep)));
+                tee_state.holding.set(false);
+            };
             prev_end = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
             prev_kept = !leave_out;
             // PAX global headers ('g') are returned as entries by the tar
             // crate; they describe defaults, not a member. Skip them.
             if etype == EntryType::XGlobalHeader {
+                decide(true);
                 state.holding.set(true);
                 continue;
             }
             if let Some(reason) = reason {
+                decide(false);
                 left_out.insert(normalise(&entry.path_bytes()).to_vec(), reason);
                 if let Some(report) = skip.as_mut() {
                     report(SkippedEntry {
@@ -307,7 +345,26 @@ pub(crate) fn walk<R: Read, S: Write>(
                 }
                 _ => (None, None),
             };
-            let sha256 = if kind == EntryKind::File {
+            let mut record = EntryRecord {
+                path,
+                path_hex,
+                kind,
+                size,
+                mode,
+                uid,
+                gid,
+                mtime,
+                link_target,
+                link_target_hex,
+                sha256: None,
+            };
+            // Nothing of a refused member reaches the sink: its header stays held.
+            if let Some(admit) = admit.as_mut() {
+                admit(&record)?;
+            }
+            decide(true);
+            let path = &record.path;
+            record.sha256 = if kind == EntryKind::File {
                 let mut hasher = Sha256::new();
                 let mut got = 0u64;
                 loop {
@@ -337,20 +394,9 @@ pub(crate) fn walk<R: Read, S: Write>(
             } else {
                 None
             };
-            visit(EntryRecord {
-                path,
-                path_hex,
-                kind,
-                size,
-                mode,
-                uid,
-                gid,
-                mtime,
-                link_target,
-                link_target_hex,
-                sha256,
-            })?;
+            // Hold from the first byte the content does not use: the next header.
             state.holding.set(true);
+            visit(record)?;
         }
     }
     // What is held now: the last entry's rest, then the end-of-archive blocks (kept).

@@ -90,7 +90,9 @@ pub async fn run(conn: &Connection, yes: bool, format: OutputFormat) -> Result<(
                     "namespace": v.namespace,
                     "pvc": v.pvc,
                     "rolledBack": v.recovered.iter().filter_map(|r| match r {
-                        Recovered::RolledBack { run_id } => Some(run_id.clone()),
+                        Recovered::RolledBack { run_id } | Recovered::Emptied { run_id } => {
+                            Some(run_id.clone())
+                        }
                         _ => None,
                     }).collect::<Vec<_>>(),
                     "removed": v.recovered.iter().filter_map(|r| match r {
@@ -120,6 +122,10 @@ pub async fn run(conn: &Connection, yes: bool, format: OutputFormat) -> Result<(
                     text.push_str(&match r {
                         Recovered::RolledBack { run_id } => format!(
                             "pvc/{} (namespace {}): rolled back interrupted restore {run_id}; it holds what it held before\n",
+                            v.pvc, v.namespace
+                        ),
+                        Recovered::Emptied { run_id } => format!(
+                            "pvc/{} (namespace {}): rolled back interrupted restore {run_id}; it was restoring into the empty volume, which is empty again\n",
                             v.pvc, v.namespace
                         ),
                         Recovered::Removed { name } => format!(

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod};
 use kube::api::{Api, ListParams, PostParams};
 
-use crate::archive::{check_entries_safe, verify_archive};
+use crate::archive::check_entries_safe;
 use crate::cli::{OutputFormat, RestoreModeArg};
 use crate::collect::collect_nodes;
 use crate::connect::{explain, Connection};
@@ -74,34 +74,18 @@ pub fn check_in_place(
     Ok(true)
 }
 
-/// Streams the whole archive through `verify_archive`; any problem is exit 3.
-fn verify_locally(loc: &Located) -> Result<(), Failure> {
+/// What can be checked before anything changes without reading the archive: every entry of
+/// the manifest is safe to restore, and the archive is there. The archive itself is checked
+/// while it streams into the helper pod (one read instead of two), before anything is swapped
+/// in (see `restore::execute`).
+fn preflight(loc: &Located) -> Result<(), Failure> {
     check_entries_safe(&loc.manifest.entries).map_err(|e| Failure::integrity(e.to_string()))?;
-    let reader = loc
-        .destination
-        .open(&loc.archive_key)
-        .map_err(crate::locate::archive_missing)?;
-    let report = verify_archive(
-        std::io::BufReader::with_capacity(1 << 20, reader),
-        loc.manifest.compression,
-        &loc.manifest,
-    )?;
-    if report.is_ok() {
-        return Ok(());
-    }
-    let mut problems: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
-    if !report.complete && problems.is_empty() {
-        problems.push("the archive ends early".into());
-    }
-    Err(Failure::integrity(format!(
-        "the backup does not match its manifest, so nothing was restored: {}",
-        problems
-            .iter()
-            .take(10)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("; ")
-    )))
+    drop(
+        loc.destination
+            .open(&loc.archive_key)
+            .map_err(crate::locate::archive_missing)?,
+    );
+    Ok(())
 }
 
 fn pvc_capacity(pvc: &PersistentVolumeClaim) -> Option<u64> {
@@ -213,13 +197,13 @@ pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
         eprintln!("{warning}");
     }
     let m = loc.manifest.clone();
-    // 1. The archive, checked end to end before anything else.
+    // 1. The manifest's entries, and the archive's presence.
     let verify_loc = Arc::new(loc);
     {
         let l = verify_loc.clone();
-        tokio::task::spawn_blocking(move || verify_locally(&l))
+        tokio::task::spawn_blocking(move || preflight(&l))
             .await
-            .map_err(|e| Failure::runtime(format!("the verifier failed: {e}")))??;
+            .map_err(|e| Failure::runtime(format!("the preflight failed: {e}")))??;
     }
     let ns = plan
         .namespace
@@ -361,8 +345,28 @@ pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
             }
         };
     }
-    // 3. Confirmation.
+    let registry = Registry::default();
+    let exec = Execution {
+        loc: verify_loc.clone(),
+        ns: ns.clone(),
+        name: name.clone(),
+        target: state.target.clone(),
+        nodes: nodes.clone(),
+        namespace_obj: state.namespace_obj.clone(),
+        run_id,
+        mode: engine_mode,
+        in_place: plan.in_place,
+        helper: helper.clone(),
+        retry: plan.retry,
+        needed,
+        recover_on_interrupt: true,
+    };
+    // 3. Confirmation, once the volume is known to have room (nobody should type the PVC's
+    // name for a restore that is then refused).
     if !plan.yes {
+        if state.pvc.is_some() {
+            crate::restore::check_room(&conn.client, &exec, &registry).await?;
+        }
         eprintln!(
             "{}",
             summary_table(
@@ -408,22 +412,6 @@ pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
             .map_err(|e| explain(&format!("creating PVC {ns}/{name}"), &e))?;
         eprintln!("created PVC {ns}/{name} ({size})");
     }
-    let registry = Registry::default();
-    let exec = Execution {
-        loc: verify_loc.clone(),
-        ns: ns.clone(),
-        name: name.clone(),
-        target: state.target.clone(),
-        nodes: nodes.clone(),
-        namespace_obj: state.namespace_obj.clone(),
-        run_id,
-        mode: engine_mode,
-        in_place: plan.in_place,
-        helper: helper.clone(),
-        retry: plan.retry,
-        needed,
-        recover_on_interrupt: true,
-    };
     let done = execute(&conn.client, &exec, &registry).await;
     let secs = started.elapsed().as_secs_f64();
     let doc = serde_json::json!({

@@ -187,16 +187,7 @@ pub struct Executed {
 pub async fn execute(client: &kube::Client, ex: &Execution, registry: &Registry) -> Executed {
     let phase = Mutex::new(Phase::Nothing);
     let ghost = Mutex::new(None);
-    let job = Job {
-        loc: ex.loc.clone(),
-        run_id: ex.run_id.clone(),
-        mode: ex.mode,
-        in_place: ex.in_place,
-        timeout: ex.helper.pod_timeout,
-        needed: ex.needed,
-        label: format!("{}/{}", ex.ns, ex.name),
-        stall: ex.retry.stall,
-    };
+    let job = Job::of(ex);
     let mut log = Vec::new();
     let work = async {
         take_over(client, ex, registry).await?;
@@ -345,13 +336,15 @@ struct Job {
     label: String,
 }
 
-/// Streams the archive, decompressed, into the helper pod's `tar -x`, and checks on the way
-/// that the stored archive is the one the manifest describes (size and sha256 of the stored
-/// bytes). Reading or decoding problems are integrity failures (exit 3, never retried); a
-/// write that fails is the connection's or the pod's problem (runtime, retried).
+/// Streams the archive, decompressed, into the helper pod's `tar -x`, checking it against the
+/// manifest on the way ([`crate::archive::stream_verified`]): the archive is read once, and
+/// `tar` only ever sees members the manifest describes. Whether the stream was whole (every
+/// file's sha256, the stored archive's size and sha256) is known at its end, so what was
+/// extracted is trusted only when this returns `Ok`: a failure rolls the volume back. A
+/// damaged archive is an integrity failure (exit 3, never retried); a write that fails is the
+/// connection's or the pod's problem (runtime, retried).
 fn feed<W: tokio::io::AsyncWrite + Unpin>(loc: &Located, stdin: W) -> Result<u64, Failure> {
-    use sha2::Digest;
-    use std::io::{Read, Write};
+    use std::io::Write;
     let m = &loc.manifest;
     let mut bridge = tokio_util::io::SyncIoBridge::new(stdin);
     let reader = loc.destination.open(&loc.archive_key).map_err(|e| {
@@ -359,80 +352,63 @@ fn feed<W: tokio::io::AsyncWrite + Unpin>(loc: &Located, stdin: W) -> Result<u64
             "{e} (the manifest names it, so the backup is damaged)"
         ))
     })?;
-    let mut hashing = HashingReader {
-        inner: reader,
-        hasher: sha2::Sha256::new(),
-        bytes: 0,
-    };
-    let mut decoder = m
-        .compression
-        .decoder(std::io::BufReader::with_capacity(1 << 20, &mut hashing))
-        .map_err(|e| Failure::integrity(format!("cannot decompress the archive: {e}")))?;
-    let corrupt = |e: std::io::Error| {
-        Failure::integrity(format!(
-            "the archive {} cannot be read back: {e}",
-            loc.destination.locate(&loc.archive_key)
-        ))
-    };
     let broken = |e: std::io::Error| {
         Failure::runtime(format!(
             "streaming the archive to the helper pod failed: {e}"
         ))
     };
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = match decoder.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(corrupt(e)),
-        };
-        bridge.write_all(&buf[..n]).map_err(broken)?;
-        total += n as u64;
-    }
-    drop(decoder);
-    // The decoder may stop at the end of its stream; the rest of the file still counts.
-    std::io::copy(&mut hashing, &mut std::io::sink()).map_err(corrupt)?;
-    let (digest, size) = hashing.finish();
-    if size != m.archive.size || digest != m.archive.sha256 {
+    let report = crate::archive::stream_verified(
+        std::io::BufReader::with_capacity(1 << 20, reader),
+        m.compression,
+        m,
+        &mut bridge,
+    )
+    .map_err(|e| match e {
+        crate::archive::ArchiveError::Write { source } => broken(source),
+        other => Failure::from(other),
+    });
+    // On a damaged archive `tar` gets an end of input now, and ends (`extract` waits for that
+    // before anything rolls back).
+    let report = report.inspect_err(|_| {
+        let _ = bridge.shutdown();
+    })?;
+    if !report.is_ok() {
+        let _ = bridge.shutdown();
+        let mut problems: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
+        if problems.is_empty() {
+            problems.push("the archive ends early".into());
+        }
         return Err(Failure::integrity(format!(
-            "the stored archive is not the one the manifest describes (sha256 {digest}, {size} bytes; the manifest says {}, {} bytes)",
-            m.archive.sha256, m.archive.size
+            "the backup does not match its manifest (found while streaming it to the helper pod): {}",
+            problems
+                .iter()
+                .take(10)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
         )));
     }
     bridge.flush().map_err(broken)?;
     bridge
         .shutdown()
         .map_err(|e| Failure::runtime(format!("closing the helper pod's stdin failed: {e}")))?;
-    Ok(total)
-}
-
-/// Counts and hashes the stored bytes as they are read.
-struct HashingReader<R> {
-    inner: R,
-    hasher: sha2::Sha256,
-    bytes: u64,
-}
-
-impl<R> HashingReader<R> {
-    fn finish(self) -> (String, u64) {
-        use sha2::Digest;
-        (hex::encode(self.hasher.finalize()), self.bytes)
-    }
-}
-
-impl<R: std::io::Read> std::io::Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        use sha2::Digest;
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
+    Ok(report.stored_bytes)
 }
 
 impl Job {
+    fn of(ex: &Execution) -> Job {
+        Job {
+            loc: ex.loc.clone(),
+            run_id: ex.run_id.clone(),
+            mode: ex.mode,
+            in_place: ex.in_place,
+            timeout: ex.helper.pod_timeout,
+            needed: ex.needed,
+            stall: ex.retry.stall,
+            label: format!("{}/{}", ex.ns, ex.name),
+        }
+    }
+
     /// Top-level names a replace keeps: `lost+found` when the backup has none.
     fn keep(&self) -> Vec<String> {
         let has = self
@@ -474,7 +450,15 @@ fn in_pod(helper: &HelperPod) -> InPod<'_> {
 async fn run(helper: &HelperPod, step: &Step<'_>) -> Result<Vec<u8>, Failure> {
     let argv = step.argv(&in_pod(helper));
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    helper.run_bytes(&argv).await
+    let began = std::time::Instant::now();
+    let out = helper.run_bytes(&argv).await;
+    tracing::debug!(
+        "{}: {} in {:.2}s",
+        helper.name,
+        step.name(),
+        began.elapsed().as_secs_f64()
+    );
+    out
 }
 
 /// One attempt in one helper pod. On failure, also returns the pod's name when it touched the
@@ -487,9 +471,15 @@ async fn restore_in_pod(
     registry: &Registry,
     phase: &Mutex<Phase>,
 ) -> Result<(), (Failure, Option<String>)> {
+    let began = std::time::Instant::now();
     let mut helper = HelperPod::launch(client, pod, job.timeout, registry)
         .await
         .map_err(|f| (f, None))?;
+    tracing::debug!(
+        "{}: running in {:.2}s",
+        helper.name,
+        began.elapsed().as_secs_f64()
+    );
     let keep = job.keep();
     let r = async {
         // Back to a volume no run is half-way through before anything else: a previous
@@ -532,7 +522,13 @@ async fn restore_in_pod(
             });
         }
     }
+    let began = std::time::Instant::now();
     let gone = helper.delete().await;
+    tracing::debug!(
+        "{}: deleted in {:.2}s",
+        helper.name,
+        began.elapsed().as_secs_f64()
+    );
     let touched = matches!(
         *phase.lock().unwrap_or_else(|e| e.into_inner()),
         Phase::NeedsRecovery | Phase::PartlyRestored
@@ -576,6 +572,8 @@ struct Room {
     free: u64,
     /// Bytes held by what a replace deletes: everything but the kept top-level names.
     held: u64,
+    /// The helper's processors.
+    cpus: usize,
 }
 
 /// Measures the volume; `None` when `df`/`du` printed something unexpected.
@@ -583,13 +581,50 @@ async fn room(helper: &HelperPod, job: &Job) -> Result<Option<Room>, Failure> {
     let keep = job.keep();
     let out = run(helper, &Step::Room { keep: &keep }).await?;
     let out = String::from_utf8_lossy(&out);
-    let mut kib = out
-        .split_whitespace()
-        .map(|n| n.parse::<u64>().ok().map(|n| n * 1024));
-    Ok(match (kib.next().flatten(), kib.next().flatten()) {
-        (Some(free), Some(held)) => Some(Room { free, held }),
+    let mut n = out.split_whitespace().map(|n| n.parse::<u64>().ok());
+    Ok(match (n.next().flatten(), n.next().flatten()) {
+        (Some(free), Some(held)) => Some(Room {
+            free: free * 1024,
+            held: held * 1024,
+            cpus: n.next().flatten().map_or(1, |c| c.max(1) as usize),
+        }),
         _ => None,
     })
+}
+
+/// What [`script::PREPARE`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Prepared {
+    /// The backup does not fit: free KiB.
+    NoRoom(u64),
+    /// Extract straight into the (empty) volume.
+    Direct { cpus: usize },
+    /// Extract into the staging directory, then swap.
+    Staged { cpus: usize },
+}
+
+/// Parses [`script::PREPARE`]'s one line.
+fn parse_prepared(out: &[u8]) -> Option<Prepared> {
+    let out = String::from_utf8_lossy(out);
+    let f: Vec<&str> = out.split_whitespace().collect();
+    let cpus = || {
+        f.get(2)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(1usize)
+            .max(1)
+    };
+    match f.first().copied()? {
+        "noroom" => Some(Prepared::NoRoom(f.get(1)?.parse().ok()?)),
+        "direct" => Some(Prepared::Direct { cpus: cpus() }),
+        "staged" => Some(Prepared::Staged { cpus: cpus() }),
+        _ => None,
+    }
+}
+
+/// Hashing sessions per restore: the node's processors, at most 4 (each is one `sha256sum` at
+/// a time; `tar` and the API server's stream need their share too).
+fn hashers(cpus: usize) -> usize {
+    cpus.clamp(1, 4)
 }
 
 async fn steps(helper: &HelperPod, job: &Job, phase: &Mutex<Phase>) -> Result<(), Failure> {
@@ -598,43 +633,10 @@ async fn steps(helper: &HelperPod, job: &Job, phase: &Mutex<Phase>) -> Result<()
     }
     let m = &job.loc.manifest;
     let keep = job.keep();
-    // Room for staging: the originals stay until the swap.
-    let df = run(helper, &Step::FreeSpace).await?;
-    let df = String::from_utf8_lossy(&df);
-    if let Some(avail) = df
-        .lines()
-        .last()
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|n| n.parse::<u64>().ok())
-    {
-        let avail = avail * 1024;
-        if avail < job.needed {
-            // Whether deleting the content first would make room decides what to suggest;
-            // measured only now, as `du` walks the whole volume.
-            let held = match job.mode {
-                Mode::Replace => room(helper, job).await?.map(|r| r.held),
-                Mode::Merge => None,
-            };
-            let larger = "restore into a larger PVC (--to-pvc NAME --create-pvc)";
-            let what_to_do = match held {
-                Some(held) if avail + held >= job.needed => format!(
-                    "free space on it, {larger}, or pass --in-place to delete the current content ({}) first and extract straight into the volume, with no rollback: if that restore fails, the volume is left partly restored",
-                    output::human_bytes(held)
-                ),
-                Some(held) => format!(
-                    "free space on it or {larger} (--in-place would not fit either: the current content holds only {})",
-                    output::human_bytes(held)
-                ),
-                None => format!("free space on it or {larger}"),
-            };
-            return Err(Failure::refused(format!(
-                "the volume has {} free but staging the backup needs {} next to the current data; {what_to_do}",
-                output::human_bytes(avail),
-                output::human_bytes(job.needed)
-            )));
-        }
-    }
+    // From here PREPARE may have created the staging directory or the direct-restore record.
     set(phase, Phase::NeedsRecovery);
+    // The journal first: from here on, an interruption is rolled back by whoever comes next
+    // (this pod's watchdog, the next restore, `cleanup`), a direct restore included.
     run(
         helper,
         &Step::Begin {
@@ -644,24 +646,59 @@ async fn steps(helper: &HelperPod, job: &Job, phase: &Mutex<Phase>) -> Result<()
         },
     )
     .await?;
-    // Extract: archive → decompress here → tar -x in the pod, over exec stdin.
-    let staging = format!("{}/{}", helper.mount, script::staging_name(&job.run_id));
-    extract(
+    let out = run(
         helper,
-        job,
-        &Step::ExtractStaged {
+        &Step::Prepare {
             run_id: &job.run_id,
-            bytes: m.uncompressed_size,
+            need_kib: job.needed.div_ceil(1024),
+            direct: true,
         },
     )
     .await?;
-    fix_symlink_owners(helper, job, &staging).await?;
-    // Verify the staged tree inside the pod.
-    let staged = listing(helper, &staging, job, true).await?;
-    let problems = compare(m, &staged, true);
+    let prepared = parse_prepared(&out).ok_or_else(|| {
+        Failure::runtime(format!(
+            "helper pod {} answered the volume check with {:?}",
+            helper.name,
+            String::from_utf8_lossy(&out).trim()
+        ))
+    })?;
+    let (direct, cpus) = match prepared {
+        Prepared::NoRoom(free_kib) => {
+            // PREPARE changed nothing; the journal goes (a rollback of a run that did nothing).
+            run(helper, &job.rollback(&keep)).await?;
+            set(phase, Phase::Nothing);
+            return Err(no_room(helper, job, free_kib * 1024).await);
+        }
+        Prepared::Direct { cpus } => (true, cpus),
+        Prepared::Staged { cpus } => (false, cpus),
+    };
+    let dir = if direct {
+        helper.mount.clone()
+    } else {
+        format!("{}/{}", helper.mount, script::staging_name(&job.run_id))
+    };
+    let extracted = extract_verified(helper, job, &dir, cpus).await?;
+    if direct {
+        // A volume that held nothing: the restored tree is checked where it is, and a failure
+        // empties the volume again (ROLLBACK).
+        mismatches(
+            "the restored files do not match the manifest, so the volume was emptied again",
+            &compare(m, &extracted, true),
+        )?;
+        run(
+            helper,
+            &Step::Commit {
+                run_id: &job.run_id,
+            },
+        )
+        .await?;
+        set(phase, Phase::Done);
+        return Ok(());
+    }
+    let staged = extracted;
     mismatches(
         "the extracted files do not match the manifest, so the volume was not changed",
-        &problems,
+        &compare(m, &staged, true),
     )?;
     // Swap.
     run(
@@ -693,6 +730,41 @@ async fn steps(helper: &HelperPod, job: &Job, phase: &Mutex<Phase>) -> Result<()
     Ok(())
 }
 
+/// The refusal of a volume without room for the backup next to its data, with what to do.
+async fn no_room(helper: &HelperPod, job: &Job, avail: u64) -> Failure {
+    // Whether deleting the content first would make room decides what to suggest; measured
+    // only now, as `du` walks the whole volume.
+    let held = match job.mode {
+        Mode::Replace => match room(helper, job).await {
+            Ok(r) => r.map(|r| r.held),
+            Err(f) => return f,
+        },
+        Mode::Merge => None,
+    };
+    no_room_refusal(job, avail, held)
+}
+
+/// [`no_room`]'s message; `held`: what the content a replace deletes holds, when measured.
+fn no_room_refusal(job: &Job, avail: u64, held: Option<u64>) -> Failure {
+    let larger = "restore into a larger PVC (--to-pvc NAME --create-pvc)";
+    let what_to_do = match held {
+        Some(held) if avail + held >= job.needed => format!(
+            "free space on it, {larger}, or pass --in-place to delete the current content ({}) first and extract straight into the volume, with no rollback: if that restore fails, the volume is left partly restored",
+            output::human_bytes(held)
+        ),
+        Some(held) => format!(
+            "free space on it or {larger} (--in-place would not fit either: the current content holds only {})",
+            output::human_bytes(held)
+        ),
+        None => format!("free space on it or {larger}"),
+    };
+    Failure::refused(format!(
+        "the volume has {} free but staging the backup needs {} next to the current data; {what_to_do}",
+        output::human_bytes(avail),
+        output::human_bytes(job.needed)
+    ))
+}
+
 /// `--in-place` (replace mode): delete the current content (but `lost+found` when the backup
 /// has none), extract straight into the volume, verify it exactly. No staging, no rollback;
 /// the same steps finish what a failed attempt left.
@@ -710,33 +782,208 @@ async fn steps_in_place(
         ))
     })?;
     if room.free + room.held < job.needed {
-        return Err(Failure::refused(format!(
-            "the volume has {} free and its current content holds {}, but the backup needs {}: it does not fit even in place; restore into a larger PVC (--to-pvc NAME --create-pvc --size Q)",
-            output::human_bytes(room.free),
-            output::human_bytes(room.held),
-            output::human_bytes(job.needed)
-        )));
+        return Err(no_room_in_place(job, &room));
     }
     set(phase, Phase::PartlyRestored);
     let keep = job.keep();
     run(helper, &Step::Clear { keep: &keep }).await?;
-    extract(
-        helper,
-        job,
-        &Step::ExtractInPlace {
-            bytes: m.uncompressed_size,
-        },
-    )
-    .await?;
-    fix_symlink_owners(helper, job, &helper.mount).await?;
-    let seen = listing(helper, &helper.mount, job, true).await?;
+    let seen = extract_verified(helper, job, &helper.mount, room.cpus).await?;
     let problems = compare(m, &seen, true);
     mismatches(
         "the files restored in place do not match the manifest",
         &problems,
     )?;
+    // An in-place run has no journal to commit (nothing to roll back to): what it left of its
+    // own (the end-of-extraction marker) is deleted as RECOVER deletes a finished run's.
+    run(
+        helper,
+        &Step::Recover {
+            only: Some(&job.run_id),
+        },
+    )
+    .await?;
     set(phase, Phase::Done);
     Ok(())
+}
+
+fn no_room_in_place(job: &Job, room: &Room) -> Failure {
+    Failure::refused(format!(
+        "the volume has {} free and its current content holds {}, but the backup needs {}: it does not fit even in place; restore into a larger PVC (--to-pvc NAME --create-pvc --size Q)",
+        output::human_bytes(room.free),
+        output::human_bytes(room.held),
+        output::human_bytes(job.needed)
+    ))
+}
+
+/// Before a user is asked to confirm a restore into an existing PVC: measures the volume in a
+/// helper pod ([`script::ROOM`], which changes nothing) and refuses exactly as the restore
+/// would, so that nobody types the PVC's name for a restore that cannot fit. A volume whose
+/// free space cannot be read is left to the restore's own check.
+pub async fn check_room(
+    client: &kube::Client,
+    ex: &Execution,
+    registry: &Registry,
+) -> Result<(), Failure> {
+    let job = Job::of(ex);
+    let pod = admissible_pod(&ex.request("-room")?, ex.namespace_obj.as_ref())?;
+    let mut helper = HelperPod::launch(client, pod, job.timeout, registry).await?;
+    let measured = room(&helper, &job).await;
+    helper.delete().await;
+    let Some(room) = measured? else {
+        return Ok(());
+    };
+    if job.in_place {
+        if room.free + room.held < job.needed {
+            return Err(no_room_in_place(&job, &room));
+        }
+    } else if room.free < job.needed {
+        let held = (job.mode == Mode::Replace).then_some(room.held);
+        return Err(no_room_refusal(&job, room.free, held));
+    }
+    Ok(())
+}
+
+/// Extracts the archive into `dir` while the helper pod hashes the files `tar` has finished
+/// (`hashers(cpus)` sessions of [`script::HASH`]), restores the owners of symlinks, and lists
+/// `dir`: every entry as it is on the volume, regular files with the sha256 of their content
+/// there. A file whose in-flight hash does not match the manifest is hashed once more now that
+/// `tar` is done (a member order other than `tar -c`'s can open a gate early), so only what is
+/// on the volume decides.
+async fn extract_verified(
+    helper: &HelperPod,
+    job: &Job,
+    dir: &str,
+    cpus: usize,
+) -> Result<Vec<script::Seen>, Failure> {
+    let m = &job.loc.manifest;
+    let done = script::extracted_marker(&helper.mount, &job.run_id);
+    // Schema 1 lists entries in archive order, schema 2 by path (see `script::hash_plan`).
+    let archive_order = m.schema_version < 2;
+    let plan = script::hash_plan(&m.entries, &done, hashers(cpus), archive_order);
+    let hashing =
+        futures::future::try_join_all(plan.iter().map(|shard| hash(helper, dir, &done, shard)));
+    let step = Step::Extract {
+        dir,
+        done: &done,
+        bytes: m.uncompressed_size,
+    };
+    let extraction = extract(helper, job, &step);
+    tokio::pin!(hashing, extraction);
+    let mut hashed = None;
+    // The extraction decides: when it fails, the hashers (which may wait for a file that never
+    // comes) are dropped with it.
+    let began = std::time::Instant::now();
+    let extracted = loop {
+        tokio::select! {
+            r = &mut extraction => break r,
+            h = &mut hashing, if hashed.is_none() => hashed = Some(h),
+        }
+    };
+    extracted?;
+    tracing::debug!(
+        "{}: extracted in {:.2}s",
+        helper.name,
+        began.elapsed().as_secs_f64()
+    );
+    let hashed = match hashed {
+        Some(h) => h,
+        None => hashing.await,
+    }?;
+    tracing::debug!(
+        "{}: hashed in {:.2}s ({} sessions)",
+        helper.name,
+        began.elapsed().as_secs_f64(),
+        plan.len()
+    );
+    let mut hashes: std::collections::HashMap<Vec<u8>, String> =
+        hashed.into_iter().flatten().collect();
+    fix_symlink_owners(helper, job, dir).await?;
+    let again: Vec<crate::archive::EntryRecord> = m
+        .entries
+        .iter()
+        .filter(|e| {
+            e.kind == crate::archive::EntryKind::File
+                && hashes.get(&crate::archive::canonical_key(&e.raw_path())) != e.sha256.as_ref()
+        })
+        .cloned()
+        .collect();
+    if !again.is_empty() {
+        for shard in script::hash_plan(&again, &done, 1, archive_order) {
+            hashes.extend(hash(helper, dir, &done, &shard).await?);
+        }
+    }
+    let mut seen = listing(helper, dir, job, false).await?;
+    for s in seen.iter_mut().filter(|s| s.kind == 'F') {
+        s.sha256 = hashes.get(&s.path).cloned();
+    }
+    Ok(seen)
+}
+
+/// One [`script::HASH`] session: its chunks on stdin, the hashes it printed by path.
+async fn hash(
+    helper: &HelperPod,
+    dir: &str,
+    done: &str,
+    shard: &script::HashShard,
+) -> Result<std::collections::HashMap<Vec<u8>, String>, Failure> {
+    use tokio::io::AsyncWriteExt;
+    let argv = Step::Hash { dir, done }.argv(&in_pod(helper));
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    // Silent while it waits for `tar`: no stall limit on its output (the extraction has one).
+    let mut session = helper
+        .session(
+            &argv,
+            true,
+            Watch {
+                stdin_stall: None,
+                stdout_stall: None,
+            },
+        )
+        .await?;
+    let mut stdin = session
+        .stdin
+        .take()
+        .ok_or_else(|| Failure::runtime("exec gave no stdin"))?;
+    let mut stdout = session
+        .stdout
+        .take()
+        .ok_or_else(|| Failure::runtime("exec gave no stdout"))?;
+    let mut stderr = session
+        .stderr
+        .take()
+        .ok_or_else(|| Failure::runtime("exec gave no stderr"))?;
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let write = async {
+        stdin.write_all(&shard.stdin).await?;
+        stdin.shutdown().await
+    };
+    let mut stderr = (&mut stderr).take(64 << 10);
+    let (w, o, _) = tokio::join!(
+        write,
+        stdout.read_to_end(&mut out),
+        stderr.read_to_end(&mut err)
+    );
+    let st = session.finish(Duration::from_secs(60)).await?;
+    if st.status.as_deref() != Some("Success") {
+        return Err(Failure::runtime(format!(
+            "hashing the restored files in helper pod {} failed: {} {}",
+            helper.name,
+            crate::helper_session::describe_status(&st),
+            String::from_utf8_lossy(&err).trim()
+        )));
+    }
+    w.and(o.map(|_| ())).map_err(|e| {
+        Failure::runtime(format!(
+            "the hashing session in helper pod {} broke: {e}",
+            helper.name
+        ))
+    })?;
+    script::parse_hashes(&out, &shard.names).map_err(|e| {
+        Failure::runtime(format!(
+            "the file hashes from helper pod {} are unreadable: {e}",
+            helper.name
+        ))
+    })
 }
 
 /// Runs `step` (a `tar -x` into some directory) with the archive, decompressed here, on its
@@ -779,10 +1026,13 @@ async fn extract(helper: &HelperPod, job: &Job, step: &Step<'_>) -> Result<(), F
     let fed = feeder
         .await
         .map_err(|e| Failure::runtime(format!("the archive feeder failed: {e}")))?;
-    // A damaged archive explains a failed tar best (and tar may still wait for input: the
-    // session is dropped on return, which ends it); a lost session explains a broken feed best.
+    // A damaged archive explains a failed tar best; a lost session explains a broken feed
+    // best.
     if let Err(f) = &fed {
         if f.kind == ExitKind::Integrity {
+            // `tar` got an end of input: wait (bounded) until it has ended, so that it does not
+            // write on while the volume is rolled back.
+            let _ = session.finish(job.stall).await;
             return Err(f.clone());
         }
         if let Some(why) = session.lost_reason() {
@@ -880,6 +1130,9 @@ fn tell_recovered(label: &str, done: &[Recovered], own: &str) {
         match r {
             Recovered::RolledBack { run_id } if run_id != own => eprintln!(
                 "{label}: rolled back an interrupted restore (run {run_id}) found on the volume: it holds what it held before that restore"
+            ),
+            Recovered::Emptied { run_id } if run_id != own => eprintln!(
+                "{label}: rolled back an interrupted restore (run {run_id}) found on the volume: it was restoring into the empty volume, which is empty again"
             ),
             Recovered::Removed { name } if !name.ends_with(own) => {
                 eprintln!("{label}: removed {name}, left on the volume by an earlier restore")
@@ -1036,4 +1289,34 @@ pub async fn recover_volume(
         pvc: pvc.to_string(),
         recovered: script::parse_recovered(&String::from_utf8_lossy(&out)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepare_answers_parse() {
+        assert_eq!(
+            parse_prepared(b"noroom 1234\n"),
+            Some(Prepared::NoRoom(1234))
+        );
+        assert_eq!(
+            parse_prepared(b"direct 99 8\n"),
+            Some(Prepared::Direct { cpus: 8 })
+        );
+        // `df` unreadable (`?`), `nproc` missing or odd: one CPU.
+        assert_eq!(
+            parse_prepared(b"staged ? x\n"),
+            Some(Prepared::Staged { cpus: 1 })
+        );
+        assert_eq!(
+            parse_prepared(b"staged 5 0"),
+            Some(Prepared::Staged { cpus: 1 })
+        );
+        assert_eq!(parse_prepared(b"noroom ?"), None);
+        assert_eq!(parse_prepared(b""), None);
+        assert_eq!(hashers(1), 1);
+        assert_eq!(hashers(64), 4);
+    }
 }

@@ -12,9 +12,15 @@
 //!   empty file per path), so a rollback can remove them.
 //! * `/data/.pvbackup-swapped-ID`: replace mode's marker "every original is in old/".
 //! * `/data/.pvbackup-root-ID`: the volume root's original `mode uid:gid`.
+//! * `/data/.pvbackup-direct-ID`: the archive is extracted straight into a volume that held
+//!   nothing but an empty `lost+found` (a new PVC): no staging, no swap; a rollback empties
+//!   the volume again. Holds `lost+found`'s original `mode uid:gid`, or `none`.
+//! * `/data/.pvbackup-extracted-ID`: `tar -x` has ended (see [`EXTRACT`]); the in-pod hashers
+//!   wait for it at the latest.
 //! * `/data/.pvbackup-journal-ID`: the run's journal, written first ([`BEGIN`]: the mode and
 //!   the kept names) and removed last: while it exists the run is unfinished and
-//!   [`RECOVER`] rolls it back; [`COMMIT`] removes it first, as its commit point.
+//!   [`RECOVER`] rolls it back (a direct restore's volume is emptied again); [`COMMIT`]
+//!   removes it first, as its commit point.
 //!
 //! Every script runs in `/data` as the helper pod's spec mounts it (`$PVB_MOUNT`, set by
 //! `step::Step::argv`), and calls `phase NAME` after each phase, so a test can stop it there.
@@ -61,15 +67,15 @@ batch() {
 }
 if [ "$4" = batch ]; then shift 4; batch "$@"; exit $?; fi
 batch .
+# One find over every top-level entry but this run's own (a find per entry cost a dozen
+# processes for each of a thousand top-level directories).
+set --
 for e in * .[!.]* ..?*; do
   [ -e "$e" ] || [ -L "$e" ] || continue
   case "$e" in .pvbackup-*-"$ex") continue;; esac
-  if [ -d "$e" ] && [ ! -L "$e" ]; then
-    find "./$e" -exec sh -c 'eval "$PVB"' list . "$ex" "$how" batch {} + || exit 1
-  else
-    batch "./$e" || exit 1
-  fi
+  set -- "$@" "./$e"
 done
+[ $# -eq 0 ] || find "$@" -exec sh -c 'eval "$PVB"' list . "$ex" "$how" batch {} + || exit 1
 "#;
 
 /// `sh -c SWAP_REPLACE sh ID KEEP...`: moves every original top-level entry (except this
@@ -162,7 +168,24 @@ pub const ROLLBACK: &str = r#"
 cd "$PVB_MOUNT" || exit 1
 id="$1"; mode="$2"; shift 2
 S=".pvbackup-staging-$id"; O=".pvbackup-old-$id"; N=".pvbackup-new-$id"; M=".pvbackup-swapped-$id"; R=".pvbackup-root-$id"; T=".pvbackup-trash-$id"
+X=".pvbackup-direct-$id"; D=".pvbackup-extracted-$id"
 fail=0
+if [ -f "$X" ]; then
+  # extracted straight into a volume that held nothing but an empty lost+found: empty it again
+  for e in * .[!.]* ..?*; do
+    [ -e "$e" ] || [ -L "$e" ] || continue
+    case "$e" in .pvbackup-*-"$id"|lost+found) continue;; esac
+    rm -rf -- "$e" || fail=1
+  done
+  lf=$(cat "$X")
+  if [ "$lf" = none ]; then
+    rm -rf lost+found || fail=1
+  elif [ -d lost+found ]; then
+    rm -rf lost+found/* lost+found/.[!.]* lost+found/..?* || fail=1
+    set -- $lf
+    chmod "$1" lost+found; chown "$2" lost+found
+  fi
+fi
 if [ "$mode" = replace ] && [ -d "$O" ]; then
   if [ -e "$M" ]; then
     # every original is in old/: what is at the top level now came from staging
@@ -200,7 +223,7 @@ if [ -f "$R" ] && [ "$fail" = 0 ]; then
 fi
 [ "$fail" = 0 ] || exit 1
 phase restored
-rm -rf -- "$S" "$O" "$N" "$M" "$R" "$T" || exit 1
+rm -rf -- "$S" "$O" "$N" "$M" "$R" "$T" "$X" "$D" || exit 1
 # last: until it is gone, a later run knows this one is not finished
 rm -f -- ".pvbackup-journal-$id"
 "#;
@@ -220,7 +243,8 @@ fi
 rm -f -- "$J" || exit 1
 phase committed
 if [ -d "$O" ]; then mv -- "$O" "$T" || exit 1; fi
-rm -rf -- ".pvbackup-staging-$id" ".pvbackup-new-$id" ".pvbackup-swapped-$id" ".pvbackup-root-$id" "$T"
+rm -rf -- ".pvbackup-staging-$id" ".pvbackup-new-$id" ".pvbackup-swapped-$id" ".pvbackup-root-$id" \
+  ".pvbackup-direct-$id" ".pvbackup-extracted-$id" "$T"
 "#;
 
 /// `sh -c FIX_SYMLINKS sh DIR UID:GID PATH ...`: busybox tar does not restore the owner of
@@ -231,9 +255,9 @@ shift
 while [ $# -gt 1 ]; do chown -h "$1" "$2" || exit 1; shift 2; done
 "#;
 
-/// `sh -c ROOM ROOM KEEP...`: prints `FREE HELD`, in KiB: the volume's free space (`df`), and
-/// what its content holds (`du`) but the top-level KEEP names — the room a replace in place
-/// has once it deleted the content. `du` counts a hard-linked file once.
+/// `sh -c ROOM ROOM KEEP...`: prints `FREE HELD CPUS`, FREE and HELD in KiB: the volume's free
+/// space (`df`), and what its content holds (`du`) but the top-level KEEP names — the room a
+/// replace in place has once it deleted the content; CPUS the helper's processors (`nproc`). `du` counts a hard-linked file once.
 pub const ROOM: &str = r#"
 cd "$PVB_MOUNT" || exit 1
 # du still prints its total when it could not read everything; an unreadable corner then
@@ -249,7 +273,7 @@ for k; do
   fi
 done
 set -- $(df -Pk . | tail -n 1)
-echo "$4 $held"
+echo "$4 $held $(nproc 2>/dev/null || echo 1)"
 "#;
 
 /// `sh -c CLEAR CLEAR KEEP...`: `--in-place`'s first step: deletes every top-level entry of
@@ -275,22 +299,59 @@ id="$1"; shift
 printf '%s\n' "$@" > ".pvbackup-journal-$id"
 "#;
 
-/// `sh -c EXTRACT sh DIR BYTES [NEW]`: extracts the tar stream on stdin into DIR (created
-/// first, mode 0700, when NEW is given) and checks that exactly BYTES arrived: busybox tar
-/// takes a stream cut at a header boundary for a complete archive (exit 0), and a client that
-/// vanished mid-stream only closes stdin (kubesim README, "exec client gone"). Stopped: a
-/// partial DIR, which [`ROLLBACK`] removes (staging) or a re-run replaces (in place).
+/// `sh -c PREPARE sh ID NEED_KIB WANT`: the first step after [`BEGIN`] that may write. Measures the free
+/// space (`df`), and prints `noroom FREE` (KiB) without changing anything when NEED_KIB does not
+/// fit. Otherwise, with WANT = `auto` and a volume holding nothing but an empty `lost+found`,
+/// it records the root's and `lost+found`'s mode and owner for [`ROLLBACK`] and prints
+/// `direct FREE CPUS`: extract straight into the volume. Else it creates the staging directory
+/// and prints `staged FREE CPUS`. FREE is `?` when `df` printed nothing readable (the check is
+/// then left to `tar`), CPUS the helper's processor count (`nproc`, 1 if it has none). This
+/// run's own entries (its journal) do not count as content. Stopped: the records or the
+/// staging directory, which the journal written before lets [`ROLLBACK`] remove.
+pub const PREPARE: &str = r#"
+cd "$PVB_MOUNT" || exit 1
+id="$1"; need="$2"; want="$3"
+S=".pvbackup-staging-$id"; R=".pvbackup-root-$id"; X=".pvbackup-direct-$id"
+set -- $(df -Pk . | tail -n 1)
+free="$4"
+case "$free" in ''|*[!0-9]*) free='?';; esac
+if [ "$free" != '?' ] && [ "$free" -lt "$need" ]; then echo "noroom $free"; exit 0; fi
+cpus=$(nproc 2>/dev/null) || cpus=1
+empty=1
+for e in * .[!.]* ..?*; do
+  [ -e "$e" ] || [ -L "$e" ] || continue
+  case "$e" in .pvbackup-*-"$id") continue;; esac
+  if [ "$e" = lost+found ] && [ -d "$e" ] && [ ! -L "$e" ] && [ -z "$(ls -A "$e")" ]; then continue; fi
+  empty=; break
+done
+if [ "$want" = auto ] && [ -n "$empty" ]; then
+  stat -c '%a %u:%g' . > "$R" || exit 1
+  if [ -d lost+found ]; then stat -c '%a %u:%g' lost+found; else echo none; fi > "$X" || exit 1
+  echo "direct $free $cpus"
+else
+  mkdir -m 700 "$S" || exit 1
+  echo "staged $free $cpus"
+fi
+"#;
+
+/// `sh -c EXTRACT sh DIR DONE BYTES`: `tar -x` of the tar stream on stdin into DIR, then the
+/// marker file DONE (`/data/.pvbackup-extracted-ID`, see [`extracted_marker`]) whatever tar's
+/// outcome, so the hashers stop waiting on it; then checks that exactly BYTES arrived: busybox
+/// tar takes a stream cut at a header boundary for a complete archive (exit 0), and a client
+/// that vanished mid-stream only closes stdin (kubesim README, "exec client gone"). Stopped: a
+/// partial DIR, which [`ROLLBACK`] removes (staging, direct) or a re-run replaces (in place).
 pub const EXTRACT: &str = r#"
-dir="$1"; want="$2"
-if [ -n "$3" ]; then mkdir -m 700 "$dir" || exit 1; fi
+cd "$PVB_MOUNT" || exit 1
+dir="$1"; done="$2"; want="$3"
 c="$PVB_RUN/pvbackup-count.$$"
 rm -f "$c" "$c.fifo"
-mkfifo "$c.fifo" || exit 1
+mkfifo "$c.fifo" || { : > "$done"; exit 1; }
 wc -c < "$c.fifo" > "$c" &
 tee "$c.fifo" | tar -x --numeric-owner -f - -C "$dir"
 rc=$?
 wait
 got=$(cat "$c"); rm -f "$c" "$c.fifo"
+: > "$done"
 [ "$rc" = 0 ] || exit "$rc"
 if [ "$got" != "$want" ]; then
   echo "the archive stream ended after $got of $want bytes" >&2
@@ -300,7 +361,8 @@ fi
 
 /// `sh -c RECOVER sh ONLY ROLLBACK`: finishes what earlier runs left on the volume (of run
 /// ONLY, or of every run when ONLY is empty): a run with a journal is rolled back with the
-/// ROLLBACK script (`rolled-back ID`), entries of runs without one (committed, or never
+/// ROLLBACK script (`rolled-back ID`; `emptied ID` when it was restoring straight into an
+/// empty volume, which is empty again), entries of runs without one (committed, or never
 /// begun) are deleted (`removed NAME`). Stopped: a re-run finishes it.
 pub const RECOVER: &str = r#"
 cd "$PVB_MOUNT" || exit 1
@@ -310,9 +372,11 @@ for j in .pvbackup-journal-*; do
   [ -f "$j" ] || continue
   id=${j#.pvbackup-journal-}
   [ -z "$only" ] || [ "$id" = "$only" ] || continue
+  what=rolled-back
+  [ -f ".pvbackup-direct-$id" ] && what=emptied
   if (set -f; IFS='
 '; exec sh -c "$rb" sh "$id" $(cat -- "$j")); then
-    echo "rolled-back $id"
+    echo "$what $id"
   else
     fail=1
   fi
@@ -333,6 +397,9 @@ exit $fail
 pub enum Recovered {
     /// An unfinished run was rolled back: the volume holds what it held before that run.
     RolledBack { run_id: String },
+    /// An unfinished run that restored straight into an empty volume was rolled back: the
+    /// volume is empty again.
+    Emptied { run_id: String },
     /// An entry of a finished (or never begun) run was deleted.
     Removed { name: String },
 }
@@ -345,6 +412,10 @@ pub fn parse_recovered(out: &str) -> Vec<Recovered> {
                 Some(Recovered::RolledBack {
                     run_id: id.to_string(),
                 })
+            } else if let Some(id) = l.strip_prefix("emptied ") {
+                Some(Recovered::Emptied {
+                    run_id: id.to_string(),
+                })
             } else {
                 l.strip_prefix("removed ").map(|n| Recovered::Removed {
                     name: n.to_string(),
@@ -352,6 +423,127 @@ pub fn parse_recovered(out: &str) -> Vec<Recovered> {
             }
         })
         .collect()
+}
+
+/// The end-of-extraction marker of run `id` on a volume mounted at `mount`.
+pub fn extracted_marker(mount: &str, id: &str) -> String {
+    format!("{mount}/.pvbackup-extracted-{id}")
+}
+
+/// `sh -c HASH HASH DIR DONE ARGS` with stdin: chunks of `GATE\0FILE\0…` of ARGS arguments
+/// each (the last one may be shorter), paths relative to DIR. Hashes the files of each chunk
+/// with one `sha256sum` once GATE exists (or DONE, `tar -x` ended): GATE is the archive member
+/// right after the chunk's last file, and busybox `tar` writes and closes each member before it
+/// creates the next, so every file of the chunk is whole by then. So the hashing runs while
+/// `tar` is still extracting, and several HASH sessions use the node's cores. Chunks are padded
+/// with `/dev/null` (hashed too) to ARGS arguments so that `xargs -n` splits them where they
+/// were cut; [`hash_plan`] keeps each chunk well below the `-s` limit, which would split too.
+pub const HASH: &str = r#"
+cd "$1" || exit 1
+exec xargs -0 -r -s 131072 -n "$3" sh -c '
+d="$1"; g="$2"; shift 2
+until [ -e "$g" ] || [ -L "$g" ] || [ -e "$d" ]; do sleep 0.02; done
+exec sha256sum -- "$@"' chunk "$2"
+"#;
+
+/// Files per [`HASH`] chunk (the gate is one argument more).
+pub const HASH_CHUNK_FILES: usize = 128;
+/// A chunk closes once its files hold this many bytes, so that a large file is hashed soon after
+/// it was written rather than after the next 127 files.
+const HASH_CHUNK_BYTES: u64 = 16 << 20;
+/// Argument bytes per chunk (each path plus its NUL), well below HASH's `-s 131072`.
+const HASH_CHUNK_ARG_BYTES: usize = 48 << 10;
+/// The padding argument of a short chunk.
+const PAD: &[u8] = b"/dev/null";
+
+/// The stdin of one [`HASH`] session and the names its `sha256sum` lines will carry, in order
+/// (`PAD` included).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HashShard {
+    pub stdin: Vec<u8>,
+    pub names: Vec<Vec<u8>>,
+}
+
+/// Splits the regular files of a manifest's `entries` into [`HASH`] chunks dealt out to
+/// `shards` sessions in turn. `done` is the absolute path of the end-of-extraction marker: the
+/// gate of the chunk holding the last member. With `archive_order` (the entries are listed in
+/// the order of the archive's members, as schema 1 lists them), a chunk's gate is the member
+/// after its last file, so the chunk is hashed while `tar` extracts the rest. Without it
+/// (schema 2 lists entries by path), the member after a file in the list may come anywhere in
+/// the archive, even before the file, so every gate is `done`: the chunks are hashed once `tar`
+/// has ended, still in `shards` sessions at once.
+pub fn hash_plan(
+    entries: &[EntryRecord],
+    done: &str,
+    shards: usize,
+    archive_order: bool,
+) -> Vec<HashShard> {
+    let shards = shards.max(1);
+    let rel = |e: &EntryRecord| {
+        let mut p = b"./".to_vec();
+        p.extend_from_slice(&canonical_key(&e.raw_path()));
+        p
+    };
+    let mut out = vec![HashShard::default(); shards];
+    let mut next_shard = 0;
+    let mut chunk: Vec<Vec<u8>> = Vec::new();
+    let (mut bytes, mut arg_bytes) = (0u64, 0usize);
+    let last = entries.iter().rposition(|e| e.kind == EntryKind::File);
+    for (i, e) in entries.iter().enumerate() {
+        if e.kind != EntryKind::File {
+            continue;
+        }
+        let p = rel(e);
+        arg_bytes += p.len() + 1;
+        bytes += e.size;
+        chunk.push(p);
+        // The gate is the next member, of any kind.
+        let gate = match entries.get(i + 1) {
+            Some(n) if archive_order => rel(n),
+            _ => done.as_bytes().to_vec(),
+        };
+        let last_file = Some(i) == last;
+        let full = chunk.len() == HASH_CHUNK_FILES
+            || bytes >= HASH_CHUNK_BYTES
+            // room for the gate, the padding and the longest next path (PATH_MAX)
+            || arg_bytes + gate.len() + HASH_CHUNK_FILES * (PAD.len() + 1) + 4096 >= HASH_CHUNK_ARG_BYTES;
+        if !(full || last_file) {
+            continue;
+        }
+        let shard = &mut out[next_shard];
+        next_shard = (next_shard + 1) % shards;
+        shard.stdin.extend_from_slice(&gate);
+        shard.stdin.push(0);
+        while chunk.len() < HASH_CHUNK_FILES {
+            chunk.push(PAD.to_vec());
+        }
+        for f in chunk.drain(..) {
+            shard.stdin.extend_from_slice(&f);
+            shard.stdin.push(0);
+            shard.names.push(f);
+        }
+        bytes = 0;
+        arg_bytes = 0;
+    }
+    out.retain(|s| !s.names.is_empty());
+    out
+}
+
+/// Parses the `sha256sum` lines of a [`HASH`] session (or of `xargs sha256sum` over `names`):
+/// the hash of every name but the padding, by canonical path.
+pub fn parse_hashes(out: &[u8], names: &[Vec<u8>]) -> Result<HashMap<Vec<u8>, String>, String> {
+    let mut cur = Cursor { out, at: 0 };
+    let mut hashes = HashMap::with_capacity(names.len());
+    for n in names {
+        let h = cur.hash_line(n)?;
+        if n != PAD {
+            hashes.insert(canonical_key(n.strip_prefix(b"./").unwrap_or(n)), h);
+        }
+    }
+    if !cur.done() {
+        return Err("sha256sum printed more lines than there are files".into());
+    }
+    Ok(hashes)
 }
 
 /// One entry as the helper pod saw it.
@@ -763,6 +955,230 @@ mod tests {
         assert_eq!(stat_only[i].sha256, None);
     }
 
+    fn file(path: &str, size: u64) -> EntryRecord {
+        EntryRecord {
+            path: path.into(),
+            path_hex: None,
+            kind: EntryKind::File,
+            size,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            link_target: None,
+            link_target_hex: None,
+            sha256: None,
+        }
+    }
+
+    #[test]
+    fn hash_plan_chunks_gates_and_pads() {
+        let mut entries = vec![EntryRecord {
+            kind: EntryKind::Dir,
+            ..file(".", 0)
+        }];
+        for i in 0..300 {
+            entries.push(file(&format!("f{i:03}"), 10));
+        }
+        entries.insert(5, file("big", 40 << 20));
+        entries.push(EntryRecord {
+            kind: EntryKind::Symlink,
+            link_target: Some("f000".into()),
+            ..file("z-link", 0)
+        });
+        let plan = hash_plan(&entries, "/data/.pvbackup-extracted-X", 2, true);
+        assert_eq!(plan.len(), 2);
+        let args: Vec<Vec<&[u8]>> = plan
+            .iter()
+            .map(|s| {
+                s.stdin
+                    .split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .collect()
+            })
+            .collect();
+        // Every chunk is gate + HASH_CHUNK_FILES names; every file is in exactly one chunk.
+        let mut files: Vec<Vec<u8>> = Vec::new();
+        let mut gates: Vec<&[u8]> = Vec::new();
+        for (s, a) in plan.iter().zip(&args) {
+            assert_eq!(a.len() % (HASH_CHUNK_FILES + 1), 0);
+            let mut names = Vec::new();
+            for c in a.chunks(HASH_CHUNK_FILES + 1) {
+                gates.push(c[0]);
+                names.extend(c[1..].iter().map(|n| n.to_vec()));
+            }
+            assert_eq!(names, s.names);
+            files.extend(names.into_iter().filter(|n| n != PAD));
+        }
+        files.sort();
+        assert_eq!(files.len(), 301);
+        assert!(files.windows(2).all(|w| w[0] != w[1]));
+        // "big" closes its chunk (16 MiB), gated by the member after it; the last chunk by the
+        // symlink after the last file.
+        assert!(gates.contains(&&b"./f004"[..]));
+        assert!(gates.contains(&&b"./z-link"[..]));
+        // No chunk reaches xargs' size limit.
+        for a in &args {
+            for c in a.chunks(HASH_CHUNK_FILES + 1) {
+                assert!(c.iter().map(|x| x.len() + 1).sum::<usize>() < HASH_CHUNK_ARG_BYTES);
+            }
+        }
+        // The last member is a file: its chunk waits for the end of the extraction.
+        let plan = hash_plan(&entries[..entries.len() - 1], "/done", 1, true);
+        assert!(plan[0].stdin.windows(6).any(|w| w == b"/done\0"));
+        // Entries listed by path (schema 2), not in archive order: every chunk waits for the
+        // end of the extraction, since the next entry listed may be extracted first.
+        let plan = hash_plan(&entries, "/done", 2, false);
+        let gates: Vec<&[u8]> = plan
+            .iter()
+            .flat_map(|s| {
+                s.stdin
+                    .split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .collect::<Vec<_>>()
+                    .chunks(HASH_CHUNK_FILES + 1)
+                    .map(|c| c[0])
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert!(gates.len() >= 3);
+        assert!(gates.iter().all(|g| *g == b"/done"), "{gates:?}");
+    }
+
+    /// HASH in busybox while a slow writer creates the files in archive order, each in two
+    /// halves with a pause between: every hash must be of the whole file, so no chunk may be
+    /// hashed before its gate exists.
+    #[test]
+    fn hash_script_hashes_each_file_whole_while_it_is_written() {
+        let busybox = which_busybox().expect("busybox (apt-get install busybox-static)");
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        let done = d.join(".done");
+        let mut entries = Vec::new();
+        for i in 0..400 {
+            let size = if i % 97 == 0 { 3 << 20 } else { 100 + i as u64 };
+            entries.push(file(&format!("f{i:03} odd\nname"), size));
+        }
+        let plan = hash_plan(&entries, done.to_str().unwrap(), 2, true);
+        let writer = {
+            let (d, done, entries) = (d.clone(), done.clone(), entries.clone());
+            std::thread::spawn(move || {
+                for (i, e) in entries.iter().enumerate() {
+                    use std::io::Write;
+                    let body: Vec<u8> = (0..e.size).map(|j| (i as u64 + j) as u8).collect();
+                    let mut f = std::fs::File::create(d.join(&e.path)).unwrap();
+                    let half = body.len() / 2;
+                    f.write_all(&body[..half]).unwrap();
+                    f.flush().unwrap();
+                    if i % 50 == 0 {
+                        std::thread::sleep(std::time::Duration::from_millis(30));
+                    }
+                    f.write_all(&body[half..]).unwrap();
+                }
+                std::fs::write(done, b"").unwrap();
+            })
+        };
+        let sessions: Vec<_> = plan
+            .iter()
+            .map(|shard| {
+                let mut c = std::process::Command::new(&busybox)
+                    .args(["sh", "-c", HASH, HASH])
+                    .arg(&d)
+                    .arg(&done)
+                    .arg((HASH_CHUNK_FILES + 1).to_string())
+                    .env("PATH", busybox_path(&busybox))
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(&shard.stdin).unwrap();
+                c
+            })
+            .collect();
+        let mut got = HashMap::new();
+        for (c, shard) in sessions.into_iter().zip(&plan) {
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success());
+            got.extend(parse_hashes(&out.stdout, &shard.names).unwrap());
+        }
+        writer.join().unwrap();
+        assert_eq!(got.len(), entries.len());
+        for e in &entries {
+            let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+                std::fs::read(d.join(&e.path)).unwrap(),
+            ));
+            assert_eq!(got[e.path.as_bytes()], want, "{:?}", e.path);
+        }
+        // A line naming another file, or one too many, is refused.
+        assert!(parse_hashes(b"", &plan[0].names).is_err());
+    }
+
+    /// PREPARE in busybox: an empty volume (an empty `lost+found` at most) goes direct and
+    /// records the root's and `lost+found`'s mode and owner; anything else gets a staging
+    /// directory; a backup that does not fit changes nothing.
+    #[test]
+    fn prepare_script_chooses_direct_staged_or_no_room() {
+        use std::os::unix::fs::PermissionsExt;
+        let busybox = which_busybox().expect("busybox (apt-get install busybox-static)");
+        let prepare = |mount: &std::path::Path, need_kib: u64, want: &str| {
+            let out = std::process::Command::new(&busybox)
+                .args(["sh", "-c", PREPARE, "sh"])
+                .args(["RUN", &need_kib.to_string(), want])
+                .env("PVB_MOUNT", mount)
+                .env("PATH", busybox_path(&busybox))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let names = |d: &std::path::Path| {
+            let mut v: Vec<String> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("lost+found")).unwrap();
+        std::fs::set_permissions(d.join("lost+found"), std::fs::Permissions::from_mode(0o700))
+            .unwrap();
+        // Too big: nothing is created.
+        assert!(prepare(d, 1 << 50, "auto").starts_with("noroom "));
+        assert_eq!(names(d), ["lost+found"]);
+        // Empty but for this run's journal (BEGIN comes first): direct, with the records
+        // ROLLBACK needs.
+        std::fs::write(d.join(".pvbackup-journal-RUN"), b"replace\n").unwrap();
+        let out = prepare(d, 1, "auto");
+        assert!(out.starts_with("direct "), "{out}");
+        assert_eq!(out.split_whitespace().count(), 3, "{out}");
+        let lf = std::fs::metadata(d.join("lost+found")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(d.join(".pvbackup-direct-RUN")).unwrap(),
+            format!(
+                "700 {}:{}\n",
+                std::os::unix::fs::MetadataExt::uid(&lf),
+                std::os::unix::fs::MetadataExt::gid(&lf)
+            )
+        );
+        assert!(d.join(".pvbackup-root-RUN").is_file());
+        // Staging asked for, or a volume with content: a staging directory.
+        let other = tempfile::tempdir().unwrap();
+        assert!(prepare(other.path(), 1, "stage").starts_with("staged "));
+        assert!(other.path().join(".pvbackup-staging-RUN").is_dir());
+        let full = tempfile::tempdir().unwrap();
+        std::fs::create_dir(full.path().join("lost+found")).unwrap();
+        std::fs::write(full.path().join("lost+found/#12"), b"x").unwrap();
+        assert!(prepare(full.path(), 1, "auto").starts_with("staged "));
+        assert_eq!(names(full.path()), [".pvbackup-staging-RUN", "lost+found"]);
+    }
+
     fn which_busybox() -> Result<std::path::PathBuf, ()> {
         std::env::var_os("PATH")
             .and_then(|p| {
@@ -786,6 +1202,12 @@ mod tests {
             "printf",
             "[",
             "xargs",
+            "sleep",
+            "df",
+            "tail",
+            "nproc",
+            "ls",
+            "mkdir",
         ] {
             let _ = std::os::unix::fs::symlink(busybox, dir.join(applet));
         }

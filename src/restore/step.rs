@@ -21,8 +21,6 @@ pub struct InPod<'a> {
 /// One command in the helper pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step<'a> {
-    /// `df -Pk MOUNT`: the volume's free space (POSIX format, KiB).
-    FreeSpace,
     /// [`script::ROOM`]: prints `FREE HELD` in KiB (free space, and what all but `keep` holds).
     Room { keep: &'a [String] },
     /// [`script::RECOVER`]: rolls back unfinished runs (all, or `only`) and deletes what
@@ -34,11 +32,26 @@ pub enum Step<'a> {
         mode: Mode,
         keep: &'a [String],
     },
-    /// [`script::EXTRACT`] into this run's new staging directory; the archive (`bytes` long,
-    /// decompressed) comes on stdin.
-    ExtractStaged { run_id: &'a str, bytes: u64 },
-    /// `--in-place`: [`script::EXTRACT`] straight into the volume.
-    ExtractInPlace { bytes: u64 },
+    /// [`script::PREPARE`]: refuses (`noroom FREE`) when `need_kib` does not fit; else, with
+    /// `direct` allowed and an empty volume, records what [`Step::Rollback`] needs to empty it
+    /// again (`direct FREE CPUS`), or creates this run's staging directory (`staged FREE CPUS`).
+    Prepare {
+        run_id: &'a str,
+        need_kib: u64,
+        direct: bool,
+    },
+    /// [`script::EXTRACT`]: extracts the archive on stdin (`bytes` long, decompressed) into
+    /// `dir`, then marks the end of the extraction for the hashers. Stopped: a partial tree in
+    /// `dir` (staging, or the volume of a direct or in-place restore), which [`Step::Rollback`]
+    /// removes (but in place).
+    Extract {
+        dir: &'a str,
+        done: &'a str,
+        bytes: u64,
+    },
+    /// [`script::HASH`]: hashes chunks of files under `dir` (on stdin, see
+    /// [`script::hash_plan`]) as the extraction finishes them; `done` is the end marker.
+    Hash { dir: &'a str, done: &'a str },
     /// [`script::FIX_SYMLINKS`]: `chown -h` of `(uid:gid, ./path)` pairs under `dir`.
     FixSymlinks {
         dir: &'a str,
@@ -106,20 +119,39 @@ fn with_functions(script: &str) -> String {
 }
 
 impl Step<'_> {
+    /// What the step is, for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Step::Room { .. } => "room",
+            Step::Recover { .. } => "recover",
+            Step::Begin { .. } => "begin",
+            Step::Prepare { .. } => "prepare",
+            Step::Extract { .. } => "extract",
+            Step::Hash { .. } => "hash",
+            Step::FixSymlinks { .. } => "fix-symlinks",
+            Step::List { .. } => "list",
+            Step::Swap { .. } => "swap",
+            Step::Commit { .. } => "commit",
+            Step::Rollback { .. } => "rollback",
+            Step::Clear { .. } => "clear",
+            Step::LeaseAge => "lease-age",
+        }
+    }
+
     /// Whether the step changes the volume (and so is guarded, see [`GUARD`]).
     fn changes_the_volume(&self) -> bool {
         !matches!(
             self,
-            Step::FreeSpace | Step::Room { .. } | Step::List { .. } | Step::LeaseAge
+            Step::Room { .. } | Step::List { .. } | Step::Hash { .. } | Step::LeaseAge
         )
     }
 
     /// The script, its `$0` name, and its arguments.
-    fn parts(&self, pod: &InPod) -> (String, bool, Vec<String>) {
+    fn parts(&self) -> (String, bool, Vec<String>) {
         let owned = |v: &[String]| v.to_vec();
         // (script, run as its own $0, args)
         match self {
-            Step::FreeSpace | Step::LeaseAge => unreachable!("not a script"),
+            Step::LeaseAge => unreachable!("not a script"),
             Step::Room { keep } => (script::ROOM.into(), true, owned(keep)),
             Step::Recover { only } => (
                 script::RECOVER.into(),
@@ -137,19 +169,32 @@ impl Step<'_> {
                     .chain(owned(keep))
                     .collect(),
             ),
-            Step::ExtractStaged { run_id, bytes } => (
-                script::EXTRACT.into(),
+            Step::Prepare {
+                run_id,
+                need_kib,
+                direct,
+            } => (
+                script::PREPARE.into(),
                 false,
                 vec![
-                    format!("{}/{}", pod.mount, script::staging_name(run_id)),
-                    bytes.to_string(),
-                    "new".into(),
+                    run_id.to_string(),
+                    need_kib.to_string(),
+                    if *direct { "auto" } else { "stage" }.to_string(),
                 ],
             ),
-            Step::ExtractInPlace { bytes } => (
+            Step::Extract { dir, done, bytes } => (
                 script::EXTRACT.into(),
                 false,
-                vec![pod.mount.to_string(), bytes.to_string()],
+                vec![dir.to_string(), done.to_string(), bytes.to_string()],
+            ),
+            Step::Hash { dir, done } => (
+                script::HASH.into(),
+                false,
+                vec![
+                    dir.to_string(),
+                    done.to_string(),
+                    (script::HASH_CHUNK_FILES + 1).to_string(),
+                ],
             ),
             Step::FixSymlinks { dir, owners } => (
                 script::FIX_SYMLINKS.into(),
@@ -198,20 +243,16 @@ impl Step<'_> {
 
     /// The command line of this step in a helper pod with the paths `pod`.
     pub fn argv(&self, pod: &InPod) -> Vec<String> {
-        match self {
-            Step::FreeSpace => return vec!["df".into(), "-Pk".into(), pod.mount.into()],
-            Step::LeaseAge => {
-                return vec![
-                    "sh".into(),
-                    "-c".into(),
-                    "echo $(( $(date +%s) - $(stat -c %Y \"$1\") ))".into(),
-                    "sh".into(),
-                    format!("{}/{}", pod.run, crate::helper_pod::LEASE_FILE),
-                ]
-            }
-            _ => {}
+        if let Step::LeaseAge = self {
+            return vec![
+                "sh".into(),
+                "-c".into(),
+                "echo $(( $(date +%s) - $(stat -c %Y \"$1\") ))".into(),
+                "sh".into(),
+                format!("{}/{}", pod.run, crate::helper_pod::LEASE_FILE),
+            ];
         }
-        let (body, self_named, args) = self.parts(pod);
+        let (body, self_named, args) = self.parts();
         let body = with_functions(&body);
         let guard = if self.changes_the_volume() { GUARD } else { "" };
         let name = if self_named {
@@ -416,6 +457,9 @@ mod tests {
     }
 
     const ID: &str = "20261201t000000-abcd";
+    /// This run's staging directory and end-of-extraction marker, relative to the volume.
+    const STAGING: &str = ".pvbackup-staging-20261201t000000-abcd";
+    const DONE: &str = ".pvbackup-extracted-20261201t000000-abcd";
 
     /// The steps of a staged restore, in order, each with the phases it can be stopped after
     /// (`None`: after the whole step).
@@ -437,7 +481,22 @@ mod tests {
                 },
                 vec![None],
             ),
-            (Step::ExtractStaged { run_id: ID, bytes }, vec![None]),
+            (
+                Step::Prepare {
+                    run_id: ID,
+                    need_kib: 0,
+                    direct: false,
+                },
+                vec![None],
+            ),
+            (
+                Step::Extract {
+                    dir: STAGING,
+                    done: DONE,
+                    bytes,
+                },
+                vec![None],
+            ),
             (
                 Step::Swap {
                     run_id: ID,
@@ -518,6 +577,84 @@ mod tests {
         }
     }
 
+    /// A restore straight into an empty volume (a new PVC: an empty `lost+found` at most),
+    /// stopped after any step, then RECOVER: before the commit point the volume is empty
+    /// again (and RECOVER says it emptied it); after it, exactly the restored tree.
+    #[test]
+    fn a_direct_restore_stopped_anywhere_leaves_the_volume_empty_or_restored() {
+        let (tar, backup) = backup_tar();
+        let keep = vec!["lost+found".to_string()];
+        let empty = |pod: &Pod| {
+            let lf = pod.vol.path().join("lost+found");
+            std::fs::create_dir(&lf).unwrap();
+            std::fs::set_permissions(&lf, std::fs::Permissions::from_mode(0o700)).unwrap();
+        };
+        let steps = [
+            Step::Begin {
+                run_id: ID,
+                mode: Mode::Replace,
+                keep: &keep,
+            },
+            Step::Prepare {
+                run_id: ID,
+                need_kib: 0,
+                direct: true,
+            },
+            Step::Extract {
+                dir: ".",
+                done: DONE,
+                bytes: tar.len() as u64,
+            },
+            Step::Commit { run_id: ID },
+        ];
+        // The whole run: PREPARE chose the direct way although BEGIN's journal is there.
+        let full = Pod::new();
+        empty(&full);
+        for step in &steps {
+            let out = full.must(step, &tar);
+            if matches!(step, Step::Prepare { .. }) {
+                assert!(out.starts_with("direct "), "{out}");
+            }
+        }
+        let restored = tree(full.vol.path());
+        assert!(leftovers(full.vol.path()).is_empty());
+        let mut want = backup.clone();
+        want.insert("lost+found".into(), restored["lost+found"].clone());
+        assert_eq!(restored, want);
+        for (i, step) in steps.iter().enumerate() {
+            for stop in [None, Some("committed")] {
+                let committed = matches!(step, Step::Commit { .. });
+                if stop.is_some() && !committed {
+                    continue;
+                }
+                let what = format!("stopped after {step:?} phase {stop:?}");
+                let pod = Pod::new();
+                empty(&pod);
+                let old = tree(pod.vol.path());
+                for earlier in &steps[..i] {
+                    pod.must(earlier, &tar);
+                }
+                let r = pod.run(step, &tar, stop);
+                match stop {
+                    Some(_) => assert_eq!(r.code, None, "{what}: not killed: {}", r.stderr),
+                    None => assert!(r.ok, "{what}: {}", r.stderr),
+                }
+                let out = pod.must(&Step::Recover { only: None }, b"");
+                assert!(leftovers(pod.vol.path()).is_empty(), "{what}");
+                let want = if committed { &restored } else { &old };
+                assert_eq!(&tree(pod.vol.path()), want, "{what}\nRECOVER said: {out}");
+                let said = script::parse_recovered(&out);
+                if i >= 1 && !committed {
+                    assert_eq!(
+                        said,
+                        [script::Recovered::Emptied { run_id: ID.into() }],
+                        "{what}"
+                    );
+                }
+            }
+        }
+    }
+
     /// What RECOVER reports, and that it leaves other runs alone when told to.
     #[test]
     fn recover_says_what_it_did_and_can_keep_to_one_run() {
@@ -529,7 +666,7 @@ mod tests {
         // A finished run's leftover (RECOVER runs before every restore, so none is there
         // when a swap starts; the swap keeps it aside all the same).
         std::fs::create_dir(pod.vol.path().join(".pvbackup-trash-other-1")).unwrap();
-        for (step, _) in &staged(Mode::Replace, &keep, tar.len() as u64)[..3] {
+        for (step, _) in &staged(Mode::Replace, &keep, tar.len() as u64)[..4] {
             pod.must(step, &tar);
         }
         let out = pod.must(
@@ -568,7 +705,9 @@ mod tests {
         let pod = Pod::new();
         for cut in [512, tar.len() / 2 / 512 * 512, tar.len() - 512] {
             let r = pod.run(
-                &Step::ExtractInPlace {
+                &Step::Extract {
+                    dir: ".",
+                    done: DONE,
                     bytes: tar.len() as u64,
                 },
                 &tar[..cut],
@@ -578,7 +717,9 @@ mod tests {
             assert!(r.stderr.contains("ended after"), "{}", r.stderr);
         }
         pod.must(
-            &Step::ExtractInPlace {
+            &Step::Extract {
+                dir: ".",
+                done: DONE,
                 bytes: tar.len() as u64,
             },
             &tar,
@@ -605,7 +746,7 @@ mod tests {
         assert_eq!(r.code, Some(75), "{}", r.stderr);
         assert!(r.stderr.contains("lease expired"), "{}", r.stderr);
         assert!(leftovers(pod.vol.path()).is_empty());
-        assert!(pod.run(&Step::FreeSpace, b"", None).ok);
+        assert!(pod.run(&Step::Room { keep: &keep }, b"", None).ok);
     }
 
     /// The watchdog: renewed, it keeps running; not renewed, it waits for the busy step to

@@ -926,3 +926,58 @@ async fn exec_over_websocket_v4() {
     assert_eq!(st["details"]["causes"][0]["message"], "5", "{st}");
     c.shutdown().await;
 }
+
+/// A client that vanishes mid-exec (killed, its connection dropped) does not take the
+/// process with it, as under real container runtimes (kubernetes/kubernetes#89031,
+/// containerd/containerd#8856): the process reads EOF on stdin and runs to its end, its
+/// output going nowhere, and only dies with its container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_outlives_its_vanished_client() {
+    let c = start(Scenario::Empty).await;
+    let pods: Api<Pod> = Api::namespaced(client_for(c.kubeconfig()).await, "default");
+    pods.create(&PostParams::default(), &sleeper("orphans", "busybox:1.36"))
+        .await
+        .expect("create");
+    running(&pods, "orphans").await;
+    let mut p = pods
+        .exec(
+            "orphans",
+            [
+                "sh",
+                "-c",
+                "cat > /tmp/got; echo eof > /tmp/eof; yes | head -c 1000000; sleep 1; echo done > /tmp/done",
+            ],
+            &AttachParams::default().stdin(true).stderr(false),
+        )
+        .await
+        .expect("exec");
+    let mut stdin = p.stdin().expect("stdin");
+    stdin.write_all(b"partial input").await.expect("write");
+    stdin.flush().await.expect("flush");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The client goes away without closing stdin or reading a byte.
+    p.abort();
+    drop(stdin);
+    drop(p);
+    let read = |path: &'static str| {
+        let pods = pods.clone();
+        async move {
+            let mut p = pods
+                .exec(
+                    "orphans",
+                    ["cat", path],
+                    &AttachParams::default().stderr(false),
+                )
+                .await
+                .ok()?;
+            let out = read_all(p.stdout()).await;
+            let ok = p.take_status()?.await?.status.as_deref() == Some("Success");
+            ok.then(|| String::from_utf8_lossy(&out).into_owned())
+        }
+    };
+    let done = eventually(20, "the orphaned exec to finish", || read("/tmp/done")).await;
+    assert_eq!(done, "done\n");
+    assert_eq!(read("/tmp/eof").await.as_deref(), Some("eof\n"));
+    assert_eq!(read("/tmp/got").await.as_deref(), Some("partial input"));
+    c.shutdown().await;
+}
