@@ -339,19 +339,15 @@ impl ThrottlingProxy {
     }
 }
 
-/// Serves one request on `client` (then closes it): throttled, or forwarded with
-/// `Connection: close` and the whole answer relayed.
-fn proxy_one(
-    mut client: TcpStream,
-    target_port: u16,
-    throttle: impl FnOnce() -> bool,
-) -> std::io::Result<()> {
+/// Reads one HTTP/1.1 request (head and `Content-Length` body) from a test proxy's client;
+/// `None` when the client closed before a whole head arrived.
+pub(crate) fn read_request(client: &mut TcpStream) -> std::io::Result<Option<(String, Vec<u8>)>> {
     client.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         if client.read(&mut byte)? == 0 {
-            return Ok(());
+            return Ok(None);
         }
         head.push(byte[0]);
     }
@@ -367,6 +363,40 @@ fn proxy_one(
         .unwrap_or(0);
     let mut body = vec![0u8; length];
     client.read_exact(&mut body)?;
+    Ok(Some((text, body)))
+}
+
+/// Sends a request read by [`read_request`] to `127.0.0.1:target_port` with `Connection:
+/// close`, and relays the whole answer to `client`.
+pub(crate) fn forward(
+    client: &mut TcpStream,
+    target_port: u16,
+    text: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let mut forwarded: String = text
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:") && !l.is_empty())
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    forwarded.push_str("Connection: close\r\n\r\n");
+    let mut upstream = TcpStream::connect(("127.0.0.1", target_port))?;
+    upstream.write_all(forwarded.as_bytes())?;
+    upstream.write_all(body)?;
+    std::io::copy(&mut upstream, client)?;
+    Ok(())
+}
+
+/// Serves one request on `client` (then closes it): throttled, or forwarded with
+/// `Connection: close` and the whole answer relayed.
+fn proxy_one(
+    mut client: TcpStream,
+    target_port: u16,
+    throttle: impl FnOnce() -> bool,
+) -> std::io::Result<()> {
+    let Some((text, body)) = read_request(&mut client)? else {
+        return Ok(());
+    };
     if throttle() {
         let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
         write!(
@@ -376,15 +406,5 @@ fn proxy_one(
         )?;
         return Ok(());
     }
-    let mut forwarded: String = text
-        .split("\r\n")
-        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:") && !l.is_empty())
-        .map(|l| format!("{l}\r\n"))
-        .collect();
-    forwarded.push_str("Connection: close\r\n\r\n");
-    let mut upstream = TcpStream::connect(("127.0.0.1", target_port))?;
-    upstream.write_all(forwarded.as_bytes())?;
-    upstream.write_all(&body)?;
-    std::io::copy(&mut upstream, &mut client)?;
-    Ok(())
+    forward(&mut client, target_port, &text, &body)
 }

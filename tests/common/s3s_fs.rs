@@ -14,7 +14,6 @@
 //! The binary is `$PVBACKUP_S3S_FS` (set by `.ci/run`), else `target/ci-tools/s3s-fs/bin/s3s-fs`;
 //! missing means a loud failure with the install command.
 
-use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -22,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::moto::{http, KEY_ID, SECRET};
+use super::moto::{forward, http, read_request, KEY_ID, SECRET};
 
 pub const VERSION: &str = "0.14.1";
 
@@ -163,41 +162,13 @@ fn relay_one(
     corrupt: &AtomicBool,
     corrupted: &AtomicUsize,
 ) -> std::io::Result<()> {
-    client.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if client.read(&mut byte)? == 0 {
-            return Ok(());
-        }
-        head.push(byte[0]);
-    }
-    let text = String::from_utf8_lossy(&head).to_string();
-    let length: usize = text
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    let mut body = vec![0u8; length];
-    client.read_exact(&mut body)?;
+    let Some((text, mut body)) = read_request(&mut client)? else {
+        return Ok(());
+    };
     if text.starts_with("PUT ") && !body.is_empty() && corrupt.load(Ordering::SeqCst) {
         let mid = body.len() / 2;
         body[mid] ^= 0x01;
         corrupted.fetch_add(1, Ordering::SeqCst);
     }
-    let mut forwarded: String = text
-        .split("\r\n")
-        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:") && !l.is_empty())
-        .map(|l| format!("{l}\r\n"))
-        .collect();
-    forwarded.push_str("Connection: close\r\n\r\n");
-    let mut upstream = TcpStream::connect(("127.0.0.1", target_port))?;
-    upstream.write_all(forwarded.as_bytes())?;
-    upstream.write_all(&body)?;
-    std::io::copy(&mut upstream, &mut client)?;
-    Ok(())
+    forward(&mut client, target_port, &text, &body)
 }
