@@ -175,6 +175,22 @@ async fn assert_nothing_left(c: &Cluster) {
     }
 }
 
+/// `create data -n default --to DEST -o json EXTRA…`, the backup every test here makes.
+async fn create_json(c: &Cluster, dest: &Path, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "create",
+        "data",
+        "-n",
+        "default",
+        "--to",
+        dest.to_str().unwrap(),
+        "-o",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    plugin(c, &args).await
+}
+
 fn result(run: &Run) -> Value {
     let out = json(run);
     out["results"][0].clone()
@@ -195,22 +211,7 @@ fn hook_log(c: &Cluster) -> String {
 async fn a_snapshot_backup_has_only_consistent_pairs_and_leaves_nothing_behind() {
     let (c, _) = workload(Some(json!({})), json!({})).await;
     let dest = tempfile::tempdir().unwrap();
-    let run = plugin(
-        &c,
-        &[
-            "create",
-            "data",
-            "-n",
-            "default",
-            "--snapshot",
-            "always",
-            "--to",
-            dest.path().to_str().unwrap(),
-            "-o",
-            "json",
-        ],
-    )
-    .await;
+    let run = create_json(&c, dest.path(), &["--snapshot", "always"]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let r = result(&run);
     let cons = &r["consistency"];
@@ -287,11 +288,7 @@ async fn a_live_backup_lists_what_changed_and_require_consistent_commits_nothing
     });
     let dest = tempfile::tempdir().unwrap();
     let d = dest.path().to_str().unwrap();
-    let run = plugin(
-        &c,
-        &["create", "data", "-n", "default", "--to", d, "-o", "json"],
-    )
-    .await;
+    let run = create_json(&c, dest.path(), &[]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let r = result(&run);
     let cons = &r["consistency"];
@@ -337,21 +334,10 @@ async fn a_live_backup_lists_what_changed_and_require_consistent_commits_nothing
     );
 
     let strict = tempfile::tempdir().unwrap();
-    let run = plugin(
+    let run = create_json(
         &c,
-        &[
-            "create",
-            "data",
-            "-n",
-            "default",
-            "--snapshot",
-            "never",
-            "--require-consistent",
-            "--to",
-            strict.path().to_str().unwrap(),
-            "-o",
-            "json",
-        ],
+        strict.path(),
+        &["--snapshot", "never", "--require-consistent"],
     )
     .await;
     assert_ne!(run.code, 0, "{}", run.stdout);
@@ -379,18 +365,10 @@ async fn a_live_backup_lists_what_changed_and_require_consistent_commits_nothing
 async fn hooks_run_in_the_app_container_around_the_cut() {
     let (c, _) = workload(Some(json!({})), json!({})).await;
     let dest = tempfile::tempdir().unwrap();
-    let d = dest.path().to_str().unwrap();
-    let run = plugin(
+    let run = create_json(
         &c,
+        dest.path(),
         &[
-            "create",
-            "data",
-            "-n",
-            "default",
-            "--to",
-            d,
-            "-o",
-            "json",
             "--pre-hook",
             "echo pre:$(hostname) >> /data/hooks.log",
             "--post-hook",
@@ -433,17 +411,10 @@ async fn hooks_run_in_the_app_container_around_the_cut() {
     let cut_before = events(&c, "CreatingSnapshot").len();
     let helpers_before = events(&c, "Scheduled").len();
     let failed = tempfile::tempdir().unwrap();
-    let run = plugin(
+    let run = create_json(
         &c,
+        failed.path(),
         &[
-            "create",
-            "data",
-            "-n",
-            "default",
-            "--to",
-            failed.path().to_str().unwrap(),
-            "-o",
-            "json",
             "--pre-hook",
             "echo broken >&2; exit 3",
             "--post-hook",
@@ -483,20 +454,7 @@ async fn velero_annotations_are_honoured_and_post_runs_after_a_failed_snapshot()
     )
     .await;
     let dest = tempfile::tempdir().unwrap();
-    let run = plugin(
-        &c,
-        &[
-            "create",
-            "data",
-            "-n",
-            "default",
-            "--to",
-            dest.path().to_str().unwrap(),
-            "-o",
-            "json",
-        ],
-    )
-    .await;
+    let run = create_json(&c, dest.path(), &[]).await;
     assert_ne!(run.code, 0, "{}", run.stdout);
     let r = result(&run);
     assert!(
@@ -575,20 +533,7 @@ async fn a_retried_snapshot_backup_reads_the_same_snapshot_and_cleans_up() {
         count: 1,
     });
     let dest = tempfile::tempdir().unwrap();
-    let run = plugin(
-        &c,
-        &[
-            "create",
-            "data",
-            "-n",
-            "default",
-            "--to",
-            dest.path().to_str().unwrap(),
-            "-o",
-            "json",
-        ],
-    )
-    .await;
+    let run = create_json(&c, dest.path(), &[]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let r = result(&run);
     assert_eq!(r["attempts"], 2, "{r:#}");
