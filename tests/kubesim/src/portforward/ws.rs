@@ -96,12 +96,12 @@ where
             if channel % 2 != 0 {
                 continue;
             }
-            if let Some(slot) = inbound.get_mut(usize::from(channel / 2)) {
-                if let Some(tx) = slot {
-                    if tx.send(data.slice(1..)).await.is_err() {
-                        *slot = None;
-                    }
-                }
+            let index = usize::from(channel / 2);
+            let Some(Some(tx)) = inbound.get(index) else {
+                continue;
+            };
+            if tx.send(data.slice(1..)).await.is_err() {
+                inbound[index] = None;
             }
         }
         // The client is gone: every forward's copy to the pod reads EOF.
