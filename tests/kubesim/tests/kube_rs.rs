@@ -1082,5 +1082,25 @@ async fn portforward_round_trips_bytes_and_refuses_closed_ports() {
     let accepted = tokio::time::timeout(Duration::from_millis(200), host.accept()).await;
     assert!(accepted.is_err(), "the host's listener was reached");
 
+    // RBAC: the WebSocket GET needs `create pods/portforward`, like exec (KEP-4006).
+    let viewer = c
+        .add_user(
+            "viewer",
+            vec![kubesim::rule(&["get", "list"], &["pods"], &["default"])],
+        )
+        .expect("user");
+    let viewer_pods: Api<Pod> = Api::namespaced(client_for(&viewer).await, "default");
+    let denied = api_error(
+        viewer_pods
+            .portforward("echo", &[echo])
+            .await
+            .err()
+            .expect("a viewer cannot port-forward"),
+    );
+    assert_eq!(denied.code, 403, "{denied:?}");
+    assert_eq!(
+        denied.message,
+        "pods \"echo\" is forbidden: User \"viewer\" cannot create resource \"pods/portforward\" in API group \"\" in the namespace \"default\""
+    );
     c.shutdown().await;
 }
