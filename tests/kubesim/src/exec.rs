@@ -349,7 +349,7 @@ async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<Str
 /// ~15 min with Linux defaults, `tcp_retries2`; client-go then sees EOF on every stream and,
 /// through the apiserver's stream translator, a *Success* status: kubernetes/kubectl#1726.)
 /// Returns false when the client went away meanwhile (`client` is the channel to it).
-async fn reachable(
+pub(crate) async fn reachable(
     sim: &SimRef,
     node: &str,
     client: Option<&tokio::sync::mpsc::Sender<Bytes>>,

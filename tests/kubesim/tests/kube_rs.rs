@@ -1082,6 +1082,52 @@ async fn portforward_round_trips_bytes_and_refuses_closed_ports() {
     let accepted = tokio::time::timeout(Duration::from_millis(200), host.accept()).await;
     assert!(accepted.is_err(), "the host's listener was reached");
 
+    // A NotReady node stalls a forward in flight, both ways, and a new one is refused; the
+    // bytes flow again once the node is back.
+    let mut pf = pods
+        .portforward("echo", &[echo])
+        .await
+        .expect("portforward");
+    let mut s = pf.take_stream(echo).expect("stream");
+    s.write_all(b"ping").await.expect("write");
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf))
+        .await
+        .expect("echo in time")
+        .expect("read");
+    assert_eq!(&buf, b"ping");
+    let node = pods
+        .get("echo")
+        .await
+        .expect("get")
+        .spec
+        .and_then(|s| s.node_name)
+        .expect("scheduled");
+    c.fault(FaultRequest::NodeNotReady { node: node.clone() });
+    s.write_all(b"pong").await.expect("write");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut buf))
+            .await
+            .is_err(),
+        "bytes flowed through a NotReady node"
+    );
+    let refused = pods
+        .portforward("echo", &[echo])
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        refused.to_string().contains("error dialing backend"),
+        "{refused}"
+    );
+    c.fault(FaultRequest::NodeReady { node });
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf))
+        .await
+        .expect("the forward resumes once the node is back")
+        .expect("read");
+    assert_eq!(&buf, b"pong");
+    pf.abort();
+
     // RBAC: the WebSocket GET needs `create pods/portforward`, like exec (KEP-4006).
     let viewer = c
         .add_user(

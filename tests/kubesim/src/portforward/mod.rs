@@ -80,7 +80,7 @@ pub async fn handle(
     let name = t.name.clone().unwrap_or_default();
     let ns = t.namespace.clone().unwrap_or_default();
     let pod = sim.store.get(resources::pods(), Some(&ns), &name)?;
-    crate::exec::kubelet_node(&sim, &pod)?;
+    let node = crate::exec::kubelet_node(&sim, &pod)?;
     let (negotiated, headers) =
         exec_transport::negotiate_for(req.headers(), &PORTFORWARD_PROTOCOLS)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -92,7 +92,7 @@ pub async fn handle(
         } => parse_ports(&q).map_err(ApiError::bad_request)?,
         _ => Vec::new(),
     };
-    let target = Arc::new(PodTarget::new(&sim, &pod)?);
+    let target = Arc::new(PodTarget::new(&sim, &pod, node)?);
 
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
@@ -165,10 +165,13 @@ pub struct PodTarget {
     sandbox_id: String,
     /// The network namespace path containerd names in its errors (`/var/run/netns/cni-<uuid>`).
     netns: String,
+    /// The pod's node: while it is NotReady (unreachable), forwarded bytes stall both ways, as
+    /// an exec stream's do (see `exec::reachable`).
+    node: Option<(SimRef, String)>,
 }
 
 impl PodTarget {
-    fn new(sim: &SimRef, pod: &serde_json::Value) -> ApiResult<PodTarget> {
+    fn new(sim: &SimRef, pod: &serde_json::Value, node: String) -> ApiResult<PodTarget> {
         let name = pod["metadata"]["name"].as_str().unwrap_or_default();
         let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
         let containers: Vec<Arc<Container>> = ["initContainers", "containers"]
@@ -186,7 +189,9 @@ impl PodTarget {
                 "unable to upgrade connection: pod {name} has no running container"
             )));
         }
-        Ok(PodTarget::new_named(uid, Processes::Containers(containers)))
+        let mut target = PodTarget::new_named(uid, Processes::Containers(containers));
+        target.node = Some((sim.clone(), node));
+        Ok(target)
     }
 
     /// A target whose processes are `pids` (a test's own process, say), named after `uid`.
@@ -204,6 +209,7 @@ impl PodTarget {
         };
         let ns_id = hex(&format!("netns/{uid}"));
         PodTarget {
+            node: None,
             processes,
             sandbox_id: hex(&format!("sandbox/{uid}")),
             netns: format!(
@@ -214,6 +220,14 @@ impl PodTarget {
                 &ns_id[16..20],
                 &ns_id[20..32]
             ),
+        }
+    }
+
+    /// Waits while the pod's node is unreachable; false if `client` went away meanwhile.
+    async fn reachable(&self, client: Option<&mpsc::Sender<Bytes>>) -> bool {
+        match &self.node {
+            Some((sim, node)) => crate::exec::reachable(sim, node, client).await,
+            None => true,
         }
     }
 
@@ -310,6 +324,7 @@ impl PodTarget {
         let (mut r, mut w) = stream.into_split();
         let to_pod = async {
             while let Some(chunk) = inbound.recv().await {
+                self.reachable(None).await;
                 w.write_all(&chunk).await.map_err(|e| ("write", e))?;
             }
             Ok::<(), (&str, io::Error)>(())
@@ -320,6 +335,9 @@ impl PodTarget {
                 let n = r.read(&mut buf).await.map_err(|e| ("read", e))?;
                 if n == 0 {
                     return Ok::<(), (&str, io::Error)>(());
+                }
+                if !self.reachable(Some(&outbound)).await {
+                    return Ok(());
                 }
                 if outbound
                     .send(Bytes::copy_from_slice(&buf[..n]))
