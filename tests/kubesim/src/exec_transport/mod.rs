@@ -2,6 +2,8 @@
 //! kubectl >= 1.30 and kube-rs) and SPDY/3.1 (`v4.channel.k8s.io`, used by kubectl <= 1.29 and as
 //! the fallback of newer kubectl). A transport turns an upgraded HTTP/1.1 connection into an
 //! [`ExecIo`](crate::exec_io::ExecIo) that the exec runner pumps a process's pipes through.
+//! Negotiation ([`negotiate_for`]) and the SPDY frame codec are shared with `pods/portforward`
+//! (`crate::portforward`), which accepts other protocols ([`ServerProtocols`]).
 //!
 //! # Wiring into a hyper server
 //!
