@@ -481,7 +481,8 @@ async fn resource(
         }
         // Exec over WebSocket arrives as GET; since 1.31 the apiserver also requires `create`
         // on pods/exec for it (KEP-4006, feature AuthorizePodWebsocketUpgradeCreatePermission).
-        if sub == "exec" {
+        // The same holds for pods/portforward, whose WebSocket requests are GETs too.
+        if sub == "exec" || sub == "portforward" {
             verb = "create";
         }
     }
@@ -514,6 +515,7 @@ async fn resource(
     }
     match (t.subresource.as_deref(), verb) {
         (Some("exec"), _) => crate::exec::handle(sim, t, q, req).await,
+        (Some("portforward"), _) => crate::portforward::handle(sim, t, q, req).await,
         (Some("log"), _) => crate::kubelet::logs(&sim, &t, &q).map(|b| {
             let mut r = Response::new(full(b));
             r.headers_mut()

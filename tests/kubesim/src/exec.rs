@@ -90,18 +90,7 @@ pub async fn handle(
             "container {cname} is not valid for pod {name}"
         )));
     }
-    let Some(node) = pod["spec"]["nodeName"].as_str().map(str::to_string) else {
-        return Err(ApiError::bad_request(format!(
-            "pod {name} does not have a host assigned"
-        )));
-    };
-    if !sim.faults.node_ready(&node) {
-        // The apiserver cannot reach the kubelet (pkg/kubelet/client + proxy dial errors).
-        return Err(ApiError::internal(format!(
-            "error dialing backend: dial tcp {}:10250: connect: no route to host",
-            node
-        )));
-    }
+    let node = kubelet_node(&sim, &pod)?;
     let uid = pod["metadata"]["uid"]
         .as_str()
         .unwrap_or_default()
@@ -140,6 +129,25 @@ pub async fn handle(
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *resp.headers_mut() = headers;
     Ok(resp)
+}
+
+/// The node whose kubelet serves a streaming request (exec, attach, portforward) for `pod`,
+/// with the apiserver's errors when there is none or it cannot be reached
+/// (pkg/registry/core/pod/strategy.go `streamLocation`/`PortForwardLocation`; pkg/kubelet/client
+/// and the proxy's dial errors).
+pub(crate) fn kubelet_node(sim: &SimRef, pod: &Value) -> ApiResult<String> {
+    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+    let Some(node) = pod["spec"]["nodeName"].as_str().map(str::to_string) else {
+        return Err(ApiError::bad_request(format!(
+            "pod {name} does not have a host assigned"
+        )));
+    };
+    if !sim.faults.node_ready(&node) {
+        return Err(ApiError::internal(format!(
+            "error dialing backend: dial tcp {node}:10250: connect: no route to host"
+        )));
+    }
+    Ok(node)
 }
 
 /// Sleeps as needed so that `sent` bytes since `start` stay within `rate` bytes/s.
@@ -341,7 +349,7 @@ async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<Str
 /// ~15 min with Linux defaults, `tcp_retries2`; client-go then sees EOF on every stream and,
 /// through the apiserver's stream translator, a *Success* status: kubernetes/kubectl#1726.)
 /// Returns false when the client went away meanwhile (`client` is the channel to it).
-async fn reachable(
+pub(crate) async fn reachable(
     sim: &SimRef,
     node: &str,
     client: Option<&tokio::sync::mpsc::Sender<Bytes>>,

@@ -16,6 +16,7 @@ pub mod host;
 pub mod kubelet;
 pub mod openapi;
 pub mod patch;
+pub mod portforward;
 pub mod protobuf;
 pub mod resources;
 pub mod sandbox;

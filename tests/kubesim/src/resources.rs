@@ -72,6 +72,7 @@ pub const RESOURCES: &[ResourceDef] = &[
         subresources: &[
             STATUS,
             ("exec", "PodExecOptions", &["create", "get"]),
+            ("portforward", "PodPortForwardOptions", &["create", "get"]),
             ("log", "Pod", &["get"]),
         ],
     },

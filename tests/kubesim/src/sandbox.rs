@@ -734,6 +734,23 @@ impl MntNs {
         stopped.into_iter().map(|(_, fd)| fd).collect()
     }
 
+    /// The processes whose mount namespace is this one (main, exec'd, orphans), at this moment.
+    fn members(&self) -> Vec<u32> {
+        let me = std::process::id();
+        let Ok(entries) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+            .filter(|&pid| pid != me)
+            .filter(|pid| {
+                fs::metadata(format!("/proc/{pid}/ns/mnt"))
+                    .is_ok_and(|m| (m.dev(), m.ino()) == (self.dev, self.ino))
+            })
+            .collect()
+    }
+
     /// SIGKILLs every process whose mount namespace is this one, until none is left. This is
     /// kubesim's stand-in for tearing down the container's cgroup/PID namespace: it catches
     /// exec'd processes and the orphans the main process left behind.
@@ -1222,6 +1239,15 @@ impl Container {
         }
         if let Some(ns) = &self.mnt_ns {
             ns.kill_members();
+        }
+    }
+
+    /// The PIDs of every process of the container (main, exec'd, orphans) right now; what a
+    /// real container's cgroup `cgroup.procs` lists.
+    pub fn process_ids(&self) -> Vec<u32> {
+        match &self.mnt_ns {
+            Some(ns) => ns.members(),
+            None => vec![self.pid],
         }
     }
 

@@ -1,6 +1,6 @@
 //! Conformance of kubesim against kube-rs (the client kubectl-pvbackup uses): list/watch,
-//! create/delete, await_condition, exec over WebSocket with stdin and status, API error codes,
-//! scheduling and image-pull failures, and injected faults.
+//! create/delete, await_condition, exec over WebSocket with stdin and status, port-forward, API
+//! error codes, scheduling and image-pull failures, and injected faults.
 
 use std::path::Path;
 use std::time::Duration;
@@ -979,5 +979,174 @@ async fn an_exec_outlives_its_vanished_client() {
     assert_eq!(done, "done\n");
     assert_eq!(read("/tmp/eof").await.as_deref(), Some("eof\n"));
     assert_eq!(read("/tmp/got").await.as_deref(), Some("partial input"));
+    c.shutdown().await;
+}
+
+/// A TCP port nothing listens on right now (for a pod's server: every pod of every test shares
+/// the host's loopback, see kubesim's README).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// `Api::portforward` over WebSocket `v4.channel.k8s.io`: two ports on one connection, one to a
+/// busybox `nc -e cat` echo server in the pod (1 MiB goes there and back byte for byte), one to
+/// a port nothing in the pod listens on (its error channel carries containerd's "connection
+/// refused"), and a port the *host* listens on, which the pod's network namespace would not
+/// reach either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portforward_round_trips_bytes_and_refuses_closed_ports() {
+    let c = start(Scenario::Empty).await;
+    let client = client_for(c.kubeconfig()).await;
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let (echo, closed) = (free_port(), free_port());
+    let mut pod = sleeper("echo", "busybox:1.36");
+    pod.spec.as_mut().expect("spec").containers[0].command = Some(vec![
+        "nc".into(),
+        "-ll".into(),
+        "-p".into(),
+        echo.to_string(),
+        "-e".into(),
+        "cat".into(),
+    ]);
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create");
+    running(&pods, "echo").await;
+
+    let data: Vec<u8> = (0..(1024 * 1024 + 3) as u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    // The server binds after the container starts; retry until it listens.
+    let (got, refused) = eventually(30, "the echo server through port-forward", || {
+        let (pods, data) = (pods.clone(), data.clone());
+        async move {
+            let mut pf = pods.portforward("echo", &[echo, closed]).await.ok()?;
+            let closed_error = pf.take_error(closed).expect("error future");
+            let echo_error = pf.take_error(echo).expect("error future");
+            let stream = pf.take_stream(echo).expect("stream");
+            let (mut r, mut w) = tokio::io::split(stream);
+            let sent = data.clone();
+            let writer = tokio::spawn(async move { w.write_all(&sent).await.map(|_| w) });
+            let mut got = vec![0u8; data.len()];
+            let read = tokio::time::timeout(Duration::from_secs(20), r.read_exact(&mut got)).await;
+            if !matches!(read, Ok(Ok(_))) {
+                // Not listening yet: the error channel says so.
+                let e = echo_error.await;
+                assert!(
+                    e.as_deref()
+                        .is_some_and(|m| m.contains("connection refused")),
+                    "{e:?}"
+                );
+                return None;
+            }
+            drop(writer.await.expect("writer task").expect("write"));
+            let refused = closed_error.await.expect("an error for the closed port");
+            pf.abort();
+            Some((got, refused))
+        }
+    })
+    .await;
+    assert!(got == data, "the bytes came back changed");
+    assert!(
+        refused.starts_with(&format!("error forwarding port {closed} to pod ")),
+        "{refused}"
+    );
+    assert!(
+        refused.contains(&format!(
+            "failed to connect to localhost:{closed} inside namespace"
+        )) && refused.contains("connect: connection refused"),
+        "{refused}"
+    );
+
+    // The host listens on this one; the pod does not.
+    let host = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let host_port = host.local_addr().expect("addr").port();
+    let mut pf = pods
+        .portforward("echo", &[host_port])
+        .await
+        .expect("portforward");
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        pf.take_error(host_port).expect("error future"),
+    )
+    .await
+    .expect("an answer in time")
+    .expect("an error for the host's port");
+    assert!(err.contains("connection refused"), "{err}");
+    let accepted = tokio::time::timeout(Duration::from_millis(200), host.accept()).await;
+    assert!(accepted.is_err(), "the host's listener was reached");
+
+    // A NotReady node stalls a forward in flight, both ways, and a new one is refused; the
+    // bytes flow again once the node is back.
+    let mut pf = pods
+        .portforward("echo", &[echo])
+        .await
+        .expect("portforward");
+    let mut s = pf.take_stream(echo).expect("stream");
+    s.write_all(b"ping").await.expect("write");
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf))
+        .await
+        .expect("echo in time")
+        .expect("read");
+    assert_eq!(&buf, b"ping");
+    let node = pods
+        .get("echo")
+        .await
+        .expect("get")
+        .spec
+        .and_then(|s| s.node_name)
+        .expect("scheduled");
+    c.fault(FaultRequest::NodeNotReady { node: node.clone() });
+    s.write_all(b"pong").await.expect("write");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut buf))
+            .await
+            .is_err(),
+        "bytes flowed through a NotReady node"
+    );
+    let refused = pods
+        .portforward("echo", &[echo])
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        refused.to_string().contains("error dialing backend"),
+        "{refused}"
+    );
+    c.fault(FaultRequest::NodeReady { node });
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut buf))
+        .await
+        .expect("the forward resumes once the node is back")
+        .expect("read");
+    assert_eq!(&buf, b"pong");
+    pf.abort();
+
+    // RBAC: the WebSocket GET needs `create pods/portforward`, like exec (KEP-4006).
+    let viewer = c
+        .add_user(
+            "viewer",
+            vec![kubesim::rule(&["get", "list"], &["pods"], &["default"])],
+        )
+        .expect("user");
+    let viewer_pods: Api<Pod> = Api::namespaced(client_for(&viewer).await, "default");
+    let denied = api_error(
+        viewer_pods
+            .portforward("echo", &[echo])
+            .await
+            .err()
+            .expect("a viewer cannot port-forward"),
+    );
+    assert_eq!(denied.code, 403, "{denied:?}");
+    assert_eq!(
+        denied.message,
+        "pods \"echo\" is forbidden: User \"viewer\" cannot create resource \"pods/portforward\" in API group \"\" in the namespace \"default\""
+    );
     c.shutdown().await;
 }

@@ -1,5 +1,6 @@
-//! Conformance of kubesim against real kubectl binaries: 1.27 (SPDY exec/cp), 1.32 and 1.33
-//! (WebSocket v5 exec/cp, protobuf request bodies for typed clients).
+//! Conformance of kubesim against real kubectl binaries: 1.27 (SPDY exec/cp/port-forward), 1.32
+//! and 1.33 (WebSocket v5 exec/cp, SPDY-over-WebSocket port-forward, protobuf request bodies for
+//! typed clients).
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
@@ -812,6 +813,201 @@ async fn events_list_and_watch() {
             out.lines()
                 .any(|l| l.contains("Scheduled") && l.contains(&format!("Pod/{pod}"))),
             "kubectl {v}: {out}"
+        );
+    }
+    c.shutdown().await;
+}
+
+/// A TCP port nothing listens on right now (for a pod's server: every pod of every test shares
+/// the host's loopback, see kubesim's README).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// `kubectl port-forward`, running until killed: returned once it printed its
+/// "Forwarding from 127.0.0.1:LOCAL -> REMOTE" line, with its stderr still to read.
+async fn port_forward(c: &Cluster, version: &str, args: &[&str]) -> tokio::process::Child {
+    use tokio::io::AsyncBufReadExt;
+    let mut cmd = tokio::process::Command::new(kubectl_bin(version));
+    cmd.args(args)
+        .env_clear()
+        .env("KUBECONFIG", c.kubeconfig())
+        .env("HOME", c.state_dir())
+        .env("PATH", "/usr/bin:/bin")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning kubectl {version}: {e}"));
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("stdout") {
+            if line.starts_with("Forwarding from 127.0.0.1:") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    if ready != Ok(true) {
+        let _ = child.start_kill();
+        let out = child.wait_with_output().await.expect("kubectl output");
+        panic!(
+            "kubectl {version} {args:?} did not start forwarding: {}",
+            text(&out.stderr)
+        );
+    }
+    // Keep draining stdout ("Handling connection for N") so kubectl never blocks on it.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
+/// One HTTP/1.0 GET to 127.0.0.1:`port`: (status line, body).
+async fn http_get(port: u16, path: &str) -> (String, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the forwarded port");
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await
+        .expect("send request");
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut response))
+        .await
+        .expect("response in time")
+        .expect("read response");
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP header in {:?}", text(&response)));
+    let status = text(&response[..split])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    (status, response[split + 4..].to_vec())
+}
+
+/// Stderr of a kubectl that has exited or is killed now.
+async fn stderr_of(mut child: tokio::process::Child, wait: Duration) -> (Option<i32>, String) {
+    use tokio::io::AsyncReadExt;
+    let exited = tokio::time::timeout(wait, child.wait()).await;
+    let code = match exited {
+        Ok(status) => status.expect("wait").code(),
+        Err(_) => {
+            child.kill().await.expect("kill kubectl");
+            None
+        }
+    };
+    let mut err = Vec::new();
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_end(&mut err).await.expect("stderr");
+    }
+    (code, text(&err))
+}
+
+/// `kubectl port-forward pod/web LOCAL:REMOTE` to a busybox `httpd` in a pod: 1.27 over SPDY
+/// (`portforward.k8s.io`), 1.32 and 1.33 over SPDY tunnelled in a WebSocket
+/// (`SPDY/3.1+portforward.k8s.io`, their default since 1.31). Two GETs through one
+/// port-forward (two stream pairs on one connection) return the file byte for byte; a port
+/// nothing in the pod listens on gives kubectl containerd's "connection refused" on the error
+/// stream, and kubectl gives up the forward.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_to_an_http_server_in_a_pod() {
+    let c = Cluster::start(ClusterOptions::default())
+        .await
+        .expect("cluster starts");
+    let (http, closed) = (free_port(), free_port());
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  containers:\n  - name: httpd\n    image: busybox\n\
+         \x20   command: [sh, -c, 'mkdir /www && seq 1 100000 > /www/numbers && exec httpd -f -p {http} -h /www']\n"
+    );
+    let args = ["apply", "-f", "-"];
+    ok(
+        "1.33",
+        &args,
+        &kubectl(&c, "1.33", &args, Some(pod.as_bytes())).await,
+    );
+    c.wait_for_pods_running(Duration::from_secs(60))
+        .await
+        .expect("pod runs");
+    // httpd binds after the container started.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", http))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "httpd never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let expected: String = (1..=100_000).map(|i| format!("{i}\n")).collect();
+
+    for v in VERSIONS {
+        let local = free_port();
+        let mapping = format!("{local}:{http}");
+        let args = ["-v=6", "port-forward", "pod/web", mapping.as_str()];
+        let pf = port_forward(&c, v, &args).await;
+        for _ in 0..2 {
+            let (status, body) = http_get(local, "/numbers").await;
+            assert!(status.ends_with(" 200 OK"), "kubectl {v}: {status}");
+            assert!(
+                body == expected.as_bytes(),
+                "kubectl {v}: {} bytes differ from the file's {}",
+                body.len(),
+                expected.len()
+            );
+        }
+        let (code, err) = stderr_of(pf, Duration::ZERO).await;
+        assert_eq!(code, None, "kubectl {v} kept forwarding: {err}");
+        // 1.27 upgrades with a SPDY POST; 1.32/1.33 tunnel through a WebSocket GET (logged by
+        // client-go's `tunneling_dialer.go`), with no fallback to SPDY.
+        let upgraded = if *v == "1.27" {
+            err.contains("POST https://") && err.contains("/pods/web/portforward 101 Switching")
+        } else {
+            err.contains("Before WebSocket Upgrade Connection")
+                && err.contains("negotiated protocol: portforward.k8s.io")
+                && !err.contains("POST https://")
+                && !err.contains("verb=\"POST\"")
+        };
+        assert!(upgraded, "kubectl {v}: {err}");
+
+        let local = free_port();
+        let mapping = format!("{local}:{closed}");
+        let args = ["port-forward", "pod/web", mapping.as_str()];
+        let pf = port_forward(&c, v, &args).await;
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", local))
+            .await
+            .expect("kubectl accepts the local connection");
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio::io::AsyncReadExt::read_to_end(&mut s, &mut got),
+        )
+        .await
+        .expect("kubectl closes the local connection");
+        assert!(read.is_err() || got.is_empty(), "kubectl {v}: {got:?}");
+        let (code, err) = stderr_of(pf, Duration::from_secs(20)).await;
+        assert!(
+            err.contains(&format!("error forwarding port {closed} to pod "))
+                && err.contains(&format!(
+                    "failed to connect to localhost:{closed} inside namespace"
+                ))
+                && err.contains("connect: connection refused"),
+            "kubectl {v}: {err}"
+        );
+        // Since client-go closes the connection on any error-stream message, kubectl gives up.
+        assert!(
+            code == Some(1) && err.contains("error: lost connection to pod"),
+            "kubectl {v} ({code:?}): {err}"
         );
     }
     c.shutdown().await;

@@ -8,12 +8,14 @@ Nothing here is specific to kubesim: it is what a user's script does with this c
 """
 
 import json
+import socket
 import sys
 import threading
+import time
 
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
-from kubernetes.stream import stream
+from kubernetes.stream import portforward, stream
 
 NS = "py-referee"
 POD = "py-sleeper"
@@ -113,6 +115,50 @@ def main(kubeconfig):
     text = stream(v1.connect_get_namespaced_pod_exec, POD, NS, command=["cat", "/etc/hostname"],
                   stderr=True, stdin=False, stdout=True, tty=False)
     emit("exec_simple", output=text)
+
+    # port-forward over the client's WebSocket (`v4.channel.k8s.io`, `?ports=`): an echo server
+    # started in the pod by exec, reached through the forward; a port nothing listens on
+    # reports its error on the port's error channel.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    stream(v1.connect_get_namespaced_pod_exec, POD, NS,
+           command=["sh", "-c", f"nc -l -p {port} -e cat </dev/null >/dev/null 2>&1 &"],
+           stderr=True, stdin=False, stdout=True, tty=False)
+    echoed, errors = b"", []
+    for _ in range(50):
+        pf = portforward(v1.connect_get_namespaced_pod_portforward, POD, NS, ports=str(port))
+        sock = pf.socket(port)
+        sock.settimeout(10)
+        sock.sendall(b"through the forward")
+        try:
+            while len(echoed) < len(b"through the forward"):
+                chunk = sock.recv(1024)
+                if not chunk:
+                    break
+                echoed += chunk
+        except OSError:
+            pass
+        if echoed:
+            pf.close()
+            break
+        # Not listening yet: the error channel says why.
+        errors.append(pf.error(port))
+        pf.close()
+        time.sleep(0.2)
+    emit("portforward", echoed=echoed.decode(), first_error=errors[0] if errors else None)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    pf = portforward(v1.connect_get_namespaced_pod_portforward, POD, NS, ports=str(closed))
+    sock = pf.socket(closed)
+    sock.settimeout(10)
+    got = sock.recv(1024)
+    for _ in range(50):
+        if pf.error(closed) is not None:
+            break
+        time.sleep(0.1)
+    emit("portforward_closed", received=got.decode(), error=pf.error(closed), port=closed)
 
     # delete: the pod goes (grace period 1 s), the watch sees DELETED.
     v1.delete_namespaced_pod(POD, NS, body=client.V1DeleteOptions(grace_period_seconds=1))

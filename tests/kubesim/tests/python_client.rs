@@ -1,5 +1,6 @@
 //! A referee no one here wrote: the official Kubernetes Python client (`kubernetes` on PyPI)
-//! lists, watches, creates, deletes and execs (its WebSocket `stream`) against kubesim, next
+//! lists, watches, creates, deletes, execs (its WebSocket `stream`) and port-forwards (its
+//! WebSocket `portforward`) against kubesim, next
 //! to kubectl (`kubectl_compat.rs`) and kube-rs (`kube_rs.rs`). The client runs
 //! `python_client.py`; this test checks what it printed against what kubesim holds.
 //!
@@ -159,6 +160,24 @@ async fn python_client_lists_watches_creates_deletes_and_execs() {
     assert_eq!(s["returncode"], 0, "{s}");
     let s = step("exec_simple");
     assert_eq!(s["output"], "py-sleeper\n", "{s}");
+
+    // port-forward: bytes through the forward and back; a closed port's kubelet error.
+    let s = step("portforward");
+    assert_eq!(s["echoed"], "through the forward", "{s}");
+    let s = step("portforward_closed");
+    assert_eq!(s["received"], "", "{s}");
+    let port = s["port"].as_u64().unwrap();
+    let error = s["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error: {s}"));
+    assert!(
+        error.starts_with(&format!("error forwarding port {port} to pod "))
+            && error.contains(&format!(
+                "failed to connect to localhost:{port} inside namespace"
+            ))
+            && error.contains("connect: connection refused"),
+        "{s}"
+    );
 
     // watch: the pod's whole life, in order, ending with its deletion.
     let s = step("watch");

@@ -2,6 +2,8 @@
 //! kubectl >= 1.30 and kube-rs) and SPDY/3.1 (`v4.channel.k8s.io`, used by kubectl <= 1.29 and as
 //! the fallback of newer kubectl). A transport turns an upgraded HTTP/1.1 connection into an
 //! [`ExecIo`](crate::exec_io::ExecIo) that the exec runner pumps a process's pipes through.
+//! Negotiation ([`negotiate_for`]) and the SPDY frame codec are shared with `pods/portforward`
+//! (`crate::portforward`), which accepts other protocols ([`ServerProtocols`]).
 //!
 //! # Wiring into a hyper server
 //!
@@ -46,12 +48,22 @@ pub const V5_CHANNEL_PROTOCOL: &str = "v5.channel.k8s.io";
 /// (k8s.io/kubelet `pkg/cri/streaming/remotecommand/websocket.go`, `v4BinaryWebsocketProtocol`).
 pub const V4_CHANNEL_PROTOCOL: &str = "v4.channel.k8s.io";
 
-/// WebSocket subprotocols in the server's order of preference.
-const WS_SERVER_PROTOCOLS: [&str; 2] = [V5_CHANNEL_PROTOCOL, V4_CHANNEL_PROTOCOL];
-/// SPDY stream protocols the server accepts. The kubelet also accepts v3/v2/v1, but every
+/// The protocols one streaming endpoint accepts, each list in the server's order of preference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerProtocols {
+    /// `Sec-WebSocket-Protocol` values.
+    pub websocket: &'static [&'static str],
+    /// `X-Stream-Protocol-Version` values for a SPDY/3.1 upgrade.
+    pub spdy: &'static [&'static str],
+}
+
+/// `pods/exec` and `pods/attach`. The kubelet's SPDY server also accepts v3/v2/v1, but every
 /// kubectl we test (1.27+) offers v4, and v4 is the only one whose error stream carries the
 /// exit code (`remotecommand.SupportedStreamingProtocols`).
-const SPDY_SERVER_PROTOCOLS: [&str; 1] = [V4_CHANNEL_PROTOCOL];
+pub const EXEC_PROTOCOLS: ServerProtocols = ServerProtocols {
+    websocket: &[V5_CHANNEL_PROTOCOL, V4_CHANNEL_PROTOCOL],
+    spdy: &[V4_CHANNEL_PROTOCOL],
+};
 
 /// `httpstream.HeaderProtocolVersion` (k8s.io/apimachinery `pkg/util/httpstream/httpstream.go`).
 const HEADER_PROTOCOL_VERSION: &str = "x-stream-protocol-version";
@@ -94,12 +106,18 @@ pub enum NegotiateError {
     /// `httpstream.Handshake`, 403 Forbidden plus `X-Accepted-Stream-Protocol-Versions`. kubectl
     /// shows it as "error: unable to upgrade connection: <this text>" (client-go
     /// `transport/spdy` `NewConnection`).
-    #[error("unable to upgrade: unable to negotiate protocol: client supports {}, server accepts {}", go_list(.client), go_list(&SPDY_SERVER_PROTOCOLS))]
-    NoCommonSpdyProtocol { client: Vec<String> },
+    #[error("unable to upgrade: unable to negotiate protocol: client supports {}, server accepts {}", go_list(.client), go_list(.server))]
+    NoCommonSpdyProtocol {
+        client: Vec<String>,
+        server: &'static [&'static str],
+    },
     /// Text of `wsstream` `handshake` (k8s.io/apimachinery
     /// `pkg/util/httpstream/wsstream/conn.go`); golang.org/x/net/websocket then answers 403.
-    #[error("requested protocol(s) are not supported: {}; supports {}", go_list(.client), go_list(&WS_SERVER_PROTOCOLS))]
-    NoCommonWebSocketProtocol { client: Vec<String> },
+    #[error("requested protocol(s) are not supported: {}; supports {}", go_list(.client), go_list(.server))]
+    NoCommonWebSocketProtocol {
+        client: Vec<String>,
+        server: &'static [&'static str],
+    },
     /// RFC 6455 section 4.2.1: the handshake needs a `Sec-WebSocket-Key`.
     #[error("websocket: missing or invalid Sec-WebSocket-Key")]
     MissingWebSocketKey,
@@ -123,8 +141,8 @@ impl NegotiateError {
     pub fn response_headers(&self) -> HeaderMap {
         let mut headers = HeaderMap::new();
         match self {
-            NegotiateError::NoCommonSpdyProtocol { .. } => {
-                for p in SPDY_SERVER_PROTOCOLS {
+            NegotiateError::NoCommonSpdyProtocol { server, .. } => {
+                for p in *server {
                     headers.append(
                         HEADER_ACCEPTED_PROTOCOL_VERSIONS,
                         HeaderValue::from_static(p),
@@ -200,6 +218,14 @@ impl Default for TransportOptions {
 
 /// Picks the transport for an exec request and builds the headers of the 101 response.
 pub fn negotiate(headers: &HeaderMap) -> Result<(Negotiated, HeaderMap), NegotiateError> {
+    negotiate_for(headers, &EXEC_PROTOCOLS)
+}
+
+/// Picks the transport among `protocols` and builds the headers of the 101 response.
+pub fn negotiate_for(
+    headers: &HeaderMap,
+    protocols: &ServerProtocols,
+) -> Result<(Negotiated, HeaderMap), NegotiateError> {
     // `httpstream.IsUpgradeRequest`: some `Connection` value contains "upgrade".
     let connection_upgrade = headers
         .get_all(header::CONNECTION)
@@ -215,9 +241,9 @@ pub fn negotiate(headers: &HeaderMap) -> Result<(Negotiated, HeaderMap), Negotia
         return Err(NegotiateError::NotUpgrade);
     }
     if upgrade.eq_ignore_ascii_case("websocket") {
-        negotiate_websocket(headers)
+        negotiate_websocket(headers, protocols.websocket)
     } else if upgrade.eq_ignore_ascii_case(SPDY_31) {
-        negotiate_spdy(headers)
+        negotiate_spdy(headers, protocols.spdy)
     } else {
         Err(NegotiateError::NotUpgrade)
     }
@@ -242,7 +268,10 @@ fn comma_separated(headers: &HeaderMap, name: impl header::AsHeaderName) -> Opti
     any.then_some(out)
 }
 
-fn negotiate_websocket(headers: &HeaderMap) -> Result<(Negotiated, HeaderMap), NegotiateError> {
+fn negotiate_websocket(
+    headers: &HeaderMap,
+    server: &'static [&'static str],
+) -> Result<(Negotiated, HeaderMap), NegotiateError> {
     let version = headers
         .get(header::SEC_WEBSOCKET_VERSION)
         .and_then(|v| v.to_str().ok())
@@ -257,11 +286,13 @@ fn negotiate_websocket(headers: &HeaderMap) -> Result<(Negotiated, HeaderMap), N
         .ok_or(NegotiateError::MissingWebSocketKey)?;
     let client = comma_separated(headers, header::SEC_WEBSOCKET_PROTOCOL).unwrap_or_default();
     // The server's preference decides (v5 over v4), whatever order the client lists them in.
-    let subprotocol = WS_SERVER_PROTOCOLS
-        .into_iter()
+    let subprotocol = server
+        .iter()
+        .copied()
         .find(|p| client.iter().any(|c| c == p))
         .ok_or_else(|| NegotiateError::NoCommonWebSocketProtocol {
             client: client.clone(),
+            server,
         })?;
 
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key);
@@ -279,7 +310,10 @@ fn negotiate_websocket(headers: &HeaderMap) -> Result<(Negotiated, HeaderMap), N
     Ok((Negotiated::WebSocket { subprotocol }, response))
 }
 
-fn negotiate_spdy(headers: &HeaderMap) -> Result<(Negotiated, HeaderMap), NegotiateError> {
+fn negotiate_spdy(
+    headers: &HeaderMap,
+    server: &'static [&'static str],
+) -> Result<(Negotiated, HeaderMap), NegotiateError> {
     // Mirrors `httpstream.Handshake`, including its error texts and status codes.
     let client = comma_separated(headers, HEADER_PROTOCOL_VERSION).ok_or(
         NegotiateError::MissingProtocolVersion {
@@ -298,9 +332,10 @@ fn negotiate_spdy(headers: &HeaderMap) -> Result<(Negotiated, HeaderMap), Negoti
     // `negotiateProtocol` takes the first client protocol the server knows.
     let protocol_version = client
         .iter()
-        .find_map(|c| SPDY_SERVER_PROTOCOLS.into_iter().find(|s| s == c))
+        .find_map(|c| server.iter().copied().find(|s| s == c))
         .ok_or_else(|| NegotiateError::NoCommonSpdyProtocol {
             client: client.clone(),
+            server,
         })?;
 
     // k8s.io/apimachinery `pkg/util/httpstream/spdy/upgrade.go` `UpgradeResponse` answers

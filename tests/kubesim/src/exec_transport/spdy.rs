@@ -42,8 +42,10 @@ const TYPE_WINDOW_UPDATE: u16 = 9;
 const FLAG_FIN: u8 = 0x01;
 
 /// RST_STREAM status codes (SPDY/3 section 2.4.2).
-const RST_PROTOCOL_ERROR: u32 = 1;
-const RST_REFUSED_STREAM: u32 = 3;
+pub(crate) const RST_PROTOCOL_ERROR: u32 = 1;
+pub(crate) const RST_REFUSED_STREAM: u32 = 3;
+/// What spdystream's `Stream.Reset` sends (`spdy.Cancel`).
+pub(crate) const RST_CANCEL: u32 = 5;
 
 /// SETTINGS_INITIAL_WINDOW_SIZE (SPDY/3 section 2.6.4).
 const SETTINGS_INITIAL_WINDOW_SIZE: u32 = 7;
@@ -54,7 +56,7 @@ const WINDOW_UPDATE_THRESHOLD: u32 = 32 * 1024;
 
 /// Largest data frame we send: the size of Go's io.Copy buffer, which is what the kubelet's
 /// stream writes come in.
-const MAX_DATA_FRAME: usize = 32 * 1024;
+pub(crate) const MAX_DATA_FRAME: usize = 32 * 1024;
 /// Stop reading the socket while this much stdin waits for the runner. spdystream clients
 /// ignore windows, so this (TCP backpressure, as in the real server whose frame workers block on
 /// the stream's pipe) is what bounds memory.
@@ -545,7 +547,7 @@ where
     }
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -624,7 +626,7 @@ async fn serve<IO>(
     }
 }
 
-async fn read_frames<R>(r: R, tx: mpsc::Sender<Result<Frame, SpdyError>>)
+pub(crate) async fn read_frames<R>(r: R, tx: mpsc::Sender<Result<Frame, SpdyError>>)
 where
     R: AsyncRead + Unpin,
 {

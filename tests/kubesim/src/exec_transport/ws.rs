@@ -31,7 +31,7 @@ const CLOSE_SIGNAL: u8 = 255;
 /// How long to wait for the client's answer to our Close frame before dropping the connection.
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-type Sink<IO> = SplitSink<WebSocketStream<IO>, Message>;
+pub(crate) type Sink<IO> = SplitSink<WebSocketStream<IO>, Message>;
 
 pub(crate) async fn start<IO>(
     io: IO,
@@ -206,7 +206,7 @@ async fn recv(rx: &mut Option<mpsc::Receiver<Bytes>>) -> Option<Bytes> {
     }
 }
 
-async fn send_channel<IO>(
+pub(crate) async fn send_channel<IO>(
     sink: &mut Sink<IO>,
     channel: u8,
     data: &[u8],
