@@ -73,7 +73,10 @@ fn main() {
         let dest = work.path().join("backups");
         let bench = BenchCluster::start().await;
         let kcfg = bench.cluster.kubeconfig().to_path_buf();
-        let src = bench.volume("data", "app", (files as u64) << 12).await;
+        // A restore asks for a page per file and per directory, and a margin.
+        let src = bench
+            .volume("data", "app", (files as u64) * 8192 + (64 << 20))
+            .await;
         let t = Instant::now();
         let p = src.path.clone();
         tokio::task::spawn_blocking(move || fill(&p, files))
