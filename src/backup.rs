@@ -14,7 +14,6 @@ use crate::archive::{
     check_entry_safe, spool_entry, stream_backup_each, Compression, SortedProblem, SortedRules,
     Spool,
 };
-use crate::manifest::StoreError;
 use crate::attempts::with_retries;
 use crate::connect::explain;
 use crate::destination::{archive_key, manifest_key, Destination};
@@ -22,6 +21,7 @@ use crate::discover::{detect_mesh, Target};
 use crate::exit::{ExitKind, Failure};
 use crate::helper_pod::{admissible_pod, HelperOptions, HelperPodRequest, Purpose};
 use crate::helper_session::{HelperPod, Registry, Watch};
+use crate::manifest::StoreError;
 use crate::manifest::{ClusterInfo, Manifest, ManifestMeta, PvcInfo, SourcePod};
 use crate::progress::Progress;
 use crate::retry::{AttemptRecord, RetryPolicy};
@@ -473,7 +473,8 @@ async fn stream(
     let mkey = manifest_key(&s.backup_id, &ctx.target.namespace, &ctx.target.pvc);
     let stored = manifest.clone();
     tokio::task::spawn_blocking(move || -> Result<(), Failure> {
-        let spool = |e: std::io::Error| Failure::from(crate::archive::ArchiveError::Spool { source: e });
+        let spool =
+            |e: std::io::Error| Failure::from(crate::archive::ArchiveError::Spool { source: e });
         let mut rules = SortedRules::new(links.finish().map_err(spool)?, true);
         let written = crate::manifest::write_entries_object(
             dest.as_ref(),
@@ -490,7 +491,13 @@ async fn stream(
         };
         writer.commit()?;
         written.writer.commit()?;
-        crate::manifest::store_header(dest.as_ref(), &mkey, &stored, written.object, written.totals)?;
+        crate::manifest::store_header(
+            dest.as_ref(),
+            &mkey,
+            &stored,
+            written.object,
+            written.totals,
+        )?;
         Ok(())
     })
     .await

@@ -55,8 +55,7 @@ pub fn locate_open(
     store: &StoreOptions,
 ) -> Result<(Located, Option<EntryReader<'static>>), Failure> {
     let (dest, mkey) = resolve(backup, from, store)?;
-    let (manifest, entries) =
-        crate::manifest::open(dest.as_ref(), &mkey).map_err(load_failure)?;
+    let (manifest, entries) = crate::manifest::open(dest.as_ref(), &mkey).map_err(load_failure)?;
     Ok((located(dest, mkey, manifest)?, entries))
 }
 

@@ -116,8 +116,8 @@
 
 pub mod sections;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -777,7 +777,6 @@ impl Manifest {
             proxy_state: self.proxy_state.clone(),
         }
     }
-
 }
 
 /// One line of the entries stream, written: the record and its note's fields.
@@ -989,7 +988,10 @@ impl<'de> Deserialize<'de> for Tally {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a list of entries")
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Tally, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Tally, A::Error> {
                 let mut t = Tally::default();
                 while let Some(e) = seq.next_element::<EntryRecord>()? {
                     t.entries += 1;
@@ -1350,7 +1352,11 @@ impl EntryReader<'_> {
         }
         for (field, declared, actual) in [
             ("file_count", self.declared.files, self.totals.files),
-            ("file_bytes", self.declared.file_bytes, self.totals.file_bytes),
+            (
+                "file_bytes",
+                self.declared.file_bytes,
+                self.totals.file_bytes,
+            ),
         ] {
             if declared != actual {
                 return Err(ManifestError::Totals {
@@ -1415,11 +1421,7 @@ pub fn load(dest: &dyn Destination, manifest_key: &str) -> Result<Manifest, Load
     let Some(reader) = entries else {
         return Ok(m);
     };
-    let entries_location = dest.locate(&format!(
-        "{}{}",
-        key_dir(manifest_key),
-        reader.file
-    ));
+    let entries_location = dest.locate(&format!("{}{}", key_dir(manifest_key), reader.file));
     let mut all = Vec::with_capacity(m.entry_count.min(1 << 20) as usize);
     for line in reader {
         let (e, note) = line.map_err(|e| load_error(&location, &entries_location, e))?;
@@ -1427,7 +1429,8 @@ pub fn load(dest: &dyn Destination, manifest_key: &str) -> Result<Manifest, Load
         all.push(e);
     }
     m.entries = all;
-    m.validate().map_err(|source| LoadError::Invalid { location, source })?;
+    m.validate()
+        .map_err(|source| LoadError::Invalid { location, source })?;
     Ok(m)
 }
 

@@ -111,9 +111,17 @@ fn main() {
         done.push(
             step(
                 "create",
-                ["create", "data", "-n", NAMESPACE, "--to", &d, "--no-progress"]
-                    .map(String::from)
-                    .to_vec(),
+                [
+                    "create",
+                    "data",
+                    "-n",
+                    NAMESPACE,
+                    "--to",
+                    &d,
+                    "--no-progress",
+                ]
+                .map(String::from)
+                .to_vec(),
                 CEILING_KIB,
             )
             .await,
@@ -177,11 +185,7 @@ fn main() {
                 )
             })
             .collect();
-        assert!(
-            over.is_empty(),
-            "at {files} files: {}",
-            over.join("; ")
-        );
+        assert!(over.is_empty(), "at {files} files: {}", over.join("; "));
         eprintln!("scale: {} steps within their memory ceilings", done.len());
     });
 }
@@ -200,7 +204,12 @@ fn support_find_manifest(dest: &Path) -> PathBuf {
             }
         }
     }
-    assert_eq!(found.len(), 1, "one manifest under {}: {found:?}", dest.display());
+    assert_eq!(
+        found.len(),
+        1,
+        "one manifest under {}: {found:?}",
+        dest.display()
+    );
     found.pop().unwrap()
 }
 

@@ -29,9 +29,7 @@ pub use safety::{
 pub use sorted::{
     spool_entry, Duplicate, LinkRef, Sorted, SortedProblem, SortedRules, Spool, Spooled,
 };
-pub use verify::{
-    stream_verified, verify_archive, verify_archive_streamed, Problem, VerifyReport,
-};
+pub use verify::{stream_verified, verify_archive, verify_archive_streamed, Problem, VerifyReport};
 
 /// Size of the read/write buffers on the hot path.
 pub const BUF_SIZE: usize = 256 * 1024;

@@ -26,6 +26,9 @@ const RUN_READ_BUF: usize = 64 << 10;
 /// Per buffered item, what a `(Vec, u64, Vec)` costs beyond its bytes.
 const ITEM_OVERHEAD: usize = 64;
 
+/// A serialized item: its key, its place in push order, and its JSON.
+type Record = (Vec<u8>, u64, Vec<u8>);
+
 /// An item of a [`Spool`] as it comes out: its sort key, its place in push order, and the
 /// item.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +44,7 @@ pub struct Spooled<T> {
 /// buffered bytes pass the run budget they are sorted and written to an unnamed temporary file
 /// (deleted by the OS when closed, even if the process is killed).
 pub struct Spool<T> {
-    buf: Vec<(Vec<u8>, u64, Vec<u8>)>,
+    buf: Vec<Record>,
     bytes: usize,
     budget: usize,
     runs: Vec<File>,
@@ -89,7 +92,8 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
     }
 
     fn spill(&mut self) -> io::Result<()> {
-        self.buf.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        self.buf
+            .sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
         let mut w = BufWriter::with_capacity(RUN_READ_BUF, tempfile::tempfile()?);
         for (key, seq, payload) in self.buf.drain(..) {
             write_record(&mut w, &key, seq, &payload)?;
@@ -106,7 +110,8 @@ impl<T: Serialize + DeserializeOwned> Spool<T> {
     pub fn finish(mut self) -> io::Result<Sorted<T>> {
         let mut memory = None;
         if self.runs.is_empty() {
-            self.buf.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+            self.buf
+                .sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
             memory = Some(std::mem::take(&mut self.buf).into_iter());
         } else if !self.buf.is_empty() {
             self.spill()?;
@@ -139,7 +144,7 @@ fn write_record(w: &mut impl Write, key: &[u8], seq: u64, payload: &[u8]) -> io:
 }
 
 /// The next record of a run, `None` at its end.
-fn read_record(r: &mut impl Read) -> io::Result<Option<(Vec<u8>, u64, Vec<u8>)>> {
+fn read_record(r: &mut impl Read) -> io::Result<Option<Record>> {
     let mut n = [0u8; 4];
     match r.read_exact(&mut n) {
         Ok(()) => {}
@@ -159,7 +164,7 @@ fn read_record(r: &mut impl Read) -> io::Result<Option<(Vec<u8>, u64, Vec<u8>)>>
 /// The merge of a [`Spool`]'s runs: an iterator over its items by key.
 pub struct Sorted<T> {
     /// Nothing was spilled: the items, sorted in memory.
-    memory: Option<std::vec::IntoIter<(Vec<u8>, u64, Vec<u8>)>>,
+    memory: Option<std::vec::IntoIter<Record>>,
     runs: Vec<BufReader<File>>,
     /// Each run's next payload (its key and seq are in `heap`).
     heads: Vec<Option<Vec<u8>>>,
@@ -320,15 +325,15 @@ impl SortedRules {
     fn links_before(&mut self, key: &[u8]) -> Result<(), SortedProblem> {
         match self.links.peek() {
             Some(Ok(l)) if l.key.as_slice() < key => {
-                let l = self.links.next().expect("peeked").map_err(SortedProblem::Io)?;
+                let l = self
+                    .links
+                    .next()
+                    .expect("peeked")
+                    .map_err(SortedProblem::Io)?;
                 Err(self.link_problem(l.item))
             }
             Some(Err(_)) => Err(SortedProblem::Io(
-                self.links
-                    .next()
-                    .expect("peeked")
-                    .err()
-                    .expect("an error"),
+                self.links.next().expect("peeked").expect_err("an error"),
             )),
             _ => Ok(()),
         }
@@ -399,7 +404,10 @@ mod tests {
             let out: Vec<Spooled<u32>> = s.finish().unwrap().map(Result::unwrap).collect();
             assert_eq!(out.len(), 10_000, "budget {budget}");
             for w in out.windows(2) {
-                assert!((&w[0].key, w[0].seq) < (&w[1].key, w[1].seq), "budget {budget}");
+                assert!(
+                    (&w[0].key, w[0].seq) < (&w[1].key, w[1].seq),
+                    "budget {budget}"
+                );
             }
             for pair in out.chunks(2) {
                 assert_eq!(pair[0].key, pair[1].key);
@@ -440,9 +448,18 @@ mod tests {
         let hard = |p: &str, t: &str| rec(p, EntryKind::Hardlink, Some(t));
         let cases: Vec<(&str, Vec<EntryRecord>)> = vec![
             ("plain", vec![d("."), d("a"), f("a/x"), f("a-b"), f("a/y")]),
-            ("beneath", vec![d("."), sym("a", "/etc"), f("a-b"), f("a/passwd")]),
-            ("beneath deep", vec![d("."), d("a"), sym("a/l", "x"), f("a/l/z")]),
-            ("beside", vec![d("."), sym("a", "/etc"), f("a-b"), f("a0"), f("b")]),
+            (
+                "beneath",
+                vec![d("."), sym("a", "/etc"), f("a-b"), f("a/passwd")],
+            ),
+            (
+                "beneath deep",
+                vec![d("."), d("a"), sym("a/l", "x"), f("a/l/z")],
+            ),
+            (
+                "beside",
+                vec![d("."), sym("a", "/etc"), f("a-b"), f("a0"), f("b")],
+            ),
             ("link ok", vec![d("."), f("z"), hard("a", "z")]),
             ("link later", vec![d("."), hard("a", "z"), f("z")]),
             ("link to dir", vec![d("."), d("z"), hard("a", "z")]),

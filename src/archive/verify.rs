@@ -331,7 +331,14 @@ fn verify_inner<R: Read, W: Write>(
             });
         }
     }
-    Ok(report(hr, manifest, problems, complete, entries_checked, files_hashed))
+    Ok(report(
+        hr,
+        manifest,
+        problems,
+        complete,
+        entries_checked,
+        files_hashed,
+    ))
 }
 
 /// After a walk: hashes whatever the decompressor did not consume (trailing bytes, or
@@ -505,5 +512,12 @@ pub fn verify_archive_streamed<R: Read>(
         Err(SortedProblem::Unsafe(u)) => return Err(u.into()),
         Err(SortedProblem::Io(e)) => return Err(spool(e)),
     }
-    Ok(report(hr, manifest, problems, complete, entries_checked, files_hashed))
+    Ok(report(
+        hr,
+        manifest,
+        problems,
+        complete,
+        entries_checked,
+        files_hashed,
+    ))
 }

@@ -9,7 +9,6 @@
 //! leaves a half-gone backup listed as complete; what it leaves is an archive without a
 //! manifest, which the next `prune` or `cleanup --to` removes.
 
-
 use serde::Serialize;
 
 use crate::cli::OutputFormat;

@@ -312,7 +312,12 @@ fn read_summary_reads_headers_whole_and_counts_schema_1_entries_as_they_stream()
             .collect();
         m.entry_count = n as u64;
         let doc = serde_json::to_vec(&v1(&m)).unwrap();
-        assert_eq!(doc.len() as u64 > SUMMARY_BUFFER, n > 3, "{} bytes", doc.len());
+        assert_eq!(
+            doc.len() as u64 > SUMMARY_BUFFER,
+            n > 3,
+            "{} bytes",
+            doc.len()
+        );
         let s = read_summary(&doc[..]).unwrap();
         assert_eq!(s, Manifest::from_json(&doc).unwrap().summary());
         assert_eq!(s.files, n.div_ceil(3) as u64);
@@ -322,19 +327,37 @@ fn read_summary_reads_headers_whole_and_counts_schema_1_entries_as_they_stream()
         let mut v = v1(&m);
         v["entries"][n - 1]["sha256"] = "nope".into();
         let err = read_summary(serde_json::to_vec(&v).unwrap().as_slice()).unwrap_err();
-        assert!(matches!(err, SummaryError::Invalid(ManifestError::UnexpectedSha256 { .. })
-            | SummaryError::Invalid(ManifestError::BadSha256 { .. })), "{err}");
+        assert!(
+            matches!(
+                err,
+                SummaryError::Invalid(ManifestError::UnexpectedSha256 { .. })
+                    | SummaryError::Invalid(ManifestError::BadSha256 { .. })
+            ),
+            "{err}"
+        );
         let mut v = v1(&m);
         v["entry_count"] = (n as u64 + 1).into();
         let err = read_summary(serde_json::to_vec(&v).unwrap().as_slice()).unwrap_err();
-        assert!(matches!(err, SummaryError::Invalid(ManifestError::EntryCount { .. })), "{err}");
+        assert!(
+            matches!(err, SummaryError::Invalid(ManifestError::EntryCount { .. })),
+            "{err}"
+        );
         let mut v = v1(&m);
         v["schema_version"] = 9.into();
         let err = read_summary(serde_json::to_vec(&v).unwrap().as_slice()).unwrap_err();
-        assert!(matches!(err, SummaryError::Invalid(ManifestError::UnsupportedSchema { found: 9 })), "{err}");
+        assert!(
+            matches!(
+                err,
+                SummaryError::Invalid(ManifestError::UnsupportedSchema { found: 9 })
+            ),
+            "{err}"
+        );
         // Cut short: not a manifest.
         let err = read_summary(&doc[..doc.len() - 10]).unwrap_err();
-        assert!(matches!(err, SummaryError::Invalid(ManifestError::Json { .. })), "{err}");
+        assert!(
+            matches!(err, SummaryError::Invalid(ManifestError::Json { .. })),
+            "{err}"
+        );
     }
 }
 
