@@ -472,33 +472,8 @@ async fn stream(
     // is committed, so that a refused stream leaves nothing behind.
     let mkey = manifest_key(&s.backup_id, &ctx.target.namespace, &ctx.target.pvc);
     let stored = manifest.clone();
-    tokio::task::spawn_blocking(move || -> Result<(), Failure> {
-        let spool =
-            |e: std::io::Error| Failure::from(crate::archive::ArchiveError::Spool { source: e });
-        let mut rules = SortedRules::new(links.finish().map_err(spool)?, true);
-        let written = crate::manifest::write_entries_object(
-            dest.as_ref(),
-            &mkey,
-            &stored,
-            entries.finish().map_err(spool)?,
-            |key, seq, e| rules.check(key, seq, e),
-        )
-        .and_then(|w| rules.finish().map(|()| w).map_err(StoreError::from));
-        let written = match written {
-            Ok(w) => w,
-            Err(StoreError::Destination(e)) => return Err(e.into()),
-            Err(StoreError::Refused(p)) => return Err(refused_across(p)),
-        };
-        writer.commit()?;
-        written.writer.commit()?;
-        crate::manifest::store_header(
-            dest.as_ref(),
-            &mkey,
-            &stored,
-            written.object,
-            written.totals,
-        )?;
-        Ok(())
+    tokio::task::spawn_blocking(move || {
+        commit(dest.as_ref(), &mkey, &stored, entries, links, writer)
     })
     .await
     .map_err(|e| Failure::runtime(format!("the manifest writer failed: {e}")))??;
@@ -577,6 +552,39 @@ impl Refused {
         ))
         .permanent())
     }
+}
+
+/// Writes the entries stream of `m` from the spooled `entries` (the rules across entries
+/// checked on the way), then commits the archive `writer`, the entries stream and the header,
+/// in that order. A refused stream commits nothing: the writers' partial files go.
+fn commit(
+    dest: &dyn Destination,
+    mkey: &str,
+    m: &Manifest,
+    entries: Spool<crate::archive::EntryRecord>,
+    links: Spool<crate::archive::LinkRef>,
+    writer: Box<dyn crate::destination::ObjectWriter>,
+) -> Result<(), Failure> {
+    let spool =
+        |e: std::io::Error| Failure::from(crate::archive::ArchiveError::Spool { source: e });
+    let mut rules = SortedRules::new(links.finish().map_err(spool)?, true);
+    let written = crate::manifest::write_entries_object(
+        dest,
+        mkey,
+        m,
+        entries.finish().map_err(spool)?,
+        |key, seq, e| rules.check(key, seq, e),
+    )
+    .and_then(|w| rules.finish().map(|()| w).map_err(StoreError::from));
+    let written = match written {
+        Ok(w) => w,
+        Err(StoreError::Destination(e)) => return Err(e.into()),
+        Err(StoreError::Refused(p)) => return Err(refused_across(p)),
+    };
+    writer.commit()?;
+    written.writer.commit()?;
+    crate::manifest::store_header(dest, mkey, m, written.object, written.totals)?;
+    Ok(())
 }
 
 /// A rule across entries refused the sorted stream (the first such entry is named).
@@ -691,6 +699,126 @@ pub async fn get_pvc(client: &kube::Client, t: &Target) -> Result<PersistentVolu
 mod tests {
     use super::*;
     use crate::archive::{SkipReason, SkippedEntry};
+
+    /// `create`'s path at any file count: entries spooled as the archive is read, the entries
+    /// stream written from the merge. Across several spilled runs the stored backup loads to
+    /// the same entries as the in-memory path; a stream a rule across entries refuses (a member
+    /// beneath a symlink, a hard link to a later member) commits nothing at all.
+    #[test]
+    fn spooled_entries_commit_a_backup_or_nothing() {
+        use crate::destination::local::LocalDir;
+        fn tar_of(members: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
+            let mut b = tar::Builder::new(Vec::new());
+            for (name, kind, target) in members {
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(*kind);
+                h.set_mode(0o644);
+                h.set_size(0);
+                if !target.is_empty() {
+                    h.set_link_name(target).unwrap();
+                }
+                b.append_data(&mut h, name, &b""[..]).unwrap();
+            }
+            b.into_inner().unwrap()
+        }
+        fn run(tar: &[u8], budget: usize) -> (tempfile::TempDir, Result<(), Failure>, Manifest) {
+            let d = tempfile::tempdir().unwrap();
+            let dest = LocalDir::new(d.path().to_path_buf());
+            let mut writer = dest.create("b/ns/data.tar").unwrap();
+            let mut entries = Spool::with_budget(budget);
+            let mut links = Spool::with_budget(budget);
+            let summary =
+                stream_backup_each(tar, Compression::None, &mut writer, &|_| {}, &mut |e| {
+                    spool_entry(&mut entries, &mut links, &e)
+                })
+                .unwrap();
+            let meta = ManifestMeta {
+                backup_id: "b".into(),
+                tool_version: "0".into(),
+                created: chrono::Utc::now(),
+                cluster: ClusterInfo::default(),
+                namespace: "ns".into(),
+                pvc: PvcInfo {
+                    name: "data".into(),
+                    ..Default::default()
+                },
+                source_pods: vec![],
+                helper_image: "busybox".into(),
+            };
+            let m = Manifest::new(meta, Compression::None, "data.tar", summary);
+            let r = commit(&dest, "b/ns/data.manifest.json", &m, entries, links, writer);
+            (d, r, m)
+        }
+        let mut members = vec![(".", tar::EntryType::Directory, "")];
+        let names: Vec<String> = (0..3000)
+            .map(|i| format!("d{}/f{i:05}", (i * 7) % 13))
+            .collect();
+        let dirs: Vec<String> = (0..13).map(|i| format!("d{i}")).collect();
+        for d in &dirs {
+            members.push((d, tar::EntryType::Directory, ""));
+        }
+        for n in names.iter().rev() {
+            members.push((n, tar::EntryType::Regular, ""));
+        }
+        members.push(("hard", tar::EntryType::Link, names[5].as_str()));
+        let tar = tar_of(&members);
+        let (d, r, _) = run(&tar, 4096);
+        r.unwrap();
+        let dest = LocalDir::new(d.path().to_path_buf());
+        let loaded = crate::manifest::load(&dest, "b/ns/data.manifest.json").unwrap();
+        let in_memory =
+            crate::archive::stream_backup(&tar[..], Compression::None, std::io::sink(), &|_| {})
+                .unwrap();
+        let mut want = in_memory.entries;
+        want.sort_by_key(|e| crate::archive::canonical_key(&e.raw_path()));
+        assert_eq!(loaded.entries, want);
+
+        for (name, bad) in [
+            (
+                "beneath a symlink",
+                vec![
+                    (".", tar::EntryType::Directory, ""),
+                    ("a", tar::EntryType::Symlink, "/etc"),
+                    ("a-b", tar::EntryType::Regular, ""),
+                    ("a/passwd", tar::EntryType::Regular, ""),
+                ],
+            ),
+            (
+                "hard link to a later member",
+                vec![
+                    (".", tar::EntryType::Directory, ""),
+                    ("a", tar::EntryType::Link, "z"),
+                    ("z", tar::EntryType::Regular, ""),
+                ],
+            ),
+        ] {
+            let (d, r, _) = run(&tar_of(&bad), 64);
+            let f = r.unwrap_err();
+            assert_eq!(f.kind, ExitKind::Refused, "{name}: {}", f.message);
+            assert!(
+                f.message.contains("nothing was stored"),
+                "{name}: {}",
+                f.message
+            );
+            let left: Vec<_> = walk_files(d.path());
+            assert!(left.is_empty(), "{name}: {left:?}");
+        }
+    }
+
+    fn walk_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    out.push(e.path());
+                }
+            }
+        }
+        out
+    }
 
     #[test]
     fn sockets_tar_ignored_are_recorded_and_other_stderr_is_serious() {
