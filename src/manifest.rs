@@ -883,8 +883,9 @@ pub const SUMMARY_BUFFER: u64 = 1 << 20;
 /// What `list` and `prune` read of a `<pvc>.manifest.json`: its [`Summary`], in memory
 /// bounded by [`SUMMARY_BUFFER`] whatever the manifest holds.
 ///
-/// A schema-2 header is [`parse`]d and checked whole. A whole manifest (schema 1, or the
-/// expanded form) is read as a stream: each entry is parsed, its own fields checked and
+/// A schema-2 header is [`parse`]d and checked whole (one past the buffer, which only
+/// thousands of `details.skipped` entries make, gives its counts unchecked). A whole manifest
+/// (schema 1, or the expanded form) is read as a stream: each entry is parsed, its own fields checked and
 /// counted, and dropped, so the rules across entries (no duplicates, hard link targets,
 /// nothing beneath a symlink) are not checked here; `verify`, `inspect` and `restore`, which
 /// load the entries, check them.
@@ -933,6 +934,16 @@ fn stream_summary<R: Read>(reader: R, version: u32) -> Result<Summary, SummaryEr
         skipped: Vec<IgnoredAny>,
         #[serde(default)]
         consistency: Option<Consistency>,
+        /// A header past the buffer (thousands of `details.skipped`): its counts.
+        #[serde(default)]
+        file_count: Option<u64>,
+        #[serde(default)]
+        details: Option<SkippedOnly>,
+    }
+    #[derive(Deserialize)]
+    struct SkippedOnly {
+        #[serde(default)]
+        skipped: Vec<IgnoredAny>,
     }
     let mut de = serde_json::Deserializer::from_reader(reader);
     let parsed = Whole::deserialize(&mut de).and_then(|w| de.end().map(|()| w));
@@ -950,6 +961,17 @@ fn stream_summary<R: Read>(reader: R, version: u32) -> Result<Summary, SummaryEr
     }
     if let Some(e) = w.entries.problem {
         return Err(e.into());
+    }
+    if w.entries.header {
+        return Ok(Summary {
+            schema_version: version,
+            created: w.created,
+            size: w.archive.size,
+            files: w.file_count.unwrap_or_default(),
+            compression: w.compression,
+            skipped: w.details.map_or(0, |d| d.skipped.len()),
+            consistency: w.consistency,
+        });
     }
     if w.entry_count != w.entries.entries {
         return Err(ManifestError::EntryCount {
@@ -971,13 +993,14 @@ fn stream_summary<R: Read>(reader: R, version: u32) -> Result<Summary, SummaryEr
 }
 
 /// A whole manifest's `entries`, counted one by one (each parsed, checked on its own and
-/// dropped) instead of collected.
+/// dropped) instead of collected; or a header's `entries` object (`header`).
 #[derive(Default)]
 struct Tally {
     entries: u64,
     files: u64,
     /// The first entry whose fields are wrong.
     problem: Option<ManifestError>,
+    header: bool,
 }
 
 impl<'de> Deserialize<'de> for Tally {
@@ -1004,8 +1027,18 @@ impl<'de> Deserialize<'de> for Tally {
                 }
                 Ok(t)
             }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Tally, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Tally {
+                    header: true,
+                    ..Tally::default()
+                })
+            }
         }
-        d.deserialize_seq(Counting)
+        d.deserialize_any(Counting)
     }
 }
 

@@ -299,6 +299,24 @@ fn read_summary_reads_headers_whole_and_counts_schema_1_entries_as_they_stream()
     let err = read_summary(serde_json::to_vec(&edited).unwrap().as_slice()).unwrap_err();
     assert!(err.to_string().contains("typo"), "{err}");
 
+    // A header past the buffer (a volume with tens of thousands of sockets): its counts.
+    let mut big = full();
+    big.skipped = (0..30_000)
+        .map(|i| SkippedEntry {
+            path: format!("run/s{i:05}.sock"),
+            path_hex: None,
+            reason: SkipReason::Socket,
+        })
+        .collect();
+    let (d, _) = stored(&big);
+    let header = std::fs::read(d.path().join(KEY)).unwrap();
+    assert!(
+        header.len() as u64 > SUMMARY_BUFFER,
+        "{} bytes",
+        header.len()
+    );
+    assert_eq!(read_summary(&header[..]).unwrap(), big.summary());
+
     // Schema-1 documents, small and far beyond the buffer: the same summary as loading them.
     for n in [3usize, 40_000] {
         let mut m = sample();
