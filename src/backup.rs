@@ -10,7 +10,10 @@ use kube::api::Api;
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
 
-use crate::archive::{stream_backup, Compression};
+use crate::archive::{
+    check_entry_safe, spool_entry, stream_backup_each, Compression, SortedProblem, SortedRules,
+    Spool,
+};
 use crate::attempts::with_retries;
 use crate::connect::explain;
 use crate::destination::{archive_key, manifest_key, Destination};
@@ -18,6 +21,7 @@ use crate::discover::{detect_mesh, Target};
 use crate::exit::{ExitKind, Failure};
 use crate::helper_pod::{admissible_pod, HelperOptions, HelperPodRequest, Purpose};
 use crate::helper_session::{HelperPod, Registry, Watch};
+use crate::manifest::StoreError;
 use crate::manifest::{ClusterInfo, Manifest, ManifestMeta, PvcInfo, SourcePod};
 use crate::progress::Progress;
 use crate::retry::{AttemptRecord, RetryPolicy};
@@ -184,7 +188,7 @@ pub async fn backup_target(
     result.attempts = done.log.len() as u32;
     result.attempt_log = done.log;
     match done.result {
-        Ok((m, changes)) => {
+        Ok((m, files, changes)) => {
             result.consistency = Some(crate::snapshot::Consistency {
                 source: prepared.source.clone(),
                 changed_files: changes.0,
@@ -192,7 +196,7 @@ pub async fn backup_target(
                 hooks: prepared.hooks.clone(),
             });
             result.status = "ok";
-            result.files = m.entries.iter().filter(|e| e.sha256.is_some()).count() as u64;
+            result.files = files;
             result.bytes = m.uncompressed_size;
             result.stored_bytes = m.archive.size;
             result.sha256 = Some(m.archive.sha256.clone());
@@ -276,7 +280,7 @@ async fn attempt(
     registry: &Registry,
     bar: &crate::progress::Bar,
     number: u32,
-) -> Result<(Manifest, (Vec<String>, u64)), Failure> {
+) -> Result<(Manifest, u64, (Vec<String>, u64)), Failure> {
     let copy = &prepared.source;
     let temp = (copy.method != crate::snapshot::CopyMethod::Live).then_some(copy.claim.as_str());
     let req = helper_request(ctx, s, number, temp)?;
@@ -295,7 +299,7 @@ async fn stream(
     prepared: &crate::snapshot::Prepared,
     dest: Arc<dyn Destination>,
     bar: &crate::progress::Bar,
-) -> Result<(Manifest, (Vec<String>, u64)), Failure> {
+) -> Result<(Manifest, u64, (Vec<String>, u64)), Failure> {
     let copy = &prepared.source;
     // A cheap size estimate for the progress bar; the backup does not depend on it, so it
     // gets a short leash.
@@ -351,12 +355,35 @@ async fn stream(
     let compression = s.compression;
     let bar2 = bar.clone();
     let dest2 = dest.clone();
-    let writer_job = tokio::task::spawn_blocking(move || -> Result<(crate::archive::ArchiveSummary, Box<dyn crate::destination::ObjectWriter>), Failure> {
+    let writer_job = tokio::task::spawn_blocking(move || -> Result<Streamed, Failure> {
         let _active = ActiveWriter::enter();
         let reader = tokio_util::io::SyncIoBridge::new(stdout);
         let mut writer = dest2.create(&key)?;
-        let summary = stream_backup(reader, compression, &mut writer, &|n| bar2.set_position(n))?;
-        Ok((summary, writer))
+        // Entries are spooled in path order as they come, in bounded memory (issue #14); the
+        // rules on single entries are checked here, the ones across entries when the sorted
+        // entries are written.
+        let mut entries = Spool::default();
+        let mut links = Spool::default();
+        let mut refused = Refused::default();
+        let summary = stream_backup_each(
+            reader,
+            compression,
+            &mut writer,
+            &|n| bar2.set_position(n),
+            &mut |e| {
+                if let Err(u) = check_entry_safe(&e) {
+                    refused.add(u);
+                }
+                spool_entry(&mut entries, &mut links, &e)
+            },
+        )?;
+        Ok(Streamed {
+            summary,
+            entries,
+            links,
+            refused,
+            writer,
+        })
     });
     let stderr_job = tokio::spawn(async move {
         let mut buf = Vec::new();
@@ -371,7 +398,7 @@ async fn stream(
     // The copy counts only when tar exited 0, said nothing alarming, and the stream ended with
     // the end-of-archive marker (checked by stream_backup). Anything else discards the partial
     // file (the writer's Drop removes it). A lost session explains itself best, so it wins.
-    let (summary, writer) = match (st, written) {
+    let streamed = match (st, written) {
         (Err(lost), _) => return Err(lost),
         (Ok(st), _) if st.status.as_deref() != Some("Success") => {
             return Err(Failure::runtime(format!(
@@ -418,7 +445,15 @@ async fn stream(
         ))
         .permanent());
     }
-    refuse_unsafe(&summary)?;
+    let Streamed {
+        summary,
+        entries,
+        links,
+        refused,
+        writer,
+    } = streamed;
+    refused.check()?;
+    let files = summary.file_count;
     let mut manifest = Manifest::new(
         meta(ctx, s),
         s.compression,
@@ -433,16 +468,16 @@ async fn stream(
     // The archive is complete (for object stores: its multipart upload completed) before the
     // entries stream, and both before the header, the commit marker. All block on I/O, so off
     // the async threads.
+    // The entries stream is written (and the rules across entries checked) before anything
+    // is committed, so that a refused stream leaves nothing behind.
     let mkey = manifest_key(&s.backup_id, &ctx.target.namespace, &ctx.target.pvc);
     let stored = manifest.clone();
-    tokio::task::spawn_blocking(move || -> Result<(), Failure> {
-        writer.commit()?;
-        crate::manifest::store(dest.as_ref(), &mkey, &stored)?;
-        Ok(())
+    tokio::task::spawn_blocking(move || {
+        commit(dest.as_ref(), &mkey, &stored, entries, links, writer)
     })
     .await
     .map_err(|e| Failure::runtime(format!("the manifest writer failed: {e}")))??;
-    Ok((manifest, changes))
+    Ok((manifest, files, changes))
 }
 
 /// Splits tar's stderr into the sockets it left out and the lines that make the copy
@@ -471,27 +506,102 @@ fn tar_stderr(errors: &str) -> (Vec<crate::archive::SkippedEntry>, Vec<&str>) {
     (sockets, serious)
 }
 
+/// What the archive writer hands back: the archive (not committed), its entries spooled in
+/// path order, hard links by target, and the entries the rules on single entries refused.
+struct Streamed {
+    summary: crate::archive::ArchiveSummary,
+    entries: Spool<crate::archive::EntryRecord>,
+    links: Spool<crate::archive::LinkRef>,
+    refused: Refused,
+    writer: Box<dyn crate::destination::ObjectWriter>,
+}
+
 /// `create`'s side of the round-trip rules ([`crate::archive::RULES`]): a stream holding an
 /// entry that `verify`/`restore` would refuse is not stored as a backup. (Device nodes, the
-/// rule whose `at_create` is skip, never get here: the archive leaves them out.)
-fn refuse_unsafe(summary: &crate::archive::ArchiveSummary) -> Result<(), Failure> {
-    let bad = summary.unsafe_entries();
-    if bad.is_empty() {
-        return Ok(());
+/// rule whose `at_create` is skip, never get here: the archive leaves them out.) The first
+/// few refused entries are kept to be named, the rest counted.
+#[derive(Default)]
+struct Refused {
+    shown: Vec<crate::archive::UnsafeEntry>,
+    count: usize,
+}
+
+impl Refused {
+    fn add(&mut self, u: crate::archive::UnsafeEntry) {
+        if self.shown.len() < 5 {
+            self.shown.push(u);
+        }
+        self.count += 1;
     }
-    let shown: Vec<String> = bad
-        .iter()
-        .take(5)
-        .map(|u| format!("{:?} ({})", u.path, u.reason))
-        .collect();
-    Err(Failure::refused(format!(
-        "the helper's tar stream holds {} entr{} that a restore would refuse: {}{}. `tar -c` of a volume never produces these, so the stream is not a plain copy of the volume and nothing was stored; check that the helper image (--image) runs an unmodified busybox tar",
-        bad.len(),
-        if bad.len() == 1 { "y" } else { "ies" },
-        shown.join(", "),
-        if bad.len() > 5 { format!(" and {} more", bad.len() - 5) } else { String::new() },
-    ))
-    .permanent())
+
+    fn check(&self) -> Result<(), Failure> {
+        if self.count == 0 {
+            return Ok(());
+        }
+        let shown: Vec<String> = self
+            .shown
+            .iter()
+            .map(|u| format!("{:?} ({})", u.path, u.reason))
+            .collect();
+        Err(Failure::refused(format!(
+            "the helper's tar stream holds {} entr{} that a restore would refuse: {}{}. `tar -c` of a volume never produces these, so the stream is not a plain copy of the volume and nothing was stored; check that the helper image (--image) runs an unmodified busybox tar",
+            self.count,
+            if self.count == 1 { "y" } else { "ies" },
+            shown.join(", "),
+            if self.count > 5 { format!(" and {} more", self.count - 5) } else { String::new() },
+        ))
+        .permanent())
+    }
+}
+
+/// Writes the entries stream of `m` from the spooled `entries` (the rules across entries
+/// checked on the way), then commits the archive `writer`, the entries stream and the header,
+/// in that order. A refused stream commits nothing: the writers' partial files go.
+fn commit(
+    dest: &dyn Destination,
+    mkey: &str,
+    m: &Manifest,
+    entries: Spool<crate::archive::EntryRecord>,
+    links: Spool<crate::archive::LinkRef>,
+    writer: Box<dyn crate::destination::ObjectWriter>,
+) -> Result<(), Failure> {
+    let spool =
+        |e: std::io::Error| Failure::from(crate::archive::ArchiveError::Spool { source: e });
+    let mut rules = SortedRules::new(links.finish().map_err(spool)?, true);
+    let written = crate::manifest::write_entries_object(
+        dest,
+        mkey,
+        m,
+        entries.finish().map_err(spool)?,
+        |key, seq, e| rules.check(key, seq, e),
+    )
+    .and_then(|w| rules.finish().map(|()| w).map_err(StoreError::from));
+    let written = match written {
+        Ok(w) => w,
+        Err(StoreError::Destination(e)) => return Err(e.into()),
+        Err(StoreError::Refused(p)) => return Err(refused_across(p)),
+    };
+    writer.commit()?;
+    written.writer.commit()?;
+    crate::manifest::store_header(dest, mkey, m, written.object, written.totals)?;
+    Ok(())
+}
+
+/// A rule across entries refused the sorted stream (the first such entry is named).
+fn refused_across(p: SortedProblem) -> Failure {
+    match p {
+        SortedProblem::Unsafe(u) => {
+            let mut r = Refused::default();
+            r.add(u);
+            r.check().expect_err("one refused entry")
+        }
+        SortedProblem::Duplicate(d) => Failure::refused(format!(
+            "the helper's tar stream holds {:?} twice, which a restore would refuse; `tar -c` of a volume never does this, so nothing was stored; check that the helper image (--image) runs an unmodified busybox tar",
+            d.path
+        ))
+        .permanent(),
+        p @ SortedProblem::Io(_) => Failure::runtime(p.to_string()),
+    }
 }
 
 /// Archive writers still running on blocking threads. After an interrupt the helper pods are
@@ -590,6 +700,126 @@ mod tests {
     use super::*;
     use crate::archive::{SkipReason, SkippedEntry};
 
+    /// `create`'s path at any file count: entries spooled as the archive is read, the entries
+    /// stream written from the merge. Across several spilled runs the stored backup loads to
+    /// the same entries as the in-memory path; a stream a rule across entries refuses (a member
+    /// beneath a symlink, a hard link to a later member) commits nothing at all.
+    #[test]
+    fn spooled_entries_commit_a_backup_or_nothing() {
+        use crate::destination::local::LocalDir;
+        fn tar_of(members: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
+            let mut b = tar::Builder::new(Vec::new());
+            for (name, kind, target) in members {
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(*kind);
+                h.set_mode(0o644);
+                h.set_size(0);
+                if !target.is_empty() {
+                    h.set_link_name(target).unwrap();
+                }
+                b.append_data(&mut h, name, &b""[..]).unwrap();
+            }
+            b.into_inner().unwrap()
+        }
+        fn run(tar: &[u8], budget: usize) -> (tempfile::TempDir, Result<(), Failure>, Manifest) {
+            let d = tempfile::tempdir().unwrap();
+            let dest = LocalDir::new(d.path().to_path_buf());
+            let mut writer = dest.create("b/ns/data.tar").unwrap();
+            let mut entries = Spool::with_budget(budget);
+            let mut links = Spool::with_budget(budget);
+            let summary =
+                stream_backup_each(tar, Compression::None, &mut writer, &|_| {}, &mut |e| {
+                    spool_entry(&mut entries, &mut links, &e)
+                })
+                .unwrap();
+            let meta = ManifestMeta {
+                backup_id: "b".into(),
+                tool_version: "0".into(),
+                created: chrono::Utc::now(),
+                cluster: ClusterInfo::default(),
+                namespace: "ns".into(),
+                pvc: PvcInfo {
+                    name: "data".into(),
+                    ..Default::default()
+                },
+                source_pods: vec![],
+                helper_image: "busybox".into(),
+            };
+            let m = Manifest::new(meta, Compression::None, "data.tar", summary);
+            let r = commit(&dest, "b/ns/data.manifest.json", &m, entries, links, writer);
+            (d, r, m)
+        }
+        let mut members = vec![(".", tar::EntryType::Directory, "")];
+        let names: Vec<String> = (0..3000)
+            .map(|i| format!("d{}/f{i:05}", (i * 7) % 13))
+            .collect();
+        let dirs: Vec<String> = (0..13).map(|i| format!("d{i}")).collect();
+        for d in &dirs {
+            members.push((d, tar::EntryType::Directory, ""));
+        }
+        for n in names.iter().rev() {
+            members.push((n, tar::EntryType::Regular, ""));
+        }
+        members.push(("hard", tar::EntryType::Link, names[5].as_str()));
+        let tar = tar_of(&members);
+        let (d, r, _) = run(&tar, 4096);
+        r.unwrap();
+        let dest = LocalDir::new(d.path().to_path_buf());
+        let loaded = crate::manifest::load(&dest, "b/ns/data.manifest.json").unwrap();
+        let in_memory =
+            crate::archive::stream_backup(&tar[..], Compression::None, std::io::sink(), &|_| {})
+                .unwrap();
+        let mut want = in_memory.entries;
+        want.sort_by_key(|e| crate::archive::canonical_key(&e.raw_path()));
+        assert_eq!(loaded.entries, want);
+
+        for (name, bad) in [
+            (
+                "beneath a symlink",
+                vec![
+                    (".", tar::EntryType::Directory, ""),
+                    ("a", tar::EntryType::Symlink, "/etc"),
+                    ("a-b", tar::EntryType::Regular, ""),
+                    ("a/passwd", tar::EntryType::Regular, ""),
+                ],
+            ),
+            (
+                "hard link to a later member",
+                vec![
+                    (".", tar::EntryType::Directory, ""),
+                    ("a", tar::EntryType::Link, "z"),
+                    ("z", tar::EntryType::Regular, ""),
+                ],
+            ),
+        ] {
+            let (d, r, _) = run(&tar_of(&bad), 64);
+            let f = r.unwrap_err();
+            assert_eq!(f.kind, ExitKind::Refused, "{name}: {}", f.message);
+            assert!(
+                f.message.contains("nothing was stored"),
+                "{name}: {}",
+                f.message
+            );
+            let left: Vec<_> = walk_files(d.path());
+            assert!(left.is_empty(), "{name}: {left:?}");
+        }
+    }
+
+    fn walk_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    out.push(e.path());
+                }
+            }
+        }
+        out
+    }
+
     #[test]
     fn sockets_tar_ignored_are_recorded_and_other_stderr_is_serious() {
         // busybox tar's own words (archival/tar.c: "%s: socket ignored"), in busybox 1.35
@@ -629,7 +859,13 @@ mod tests {
         let summary =
             crate::archive::stream_backup(&tar[..], Compression::None, std::io::sink(), &|_| {})
                 .unwrap();
-        let f = refuse_unsafe(&summary).unwrap_err();
+        let mut refused = Refused::default();
+        for e in &summary.entries {
+            if let Err(u) = check_entry_safe(e) {
+                refused.add(u);
+            }
+        }
+        let f = refused.check().unwrap_err();
         assert_eq!(f.kind, ExitKind::Refused);
         assert!(f.permanent, "no retry can change what tar streams");
         assert!(f.message.contains("\"../evil\""), "{}", f.message);

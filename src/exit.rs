@@ -102,7 +102,7 @@ impl From<crate::archive::ArchiveError> for Failure {
     fn from(e: crate::archive::ArchiveError) -> Self {
         use crate::archive::ArchiveError as A;
         let kind = match &e {
-            A::Read { .. } | A::Write { .. } => ExitKind::Runtime,
+            A::Read { .. } | A::Write { .. } | A::Spool { .. } => ExitKind::Runtime,
             _ => ExitKind::Integrity,
         };
         Failure::new(kind, e.to_string())

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::destination::{self, Destination, DestinationError, StoreOptions};
 use crate::exit::Failure;
-use crate::manifest::{LoadError, Manifest};
+use crate::manifest::{EntryReader, LoadError, Manifest, ManifestError};
 
 pub struct Located {
     pub destination: Arc<dyn Destination>,
@@ -41,6 +41,48 @@ pub fn archive_missing(e: DestinationError) -> Failure {
 }
 
 pub fn locate(backup: &str, from: Option<&str>, store: &StoreOptions) -> Result<Located, Failure> {
+    let (dest, mkey) = resolve(backup, from, store)?;
+    let manifest = crate::manifest::load(dest.as_ref(), &mkey).map_err(load_failure)?;
+    located(dest, mkey, manifest)
+}
+
+/// [`locate`] without reading a schema-2 backup's entries into memory: its
+/// [`Located::manifest`] has none, and they come from the reader, checked as they are read
+/// (errors convert with [`entries_failure`]).
+pub fn locate_open(
+    backup: &str,
+    from: Option<&str>,
+    store: &StoreOptions,
+) -> Result<(Located, Option<EntryReader<'static>>), Failure> {
+    let (dest, mkey) = resolve(backup, from, store)?;
+    let (manifest, entries) = crate::manifest::open(dest.as_ref(), &mkey).map_err(load_failure)?;
+    Ok((located(dest, mkey, manifest)?, entries))
+}
+
+/// An error of the entries reader [`locate_open`] returned.
+pub fn entries_failure(loc: &Located, reader_file: &str, e: ManifestError) -> Failure {
+    load_failure(LoadError::from_entries(
+        loc.destination.as_ref(),
+        &loc.manifest_key,
+        reader_file,
+        e,
+    ))
+}
+
+fn load_failure(e: LoadError) -> Failure {
+    match e {
+        LoadError::NoManifest { location } => Failure::usage(format!("no manifest at {location}: the backup does not exist or is incomplete (an archive without a manifest is never restorable). `kubectl pvbackup list DEST` shows what is there")),
+        e @ (LoadError::NoEntries { .. } | LoadError::Invalid { .. }) => Failure::integrity(e.to_string()),
+        e @ LoadError::Read { .. } => Failure::runtime(e.to_string()),
+        LoadError::Destination(e) => Failure::from(e),
+    }
+}
+
+fn resolve(
+    backup: &str,
+    from: Option<&str>,
+    store: &StoreOptions,
+) -> Result<(Arc<dyn Destination>, String), Failure> {
     let (dest, mkey): (Arc<dyn Destination>, String) = match from {
         Some(f) => {
             let d: Arc<dyn Destination> = Arc::from(destination::parse_with(f, store)?);
@@ -84,12 +126,14 @@ pub fn locate(backup: &str, from: Option<&str>, store: &StoreOptions) -> Result<
             (Arc::new(destination::local::LocalDir::new(dir)), key)
         }
     };
-    let manifest = crate::manifest::load(dest.as_ref(), &mkey).map_err(|e| match e {
-        LoadError::NoManifest { location } => Failure::usage(format!("no manifest at {location}: the backup does not exist or is incomplete (an archive without a manifest is never restorable). `kubectl pvbackup list DEST` shows what is there")),
-        e @ (LoadError::NoEntries { .. } | LoadError::Invalid { .. }) => Failure::integrity(e.to_string()),
-        e @ LoadError::Read { .. } => Failure::runtime(e.to_string()),
-        LoadError::Destination(e) => Failure::from(e),
-    })?;
+    Ok((dest, mkey))
+}
+
+fn located(
+    dest: Arc<dyn Destination>,
+    mkey: String,
+    manifest: Manifest,
+) -> Result<Located, Failure> {
     let dir = mkey
         .rsplit_once('/')
         .map(|(d, _)| format!("{d}/"))

@@ -95,10 +95,19 @@
 //!
 //! # In memory
 //!
-//! Both versions load into one [`Manifest`], which keeps every entry in
+//! Both versions load into one [`Manifest`] ([`load`]), which keeps every entry in
 //! [`Manifest::entries`] (schema 1: archive order; schema 2: path order). Its serde form (the
 //! "expanded" form `inspect -o json --files` prints) is the header's fields flattened, with
 //! `entries` inline; [`Manifest::from_json`] reads it back, and schema-1 documents.
+//!
+//! At a million files that is hundreds of MiB, so the commands that need not hold the entries
+//! stream them in memory that does not grow with their number (issue #14): `create` spools
+//! them in path order as the archive is read ([`crate::archive::Spool`], an external sort) and
+//! writes the stream from the merge ([`write_entries_object`]); `verify` and `inspect` read a
+//! schema-2 stream line by line ([`open`], [`EntryReader`]) and `verify` compares it with the
+//! archive's members, spooled in path order, as two sorted streams; `list` and `prune` read
+//! headers only, and count a schema-1 document's entries as they stream by ([`read_summary`]).
+//! Schema-1 manifests are still loaded whole: they are bounded by what 0.1 wrote.
 //!
 //! Entry names that are not valid UTF-8 carry an extra `path_hex` (and `link_target_hex`)
 //! with the exact bytes; see [`EntryRecord`]. `mode` is a decimal JSON number (493 = 0o755).
@@ -107,9 +116,11 @@
 
 pub mod sections;
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::PathBuf;
+use std::rc::Rc;
 
 use chrono::{DateTime, Utc};
 use serde::de::IgnoredAny;
@@ -118,10 +129,10 @@ use sha2::{Digest, Sha256};
 
 use crate::archive::{
     canonical_key, check_entries_safe, ArchiveSummary, Compression, EntryKind, EntryRecord,
-    HashingWriter, UnsafeEntry,
+    HashingWriter, Spooled, UnsafeEntry,
 };
 pub use crate::archive::{SkipReason, SkippedEntry};
-use crate::destination::{Destination, DestinationError};
+use crate::destination::{Destination, DestinationError, ObjectWriter};
 pub use sections::{
     AdditionalArchive, Consistency, ConsistencyMethod, EncryptedPart, Encryption, EncryptionScheme,
     EntryNote, HookOutcome, HookPhase, HookRun, ParentBackup, ProxyStateFile, ProxyStateKind,
@@ -562,7 +573,7 @@ impl Manifest {
                 sha256: summary.archive_sha256,
             },
             uncompressed_size: summary.tar_bytes,
-            entry_count: summary.entries.len() as u64,
+            entry_count: summary.entry_count,
             entries: summary.entries,
             entry_notes: Vec::new(),
             skipped: summary.skipped,
@@ -734,9 +745,9 @@ impl Manifest {
         Ok(())
     }
 
-    /// The schema-2 header for this manifest, its entries stream described by `entries`.
-    pub fn header(&self, entries: EntriesObject) -> Header {
-        let (file_count, file_bytes) = self.file_totals();
+    /// The schema-2 header for this manifest, its entries stream described by `entries`, which
+    /// holds `totals`.
+    pub fn header(&self, entries: EntriesObject, totals: Totals) -> Header {
         Header {
             schema_version: SCHEMA_VERSION,
             kind: MANIFEST_KIND.to_string(),
@@ -748,9 +759,9 @@ impl Manifest {
             compression: self.compression,
             archive: self.archive.clone(),
             uncompressed_size: self.uncompressed_size,
-            entry_count: self.entries.len() as u64,
-            file_count,
-            file_bytes,
+            entry_count: totals.entries,
+            file_count: totals.files,
+            file_bytes: totals.file_bytes,
             entries,
             details: Some(Details {
                 cluster: self.cluster.clone(),
@@ -765,43 +776,6 @@ impl Manifest {
             additional_archives: self.additional_archives.clone(),
             proxy_state: self.proxy_state.clone(),
         }
-    }
-
-    /// Writes the entries stream (sorted, compressed like the archive) to `out`; returns
-    /// `out` and the stored size and sha256.
-    pub fn write_entries<W: Write>(
-        &self,
-        compression: Compression,
-        out: W,
-    ) -> io::Result<(W, u64, String)> {
-        let notes: HashMap<Vec<u8>, &EntryNote> = self
-            .entry_notes
-            .iter()
-            .map(|n| (canonical_key(&raw_name(&n.path, n.path_hex.as_deref())), n))
-            .collect();
-        let mut sorted: Vec<(Vec<u8>, &EntryRecord)> = self
-            .entries
-            .iter()
-            .map(|e| (canonical_key(&e.raw_path()), e))
-            .collect();
-        sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let sink = HashingWriter::new(BufWriter::with_capacity(1 << 16, out));
-        let mut enc = compression.encoder(sink)?;
-        for (key, e) in &sorted {
-            let note = notes.get(key).copied().cloned().unwrap_or_default();
-            let line = LineOut {
-                entry: e,
-                changed_while_read: note.changed_while_read,
-                in_parent: note.in_parent,
-                archive: note.archive,
-            };
-            serde_json::to_writer(&mut enc, &line)?;
-            enc.write_all(b"\n")?;
-        }
-        let sink = enc.finish()?;
-        let (buffered, sha, size) = sink.into_parts();
-        let out = buffered.into_inner().map_err(|e| e.into_error())?;
-        Ok((out, size, sha))
     }
 }
 
@@ -886,31 +860,9 @@ fn check_entry_fields(e: &EntryRecord) -> Result<(), ManifestError> {
 
 /// Parse a `<pvc>.manifest.json`: a schema-1 manifest, a schema-2 header, or the expanded
 /// schema-2 form. Whole manifests are validated; a header is checked on its own (its entries
-/// are checked by [`Header::read_entries`]).
+/// are checked as [`load`] or [`open`] reads them).
 pub fn parse(bytes: &[u8]) -> Result<Document, ManifestError> {
-    // Look at schema_version/kind first so a future manifest gets the "unsupported version"
-    // message rather than an unknown-field error, and tell a header from a whole manifest.
-    #[derive(Deserialize)]
-    struct Probe {
-        schema_version: Option<u32>,
-        kind: Option<String>,
-        pvc_name: Option<IgnoredAny>,
-    }
-    let mut header = false;
-    let mut version = 1;
-    if let Ok(p) = serde_json::from_slice::<Probe>(bytes) {
-        if let Some(kind) = p.kind.filter(|k| k != MANIFEST_KIND) {
-            return Err(ManifestError::WrongKind { found: kind });
-        }
-        if let Some(found) = p
-            .schema_version
-            .filter(|v| !SCHEMA_VERSIONS_READ.contains(v))
-        {
-            return Err(ManifestError::UnsupportedSchema { found });
-        }
-        version = p.schema_version.unwrap_or(1);
-        header = version >= 2 && p.pvc_name.is_some();
-    }
+    let (version, header) = probe(bytes)?;
     if header {
         let h: Header = serde_json::from_slice(bytes)
             .map_err(|source| ManifestError::Json { version, source })?;
@@ -921,6 +873,199 @@ pub fn parse(bytes: &[u8]) -> Result<Document, ManifestError> {
         serde_json::from_slice(bytes).map_err(|source| ManifestError::Json { version, source })?;
     m.validate()?;
     Ok(Document::Whole(Box::new(m)))
+}
+
+/// The most of a `<pvc>.manifest.json` [`read_summary`] holds in memory. A schema-2 header is
+/// a few KiB whatever the file count (its `details.skipped` list aside); anything longer is a
+/// whole manifest with its entries inline (schema 1, or the expanded form).
+pub const SUMMARY_BUFFER: u64 = 1 << 20;
+
+/// What `list` and `prune` read of a `<pvc>.manifest.json`: its [`Summary`], in memory
+/// bounded by [`SUMMARY_BUFFER`] whatever the manifest holds.
+///
+/// A schema-2 header is [`parse`]d and checked whole (one past the buffer, which only
+/// thousands of `details.skipped` entries make, gives its counts unchecked). A whole manifest
+/// (schema 1, or the expanded form) is read as a stream: each entry is parsed, its own fields checked and
+/// counted, and dropped, so the rules across entries (no duplicates, hard link targets,
+/// nothing beneath a symlink) are not checked here; `verify`, `inspect` and `restore`, which
+/// load the entries, check them.
+pub fn read_summary<R: Read>(mut reader: R) -> Result<Summary, SummaryError> {
+    let mut head = Vec::new();
+    reader
+        .by_ref()
+        .take(SUMMARY_BUFFER)
+        .read_to_end(&mut head)
+        .map_err(SummaryError::Read)?;
+    if (head.len() as u64) < SUMMARY_BUFFER {
+        let (version, header) = probe(&head)?;
+        if header {
+            return Ok(parse(&head)?.summary());
+        }
+        return stream_summary(&head[..], version);
+    }
+    // serde_json reads byte by byte: buffered.
+    let rest = BufReader::with_capacity(1 << 16, reader);
+    stream_summary(io::Cursor::new(head).chain(rest), 1)
+}
+
+/// A manifest whose summary could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SummaryError {
+    #[error(transparent)]
+    Invalid(#[from] ManifestError),
+    #[error("reading it failed: {0}")]
+    Read(#[source] io::Error),
+}
+
+/// The summary of a whole manifest, entries counted as they stream by; `version` is what a
+/// JSON error reports (the declared one, when known before the stream was read).
+fn stream_summary<R: Read>(reader: R, version: u32) -> Result<Summary, SummaryError> {
+    /// The fields a summary needs; every other field is skipped unparsed.
+    #[derive(Deserialize)]
+    struct Whole {
+        schema_version: Option<u32>,
+        kind: Option<String>,
+        created: DateTime<Utc>,
+        compression: Compression,
+        archive: ArchiveInfo,
+        entry_count: u64,
+        entries: Tally,
+        #[serde(default)]
+        skipped: Vec<IgnoredAny>,
+        #[serde(default)]
+        consistency: Option<Consistency>,
+        /// A header past the buffer (thousands of `details.skipped`): its counts.
+        #[serde(default)]
+        file_count: Option<u64>,
+        #[serde(default)]
+        details: Option<SkippedOnly>,
+    }
+    #[derive(Deserialize)]
+    struct SkippedOnly {
+        #[serde(default)]
+        skipped: Vec<IgnoredAny>,
+    }
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    let parsed = Whole::deserialize(&mut de).and_then(|w| de.end().map(|()| w));
+    let w = match parsed {
+        Ok(w) => w,
+        Err(e) if e.is_io() => return Err(SummaryError::Read(e.into())),
+        Err(source) => return Err(ManifestError::Json { version, source }.into()),
+    };
+    if let Some(kind) = w.kind.filter(|k| k != MANIFEST_KIND) {
+        return Err(ManifestError::WrongKind { found: kind }.into());
+    }
+    let version = w.schema_version.unwrap_or(1);
+    if !SCHEMA_VERSIONS_READ.contains(&version) {
+        return Err(ManifestError::UnsupportedSchema { found: version }.into());
+    }
+    if let Some(e) = w.entries.problem {
+        return Err(e.into());
+    }
+    if w.entries.header {
+        return Ok(Summary {
+            schema_version: version,
+            created: w.created,
+            size: w.archive.size,
+            files: w.file_count.unwrap_or_default(),
+            compression: w.compression,
+            skipped: w.details.map_or(0, |d| d.skipped.len()),
+            consistency: w.consistency,
+        });
+    }
+    if w.entry_count != w.entries.entries {
+        return Err(ManifestError::EntryCount {
+            declared: w.entry_count,
+            actual: w.entries.entries as usize,
+        }
+        .into());
+    }
+    check_sha(|| "archive.sha256".into(), &w.archive.sha256)?;
+    Ok(Summary {
+        schema_version: version,
+        created: w.created,
+        size: w.archive.size,
+        files: w.entries.files,
+        compression: w.compression,
+        skipped: w.skipped.len(),
+        consistency: w.consistency,
+    })
+}
+
+/// A whole manifest's `entries`, counted one by one (each parsed, checked on its own and
+/// dropped) instead of collected; or a header's `entries` object (`header`).
+#[derive(Default)]
+struct Tally {
+    entries: u64,
+    files: u64,
+    /// The first entry whose fields are wrong.
+    problem: Option<ManifestError>,
+    header: bool,
+}
+
+impl<'de> Deserialize<'de> for Tally {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Counting;
+        impl<'de> serde::de::Visitor<'de> for Counting {
+            type Value = Tally;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of entries")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Tally, A::Error> {
+                let mut t = Tally::default();
+                while let Some(e) = seq.next_element::<EntryRecord>()? {
+                    t.entries += 1;
+                    if e.kind == EntryKind::File {
+                        t.files += 1;
+                    }
+                    if t.problem.is_none() {
+                        t.problem = check_entry_fields(&e).err();
+                    }
+                }
+                Ok(t)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Tally, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Tally {
+                    header: true,
+                    ..Tally::default()
+                })
+            }
+        }
+        d.deserialize_any(Counting)
+    }
+}
+
+/// `schema_version`/`kind` checked first, so that a future manifest gets the "unsupported
+/// version" message rather than an unknown-field error; and whether it is a schema-2 header
+/// (true) or a whole manifest. Returns the version.
+fn probe(bytes: &[u8]) -> Result<(u32, bool), ManifestError> {
+    #[derive(Deserialize)]
+    struct Probe {
+        schema_version: Option<u32>,
+        kind: Option<String>,
+        pvc_name: Option<IgnoredAny>,
+    }
+    let Ok(p) = serde_json::from_slice::<Probe>(bytes) else {
+        return Ok((1, false));
+    };
+    if let Some(kind) = p.kind.filter(|k| k != MANIFEST_KIND) {
+        return Err(ManifestError::WrongKind { found: kind });
+    }
+    if let Some(found) = p
+        .schema_version
+        .filter(|v| !SCHEMA_VERSIONS_READ.contains(v))
+    {
+        return Err(ManifestError::UnsupportedSchema { found });
+    }
+    let version = p.schema_version.unwrap_or(1);
+    Ok((version, version >= 2 && p.pvc_name.is_some()))
 }
 
 impl Document {
@@ -1001,107 +1146,48 @@ impl Header {
         Ok(())
     }
 
-    /// Reads the stored entries stream `stored` (the object [`Header::entries`] names),
-    /// checks its size, sha256 and order, and returns the whole, validated manifest.
-    pub fn read_entries<R: Read>(self, stored: R) -> Result<Manifest, ManifestError> {
-        let file = self.entries.file_name.clone();
-        let damaged = |detail: String| ManifestError::Entries {
-            file: file.clone(),
-            detail,
-        };
-        let mut hashing = Hashing {
-            inner: stored,
+    /// The manifest without its entries ([`Manifest::entries`] and `entry_notes` empty), and
+    /// the entries read from `stored` one by one, in path order, each with its note. Memory
+    /// stays bounded whatever the number of entries: see [`EntryReader`] for what is checked
+    /// on the way and at the end.
+    pub fn stream_entries<'a, R: Read + 'a>(
+        self,
+        stored: R,
+    ) -> Result<(Manifest, EntryReader<'a>), ManifestError> {
+        let raw = Rc::new(RefCell::new(Hashing {
+            inner: Box::new(stored) as Box<dyn Read + 'a>,
             hasher: Sha256::new(),
             count: 0,
             error: None,
+        }));
+        let file = self.entries.file_name.clone();
+        let decoder = self
+            .entries
+            .compression
+            .decoder(Shared(Rc::clone(&raw)))
+            .map_err(|e| ManifestError::Entries {
+                file: file.clone(),
+                detail: format!("cannot decompress it: {e}"),
+            })?;
+        let reader = EntryReader {
+            raw,
+            lines: BufReader::with_capacity(1 << 16, decoder),
+            file,
+            object: self.entries.clone(),
+            declared: Totals {
+                entries: self.entry_count,
+                files: self.file_count,
+                file_bytes: self.file_bytes,
+            },
+            archives: self.additional_archives.iter().map(|a| a.index).collect(),
+            has_parent: self.parent.is_some(),
+            line: Vec::new(),
+            number: 0,
+            last: None,
+            symlinks: Vec::new(),
+            totals: Totals::default(),
+            done: false,
         };
-        let mut entries = Vec::with_capacity(self.entry_count.min(1 << 20) as usize);
-        let mut notes = Vec::new();
-        let mut problem: Option<ManifestError> = None;
-        {
-            let decoder = self
-                .entries
-                .compression
-                .decoder(&mut hashing)
-                .map_err(|e| damaged(format!("cannot decompress it: {e}")))?;
-            let mut lines = BufReader::with_capacity(1 << 16, decoder);
-            let mut line = Vec::new();
-            let mut last: Option<Vec<u8>> = None;
-            let mut number = 0u64;
-            loop {
-                line.clear();
-                match lines.read_until(b'\n', &mut line) {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) => {
-                        problem = Some(damaged(format!("cannot decompress it: {e}")));
-                        break;
-                    }
-                }
-                number += 1;
-                if line.last() != Some(&b'\n') {
-                    problem = Some(damaged(format!("line {number} is cut short")));
-                    break;
-                }
-                let l: LineIn = match serde_json::from_slice(&line) {
-                    Ok(l) => l,
-                    Err(source) => {
-                        problem = Some(damaged(format!("line {number}: {source}")));
-                        break;
-                    }
-                };
-                let key = canonical_key(&raw_name(&l.path, l.path_hex.as_deref()));
-                if last.as_ref().is_some_and(|p| *p >= key) {
-                    problem = Some(ManifestError::Inconsistent(format!(
-                        "entry {:?} (line {number} of {file:?}) is out of order or listed twice",
-                        l.path
-                    )));
-                    break;
-                }
-                last = Some(key);
-                let note = EntryNote {
-                    path: l.path.clone(),
-                    path_hex: l.path_hex.clone(),
-                    changed_while_read: l.changed_while_read,
-                    in_parent: l.in_parent,
-                    archive: l.archive,
-                };
-                if !note.is_empty() {
-                    notes.push(note);
-                }
-                entries.push(EntryRecord {
-                    path: l.path,
-                    path_hex: l.path_hex,
-                    kind: l.kind,
-                    size: l.size,
-                    mode: l.mode,
-                    uid: l.uid,
-                    gid: l.gid,
-                    mtime: l.mtime,
-                    link_target: l.link_target,
-                    link_target_hex: l.link_target_hex,
-                    sha256: l.sha256,
-                });
-            }
-        }
-        // The rest of the stored bytes count for the hash (a trailer, or what follows a
-        // problem), so that a damaged object is reported as such.
-        if hashing.error.is_none() {
-            let _ = io::copy(&mut hashing, &mut io::sink());
-        }
-        if let Some(source) = hashing.error.take() {
-            return Err(ManifestError::Read { file, source });
-        }
-        let sha = hex::encode(hashing.hasher.finalize());
-        if hashing.count != self.entries.size || sha != self.entries.sha256 {
-            return Err(damaged(format!(
-                "it is {} bytes with sha256 {sha}, the header says {} bytes with sha256 {}",
-                hashing.count, self.entries.size, self.entries.sha256
-            )));
-        }
-        if let Some(p) = problem {
-            return Err(p);
-        }
         let details = self.details.expect("validated");
         let m = Manifest {
             schema_version: self.schema_version,
@@ -1118,8 +1204,8 @@ impl Header {
             archive: self.archive,
             uncompressed_size: self.uncompressed_size,
             entry_count: self.entry_count,
-            entries,
-            entry_notes: notes,
+            entries: Vec::new(),
+            entry_notes: Vec::new(),
             skipped: details.skipped,
             consistency: self.consistency,
             encryption: self.encryption,
@@ -1127,10 +1213,183 @@ impl Header {
             additional_archives: self.additional_archives,
             proxy_state: self.proxy_state,
         };
-        let (files, bytes) = m.file_totals();
+        m.validate_sections(&HashSet::new())?;
+        Ok((m, reader))
+    }
+}
+
+/// A [`Hashing`] reader shared between the decompressor (which reads through it) and the
+/// [`EntryReader`] (which drains and checks it at the end).
+struct Shared<'a>(Rc<RefCell<Hashing<Box<dyn Read + 'a>>>>);
+
+impl Read for Shared<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.borrow_mut().read(buf)
+    }
+}
+
+/// The entries of a schema-2 backup, read one line at a time ([`Header::stream_entries`]).
+///
+/// Checked on the way, in memory that does not grow with the number of entries: each line's
+/// fields ([`check_entry_fields`]) and note (its archive is listed, `in_parent` only with a
+/// parent), the rules on single entries ([`crate::archive::check_entry_safe`]), that paths
+/// strictly increase (so none is listed twice), and that nothing lies beneath a symlink (the
+/// symlinks that can still have entries beneath the current one are its prefixes, so few).
+/// At the end (the item after the last entry, an `Err` if any): the stored size and sha256,
+/// and the header's entry, file and byte counts.
+///
+/// Not checked here: that a hard link's target is an entry, which needs the entries before
+/// and after it. `verify`, `restore` and `drill` check it against the archive, in archive
+/// order ([`crate::archive::SortedRules`]); [`load`] checks it in memory.
+pub struct EntryReader<'a> {
+    raw: Rc<RefCell<Hashing<Box<dyn Read + 'a>>>>,
+    lines: BufReader<Box<dyn Read + 'a>>,
+    file: String,
+    object: EntriesObject,
+    declared: Totals,
+    archives: HashSet<u32>,
+    has_parent: bool,
+    line: Vec<u8>,
+    number: u64,
+    last: Option<Vec<u8>>,
+    symlinks: Vec<Vec<u8>>,
+    totals: Totals,
+    done: bool,
+}
+
+impl EntryReader<'_> {
+    fn damaged(&self, detail: String) -> ManifestError {
+        ManifestError::Entries {
+            file: self.file.clone(),
+            detail,
+        }
+    }
+
+    /// The next line, `Ok(None)` at the end of the decompressed stream.
+    fn next_line(&mut self) -> Result<Option<(EntryRecord, Option<EntryNote>)>, ManifestError> {
+        self.line.clear();
+        match self.lines.read_until(b'\n', &mut self.line) {
+            Ok(0) => return Ok(None),
+            Ok(_) => {}
+            Err(e) => return Err(self.damaged(format!("cannot decompress it: {e}"))),
+        }
+        self.number += 1;
+        let number = self.number;
+        if self.line.last() != Some(&b'\n') {
+            return Err(self.damaged(format!("line {number} is cut short")));
+        }
+        let l: LineIn = serde_json::from_slice(&self.line)
+            .map_err(|source| self.damaged(format!("line {number}: {source}")))?;
+        let key = canonical_key(&raw_name(&l.path, l.path_hex.as_deref()));
+        if self.last.as_ref().is_some_and(|p| *p >= key) {
+            return Err(ManifestError::Inconsistent(format!(
+                "entry {:?} (line {number} of {:?}) is out of order or listed twice",
+                l.path, self.file
+            )));
+        }
+        let note = EntryNote {
+            path: l.path.clone(),
+            path_hex: l.path_hex.clone(),
+            changed_while_read: l.changed_while_read,
+            in_parent: l.in_parent,
+            archive: l.archive,
+        };
+        let e = EntryRecord {
+            path: l.path,
+            path_hex: l.path_hex,
+            kind: l.kind,
+            size: l.size,
+            mode: l.mode,
+            uid: l.uid,
+            gid: l.gid,
+            mtime: l.mtime,
+            link_target: l.link_target,
+            link_target_hex: l.link_target_hex,
+            sha256: l.sha256,
+        };
+        check_entry_fields(&e)?;
+        crate::archive::check_entry_safe(&e).map_err(|source| ManifestError::Unsafe { source })?;
+        if note.archive != 0 && !self.archives.contains(&note.archive) {
+            return Err(ManifestError::Inconsistent(format!(
+                "entry {:?} is in archive {}, which the manifest does not list",
+                e.path, note.archive
+            )));
+        }
+        if note.in_parent && !self.has_parent {
+            return Err(ManifestError::Inconsistent(format!(
+                "entry {:?} is in the parent backup, but the manifest has no parent",
+                e.path
+            )));
+        }
+        // Keys beneath symlink `s` are exactly those in [s + "/", s + "0"): '0' follows '/'.
+        self.symlinks.retain(|s| {
+            let mut end = s.clone();
+            end.push(b'0');
+            key < end
+        });
+        if let Some(s) = self
+            .symlinks
+            .iter()
+            .find(|s| key.len() > s.len() && key.starts_with(s) && key[s.len()] == b'/')
+        {
+            return Err(ManifestError::Unsafe {
+                source: UnsafeEntry {
+                    path: e.path.clone(),
+                    reason: crate::archive::UnsafeReason::BeneathSymlink {
+                        symlink: String::from_utf8_lossy(s).into_owned(),
+                    },
+                },
+            });
+        }
+        if e.kind == EntryKind::Symlink {
+            self.symlinks.push(key.clone());
+        }
+        self.last = Some(key);
+        self.totals.entries += 1;
+        if e.kind == EntryKind::File {
+            self.totals.files += 1;
+            self.totals.file_bytes += e.size;
+        }
+        Ok(Some((e, (!note.is_empty()).then_some(note))))
+    }
+
+    /// After the last line: the rest of the stored bytes count for the hash (a trailer, or
+    /// what follows a problem), so that a damaged object is reported as such.
+    fn end(&mut self, problem: Option<ManifestError>) -> Result<(), ManifestError> {
+        let mut raw = self.raw.borrow_mut();
+        if raw.error.is_none() {
+            let _ = io::copy(&mut *raw, &mut io::sink());
+        }
+        if let Some(source) = raw.error.take() {
+            return Err(ManifestError::Read {
+                file: self.file.clone(),
+                source,
+            });
+        }
+        let sha = hex::encode(std::mem::take(&mut raw.hasher).finalize());
+        if raw.count != self.object.size || sha != self.object.sha256 {
+            return Err(self.damaged(format!(
+                "it is {} bytes with sha256 {sha}, the header says {} bytes with sha256 {}",
+                raw.count, self.object.size, self.object.sha256
+            )));
+        }
+        drop(raw);
+        if let Some(p) = problem {
+            return Err(p);
+        }
+        if self.totals.entries != self.declared.entries {
+            return Err(ManifestError::EntryCount {
+                declared: self.declared.entries,
+                actual: self.totals.entries as usize,
+            });
+        }
         for (field, declared, actual) in [
-            ("file_count", self.file_count, files),
-            ("file_bytes", self.file_bytes, bytes),
+            ("file_count", self.declared.files, self.totals.files),
+            (
+                "file_bytes",
+                self.declared.file_bytes,
+                self.totals.file_bytes,
+            ),
         ] {
             if declared != actual {
                 return Err(ManifestError::Totals {
@@ -1140,8 +1399,24 @@ impl Header {
                 });
             }
         }
-        m.validate()?;
-        Ok(m)
+        Ok(())
+    }
+}
+
+impl Iterator for EntryReader<'_> {
+    type Item = Result<(EntryRecord, Option<EntryNote>), ManifestError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let problem = match self.next_line() {
+            Ok(Some(line)) => return Some(Ok(line)),
+            Ok(None) => None,
+            Err(e) => Some(e),
+        };
+        self.done = true;
+        self.end(problem).err().map(Err)
     }
 }
 
@@ -1175,6 +1450,45 @@ pub enum LoadError {
 /// entries stream beside it for schema 2.
 pub fn load(dest: &dyn Destination, manifest_key: &str) -> Result<Manifest, LoadError> {
     let location = dest.locate(manifest_key);
+    let (mut m, entries) = open(dest, manifest_key)?;
+    let Some(reader) = entries else {
+        return Ok(m);
+    };
+    let entries_location = dest.locate(&format!("{}{}", key_dir(manifest_key), reader.file));
+    let mut all = Vec::with_capacity(m.entry_count.min(1 << 20) as usize);
+    for line in reader {
+        let (e, note) = line.map_err(|e| load_error(&location, &entries_location, e))?;
+        m.entry_notes.extend(note);
+        all.push(e);
+    }
+    m.entries = all;
+    m.validate()
+        .map_err(|source| LoadError::Invalid { location, source })?;
+    Ok(m)
+}
+
+fn load_error(location: &str, entries_location: &str, e: ManifestError) -> LoadError {
+    match e {
+        ManifestError::Read { source, .. } => LoadError::Read {
+            location: entries_location.to_string(),
+            source,
+        },
+        e => LoadError::Invalid {
+            location: location.to_string(),
+            source: e,
+        },
+    }
+}
+
+/// [`load`] without reading the entries into memory: a schema-1 (or expanded) manifest whole,
+/// with `None`; a schema-2 one without its entries, and an [`EntryReader`] over the entries
+/// stream beside it, which checks them as they are read (see there what it checks, and what
+/// the caller must). Errors of the reader convert with [`LoadError::from_entries`].
+pub fn open(
+    dest: &dyn Destination,
+    manifest_key: &str,
+) -> Result<(Manifest, Option<EntryReader<'static>>), LoadError> {
+    let location = dest.locate(manifest_key);
     let mut bytes = Vec::new();
     dest.open(manifest_key)
         .map_err(|e| match e {
@@ -1191,7 +1505,7 @@ pub fn load(dest: &dyn Destination, manifest_key: &str) -> Result<Manifest, Load
         source,
     };
     match parse(&bytes).map_err(invalid)? {
-        Document::Whole(m) => Ok(*m),
+        Document::Whole(m) => Ok((*m, None)),
         Document::Header(h) => {
             let key = format!("{}{}", key_dir(manifest_key), h.entries.file_name);
             let reader = dest.open(&key).map_err(|e| match e {
@@ -1200,15 +1514,34 @@ pub fn load(dest: &dyn Destination, manifest_key: &str) -> Result<Manifest, Load
                 },
                 other => LoadError::Destination(other),
             })?;
-            h.read_entries(BufReader::with_capacity(1 << 20, reader))
-                .map_err(|e| match e {
-                    ManifestError::Read { source, .. } => LoadError::Read {
-                        location: dest.locate(&key),
-                        source,
-                    },
-                    e => invalid(e),
-                })
+            let (m, entries) = h
+                .stream_entries(BufReader::with_capacity(1 << 20, reader))
+                .map_err(|e| load_error(&location, &dest.locate(&key), e))?;
+            Ok((m, Some(entries)))
         }
+    }
+}
+
+impl LoadError {
+    /// An error of the [`EntryReader`] that [`open`] returned for `manifest_key`.
+    pub fn from_entries(
+        dest: &dyn Destination,
+        manifest_key: &str,
+        reader_file: &str,
+        e: ManifestError,
+    ) -> LoadError {
+        load_error(
+            &dest.locate(manifest_key),
+            &dest.locate(&format!("{}{reader_file}", key_dir(manifest_key))),
+            e,
+        )
+    }
+}
+
+impl EntryReader<'_> {
+    /// The entries stream's file name (beside the header).
+    pub fn file_name(&self) -> &str {
+        &self.file
     }
 }
 
@@ -1220,31 +1553,140 @@ pub fn store(
     manifest_key: &str,
     m: &Manifest,
 ) -> Result<Header, DestinationError> {
+    let mut sorted: Vec<(Vec<u8>, &EntryRecord)> = m
+        .entries
+        .iter()
+        .map(|e| (canonical_key(&e.raw_path()), e))
+        .collect();
+    sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let entries = sorted.into_iter().enumerate().map(|(seq, (key, e))| {
+        Ok(Spooled {
+            key,
+            seq: seq as u64,
+            item: e.clone(),
+        })
+    });
+    let written = match write_entries_object(dest, manifest_key, m, entries, |_, _, _| Ok(())) {
+        Ok(w) => w,
+        Err(StoreError::Destination(e)) => return Err(e),
+        Err(other) => unreachable!("an in-memory manifest without checks: {other}"),
+    };
+    written.writer.commit()?;
+    store_header(dest, manifest_key, m, written.object, written.totals)
+}
+
+/// Regular files and entries of a written entries stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub entries: u64,
+    pub files: u64,
+    pub file_bytes: u64,
+}
+
+/// An entries stream written but not committed (see [`write_entries_object`]).
+pub struct WrittenEntries {
+    pub writer: Box<dyn ObjectWriter>,
+    pub object: EntriesObject,
+    pub totals: Totals,
+}
+
+/// Why an entries stream was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Destination(#[from] DestinationError),
+    /// A check of the caller's refused an entry.
+    #[error(transparent)]
+    Refused(#[from] crate::archive::SortedProblem),
+}
+
+/// Writes the entries stream of `m` at the key beside `manifest_key`, from `entries` in path
+/// order (each checked by `check` first, with its key and archive position), with the notes
+/// of `m.entry_notes` on their lines (notes that name no entry are dropped), compressed like
+/// the archive; not committed. Memory stays bounded whatever the number of entries: each is
+/// written as it comes.
+pub fn write_entries_object<I, C>(
+    dest: &dyn Destination,
+    manifest_key: &str,
+    m: &Manifest,
+    entries: I,
+    mut check: C,
+) -> Result<WrittenEntries, StoreError>
+where
+    I: Iterator<Item = io::Result<Spooled<EntryRecord>>>,
+    C: FnMut(&[u8], u64, &EntryRecord) -> Result<(), crate::archive::SortedProblem>,
+{
     let file_name = entries_file_name(manifest_key, m.compression);
     let key = format!("{}{file_name}", key_dir(manifest_key));
-    let write_error = |k: &str, source: io::Error| DestinationError::Io {
+    let write_error = |source: io::Error| DestinationError::Io {
         action: "write",
-        path: PathBuf::from(dest.locate(k)),
+        path: PathBuf::from(dest.locate(&key)),
         source,
     };
+    let notes: HashMap<Vec<u8>, &EntryNote> = m
+        .entry_notes
+        .iter()
+        .map(|n| (canonical_key(&raw_name(&n.path, n.path_hex.as_deref())), n))
+        .collect();
     let writer = dest.create(&key)?;
-    let (writer, size, sha256) = m
-        .write_entries(m.compression, writer)
-        .map_err(|e| write_error(&key, e))?;
-    writer.commit()?;
-    let header = m.header(EntriesObject {
-        file_name,
-        format: EntriesFormat::JsonLines,
-        order: EntriesOrder::PathBytes,
-        compression: m.compression,
-        size,
-        sha256,
-    });
+    let sink = HashingWriter::new(BufWriter::with_capacity(1 << 16, writer));
+    let mut enc = m.compression.encoder(sink).map_err(write_error)?;
+    let mut totals = Totals::default();
+    for e in entries {
+        let e = e.map_err(|e| StoreError::Refused(crate::archive::SortedProblem::Io(e)))?;
+        check(&e.key, e.seq, &e.item)?;
+        totals.entries += 1;
+        if e.item.kind == EntryKind::File {
+            totals.files += 1;
+            totals.file_bytes += e.item.size;
+        }
+        let note = notes.get(&e.key).copied().cloned().unwrap_or_default();
+        let line = LineOut {
+            entry: &e.item,
+            changed_while_read: note.changed_while_read,
+            in_parent: note.in_parent,
+            archive: note.archive,
+        };
+        serde_json::to_writer(&mut enc, &line).map_err(|e| write_error(e.into()))?;
+        enc.write_all(b"\n").map_err(write_error)?;
+    }
+    let sink = enc.finish().map_err(write_error)?;
+    let (buffered, sha256, size) = sink.into_parts();
+    let writer = buffered
+        .into_inner()
+        .map_err(|e| write_error(e.into_error()))?;
+    Ok(WrittenEntries {
+        writer,
+        object: EntriesObject {
+            file_name,
+            format: EntriesFormat::JsonLines,
+            order: EntriesOrder::PathBytes,
+            compression: m.compression,
+            size,
+            sha256,
+        },
+        totals,
+    })
+}
+
+/// Writes and commits the header of `m` (the commit marker), its entries stream `object`
+/// already committed, with the `totals` it holds.
+pub fn store_header(
+    dest: &dyn Destination,
+    manifest_key: &str,
+    m: &Manifest,
+    object: EntriesObject,
+    totals: Totals,
+) -> Result<Header, DestinationError> {
+    let header = m.header(object, totals);
     let mut json = serde_json::to_vec_pretty(&header).expect("header serialises");
     json.push(b'\n');
     let mut w = dest.create(manifest_key)?;
-    w.write_all(&json)
-        .map_err(|e| write_error(manifest_key, e))?;
+    w.write_all(&json).map_err(|source| DestinationError::Io {
+        action: "write",
+        path: PathBuf::from(dest.locate(manifest_key)),
+        source,
+    })?;
     w.commit()?;
     Ok(header)
 }

@@ -987,20 +987,16 @@ pub fn record(
     if changes.0.is_empty() {
         return;
     }
-    let changed: std::collections::HashSet<&str> = changes.0.iter().map(String::as_str).collect();
-    // Only entries the archive holds can carry a note (a file that vanished has none).
-    let notes: Vec<crate::manifest::EntryNote> = m
-        .entries
-        .iter()
-        .filter(|e| e.path_hex.is_none() && changed.contains(e.path.as_str()))
-        .map(|e| crate::manifest::EntryNote {
-            path: e.path.clone(),
-            path_hex: None,
-            changed_while_read: true,
-            in_parent: false,
-            archive: 0,
-        })
-        .collect();
+    // A note per changed file; the entries stream carries those of the entries the archive
+    // holds and drops the rest (a file that vanished has no entry), see
+    // `manifest::write_entries_object`. The entries themselves are not in memory (issue #14).
+    let notes = changes.0.iter().map(|path| crate::manifest::EntryNote {
+        path: path.clone(),
+        path_hex: None,
+        changed_while_read: true,
+        in_parent: false,
+        archive: 0,
+    });
     m.entry_notes.extend(notes);
 }
 

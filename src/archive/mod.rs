@@ -7,6 +7,7 @@
 
 mod compression;
 mod safety;
+mod sorted;
 mod verify;
 mod walk;
 
@@ -25,7 +26,10 @@ pub use safety::{
     check_entries_safe, check_entry_safe, ArchiveOrder, AtCreate, Rule, UnsafeEntry, UnsafeReason,
     RULES,
 };
-pub use verify::{stream_verified, verify_archive, Problem, VerifyReport};
+pub use sorted::{
+    spool_entry, Duplicate, LinkRef, Sorted, SortedProblem, SortedRules, Spool, Spooled,
+};
+pub use verify::{stream_verified, verify_archive, verify_archive_streamed, Problem, VerifyReport};
 
 /// Size of the read/write buffers on the hot path.
 pub const BUF_SIZE: usize = 256 * 1024;
@@ -183,8 +187,11 @@ pub struct ArchiveSummary {
     /// Number of tar bytes stored (headers, padding and trailer included): the input
     /// minus the blocks of skipped entries.
     pub tar_bytes: u64,
-    /// Every member, in archive order.
+    /// Every member, in archive order ([`stream_backup`]; empty from [`stream_backup_each`],
+    /// which hands each to its caller instead).
     pub entries: Vec<EntryRecord>,
+    /// Number of members.
+    pub entry_count: u64,
     /// Number of regular files.
     pub file_count: u64,
     /// Sum of regular file sizes.
@@ -261,6 +268,15 @@ pub enum ArchiveError {
     },
     #[error(transparent)]
     Unsafe(#[from] UnsafeEntry),
+    #[error(
+        "sorting the entries in temporary files failed: {source}; check that the temporary \
+         directory (TMPDIR, else /tmp) is writable and has free space (about 200 bytes per \
+         file of the volume), then retry"
+    )]
+    Spool {
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Writer that hashes (sha256) and counts everything written through it.
@@ -322,13 +338,32 @@ pub fn stream_backup<R: Read, W: Write>(
     out: W,
     progress: &dyn Fn(u64),
 ) -> Result<ArchiveSummary, ArchiveError> {
+    let mut entries = Vec::new();
+    let mut summary = stream_backup_each(tar_stream, compression, out, progress, &mut |rec| {
+        entries.push(rec);
+        Ok(())
+    })?;
+    summary.entries = entries;
+    Ok(summary)
+}
+
+/// [`stream_backup`] at any file count: each member's record goes to `visit` as it is read
+/// (a [`Spool`] sorts them in bounded memory) and [`ArchiveSummary::entries`] stays empty.
+/// An error of `visit` ends the walk as [`ArchiveError::Spool`].
+pub fn stream_backup_each<R: Read, W: Write>(
+    tar_stream: R,
+    compression: Compression,
+    out: W,
+    progress: &dyn Fn(u64),
+    visit: &mut dyn FnMut(EntryRecord) -> io::Result<()>,
+) -> Result<ArchiveSummary, ArchiveError> {
     let sink = HashingWriter::new(BufWriter::with_capacity(BUF_SIZE, out));
     let encoder = compression
         .encoder(sink)
         .map_err(|source| ArchiveError::Write { source })?;
 
-    let mut entries = Vec::new();
     let mut skipped = Vec::new();
+    let mut entry_count = 0u64;
     let mut file_count = 0u64;
     let mut total_file_bytes = 0u64;
     let (read, tar_bytes, encoder) = walk::walk(
@@ -337,12 +372,12 @@ pub fn stream_backup<R: Read, W: Write>(
         Some(progress),
         Some(&mut |s| skipped.push(s)),
         |rec| {
+            entry_count += 1;
             if rec.kind == EntryKind::File {
                 file_count += 1;
                 total_file_bytes += rec.size;
             }
-            entries.push(rec);
-            Ok(())
+            visit(rec).map_err(|source| ArchiveError::Spool { source })
         },
     )?;
 
@@ -357,7 +392,8 @@ pub fn stream_backup<R: Read, W: Write>(
         archive_sha256,
         stored_bytes,
         tar_bytes,
-        entries,
+        entries: Vec::new(),
+        entry_count,
         file_count,
         total_file_bytes,
         skipped,

@@ -144,7 +144,7 @@ pub struct UnsafeEntry {
     pub reason: UnsafeReason,
 }
 
-fn refuse(entry: &EntryRecord, reason: UnsafeReason) -> UnsafeEntry {
+pub(super) fn refuse(entry: &EntryRecord, reason: UnsafeReason) -> UnsafeEntry {
     UnsafeEntry {
         path: entry.path.clone(),
         reason,

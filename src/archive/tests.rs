@@ -877,3 +877,62 @@ fn stream_verified_accepts_entries_in_any_order() {
     assert!(r.is_ok(), "{:?}", r.problems);
     assert_eq!(sink, tar);
 }
+
+/// `verify` of a schema-2 backup compares the archive's members, spooled in path order, with
+/// the entries stream as two sorted streams: the same findings as the in-memory comparison
+/// (in path order), for an intact backup and for each kind of difference.
+#[test]
+fn streamed_verify_finds_what_the_in_memory_one_does() {
+    let dir = fixture();
+    let tar = busybox_tar(dir.path());
+    for c in ALL {
+        let (s, stored) = backup(&tar, c).unwrap();
+        let good = manifest_for(c, &s);
+        let mut edits: Vec<(&str, Manifest)> = vec![("intact", good.clone())];
+        let mut m = good.clone();
+        let i = m.entries.iter().position(|e| e.path == "secret").unwrap();
+        m.entries[i].sha256 = Some(sha(b"other"));
+        m.entries[i].mode = 0o644;
+        edits.push(("content and mode", m));
+        let mut m = good.clone();
+        m.entries.retain(|e| e.path != "with space.txt");
+        edits.push(("not in the manifest", m));
+        let mut m = good.clone();
+        let mut extra = m.entries[0].clone();
+        extra.path = "a/b/zz".into();
+        m.entries.push(extra);
+        edits.push(("not in the archive", m));
+        let mut m = good.clone();
+        m.archive.sha256 = sha(b"x");
+        edits.push(("archive hash", m));
+        for (name, m) in edits {
+            let memory = verify_archive(&stored[..], c, &m).unwrap();
+            let mut sorted = m.entries.clone();
+            sorted.sort_by_key(|e| canonical_key(&e.raw_path()));
+            let streamed =
+                verify_archive_streamed(&stored[..], c, &m, &mut sorted.into_iter()).unwrap();
+            let mut want: Vec<String> = memory.problems.iter().map(|p| p.to_string()).collect();
+            let mut got: Vec<String> = streamed.problems.iter().map(|p| p.to_string()).collect();
+            want.sort();
+            got.sort();
+            assert_eq!(got, want, "{name}, {c:?}");
+            assert_eq!(streamed.is_ok(), name == "intact", "{name}, {c:?}");
+            assert_eq!(streamed.entries_checked, memory.entries_checked);
+            assert_eq!(streamed.files_hashed, memory.files_hashed);
+            assert_eq!(streamed.archive_sha256, memory.archive_sha256);
+        }
+        // A truncated archive: what was read is compared, nothing is called missing.
+        let cut = &stored[..stored.len() / 2];
+        let mut sorted = good.entries.clone();
+        sorted.sort_by_key(|e| canonical_key(&e.raw_path()));
+        let r = verify_archive_streamed(cut, c, &good, &mut sorted.into_iter()).unwrap();
+        assert!(!r.complete && !r.is_ok(), "{c:?}");
+        assert!(
+            !r.problems
+                .iter()
+                .any(|p| matches!(p, Problem::Missing { .. })),
+            "{:?}",
+            r.problems
+        );
+    }
+}

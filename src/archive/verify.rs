@@ -10,8 +10,8 @@ use sha2::{Digest, Sha256};
 
 use super::safety::canonical_key;
 use super::{
-    check_entries_safe, walk, ArchiveError, ArchiveOrder, Compression, EntryKind, EntryRecord,
-    BUF_SIZE,
+    check_entries_safe, check_entry_safe, spool_entry, walk, ArchiveError, ArchiveOrder,
+    Compression, EntryKind, EntryRecord, LinkRef, SortedProblem, SortedRules, Spool, BUF_SIZE,
 };
 use crate::manifest::Manifest;
 
@@ -316,19 +316,51 @@ fn verify_inner<R: Read, W: Write>(
         }
     };
     let mut problems = problems.into_inner();
+    let complete = finish_walk(&mut hr, walked, stopped.get(), &trap, &mut problems)?;
+    if complete {
+        let mut missing: Vec<usize> = expected
+            .borrow()
+            .values()
+            .filter(|(_, seen)| !seen)
+            .map(|(i, _)| *i)
+            .collect();
+        missing.sort_unstable();
+        for i in missing {
+            problems.push(Problem::Missing {
+                path: manifest.entries[i].path.clone(),
+            });
+        }
+    }
+    Ok(report(
+        hr,
+        manifest,
+        problems,
+        complete,
+        entries_checked,
+        files_hashed,
+    ))
+}
 
-    // Hash whatever the decompressor did not consume (trailing bytes, or
-    // everything after a corruption) so the archive hash covers the file.
+/// After a walk: hashes whatever the decompressor did not consume (trailing bytes, or
+/// everything after a corruption) so that the archive hash covers the file, and turns how the
+/// walk ended into problems. Returns whether the tar stream was read through its end (`Err`
+/// for a read error of the stored bytes, not the archive's fault).
+fn finish_walk<R: Read>(
+    hr: &mut HashingReader<R>,
+    walked: Result<(), ArchiveError>,
+    stopped: bool,
+    trap: &RefCell<Option<String>>,
+    problems: &mut Vec<Problem>,
+) -> Result<bool, ArchiveError> {
     if hr.error.is_none() {
-        let _ = io::copy(&mut hr, &mut io::sink());
+        let _ = io::copy(hr, &mut io::sink());
     }
     if let Some(source) = hr.error.take() {
         return Err(ArchiveError::Read { source });
     }
-
-    let complete = match walked {
+    Ok(match walked {
         Ok(_) => true,
-        Err(_) if stopped.get() => false,
+        Err(_) if stopped => false,
         Err(e) => {
             if let Some(detail) = trap.borrow_mut().take() {
                 problems.push(Problem::Decompression { detail });
@@ -350,25 +382,20 @@ fn verify_inner<R: Read, W: Write>(
             }
             false
         }
-    };
-    if complete {
-        let mut missing: Vec<usize> = expected
-            .borrow()
-            .values()
-            .filter(|(_, seen)| !seen)
-            .map(|(i, _)| *i)
-            .collect();
-        missing.sort_unstable();
-        for i in missing {
-            problems.push(Problem::Missing {
-                path: manifest.entries[i].path.clone(),
-            });
-        }
-    }
+    })
+}
 
+/// The report, archive-level findings first: they explain the rest.
+fn report<R>(
+    hr: HashingReader<R>,
+    manifest: &Manifest,
+    mut problems: Vec<Problem>,
+    complete: bool,
+    entries_checked: u64,
+    files_hashed: u64,
+) -> VerifyReport {
     let archive_sha256 = hex::encode(hr.hasher.finalize());
     let stored_bytes = hr.count;
-    // Put the archive-level findings first: they explain the rest.
     let mut head = Vec::new();
     if archive_sha256 != manifest.archive.sha256 {
         head.push(Problem::ArchiveSha256 {
@@ -383,12 +410,114 @@ fn verify_inner<R: Read, W: Write>(
         });
     }
     head.append(&mut problems);
-    Ok(VerifyReport {
+    VerifyReport {
         archive_sha256,
         stored_bytes,
         entries_checked,
         files_hashed,
         complete,
         problems: head,
-    })
+    }
+}
+
+/// [`verify_archive`] at any file count, for a manifest whose entries come as a stream in
+/// path order (`entries`; `manifest` gives the archive's size and sha256). The archive's
+/// members are spooled in path order as they are read and hashed ([`Spool`]), then the two
+/// sorted streams are compared side by side; the rules across entries are checked on the
+/// members in that pass ([`SortedRules`], in archive order). Memory stays bounded whatever the
+/// number of entries; problems come in path order.
+pub fn verify_archive_streamed<R: Read>(
+    stored: R,
+    compression: Compression,
+    manifest: &Manifest,
+    entries: &mut dyn Iterator<Item = EntryRecord>,
+) -> Result<VerifyReport, ArchiveError> {
+    let spool = |source| ArchiveError::Spool { source };
+    let mut members: Spool<EntryRecord> = Spool::default();
+    let mut links: Spool<LinkRef> = Spool::default();
+    let mut entries_checked = 0u64;
+    let mut files_hashed = 0u64;
+    let mut hr = HashingReader {
+        inner: stored,
+        hasher: Sha256::new(),
+        count: 0,
+        error: None,
+    };
+    let trap = Rc::new(RefCell::new(None));
+    let walked = {
+        let decoder = compression
+            .decoder(&mut hr)
+            .map_err(|source| ArchiveError::Decompress {
+                algorithm: compression.algorithm(),
+                source,
+            })?;
+        let src = BufReader::with_capacity(
+            BUF_SIZE,
+            ErrorTrap {
+                inner: decoder,
+                error: Rc::clone(&trap),
+            },
+        );
+        walk::walk(src, io::sink(), None, None, |rec| {
+            check_entry_safe(&rec)?;
+            entries_checked += 1;
+            if rec.sha256.is_some() {
+                files_hashed += 1;
+            }
+            spool_entry(&mut members, &mut links, &rec).map_err(spool)
+        })
+        .map(|_| ())
+    };
+    let mut problems = Vec::new();
+    let complete = finish_walk(&mut hr, walked, false, &trap, &mut problems)?;
+
+    let mut rules = SortedRules::new(links.finish().map_err(spool)?, true);
+    let mut members = members.finish().map_err(spool)?;
+    let mut next_member = || members.next().transpose().map_err(spool);
+    let mut entries = entries.map(|e| (canonical_key(&e.raw_path()), e));
+    let (mut have, mut want) = (next_member()?, entries.next());
+    loop {
+        let order = match (&have, &want) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(m), Some((key, _))) => m.key.cmp(key),
+        };
+        if order != std::cmp::Ordering::Greater {
+            let m = have.take().expect("a member");
+            match rules.check(&m.key, m.seq, &m.item) {
+                // A member listed twice is reported below, as not in the manifest.
+                Ok(()) | Err(SortedProblem::Duplicate(_)) => {}
+                Err(SortedProblem::Unsafe(u)) => return Err(u.into()),
+                Err(SortedProblem::Io(e)) => return Err(spool(e)),
+            }
+            if order == std::cmp::Ordering::Equal {
+                let (_, e) = want.take().expect("an entry");
+                compare(&e, &m.item, &mut problems);
+                want = entries.next();
+            } else {
+                problems.push(Problem::Unexpected { path: m.item.path });
+            }
+            have = next_member()?;
+        } else {
+            let (_, e) = want.take().expect("an entry");
+            if complete {
+                problems.push(Problem::Missing { path: e.path });
+            }
+            want = entries.next();
+        }
+    }
+    match rules.finish() {
+        Ok(()) | Err(SortedProblem::Duplicate(_)) => {}
+        Err(SortedProblem::Unsafe(u)) => return Err(u.into()),
+        Err(SortedProblem::Io(e)) => return Err(spool(e)),
+    }
+    Ok(report(
+        hr,
+        manifest,
+        problems,
+        complete,
+        entries_checked,
+        files_hashed,
+    ))
 }

@@ -3,7 +3,7 @@
 use crate::cli::OutputFormat;
 use crate::destination::StoreOptions;
 use crate::exit::Failure;
-use crate::locate::locate;
+use crate::locate::{entries_failure, locate, locate_open};
 use crate::output;
 
 pub fn run(
@@ -13,7 +13,20 @@ pub fn run(
     files: bool,
     format: OutputFormat,
 ) -> Result<(), Failure> {
-    let loc = locate(backup, from, store)?;
+    // Without --files the entries are only checked (read as a stream, memory flat whatever
+    // their number); with it they are printed, so loaded.
+    let loc = if files {
+        locate(backup, from, store)?
+    } else {
+        let (loc, entries) = locate_open(backup, from, store)?;
+        if let Some(reader) = entries {
+            let file = reader.file_name().to_string();
+            for line in reader {
+                line.map_err(|e| entries_failure(&loc, &file, e))?;
+            }
+        }
+        loc
+    };
     let m = &loc.manifest;
     if let Some(warning) = crate::manifest::skipped_warning(&m.skipped) {
         eprintln!("{warning}");

@@ -2,7 +2,6 @@
 //! shown as incomplete and never as restorable.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 
 use serde::Serialize;
 
@@ -103,13 +102,9 @@ pub fn run(
                 item.problem = Some("archive without manifest: interrupted or failed backup".into())
             }
             Some(k) => {
-                let mut bytes = Vec::new();
-                let parsed = dest
-                    .open(k)
-                    .ok()
-                    .and_then(|mut r| r.read_to_end(&mut bytes).ok())
-                    // The header alone: a schema-2 backup's entries are not read.
-                    .map(|_| manifest::parse(&bytes).map(|d| d.summary()));
+                // The header alone: a schema-2 backup's entries are not read, and a schema-1
+                // manifest's are counted as they stream by.
+                let parsed = dest.open(k).ok().map(manifest::read_summary);
                 match parsed {
                     Some(Ok(m)) => {
                         item.created =
@@ -129,8 +124,12 @@ pub fn run(
                             item.problem = Some("manifest without archive".into());
                         }
                     }
-                    Some(Err(e)) => item.problem = Some(format!("invalid manifest: {e}")),
-                    None => item.problem = Some("manifest unreadable".into()),
+                    Some(Err(manifest::SummaryError::Invalid(e))) => {
+                        item.problem = Some(format!("invalid manifest: {e}"))
+                    }
+                    Some(Err(manifest::SummaryError::Read(_))) | None => {
+                        item.problem = Some("manifest unreadable".into())
+                    }
                 }
             }
         }

@@ -9,8 +9,6 @@
 //! leaves a half-gone backup listed as complete; what it leaves is an archive without a
 //! manifest, which the next `prune` or `cleanup --to` removes.
 
-use std::io::Read;
-
 use serde::Serialize;
 
 use crate::cli::OutputFormat;
@@ -163,21 +161,18 @@ fn decide(dest: &dyn Destination, policy: &Policy) -> Result<Vec<PrunedBackup>, 
         let (Some(manifest_key), Some(archive_key)) = (manifest_key, archive_key) else {
             continue;
         };
-        let mut bytes = Vec::new();
         let read = dest
             .open(&manifest_key)
-            .and_then(|mut r| {
-                r.read_to_end(&mut bytes)
-                    .map_err(|e| destination::DestinationError::Store {
-                        message: format!("cannot read {}: {e}", dest.locate(&manifest_key)),
-                        permanent: false,
-                    })
-            })
             .map_err(|e| e.to_string())
-            .and_then(|_| {
-                manifest::parse(&bytes)
-                    .map(|d| d.summary().created)
-                    .map_err(|e| format!("invalid manifest: {e}"))
+            .and_then(|r| {
+                manifest::read_summary(r)
+                    .map(|s| s.created)
+                    .map_err(|e| match e {
+                        manifest::SummaryError::Read(e) => {
+                            format!("cannot read {}: {e}", dest.locate(&manifest_key))
+                        }
+                        manifest::SummaryError::Invalid(e) => format!("invalid manifest: {e}"),
+                    })
             });
         let dir = &manifest_key[..manifest_key.len() - (pvc.len() + ".manifest.json".len())];
         let mut backup_keys = vec![manifest_key.clone()];

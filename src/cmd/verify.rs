@@ -3,11 +3,11 @@
 
 use serde_json::json;
 
-use crate::archive::verify_archive;
+use crate::archive::{verify_archive, verify_archive_streamed};
 use crate::cli::OutputFormat;
 use crate::destination::StoreOptions;
 use crate::exit::Failure;
-use crate::locate::locate;
+use crate::locate::{entries_failure, locate_open};
 use crate::output;
 
 pub fn run(
@@ -16,17 +16,41 @@ pub fn run(
     store: &StoreOptions,
     format: OutputFormat,
 ) -> Result<(), Failure> {
-    let loc = locate(backup, from, store)?;
+    let (loc, entries) = locate_open(backup, from, store)?;
     let reader = loc
         .destination
         .open(&loc.archive_key)
         .map_err(crate::locate::archive_missing)?;
     let started = std::time::Instant::now();
-    let report = verify_archive(
-        std::io::BufReader::with_capacity(1 << 20, reader),
-        loc.manifest.compression,
-        &loc.manifest,
-    )?;
+    let stored = std::io::BufReader::with_capacity(1 << 20, reader);
+    let report = match entries {
+        // Schema 2: the entries stream and the archive side by side, memory flat.
+        Some(reader) => {
+            let file = reader.file_name().to_string();
+            let mut damaged = None;
+            let mut entries = reader.map_while(|line| match line {
+                Ok((e, _)) => Some(e),
+                Err(e) => {
+                    damaged = Some(e);
+                    None
+                }
+            });
+            let report = verify_archive_streamed(
+                stored,
+                loc.manifest.compression,
+                &loc.manifest,
+                &mut entries,
+            );
+            drop(entries);
+            // A damaged entries stream is the finding, whatever the archive holds.
+            if let Some(e) = damaged {
+                return Err(entries_failure(&loc, &file, e));
+            }
+            report?
+        }
+        // Schema 1: read whole, as the release that wrote it did.
+        None => verify_archive(stored, loc.manifest.compression, &loc.manifest)?,
+    };
     let secs = started.elapsed().as_secs_f64();
     let problems: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
     let ok = report.is_ok();

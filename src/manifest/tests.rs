@@ -289,6 +289,97 @@ fn list_reads_the_header_alone() {
 }
 
 #[test]
+fn read_summary_reads_headers_whole_and_counts_schema_1_entries_as_they_stream() {
+    // A header: parsed and checked as `parse` does.
+    let (d, _) = stored(&full());
+    let header = std::fs::read(d.path().join(KEY)).unwrap();
+    assert_eq!(read_summary(&header[..]).unwrap(), full().summary());
+    let mut edited: serde_json::Value = serde_json::from_slice(&header).unwrap();
+    edited["typo"] = 1.into();
+    let err = read_summary(serde_json::to_vec(&edited).unwrap().as_slice()).unwrap_err();
+    assert!(err.to_string().contains("typo"), "{err}");
+
+    // A header past the buffer (a volume with tens of thousands of sockets): its counts.
+    let mut big = full();
+    big.skipped = (0..30_000)
+        .map(|i| SkippedEntry {
+            path: format!("run/s{i:05}.sock"),
+            path_hex: None,
+            reason: SkipReason::Socket,
+        })
+        .collect();
+    let (d, _) = stored(&big);
+    let header = std::fs::read(d.path().join(KEY)).unwrap();
+    assert!(
+        header.len() as u64 > SUMMARY_BUFFER,
+        "{} bytes",
+        header.len()
+    );
+    assert_eq!(read_summary(&header[..]).unwrap(), big.summary());
+
+    // Schema-1 documents, small and far beyond the buffer: the same summary as loading them.
+    for n in [3usize, 40_000] {
+        let mut m = sample();
+        m.schema_version = 1;
+        m.entries = (0..n)
+            .map(|i| match i % 3 {
+                0 => entry(&format!("d/file-{i:07}"), EntryKind::File, Some(SHA)),
+                1 => entry(&format!("d/dir-{i:07}"), EntryKind::Dir, None),
+                _ => entry(&format!("d/fifo-{i:07}"), EntryKind::Fifo, None),
+            })
+            .collect();
+        m.entry_count = n as u64;
+        let doc = serde_json::to_vec(&v1(&m)).unwrap();
+        assert_eq!(
+            doc.len() as u64 > SUMMARY_BUFFER,
+            n > 3,
+            "{} bytes",
+            doc.len()
+        );
+        let s = read_summary(&doc[..]).unwrap();
+        assert_eq!(s, Manifest::from_json(&doc).unwrap().summary());
+        assert_eq!(s.files, n.div_ceil(3) as u64);
+        assert_eq!(s.schema_version, 1);
+
+        // A damaged entry or a wrong count is an invalid manifest, wherever it is.
+        let mut v = v1(&m);
+        v["entries"][n - 1]["sha256"] = "nope".into();
+        let err = read_summary(serde_json::to_vec(&v).unwrap().as_slice()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SummaryError::Invalid(ManifestError::UnexpectedSha256 { .. })
+                    | SummaryError::Invalid(ManifestError::BadSha256 { .. })
+            ),
+            "{err}"
+        );
+        let mut v = v1(&m);
+        v["entry_count"] = (n as u64 + 1).into();
+        let err = read_summary(serde_json::to_vec(&v).unwrap().as_slice()).unwrap_err();
+        assert!(
+            matches!(err, SummaryError::Invalid(ManifestError::EntryCount { .. })),
+            "{err}"
+        );
+        let mut v = v1(&m);
+        v["schema_version"] = 9.into();
+        let err = read_summary(serde_json::to_vec(&v).unwrap().as_slice()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SummaryError::Invalid(ManifestError::UnsupportedSchema { found: 9 })
+            ),
+            "{err}"
+        );
+        // Cut short: not a manifest.
+        let err = read_summary(&doc[..doc.len() - 10]).unwrap_err();
+        assert!(
+            matches!(err, SummaryError::Invalid(ManifestError::Json { .. })),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn a_damaged_or_swapped_entries_stream_is_refused() {
     let m = full();
     let (d, dest) = stored(&m);
