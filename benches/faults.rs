@@ -863,9 +863,11 @@ fn paired_settings() -> (usize, u64) {
 /// The paired-writer row alone, merged into the saved results (the other rows stay as they
 /// were measured).
 async fn paired_only() {
-    let saved = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results/faults.json");
+    let saved =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results/faults.json");
     let mut results: report::Results = serde_json::from_slice(
-        &std::fs::read(&saved).expect("benches/results/faults.json: run the whole bench once first"),
+        &std::fs::read(&saved)
+            .expect("benches/results/faults.json: run the whole bench once first"),
     )
     .expect("a faults.json");
     let bench = BenchCluster::start().await;

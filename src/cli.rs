@@ -394,7 +394,13 @@ pub struct RestoreArgs {
 pub struct RollbackArgs {
     /// With --in-place: first cut a VolumeSnapshot of the target to roll back to: `auto` when
     /// its driver has a VolumeSnapshotClass, `always` or refuse, `never`
-    #[arg(long = "snapshot", value_enum, default_value = "auto", value_name = "WHEN", requires = "in_place")]
+    #[arg(
+        long = "snapshot",
+        value_enum,
+        default_value = "auto",
+        value_name = "WHEN",
+        requires = "in_place"
+    )]
     pub snapshot: SnapshotArg,
     /// With --in-place: keep that snapshot after a successful restore; --keep-snapshot=false
     /// deletes it (it is always kept after a failure)

@@ -396,14 +396,14 @@ impl Leftovers {
         KeepAlive(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(period).await;
-                let items: Vec<(u8, String, String)> = me
-                    .0
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .cloned()
-                    .collect();
-                let patch = json!({"metadata": {"annotations": {ANNOTATION_RENEWED: now_rfc3339()}}});
+                let items: Vec<(u8, String, String)> =
+                    me.0.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .iter()
+                        .cloned()
+                        .collect();
+                let patch =
+                    json!({"metadata": {"annotations": {ANNOTATION_RENEWED: now_rfc3339()}}});
                 let pp = PatchParams::default();
                 for (kind, ns, name) in items {
                     // Registered just before it is created, or already deleted: a 404 is fine.
@@ -526,7 +526,10 @@ pub async fn collect_copies(
     }
     let snaps = match ns {
         Some(ns) => snapshots_api(client, ns),
-        None => Api::all_with(client.clone(), &resource("VolumeSnapshot", "volumesnapshots")),
+        None => Api::all_with(
+            client.clone(),
+            &resource("VolumeSnapshot", "volumesnapshots"),
+        ),
     };
     match snaps.list(&lp).await {
         Ok(l) => l
@@ -603,11 +606,13 @@ pub async fn snapshot_before_restore(
     rs: &RollbackSettings,
 ) -> Result<Result<KeptSnapshot, String>, Failure> {
     let pvc_name = pvc.metadata.name.clone().unwrap_or_default();
-    let without = |why: String| match rs.mode {
+    let without = |why: String| {
+        match rs.mode {
         SnapshotMode::Always => Err(Failure::refused(format!(
             "no snapshot of PVC {ns}/{pvc_name} can be cut before restoring in place: {why}; nothing was changed. --snapshot auto restores in place without one"
         ))),
         _ => Ok(Err(why)),
+    }
     };
     if rs.mode == SnapshotMode::Never {
         return Ok(Err("--snapshot never".into()));
@@ -634,7 +639,17 @@ pub async fn snapshot_before_restore(
         LABEL_MANAGED_BY: APP_NAME, LABEL_RUN_ID: run_id.to_ascii_lowercase(),
         LABEL_PVC: crate::helper_pod::label_value(&pvc_name), LABEL_PURPOSE: PURPOSE_BEFORE_RESTORE}});
     let registered = Leftovers::default();
-    let cut = match cut_snapshot(client, ns, &pvc_name, metadata, class.as_deref(), rs.timeout, &registered).await {
+    let cut = match cut_snapshot(
+        client,
+        ns,
+        &pvc_name,
+        metadata,
+        class.as_deref(),
+        rs.timeout,
+        &registered,
+    )
+    .await
+    {
         Ok(c) => wait_ready(client, ns, &c.0, rs.timeout).await.map(|_| c),
         Err(f) => Err(f),
     };
@@ -1460,10 +1475,7 @@ mod tests {
             csi: true,
             ..offer(vec![class("o", "x.csi", true)])
         };
-        assert_eq!(
-            decide(SnapshotMode::Auto, None, &csi),
-            Ok(Decision::Clone)
-        );
+        assert_eq!(decide(SnapshotMode::Auto, None, &csi), Ok(Decision::Clone));
         let bare = Offer {
             csi: true,
             ..offer(vec![])

@@ -753,12 +753,14 @@ async fn cleanup_removes_what_a_killed_snapshot_backup_left_but_never_a_running_
             .any(|x| x["name"] == snap.as_str() && x["action"] == "kept"),
         "{report:#}"
     );
-    assert_eq!(snapshot_names(), [snap.clone()], "a running backup's snapshot went");
+    assert_eq!(
+        snapshot_names(),
+        [snap.clone()],
+        "a running backup's snapshot went"
+    );
     // Ready, temporary PVC provisioned, helper streaming: now the client dies.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while helper_pods(&c).is_empty()
-        || !names(&c, "persistentvolumeclaims").contains(&snap)
-    {
+    while helper_pods(&c).is_empty() || !names(&c, "persistentvolumeclaims").contains(&snap) {
         assert!(tokio::time::Instant::now() < deadline, "no helper");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -884,25 +886,37 @@ async fn restore_in_place_keeps_a_snapshot_that_restores_the_old_content() {
     assert_eq!(out["snapshot"]["kept"], true, "{out:#}");
     assert_eq!(out["snapshot"]["class"], "csi-hostpath", "{out:#}");
     assert!(
-        run.stderr
-            .contains(&format!("cut VolumeSnapshot default/{snap} of PVC default/data")),
+        run.stderr.contains(&format!(
+            "cut VolumeSnapshot default/{snap} of PVC default/data"
+        )),
         "{}",
         run.stderr
     );
     // The volume holds the backup again.
-    assert_eq!(std::fs::read(vol.join("config.txt")).unwrap(), b"version one\n");
+    assert_eq!(
+        std::fs::read(vol.join("config.txt")).unwrap(),
+        b"version one\n"
+    );
     assert!(!vol.join("written-since").exists());
     // The kept snapshot, provisioned into a new PVC, holds what the restore replaced.
     claim(
         &c,
         &k,
         "before",
-        Some(json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": snap})),
+        Some(
+            json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": snap}),
+        ),
     )
     .await;
     let old = c.volume_path("default", "before");
-    assert_eq!(std::fs::read(old.join("config.txt")).unwrap(), b"version two\n");
-    assert_eq!(std::fs::read(old.join("db/table")).unwrap(), vec![9u8; 400 << 10]);
+    assert_eq!(
+        std::fs::read(old.join("config.txt")).unwrap(),
+        b"version two\n"
+    );
+    assert_eq!(
+        std::fs::read(old.join("db/table")).unwrap(),
+        vec![9u8; 400 << 10]
+    );
     assert_eq!(std::fs::read(old.join("written-since")).unwrap(), b"new\n");
     // cleanup leaves it alone: it is no leftover of a backup.
     let cleaned = plugin(&c, &["cleanup", "-n", "default", "--yes"]).await;
@@ -913,7 +927,13 @@ async fn restore_in_place_keeps_a_snapshot_that_restores_the_old_content() {
     // table output says so.
     let run = plugin(
         &c,
-        &["restore", &manifest, "--in-place", "--yes", "--keep-snapshot=false"],
+        &[
+            "restore",
+            &manifest,
+            "--in-place",
+            "--yes",
+            "--keep-snapshot=false",
+        ],
     )
     .await;
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -923,7 +943,14 @@ async fn restore_in_place_keeps_a_snapshot_that_restores_the_old_content() {
         run.stdout
     );
     let left: Vec<String> = names(&c, "volumesnapshots");
-    assert_eq!(left, [snap.clone()], "only the first restore's snapshot stays");
+    assert_eq!(
+        left,
+        [snap.clone()],
+        "only the first restore's snapshot stays"
+    );
     assert_eq!(names(&c, "volumesnapshotcontents").len(), 1);
-    assert_eq!(std::fs::read(vol.join("config.txt")).unwrap(), b"version one\n");
+    assert_eq!(
+        std::fs::read(vol.join("config.txt")).unwrap(),
+        b"version one\n"
+    );
 }

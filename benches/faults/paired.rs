@@ -36,6 +36,9 @@ pub struct PairedSettings {
     pub load: String,
     /// `kubectl-pvbackup version` of the row (it may be measured apart from the other rows).
     pub plugin: String,
+    /// `debug` or `release`: the pair counts do not depend on it, the seconds do.
+    #[serde(default)]
+    pub profile: String,
     pub total_seconds: f64,
 }
 
@@ -132,7 +135,10 @@ async fn workload(bench: &BenchCluster) {
         .join("pairs/16/data");
     let deadline = Instant::now() + Duration::from_secs(60);
     while round(&last).is_none_or(|n| n < 3) {
-        assert!(Instant::now() < deadline, "the pair writer did not get going");
+        assert!(
+            Instant::now() < deadline,
+            "the pair writer did not get going"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -164,7 +170,15 @@ pub async fn run(
             });
             let t = Instant::now();
             let o = Command::new(plugin)
-                .args(["create", PVC, "-n", NAMESPACE, "--no-progress", "-o", "json"])
+                .args([
+                    "create",
+                    PVC,
+                    "-n",
+                    NAMESPACE,
+                    "--no-progress",
+                    "-o",
+                    "json",
+                ])
                 .args(["--compression", "none", "--snapshot", snapshot, "--to"])
                 .arg(&dest)
                 .env("KUBECONFIG", bench.cluster.kubeconfig())
@@ -223,6 +237,12 @@ pub async fn run(
             rate,
             load,
             plugin: crate::support::first_line(Command::new(plugin).arg("version")),
+            profile: if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            }
+            .to_string(),
             total_seconds: started.elapsed().as_secs_f64(),
         },
         out,
@@ -237,14 +257,16 @@ pub fn markdown(s: &PairedSettings, runs: &[PairedRun]) -> String {
          replaced atomically; a pair is consistent when `log == data` or `log == data + 1`) \
          while kubectl-pvbackup backs its volume up, every exec stream capped at {:.1} MiB/s, \
          {} run(s) per mode, alternating. Each backup is unpacked and every pair judged. \
-         Measured in {:.0} s with {} (`PVBACKUP_FAULTS_ONLY=paired-writer` measures this row \
-         alone); load average at the start: {}.\n\n\
+         Measured in {:.0} s with {}, a {} build (`PVBACKUP_FAULTS_ONLY=paired-writer` measures \
+         this row alone; the pair counts do not depend on the build, the seconds do); load \
+         average at the start: {}.\n\n\
          | mode | runs | exit codes | pairs backed up | inconsistent pairs | files the plugin reported changed while read | copy method | seconds (median) |\n\
          |---|---|---|---|---|---|---|---|\n",
         s.rate as f64 / (1u64 << 20) as f64,
         s.runs,
         s.total_seconds,
         s.plugin,
+        s.profile,
         s.load
     );
     let mut modes: Vec<&str> = runs.iter().map(|r| r.mode.as_str()).collect();

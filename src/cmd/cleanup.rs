@@ -73,7 +73,11 @@ pub async fn run(conn: &Connection, yes: bool, format: OutputFormat) -> Result<(
         if !abandoned.is_empty() {
             question.push_str(&format!(
                 "{}the {} left by killed backups",
-                if names.is_empty() { "Delete " } else { ", and " },
+                if names.is_empty() {
+                    "Delete "
+                } else {
+                    ", and "
+                },
                 abandoned
                     .iter()
                     .map(|c| format!("{} {}/{}", c.kind, c.namespace, c.name))
@@ -141,7 +145,10 @@ pub async fn run(conn: &Connection, yes: bool, format: OutputFormat) -> Result<(
                     .collect()
             };
             for c in &abandoned {
-                if !copies_left.iter().any(|l| l.ends_with(&format!("{}/{}", c.namespace, c.name))) {
+                if !copies_left
+                    .iter()
+                    .any(|l| l.ends_with(&format!("{}/{}", c.namespace, c.name)))
+                {
                     text.push_str(&format!(
                         "{}/{} deleted (namespace {}): left by killed backup run {}\n",
                         c.kind, c.name, c.namespace, c.run_id

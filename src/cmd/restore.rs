@@ -449,7 +449,10 @@ pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
         match &mut done.result {
             Ok(()) if !plan.rollback.keep => {
                 if let Err(e) = crate::snapshot::delete_kept(&conn.client, k).await {
-                    eprintln!("warning: {e}; delete it with kubectl delete volumesnapshot -n {ns} {}", k.name);
+                    eprintln!(
+                        "warning: {e}; delete it with kubectl delete volumesnapshot -n {ns} {}",
+                        k.name
+                    );
                 }
             }
             Ok(()) => {}

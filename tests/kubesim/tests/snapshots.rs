@@ -290,7 +290,11 @@ async fn without_the_snapshot_api_the_group_is_not_served() {
         Err(kube::Error::Api(s)) => {
             assert_eq!(
                 (s.code, s.reason.as_str(), s.message.as_str()),
-                (404, "NotFound", "the server could not find the requested resource")
+                (
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource"
+                )
             );
         }
         other => panic!("expected the apiserver's 404, got {other:?}"),
@@ -311,8 +315,13 @@ async fn without_the_snapshot_api_the_group_is_not_served() {
         classes(&client)
             .create(
                 &PostParams::default(),
-                &serde_json::from_value(snapshot_class("c", "hostpath.csi.kubesim.dev", true, json!({})))
-                    .expect("object"),
+                &serde_json::from_value(snapshot_class(
+                    "c",
+                    "hostpath.csi.kubesim.dev",
+                    true,
+                    json!({}),
+                ))
+                .expect("object"),
             )
             .await
             .map(drop),
