@@ -755,7 +755,7 @@ async fn cleanup_removes_what_a_killed_snapshot_backup_left_but_never_a_running_
     );
     assert_eq!(
         snapshot_names(),
-        [snap.clone()],
+        std::slice::from_ref(&snap),
         "a running backup's snapshot went"
     );
     // Ready, temporary PVC provisioned, helper streaming: now the client dies.
@@ -945,7 +945,7 @@ async fn restore_in_place_keeps_a_snapshot_that_restores_the_old_content() {
     let left: Vec<String> = names(&c, "volumesnapshots");
     assert_eq!(
         left,
-        [snap.clone()],
+        std::slice::from_ref(&snap),
         "only the first restore's snapshot stays"
     );
     assert_eq!(names(&c, "volumesnapshotcontents").len(), 1);
