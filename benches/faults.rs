@@ -4,7 +4,9 @@
 //! *silently wrong* (every step exited 0 but the data differs).
 //!
 //! `cargo bench --bench faults`; the environment variables are listed in [`Settings`]. Writes
-//! benches/results/faults.md, faults.json and faults.svg.
+//! benches/results/faults.md, faults.json and faults.svg. `PVBACKUP_FAULTS_ONLY=paired-writer`
+//! measures only the paired-writer row (`paired`) and merges it into the saved faults.json; the
+//! other scenarios share their data sets and run only together.
 //!
 //! Tools: kubectl-pvbackup with its defaults and with `--compression none`, `kubectl cp`
 //! (pod → local, then local → pod), and the hand-rolled `kubectl exec -- tar cf - | gzip -1`
@@ -17,6 +19,9 @@ mod support;
 
 #[path = "faults/report.rs"]
 mod report;
+
+#[path = "faults/paired.rs"]
+mod paired;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -838,7 +843,45 @@ fn main() {
         println!("{}", report::write(&results));
         return;
     }
-    support::run(bench());
+    match std::env::var("PVBACKUP_FAULTS_ONLY").as_deref() {
+        Err(_) => support::run(bench()),
+        Ok("paired-writer") => support::run(paired_only()),
+        Ok(other) => {
+            eprintln!("PVBACKUP_FAULTS_ONLY={other}: only `paired-writer` runs alone; unset it to run every scenario");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn paired_settings() -> (usize, u64) {
+    (
+        env_or("PVBACKUP_FAULTS_PAIRED_RUNS", 3usize).max(1),
+        env_or("PVBACKUP_FAULTS_PAIRED_RATE", 1u64 << 20),
+    )
+}
+
+/// The paired-writer row alone, merged into the saved results (the other rows stay as they
+/// were measured).
+async fn paired_only() {
+    let saved =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results/faults.json");
+    let mut results: report::Results = serde_json::from_slice(
+        &std::fs::read(&saved)
+            .expect("benches/results/faults.json: run the whole bench once first"),
+    )
+    .expect("a faults.json");
+    let bench = BenchCluster::start().await;
+    let work = tempfile::Builder::new()
+        .prefix("pvbackup-paired-")
+        .tempdir()
+        .unwrap();
+    let (runs, rate) = paired_settings();
+    let plugin = PathBuf::from(env!("CARGO_BIN_EXE_kubectl-pvbackup"));
+    let (ps, rows) = paired::run(&bench, &plugin, work.path(), runs, rate).await;
+    results.paired_settings = Some(ps);
+    results.paired = rows;
+    println!("{}", report::write(&results));
+    bench.cluster.shutdown().await;
 }
 
 async fn dataset(
@@ -1106,6 +1149,11 @@ async fn bench() {
             }
         }
     }
+    // Last: it gives the driver a VolumeSnapshotClass, which would turn every `--snapshot auto`
+    // copy above into a snapshot.
+    let (paired_runs, rate) = paired_settings();
+    let (ps, paired) =
+        paired::run(&ctx.bench, &ctx.plugin, ctx.work.path(), paired_runs, rate).await;
     let results = report::Results {
         environment: report::Environment::collect(
             &ctx.plugin,
@@ -1114,6 +1162,8 @@ async fn bench() {
         ),
         tools: tools.iter().map(|t| t.name.clone()).collect(),
         runs,
+        paired_settings: Some(ps),
+        paired,
     };
     println!("{}", report::write(&results));
     ctx.bench.cluster.shutdown().await;

@@ -152,6 +152,13 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restor
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l size -d 'With --create-pvc: request this size (e.g. 2Gi)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l mode -d 'How the backup meets what is already on the volume' -r -f -a "replace\t'Afterwards the volume holds exactly what the backup holds'
 merge\t'Overwrite the backup\'s paths and keep everything else'"
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l snapshot -d 'With --in-place: first cut a VolumeSnapshot of the target to roll back to: `auto` when its driver has a VolumeSnapshotClass, `always` or refuse, `never`' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l keep-snapshot -d 'With --in-place: keep that snapshot after a successful restore; --keep-snapshot=false deletes it (it is always kept after a failure)' -r -f -a "true\t''
+false\t''"
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l snapshot-class -d 'With --in-place: VolumeSnapshotClass to use instead of the driver\'s default' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l snapshot-timeout -d 'With --in-place: how long the snapshot may take to be cut and ready' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l image -d 'Helper image (any image with busybox-compatible sh, tar, find, stat, xargs, sha256sum, awk)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l run-as-user -d 'Run the helper as this UID instead of root (for PodSecurity `restricted` namespaces)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l pod-timeout -d 'Give up when the helper pod is not running after this many seconds' -r

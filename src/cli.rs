@@ -378,11 +378,41 @@ pub struct RestoreArgs {
     #[arg(help_heading = "Safety")]
     pub in_place: bool,
     #[command(flatten)]
+    pub rollback: RollbackArgs,
+    #[command(flatten)]
     pub helper: HelperArgs,
     #[command(flatten)]
     pub retry: RetryArgs,
     #[command(flatten)]
     pub store: StoreArgs,
+}
+
+/// `restore --in-place`'s rollback: a VolumeSnapshot of the target, cut before its content is
+/// deleted.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Safety")]
+pub struct RollbackArgs {
+    /// With --in-place: first cut a VolumeSnapshot of the target to roll back to: `auto` when
+    /// its driver has a VolumeSnapshotClass, `always` or refuse, `never`
+    #[arg(
+        long = "snapshot",
+        value_enum,
+        default_value = "auto",
+        value_name = "WHEN",
+        requires = "in_place"
+    )]
+    pub snapshot: SnapshotArg,
+    /// With --in-place: keep that snapshot after a successful restore; --keep-snapshot=false
+    /// deletes it (it is always kept after a failure)
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true", requires = "in_place")]
+    pub keep_snapshot: bool,
+    /// With --in-place: VolumeSnapshotClass to use instead of the driver's default
+    #[arg(long, value_name = "CLASS", requires = "in_place")]
+    pub snapshot_class: Option<String>,
+    /// With --in-place: how long the snapshot may take to be cut and ready
+    #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = humantime::parse_duration, requires = "in_place")]
+    pub snapshot_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

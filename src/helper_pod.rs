@@ -384,7 +384,7 @@ pub fn helper_pod_name(purpose: Purpose, pvc: &str, run_id: &str) -> String {
 }
 
 /// A label value: ≤ 63 characters of `[A-Za-z0-9-_.]`, alphanumeric at both ends.
-fn label_value(s: &str) -> String {
+pub(crate) fn label_value(s: &str) -> String {
     let cleaned: String = s
         .chars()
         .map(|c| {

@@ -169,6 +169,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 dry_run: a.dry_run,
                 force: a.force,
                 in_place: cmd::restore::check_in_place(a.in_place, a.create_pvc, a.mode)?,
+                rollback: rollback(&a.rollback),
                 image: a.helper.image.clone(),
                 run_as_user: a.helper.run_as_user,
                 pod_timeout: Duration::from_secs(a.helper.pod_timeout),
@@ -199,9 +200,28 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
+fn snapshot_mode(a: crate::cli::SnapshotArg) -> crate::snapshot::SnapshotMode {
+    use crate::cli::SnapshotArg;
+    match a {
+        SnapshotArg::Auto => crate::snapshot::SnapshotMode::Auto,
+        SnapshotArg::Always => crate::snapshot::SnapshotMode::Always,
+        SnapshotArg::Never => crate::snapshot::SnapshotMode::Never,
+    }
+}
+
+/// `restore`'s `--snapshot`, `--keep-snapshot`, `--snapshot-class`, `--snapshot-timeout`.
+fn rollback(a: &crate::cli::RollbackArgs) -> crate::snapshot::RollbackSettings {
+    crate::snapshot::RollbackSettings {
+        mode: snapshot_mode(a.snapshot),
+        class: a.snapshot_class.clone(),
+        timeout: a.snapshot_timeout,
+        keep: a.keep_snapshot,
+    }
+}
+
 /// `--snapshot`, `--require-consistent` and the hook flags as plain settings.
 fn consistency(a: &crate::cli::ConsistencyArgs) -> crate::snapshot::ConsistencySettings {
-    use crate::cli::{HookOnErrorArg, SnapshotArg};
+    use crate::cli::HookOnErrorArg;
     use crate::hooks::{HookPlan, HookSpec, OnError};
     let on_error = match a.hook_on_error {
         HookOnErrorArg::Fail => OnError::Fail,
@@ -216,11 +236,7 @@ fn consistency(a: &crate::cli::ConsistencyArgs) -> crate::snapshot::ConsistencyS
         })
     };
     crate::snapshot::ConsistencySettings {
-        mode: match a.snapshot {
-            SnapshotArg::Auto => crate::snapshot::SnapshotMode::Auto,
-            SnapshotArg::Always => crate::snapshot::SnapshotMode::Always,
-            SnapshotArg::Never => crate::snapshot::SnapshotMode::Never,
-        },
+        mode: snapshot_mode(a.snapshot),
         class: a.snapshot_class.clone(),
         require_consistent: a.require_consistent,
         timeout: a.snapshot_timeout,

@@ -12,14 +12,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, PersistentVolume, PersistentVolumeClaim};
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::connect::explain;
 use crate::exit::Failure;
-use crate::helper_pod::{APP_NAME, LABEL_MANAGED_BY, LABEL_PVC, LABEL_RUN_ID};
+use crate::helper_pod::{
+    ANNOTATION_LEASE, APP_NAME, LABEL_MANAGED_BY, LABEL_PURPOSE, LABEL_PVC, LABEL_RUN_ID,
+};
 
 pub const GROUP: &str = "snapshot.storage.k8s.io";
 pub const VERSION: &str = "v1";
@@ -89,6 +91,10 @@ pub struct Offer {
     pub api: bool,
     /// The PV's CSI driver (or the StorageClass's provisioner).
     pub driver: Option<String>,
+    /// The driver was read from the PV's `spec.csi`: the volume is a CSI volume, which a
+    /// claim with a PVC `dataSource` may clone (only CSI drivers clone: kubernetes.io/docs
+    /// "CSI Volume Cloning"). A provisioner name from the StorageClass does not say that.
+    pub csi: bool,
     pub classes: Option<Vec<SnapshotClass>>,
 }
 
@@ -147,10 +153,18 @@ pub fn decide(mode: SnapshotMode, class: Option<&str>, offer: &Offer) -> Result<
         ([], [one]) => Ok(Decision::Snapshot {
             class: Some(one.name.clone()),
         }),
-        // No class for the driver. `always` asks for a point-in-time copy at any cost: try a
-        // CSI clone. `auto` does not: a clone of every volume of a cluster that never set up
-        // snapshots would change where and how every existing backup runs.
+        // No class for the driver: a CSI clone is the next point-in-time copy. Whether the
+        // driver clones is reported nowhere but in the provisioner's answer (CLONE_VOLUME is a
+        // controller capability, not an API field), so the clone is tried, and a refusal
+        // (`ProvisioningFailed` "... capability is not reported") falls back to a live copy
+        // under `auto`. `always` tries it in any case. `auto` tries it only where the cluster
+        // is set up for snapshots (some VolumeSnapshotClass exists) but not for this driver,
+        // which then most likely cannot snapshot; a cluster that never set up snapshots keeps
+        // its live copies rather than a full clone of every volume on every backup. And only
+        // on a volume known to be CSI (driver read from the PV): another provisioner may not
+        // check `dataSource` at all and hand back an empty volume.
         ([], []) if mode == SnapshotMode::Always => Ok(Decision::Clone),
+        ([], []) if offer.csi && !classes.is_empty() => Ok(Decision::Clone),
         ([], []) => Ok(Decision::Live {
             reason: format!("no VolumeSnapshotClass for driver {driver}; --snapshot always would try a CSI clone"),
         }),
@@ -211,9 +225,13 @@ pub async fn collect_offer(
     }
     let spec = pvc.spec.clone().unwrap_or_default();
     let mut driver = None;
+    let mut csi = false;
     if let Some(pv) = spec.volume_name.as_deref().filter(|v| !v.is_empty()) {
         match Api::<PersistentVolume>::all(client.clone()).get(pv).await {
-            Ok(pv) => driver = pv.spec.and_then(|s| s.csi).map(|c| c.driver),
+            Ok(pv) => {
+                driver = pv.spec.and_then(|s| s.csi).map(|c| c.driver);
+                csi = driver.is_some();
+            }
             Err(e) if forbidden(&e) => {}
             Err(e) => return Err(explain(&format!("reading PersistentVolume {pv}"), &e)),
         }
@@ -250,6 +268,7 @@ pub async fn collect_offer(
     Ok(Offer {
         api,
         driver,
+        csi,
         classes,
     })
 }
@@ -366,6 +385,307 @@ impl Leftovers {
             })
             .collect()
     }
+    /// Renews the lease of every snapshot and temporary PVC registered here (their
+    /// [`ANNOTATION_RENEWED`]) every `helper_session::renewal_period(lease)` until the guard is
+    /// dropped, so that `cleanup` never takes a running backup's copy for a leftover. A failed
+    /// renewal is tried again the next round; the lease outlasts a few.
+    pub fn keep_alive(&self, client: &kube::Client, lease: Duration) -> KeepAlive {
+        let me = self.clone();
+        let client = client.clone();
+        let period = crate::helper_session::renewal_period(lease);
+        KeepAlive(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let items: Vec<(u8, String, String)> =
+                    me.0.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .iter()
+                        .cloned()
+                        .collect();
+                let patch =
+                    json!({"metadata": {"annotations": {ANNOTATION_RENEWED: now_rfc3339()}}});
+                let pp = PatchParams::default();
+                for (kind, ns, name) in items {
+                    // Registered just before it is created, or already deleted: a 404 is fine.
+                    let _ = if kind == PVC {
+                        Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
+                            .patch(&name, &pp, &Patch::Merge(&patch))
+                            .await
+                            .map(drop)
+                    } else {
+                        snapshots_api(&client, &ns)
+                            .patch(&name, &pp, &Patch::Merge(&patch))
+                            .await
+                            .map(drop)
+                    };
+                }
+            }
+        }))
+    }
+}
+
+/// Stops [`Leftovers::keep_alive`]'s renewals when dropped.
+pub struct KeepAlive(tokio::task::JoinHandle<()>);
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A snapshot or temporary PVC of a backup run, as `cleanup` finds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CopyObject {
+    /// `volumesnapshot` or `persistentvolumeclaim`.
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    pub run_id: String,
+    /// Seconds since its run last renewed it.
+    pub idle_seconds: i64,
+    pub lease_seconds: u64,
+    /// Its run is gone: not renewed for twice the lease.
+    pub abandoned: bool,
+}
+
+/// Whether the run that made an object is gone, from its annotations (or, without them, its
+/// creation time and the default lease): not renewed for twice its lease, by this machine's
+/// clock. Twice, because the renewal is written with the clock of the machine that runs the
+/// backup: a skew of up to one lease between that machine and this one must not make a running
+/// backup's copy look abandoned. Returns (idle seconds, lease seconds, abandoned).
+pub fn abandoned(
+    annotations: Option<&std::collections::BTreeMap<String, String>>,
+    created: Option<chrono::DateTime<chrono::Utc>>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> (i64, u64, bool) {
+    let get = |k: &str| annotations.and_then(|a| a.get(k));
+    let lease = get(ANNOTATION_LEASE)
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .unwrap_or(crate::helper_pod::DEFAULT_LEASE_SECONDS);
+    let renewed = get(ANNOTATION_RENEWED)
+        .and_then(|v| chrono::DateTime::parse_from_rfc3339(v).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .or(created);
+    let idle = renewed.map(|t| (now - t).num_seconds()).unwrap_or(i64::MAX);
+    (idle, lease, idle > 2 * lease as i64)
+}
+
+/// Lists the snapshots and temporary PVCs of backup runs (label `pvbackup.dev/purpose:
+/// backup-copy`; the snapshot `restore --in-place` keeps is not one) in `ns` (all namespaces
+/// when None). A cluster without the snapshot API has no snapshots to list.
+pub async fn collect_copies(
+    client: &kube::Client,
+    ns: Option<&str>,
+) -> Result<Vec<CopyObject>, Failure> {
+    let lp = ListParams::default().labels(&format!(
+        "{LABEL_MANAGED_BY}={APP_NAME},{LABEL_PURPOSE}={PURPOSE_COPY}"
+    ));
+    let now = chrono::Utc::now();
+    let mut out = Vec::new();
+    let mut add = |kind: &'static str, meta: &kube::api::ObjectMeta| {
+        let (idle_seconds, lease_seconds, abandoned) = abandoned(
+            meta.annotations.as_ref(),
+            meta.creation_timestamp
+                .as_ref()
+                .and_then(|t| chrono::DateTime::from_timestamp(t.0.as_second(), 0)),
+            now,
+        );
+        out.push(CopyObject {
+            kind,
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+            run_id: meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_RUN_ID))
+                .cloned()
+                .unwrap_or_default(),
+            idle_seconds,
+            lease_seconds,
+            abandoned,
+        });
+    };
+    let pvcs: Api<PersistentVolumeClaim> = match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    // Forbidden to list: that kind is not cleaned up, and the note says why; the rest of
+    // cleanup still runs.
+    let denied = |what: &str| {
+        eprintln!("note: not allowed to list {what}, so those left by killed backups are not cleaned up; grant list on them (README, RBAC section)");
+    };
+    match pvcs.list(&lp).await {
+        Ok(l) => l
+            .items
+            .iter()
+            .for_each(|p| add("persistentvolumeclaim", &p.metadata)),
+        Err(e) if forbidden(&e) => denied("persistentvolumeclaims"),
+        Err(e) => return Err(explain("listing the temporary PVCs of backups", &e)),
+    }
+    let snaps = match ns {
+        Some(ns) => snapshots_api(client, ns),
+        None => Api::all_with(
+            client.clone(),
+            &resource("VolumeSnapshot", "volumesnapshots"),
+        ),
+    };
+    match snaps.list(&lp).await {
+        Ok(l) => l
+            .items
+            .iter()
+            .for_each(|v| add("volumesnapshot", &v.metadata)),
+        // No snapshot API (no external-snapshotter CRDs): no snapshots.
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) if forbidden(&e) => denied("volumesnapshots.snapshot.storage.k8s.io"),
+        Err(e) => return Err(explain("listing the VolumeSnapshots of backups", &e)),
+    }
+    Ok(out)
+}
+
+/// Deletes `copies` (temporary PVCs first) and waits until they are gone; returns what could
+/// not be deleted.
+pub async fn delete_copies(client: &kube::Client, copies: &[CopyObject]) -> Vec<String> {
+    let l = Leftovers::default();
+    for c in copies {
+        let kind = if c.kind == "persistentvolumeclaim" {
+            PVC
+        } else {
+            SNAPSHOT
+        };
+        l.add(kind, &c.namespace, &c.name);
+    }
+    l.delete_all(client).await
+}
+
+/// `restore --in-place`'s rollback snapshot, as plain values.
+#[derive(Debug, Clone)]
+pub struct RollbackSettings {
+    /// `auto`: when the target's driver has a VolumeSnapshotClass; `always`: or refuse;
+    /// `never`: no snapshot.
+    pub mode: SnapshotMode,
+    pub class: Option<String>,
+    pub timeout: Duration,
+    /// Keep the snapshot after a successful restore (it is always kept after a failed one).
+    pub keep: bool,
+}
+
+/// The snapshot `restore --in-place` cut of its target before deleting anything.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeptSnapshot {
+    pub namespace: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    pub cut_time: String,
+    /// Still there when the command ended.
+    pub kept: bool,
+}
+
+impl KeptSnapshot {
+    /// How to get the content back, for messages.
+    pub fn how_to_restore(&self) -> String {
+        format!(
+            "create a PVC with spec.dataSource {{apiGroup: {GROUP}, kind: VolumeSnapshot, name: {}}} in namespace {} to get it back",
+            self.name, self.namespace
+        )
+    }
+}
+
+/// Cuts a snapshot of `pvc` (the target of `restore --in-place`) and waits until it is
+/// readyToUse: the restore deletes the volume's content next, and a snapshot that is cut but
+/// still being processed by the driver (an upload) may yet fail, which would leave no rollback.
+/// `Ok(Err(reason))`: under `auto`, no snapshot can be cut (the reason is for a note).
+pub async fn snapshot_before_restore(
+    client: &kube::Client,
+    ns: &str,
+    pvc: &PersistentVolumeClaim,
+    run_id: &str,
+    rs: &RollbackSettings,
+) -> Result<Result<KeptSnapshot, String>, Failure> {
+    let pvc_name = pvc.metadata.name.clone().unwrap_or_default();
+    let without = |why: String| {
+        match rs.mode {
+        SnapshotMode::Always => Err(Failure::refused(format!(
+            "no snapshot of PVC {ns}/{pvc_name} can be cut before restoring in place: {why}; nothing was changed. --snapshot auto restores in place without one"
+        ))),
+        _ => Ok(Err(why)),
+    }
+    };
+    if rs.mode == SnapshotMode::Never {
+        return Ok(Err("--snapshot never".into()));
+    }
+    let offer = match collect_offer(client, pvc).await {
+        Ok(o) => o,
+        Err(f) => return without(f.message),
+    };
+    // Decided as under auto: a clone is no snapshot, and `always` is refused here with a
+    // restore's words rather than a backup's.
+    let class = match decide(SnapshotMode::Auto, rs.class.as_deref(), &offer) {
+        Ok(Decision::Snapshot { class }) => class,
+        Ok(Decision::Live { reason }) => return without(reason),
+        Ok(Decision::Clone) => {
+            return without(format!(
+                "no VolumeSnapshotClass for driver {}",
+                offer.driver.as_deref().unwrap_or("(unknown)")
+            ))
+        }
+        Err(m) => return Err(Failure::refused(m)),
+    };
+    let name = object_name(&pvc_name, "before-restore", run_id);
+    let metadata = json!({"name": name, "labels": {
+        LABEL_MANAGED_BY: APP_NAME, LABEL_RUN_ID: run_id.to_ascii_lowercase(),
+        LABEL_PVC: crate::helper_pod::label_value(&pvc_name), LABEL_PURPOSE: PURPOSE_BEFORE_RESTORE}});
+    let registered = Leftovers::default();
+    let cut = match cut_snapshot(
+        client,
+        ns,
+        &pvc_name,
+        metadata,
+        class.as_deref(),
+        rs.timeout,
+        &registered,
+    )
+    .await
+    {
+        Ok(c) => wait_ready(client, ns, &c.0, rs.timeout).await.map(|_| c),
+        Err(f) => Err(f),
+    };
+    match cut {
+        Ok((name, class, cut_time)) => Ok(Ok(KeptSnapshot {
+            namespace: ns.to_string(),
+            name,
+            class,
+            cut_time,
+            kept: true,
+        })),
+        Err(f) => {
+            // A snapshot that failed is no rollback; it goes.
+            let _ = registered.delete_all(client).await;
+            Err(Failure {
+                message: format!(
+                    "{}. Nothing was changed on PVC {ns}/{pvc_name}: restore --in-place cuts a snapshot of it first (--snapshot never skips that, leaving no rollback)",
+                    f.message
+                ),
+                ..f
+            })
+        }
+    }
+}
+
+/// Deletes the snapshot `restore --in-place` cut (`--keep-snapshot=false`, after success).
+pub async fn delete_kept(client: &kube::Client, kept: &mut KeptSnapshot) -> Result<(), String> {
+    let l = Leftovers::default();
+    l.add(SNAPSHOT, &kept.namespace, &kept.name);
+    let left = l.delete_all(client).await;
+    kept.kept = !left.is_empty();
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("could not delete {}", left.join(", ")))
+    }
 }
 
 /// The copy a backup reads: the PVC itself (live) or a temporary one.
@@ -405,15 +725,40 @@ impl CopySource {
 /// DNS-1123 names from the PVC and the backup id: `<pvc>-pvb-<id>`, lower case, at most 63
 /// characters (PVC names become label values and pod volume references).
 pub fn temp_name(pvc: &str, backup_id: &str) -> String {
-    let id = backup_id.to_ascii_lowercase();
-    let suffix = format!("-pvb-{id}");
+    object_name(pvc, "pvb", backup_id)
+}
+
+/// `<pvc>-<tag>-<id>`, lower case, the PVC's name cut so the whole fits in 63 characters.
+fn object_name(pvc: &str, tag: &str, id: &str) -> String {
+    let id = id.to_ascii_lowercase();
+    let suffix = format!("-{tag}-{id}");
     let keep = 63usize.saturating_sub(suffix.len());
     let head: String = pvc.chars().take(keep).collect();
     format!("{}{suffix}", head.trim_end_matches(['-', '.']))
 }
 
-fn labels(pvc: &str, backup_id: &str) -> serde_json::Value {
-    json!({LABEL_MANAGED_BY: APP_NAME, LABEL_RUN_ID: backup_id.to_ascii_lowercase(), LABEL_PVC: pvc})
+/// `pvbackup.dev/purpose` of the snapshots and temporary PVCs `create` makes: the ones
+/// `cleanup` may delete once their run is gone.
+pub const PURPOSE_COPY: &str = "backup-copy";
+/// `pvbackup.dev/purpose` of the snapshot `restore --in-place` keeps: never cleaned up.
+pub const PURPOSE_BEFORE_RESTORE: &str = "before-restore";
+/// When the run that owns a snapshot or temporary PVC last said it is alive (RFC 3339, the
+/// client's clock); with [`ANNOTATION_LEASE`] it tells `cleanup` whether the run is gone.
+pub const ANNOTATION_RENEWED: &str = "pvbackup.dev/renewed-at";
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Labels and annotations of a snapshot or temporary PVC of a backup run: its lease starts now.
+fn copy_metadata(name: &str, pvc: &str, backup_id: &str, lease: Duration) -> serde_json::Value {
+    json!({
+        "name": name,
+        "labels": {LABEL_MANAGED_BY: APP_NAME, LABEL_RUN_ID: backup_id.to_ascii_lowercase(),
+                   LABEL_PVC: crate::helper_pod::label_value(pvc), LABEL_PURPOSE: PURPOSE_COPY},
+        "annotations": {ANNOTATION_LEASE: lease.as_secs().max(1).to_string(),
+                        ANNOTATION_RENEWED: now_rfc3339()},
+    })
 }
 
 /// Polls `f` every half second until it returns Some or `limit` passes. API errors during the
@@ -452,20 +797,21 @@ async fn event(client: &kube::Client, ns: &str, name: &str, reason: &str) -> Opt
 /// Creates a VolumeSnapshot of `pvc` and waits until it is cut (`status.creationTime`), not
 /// until it is readyToUse: the caller's post hook may resume the application from then on.
 /// Returns the snapshot's name, class and cut time.
+/// `metadata` names the snapshot (`name`) and carries its labels and annotations.
 pub async fn cut_snapshot(
     client: &kube::Client,
     ns: &str,
     pvc: &str,
-    backup_id: &str,
+    metadata: serde_json::Value,
     class: Option<&str>,
     timeout: Duration,
     leftovers: &Leftovers,
 ) -> Result<(String, Option<String>, String), Failure> {
     let api = snapshots_api(client, ns);
-    let name = temp_name(pvc, backup_id);
+    let name = metadata["name"].as_str().unwrap_or_default().to_string();
     let mut obj = json!({
         "apiVersion": format!("{GROUP}/{VERSION}"), "kind": "VolumeSnapshot",
-        "metadata": {"name": name, "labels": labels(pvc, backup_id)},
+        "metadata": metadata,
         "spec": {"source": {"persistentVolumeClaimName": pvc}},
     });
     if let Some(c) = class {
@@ -570,6 +916,7 @@ pub async fn provision_copy(
     size: Option<String>,
     timeout: Duration,
     leftovers: &Leftovers,
+    lease: Duration,
 ) -> Result<(String, Provisioned), Failure> {
     let pvc_name = pvc.metadata.name.clone().unwrap_or_default();
     let name = temp_name(&pvc_name, backup_id);
@@ -592,7 +939,7 @@ pub async fn provision_copy(
         .unwrap_or_else(|| "1Gi".into());
     let mut obj = json!({
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-        "metadata": {"name": name, "labels": labels(&pvc_name, backup_id)},
+        "metadata": copy_metadata(&name, &pvc_name, backup_id, lease),
         "spec": {
             // Only the helper mounts it, once.
             "accessModes": ["ReadWriteOnce"],
@@ -739,10 +1086,23 @@ pub struct TargetInfo<'a> {
 }
 
 /// Shared by every target of a run: what to clean up and which post hooks are owed.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct RunState {
     pub leftovers: Leftovers,
     pub owed: crate::hooks::Owed,
+    /// How long the run's snapshots and temporary PVCs outlive its last renewal before
+    /// `cleanup` may take them for leftovers of a killed run (the helper pods' lease).
+    pub lease: Duration,
+}
+
+impl Default for RunState {
+    fn default() -> Self {
+        RunState {
+            leftovers: Leftovers::default(),
+            owed: Default::default(),
+            lease: crate::helper_pod::lease_from_env(),
+        }
+    }
 }
 
 /// Runs the pre hooks, then snapshots (or clones) the PVC, runs the post hooks as soon as the
@@ -825,7 +1185,12 @@ pub async fn prepare(
                 client,
                 ns,
                 &pvc_name,
-                t.backup_id,
+                copy_metadata(
+                    &temp_name(&pvc_name, t.backup_id),
+                    &pvc_name,
+                    t.backup_id,
+                    run.lease,
+                ),
                 class.as_deref(),
                 cs.timeout,
                 &run.leftovers,
@@ -851,6 +1216,7 @@ pub async fn prepare(
                 size,
                 cs.timeout,
                 &run.leftovers,
+                run.lease,
             )
             .await
             .map_err(|f| (f, outcomes.clone()))?;
@@ -888,6 +1254,7 @@ pub async fn prepare(
                 None,
                 cs.timeout,
                 &run.leftovers,
+                run.lease,
             )
             .await;
             match r {
@@ -1040,6 +1407,7 @@ mod tests {
         Offer {
             api: true,
             driver: Some("d.csi".into()),
+            csi: false,
             classes: Some(classes),
         }
     }
@@ -1097,6 +1465,21 @@ mod tests {
             decide(SnapshotMode::Auto, None, &offer(vec![class("o", "x.csi", true)])),
             Ok(Decision::Live { reason }) if reason.contains("no VolumeSnapshotClass for driver d.csi")
         ));
+        // A CSI volume (driver read from the PV) on a cluster set up for snapshots, but not
+        // for this driver: a clone under auto too; with no class at all, live.
+        let csi = Offer {
+            csi: true,
+            ..offer(vec![class("o", "x.csi", true)])
+        };
+        assert_eq!(decide(SnapshotMode::Auto, None, &csi), Ok(Decision::Clone));
+        let bare = Offer {
+            csi: true,
+            ..offer(vec![])
+        };
+        assert!(matches!(
+            decide(SnapshotMode::Auto, None, &bare),
+            Ok(Decision::Live { .. })
+        ));
         let two = vec![class("a", "d.csi", false), class("b", "d.csi", false)];
         assert!(decide(SnapshotMode::Always, None, &offer(two.clone()))
             .unwrap_err()
@@ -1122,6 +1505,7 @@ mod tests {
         let blind = Offer {
             api: true,
             driver: None,
+            csi: false,
             classes: None,
         };
         assert_eq!(
@@ -1131,11 +1515,40 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_is_abandoned_only_after_twice_its_lease_without_renewal() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-07T07:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let ann = |lease: &str, renewed: &str| {
+            std::collections::BTreeMap::from([
+                (ANNOTATION_LEASE.to_string(), lease.to_string()),
+                (ANNOTATION_RENEWED.to_string(), renewed.to_string()),
+            ])
+        };
+        // Renewed 100 s ago with a 60 s lease: kept (a clock skew of up to a lease is fine).
+        assert_eq!(
+            abandoned(Some(&ann("60", "2026-12-07T06:58:20Z")), None, now),
+            (100, 60, false)
+        );
+        assert_eq!(
+            abandoned(Some(&ann("60", "2026-12-07T06:57:59Z")), None, now),
+            (121, 60, true)
+        );
+        // Without annotations: the creation time and the default lease.
+        let created = now - chrono::Duration::seconds(30);
+        assert_eq!(abandoned(None, Some(created), now), (30, 60, false));
+        let old = now - chrono::Duration::seconds(3600);
+        assert!(abandoned(Some(&ann("x", "garbage")), Some(old), now).2);
+    }
+
+    #[test]
     fn temp_names_are_dns_labels() {
         let n = temp_name("data-orders-db-0", "20261201T005934Z-ab12");
         assert_eq!(n, "data-orders-db-0-pvb-20261201t005934z-ab12");
         let long = temp_name(&"p".repeat(80), "20261201T005934Z-ab12");
         assert!(long.len() <= 63 && long.ends_with("-pvb-20261201t005934z-ab12"));
+        let kept = object_name(&"q".repeat(80), "before-restore", "20261207t065500-ab12");
+        assert!(kept.len() <= 63 && kept.ends_with("-before-restore-20261207t065500-ab12"));
     }
 
     #[test]

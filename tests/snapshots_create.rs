@@ -1,5 +1,7 @@
-//! `create --snapshot`, live-change detection, `--require-consistent` and hooks against
-//! kubesim, with a workload that keeps writing pairs of files that must agree.
+//! `create --snapshot`, live-change detection, `--require-consistent`, hooks, the clone
+//! fallback, a cluster without the snapshot API, `cleanup` of what a killed run left, and
+//! `restore --in-place`'s snapshot, against kubesim, with a workload that keeps writing pairs
+//! of files that must agree.
 
 mod common;
 
@@ -16,18 +18,8 @@ use serde_json::{json, Value};
 /// Pairs of files written in lockstep by one process: for each pair, `log` then `data`, each
 /// replaced atomically (temporary file, then rename) with the round number `n` on its first
 /// line and 64 KiB after it. At any instant every pair has `log == data` or `log == data + 1`.
-const PAIR_WRITER: &str = r#"trap 'exit 0' TERM
-head -c 65536 /dev/zero > /pad
-n=0
-while true; do
-  n=$((n+1))
-  for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16; do
-    d=/data/pairs/$i
-    mkdir -p $d
-    { echo $n; cat /pad; } > $d/log.tmp && mv $d/log.tmp $d/log
-    { echo $n; cat /pad; } > $d/data.tmp && mv $d/data.tmp $d/data
-  done
-done"#;
+/// The fault benchmark's paired-writer row runs the same script.
+const PAIR_WRITER: &str = include_str!("fixtures/pair-writer.sh");
 
 async fn client(c: &Cluster) -> kube::Client {
     let kc = kube::config::Kubeconfig::read_from(c.kubeconfig()).unwrap();
@@ -47,20 +39,35 @@ fn snapshot_classes(client: &kube::Client) -> Api<DynamicObject> {
     )
 }
 
+const HOSTPATH: &str = "hostpath.csi.kubesim.dev";
+const CLONE_ONLY: &str = "clone-only.csi.kubesim.dev";
+
 /// A cluster with a `standard` class of the hostpath driver, a default VolumeSnapshotClass
 /// for it (with `params`, unless None: then no class at all), a 64 MiB RWO PVC `data` and the
 /// pair writer in pod `writer` (container `app`, next to an `istio-proxy` sidecar that does
 /// not mount the volume), running and past its third round.
 async fn workload(params: Option<Value>, annotations: Value) -> (Cluster, kube::Client) {
+    workload_on(HOSTPATH, true, params, annotations).await
+}
+
+/// [`workload`] with `standard` provisioned by `driver` (the VolumeSnapshotClass stays the
+/// hostpath driver's), on a cluster that serves the snapshot API or not.
+async fn workload_on(
+    driver: &str,
+    snapshot_api: bool,
+    params: Option<Value>,
+    annotations: Value,
+) -> (Cluster, kube::Client) {
     let c = Cluster::start(ClusterOptions {
         scenario: Scenario::Empty,
+        without_snapshot_api: !snapshot_api,
         ..Default::default()
     })
     .await
     .unwrap();
     let k = client(&c).await;
     let sc: k8s_openapi::api::storage::v1::StorageClass = serde_json::from_value(json!({
-        "metadata": {"name": "standard"}, "provisioner": "hostpath.csi.kubesim.dev",
+        "metadata": {"name": "standard"}, "provisioner": driver,
         "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate"}))
     .unwrap();
     Api::all(k.clone())
@@ -397,6 +404,36 @@ async fn hooks_run_in_the_app_container_around_the_cut() {
             ("post".into(), "app".into(), "ok".into())
         ]
     );
+    // The manifest records both hooks and their outcome; inspect shows them.
+    let header: Value =
+        serde_json::from_slice(&std::fs::read(r["manifest"].as_str().unwrap()).unwrap()).unwrap();
+    let recorded: Vec<(String, String, String)> = header["consistency"]["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["phase"].as_str().unwrap().into(),
+                h["container"].as_str().unwrap().into(),
+                h["outcome"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        recorded,
+        [
+            ("pre".into(), "app".into(), "succeeded".into()),
+            ("post".into(), "app".into(), "succeeded".into())
+        ],
+        "{header:#}"
+    );
+    let shown = plugin(&c, &["inspect", r["manifest"].as_str().unwrap()]).await;
+    assert!(
+        shown.stdout.contains("Hook:          pre in writer/app: sh -c echo pre:$(hostname) >> /data/hooks.log (succeeded)")
+            && shown.stdout.contains("Hook:          post in writer/app: sh -c echo post >> /data/hooks.log (succeeded)"),
+        "{}",
+        shown.stdout
+    );
     // The pre hook's line is in the snapshot, the post hook's is not: it ran after the cut.
     let unpacked = tempfile::tempdir().unwrap();
     untar(Path::new(r["archive"].as_str().unwrap()), unpacked.path());
@@ -549,4 +586,371 @@ async fn a_retried_snapshot_backup_reads_the_same_snapshot_and_cleans_up() {
         "one snapshot for both attempts"
     );
     assert_nothing_left(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_clones_a_volume_whose_driver_clones_but_cannot_snapshot() {
+    // The cluster is set up for snapshots (a class for the hostpath driver), the PVC's driver
+    // has no class: it can only clone.
+    let (c, _) = workload_on(CLONE_ONLY, true, Some(json!({})), json!({})).await;
+    let dest = tempfile::tempdir().unwrap();
+    let run = create_json(&c, dest.path(), &[]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let r = result(&run);
+    let cons = &r["consistency"];
+    assert_eq!(cons["method"], "clone", "{r:#}");
+    assert!(cons.get("snapshot").is_none(), "{cons:#}");
+    let header: Value =
+        serde_json::from_slice(&std::fs::read(r["manifest"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(header["consistency"]["method"], "clone", "{header:#}");
+    assert!(
+        header["consistency"]["clone_pvc"]
+            .as_str()
+            .unwrap()
+            .starts_with("data-pvb-"),
+        "{header:#}"
+    );
+    let shown = plugin(&c, &["inspect", r["manifest"].as_str().unwrap()]).await;
+    assert!(
+        shown.stdout.contains("Consistency:   clone"),
+        "{}",
+        shown.stdout
+    );
+    // The clone was cut with the writer paused: every pair agrees.
+    let unpacked = tempfile::tempdir().unwrap();
+    untar(Path::new(r["archive"].as_str().unwrap()), unpacked.path());
+    let (seen, bad) = inconsistent_pairs(unpacked.path());
+    assert_eq!(seen, 16);
+    assert!(bad.is_empty(), "inconsistent pairs from a clone: {bad:?}");
+    // The temporary PVC was provisioned from the PVC itself, and is gone.
+    let provisioned: Vec<Value> = events(&c, "ProvisioningSucceeded")
+        .into_iter()
+        .filter(|e| {
+            e["involvedObject"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("data-pvb-")
+        })
+        .collect();
+    assert_eq!(provisioned.len(), 1, "{provisioned:#?}");
+    assert!(events(&c, "CreatingSnapshot").is_empty());
+    assert_nothing_left(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_snapshot_api_auto_warns_once_and_always_names_the_fix() {
+    let (c, k) = workload_on(HOSTPATH, false, None, json!({})).await;
+    // kubesim answers as a cluster without the external-snapshotter CRDs does.
+    let groups = k.list_api_groups().await.unwrap();
+    assert!(
+        !groups
+            .groups
+            .iter()
+            .any(|g| g.name == "snapshot.storage.k8s.io"),
+        "{groups:?}"
+    );
+    let dest = tempfile::tempdir().unwrap();
+    let run = create_json(&c, dest.path(), &[]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let cons = &result(&run)["consistency"];
+    assert_eq!(cons["method"], "live", "{cons:#}");
+    let why = cons["fallbackReason"].as_str().unwrap();
+    assert!(
+        why.contains("does not serve snapshot.storage.k8s.io/v1")
+            && why.contains("external-snapshotter"),
+        "{why}"
+    );
+    let warnings: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("point-in-time"))
+        .collect();
+    assert_eq!(
+        warnings,
+        [format!(
+            "warning: live copy of default/data instead of a point-in-time one: {why}"
+        )],
+        "{}",
+        run.stderr
+    );
+    for noise in ["404", "NotFound", "could not find the requested resource"] {
+        assert!(!run.stderr.contains(noise), "{}", run.stderr);
+    }
+
+    let strict = tempfile::tempdir().unwrap();
+    let run = create_json(&c, strict.path(), &["--snapshot", "always"]).await;
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    let error = result(&run)["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains("does not serve snapshot.storage.k8s.io/v1")
+            && error.contains("install the external-snapshotter")
+            && error.contains("--snapshot auto"),
+        "{error}"
+    );
+    for noise in ["404", "NotFound", "could not find the requested resource"] {
+        assert!(
+            !run.stderr.contains(noise) && !error.contains(noise),
+            "{}",
+            run.stderr
+        );
+    }
+    assert!(files_under(strict.path()).is_empty());
+    assert_nothing_left(&c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_removes_what_a_killed_snapshot_backup_left_but_never_a_running_ones() {
+    // The snapshot is cut at once but ready only after 8 s; the stream then crawls.
+    let (c, _) = workload(
+        Some(json!({"kubesim.dev/ready-after-seconds": "8"})),
+        json!({}),
+    )
+    .await;
+    c.fault(FaultRequest::Bandwidth {
+        bytes_per_second: 128 << 10,
+    });
+    let lease = [("PVBACKUP_LEASE_SECONDS".to_string(), "2".to_string())];
+    let dest = tempfile::tempdir().unwrap();
+    let mut child = plugin_command(
+        c.kubeconfig(),
+        &[
+            "create",
+            "data",
+            "-n",
+            "default",
+            "--to",
+            dest.path().to_str().unwrap(),
+        ],
+        &lease,
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let snapshot_names = || {
+        names(&c, "volumesnapshots")
+            .into_iter()
+            .filter(|n| n.starts_with("data-pvb-"))
+            .collect::<Vec<_>>()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while snapshot_names().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no snapshot");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Past twice the lease: only the run's renewals keep its snapshot from looking abandoned.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let cleanup = || plugin(&c, &["cleanup", "-n", "default", "--yes", "-o", "json"]);
+    let kept = cleanup().await;
+    assert_eq!(kept.code, 0, "{}", kept.stderr);
+    let report = json(&kept);
+    let snap = snapshot_names()[0].clone();
+    assert!(
+        report["copies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["name"] == snap.as_str() && x["action"] == "kept"),
+        "{report:#}"
+    );
+    assert_eq!(
+        snapshot_names(),
+        std::slice::from_ref(&snap),
+        "a running backup's snapshot went"
+    );
+    // Ready, temporary PVC provisioned, helper streaming: now the client dies.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while helper_pods(&c).is_empty() || !names(&c, "persistentvolumeclaims").contains(&snap) {
+        assert!(tokio::time::Instant::now() < deadline, "no helper");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Twice the lease later the run is known to be gone.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let gone = cleanup().await;
+    assert_eq!(gone.code, 0, "{}", gone.stderr);
+    let report = json(&gone);
+    let deleted: Vec<(String, String)> = report["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["kind"].as_str().unwrap().to_string(),
+                x["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        deleted,
+        [
+            ("persistentvolumeclaim".to_string(), "deleted".to_string()),
+            ("volumesnapshot".to_string(), "deleted".to_string())
+        ],
+        "{report:#}"
+    );
+    // No snapshot, no content, no temporary PVC, no helper; the workload's PVC and data stay.
+    assert_nothing_left(&c).await;
+    assert!(round(&c.volume_path("default", "data").join("pairs/16/data")).is_some());
+}
+
+/// A cluster with `standard` (hostpath driver) and its default VolumeSnapshotClass, and PVC
+/// `data` that no pod mounts, bound.
+async fn idle_claim() -> Cluster {
+    let (c, k) = {
+        let c = Cluster::start(ClusterOptions {
+            scenario: Scenario::Empty,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let k = client(&c).await;
+        (c, k)
+    };
+    let sc: k8s_openapi::api::storage::v1::StorageClass = serde_json::from_value(json!({
+        "metadata": {"name": "standard"}, "provisioner": HOSTPATH,
+        "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate"}))
+    .unwrap();
+    Api::all(k.clone())
+        .create(&PostParams::default(), &sc)
+        .await
+        .unwrap();
+    let class: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
+        "metadata": {"name": "csi-hostpath", "annotations": {"snapshot.storage.kubernetes.io/is-default-class": "true"}},
+        "driver": HOSTPATH, "deletionPolicy": "Delete"}))
+    .unwrap();
+    snapshot_classes(&k)
+        .create(&PostParams::default(), &class)
+        .await
+        .unwrap();
+    claim(&c, &k, "data", None).await;
+    c
+}
+
+/// Creates PVC `name` (64 Mi, `standard`, from `source` when given) and waits until it is bound.
+async fn claim(c: &Cluster, k: &kube::Client, name: &str, source: Option<Value>) {
+    let mut pvc = json!({
+        "metadata": {"name": name},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "standard",
+                 "resources": {"requests": {"storage": "64Mi"}}}});
+    if let Some(s) = source {
+        pvc["spec"]["dataSource"] = s;
+    }
+    let pvc: PersistentVolumeClaim = serde_json::from_value(pvc).unwrap();
+    let api = Api::<PersistentVolumeClaim>::namespaced(k.clone(), "default");
+    api.create(&PostParams::default(), &pvc).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = api.get(name).await.unwrap();
+        if p.status.and_then(|s| s.phase).as_deref() == Some("Bound") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "PVC {name} not bound: {:?}",
+            c.objects("events", Some("default"))
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_in_place_keeps_a_snapshot_that_restores_the_old_content() {
+    let c = idle_claim().await;
+    let k = client(&c).await;
+    let vol = c.volume_path("default", "data");
+    std::fs::write(vol.join("config.txt"), b"version one\n").unwrap();
+    std::fs::create_dir_all(vol.join("db")).unwrap();
+    std::fs::write(vol.join("db/table"), vec![7u8; 300 << 10]).unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    let made = create_json(&c, dest.path(), &["--snapshot", "never"]).await;
+    assert_eq!(made.code, 0, "{}", made.stderr);
+    let manifest = result(&made)["manifest"].as_str().unwrap().to_string();
+    // What the restore is about to replace.
+    std::fs::write(vol.join("config.txt"), b"version two\n").unwrap();
+    std::fs::write(vol.join("db/table"), vec![9u8; 400 << 10]).unwrap();
+    std::fs::write(vol.join("written-since"), b"new\n").unwrap();
+
+    let run = plugin(
+        &c,
+        &["restore", &manifest, "--in-place", "--yes", "-o", "json"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out = json(&run);
+    let snap = out["snapshot"]["name"].as_str().unwrap().to_string();
+    assert!(snap.starts_with("data-before-restore-"), "{out:#}");
+    assert_eq!(out["snapshot"]["kept"], true, "{out:#}");
+    assert_eq!(out["snapshot"]["class"], "csi-hostpath", "{out:#}");
+    assert!(
+        run.stderr.contains(&format!(
+            "cut VolumeSnapshot default/{snap} of PVC default/data"
+        )),
+        "{}",
+        run.stderr
+    );
+    // The volume holds the backup again.
+    assert_eq!(
+        std::fs::read(vol.join("config.txt")).unwrap(),
+        b"version one\n"
+    );
+    assert!(!vol.join("written-since").exists());
+    // The kept snapshot, provisioned into a new PVC, holds what the restore replaced.
+    claim(
+        &c,
+        &k,
+        "before",
+        Some(
+            json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": snap}),
+        ),
+    )
+    .await;
+    let old = c.volume_path("default", "before");
+    assert_eq!(
+        std::fs::read(old.join("config.txt")).unwrap(),
+        b"version two\n"
+    );
+    assert_eq!(
+        std::fs::read(old.join("db/table")).unwrap(),
+        vec![9u8; 400 << 10]
+    );
+    assert_eq!(std::fs::read(old.join("written-since")).unwrap(), b"new\n");
+    // cleanup leaves it alone: it is no leftover of a backup.
+    let cleaned = plugin(&c, &["cleanup", "-n", "default", "--yes"]).await;
+    assert_eq!(cleaned.code, 0, "{}", cleaned.stderr);
+    assert!(names(&c, "volumesnapshots").contains(&snap));
+
+    // --keep-snapshot=false: cut, used as the safety net, deleted after the success; the
+    // table output says so.
+    let run = plugin(
+        &c,
+        &[
+            "restore",
+            &manifest,
+            "--in-place",
+            "--yes",
+            "--keep-snapshot=false",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("deleted (--keep-snapshot=false)"),
+        "{}",
+        run.stdout
+    );
+    let left: Vec<String> = names(&c, "volumesnapshots");
+    assert_eq!(
+        left,
+        std::slice::from_ref(&snap),
+        "only the first restore's snapshot stays"
+    );
+    assert_eq!(names(&c, "volumesnapshotcontents").len(), 1);
+    assert_eq!(
+        std::fs::read(vol.join("config.txt")).unwrap(),
+        b"version one\n"
+    );
 }

@@ -48,13 +48,21 @@ pub struct Results {
     pub environment: Environment,
     pub tools: Vec<String>,
     pub runs: Vec<Run>,
+    /// The paired-writer row (`paired`), which may be measured alone and merged in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paired_settings: Option<crate::paired::PairedSettings>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paired: Vec<crate::paired::PairedRun>,
 }
 
 /// Writes faults.md, faults.json and faults.svg to benches/results; returns the Markdown.
 pub fn write(results: &Results) -> String {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results");
     std::fs::create_dir_all(&dir).expect("create benches/results");
-    let md = markdown(&results.environment, &results.tools, &results.runs);
+    let mut md = markdown(&results.environment, &results.tools, &results.runs);
+    if let Some(ps) = &results.paired_settings {
+        md.push_str(&crate::paired::markdown(ps, &results.paired));
+    }
     std::fs::write(dir.join("faults.md"), &md).expect("write faults.md");
     std::fs::write(
         dir.join("faults.json"),

@@ -2,7 +2,9 @@
 //! by themselves once their lease expires, and are killed at their activeDeadlineSeconds),
 //! and finish what interrupted restores left on their volumes: the volume of every restore
 //! helper pod found is checked in a fresh helper pod, an unfinished restore is rolled back,
-//! and what finished ones left is deleted.
+//! and what finished ones left is deleted. It also deletes the VolumeSnapshots and temporary
+//! PVCs of `create --snapshot` runs that were killed: only those whose run stopped renewing
+//! them (see `snapshot::abandoned`), never a running backup's.
 
 use std::time::Duration;
 
@@ -41,22 +43,44 @@ pub async fn run(conn: &Connection, yes: bool, format: OutputFormat) -> Result<(
         })
         .collect();
     let volumes = restored_volumes(&pods);
-    if !names.is_empty() && !yes {
-        let mut question = format!(
-            "Delete {} helper pod(s): {}",
-            names.len(),
-            names
-                .iter()
-                .map(|(n, p)| format!("{n}/{p}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+    let ns_scope = (!conn.all_namespaces).then_some(conn.namespace.as_str());
+    let copies = crate::snapshot::collect_copies(&conn.client, ns_scope).await?;
+    let (abandoned, running): (Vec<_>, Vec<_>) = copies.into_iter().partition(|c| c.abandoned);
+    if (!names.is_empty() || !abandoned.is_empty()) && !yes {
+        let mut question = if names.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "Delete {} helper pod(s): {}",
+                names.len(),
+                names
+                    .iter()
+                    .map(|(n, p)| format!("{n}/{p}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
         if !volumes.is_empty() {
             question.push_str(&format!(
                 ", and undo what interrupted restores left on PVC(s) {}",
                 volumes
                     .iter()
                     .map(|(ns, pvc, _)| format!("{ns}/{pvc}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if !abandoned.is_empty() {
+            question.push_str(&format!(
+                "{}the {} left by killed backups",
+                if names.is_empty() {
+                    "Delete "
+                } else {
+                    ", and "
+                },
+                abandoned
+                    .iter()
+                    .map(|c| format!("{} {}/{}", c.kind, c.namespace, c.name))
                     .collect::<Vec<_>>()
                     .join(", ")
             ));
@@ -73,6 +97,8 @@ pub async fn run(conn: &Connection, yes: bool, format: OutputFormat) -> Result<(
             )));
         }
     }
+    // After the helper pods: a temporary PVC is deleted once nothing mounts it.
+    let copies_left = crate::snapshot::delete_copies(&conn.client, &abandoned).await;
     let mut recovered: Vec<VolumeRecovery> = Vec::new();
     let mut failed = Vec::new();
     for (ns, pvc, template) in &volumes {
@@ -86,6 +112,13 @@ pub async fn run(conn: &Connection, yes: bool, format: OutputFormat) -> Result<(
             format,
             &serde_json::json!({
                 "deleted": names.iter().map(|(n, p)| format!("{n}/{p}")).collect::<Vec<_>>(),
+                "copies": abandoned.iter().map(|c| (c, if copies_left.iter().any(|l| l.ends_with(&format!("{}/{}", c.namespace, c.name))) { "failed" } else { "deleted" }))
+                    .chain(running.iter().map(|c| (c, "kept")))
+                    .map(|(c, action)| serde_json::json!({
+                        "kind": c.kind, "namespace": c.namespace, "name": c.name, "runId": c.run_id,
+                        "idleSeconds": c.idle_seconds, "action": action,
+                    }))
+                    .collect::<Vec<_>>(),
                 "volumes": recovered.iter().map(|v| serde_json::json!({
                     "namespace": v.namespace,
                     "pvc": v.pvc,
@@ -103,7 +136,7 @@ pub async fn run(conn: &Connection, yes: bool, format: OutputFormat) -> Result<(
             }),
         )?,
         _ => {
-            let mut text: String = if names.is_empty() {
+            let mut text: String = if names.is_empty() && abandoned.is_empty() {
                 "no helper pods found\n".to_string()
             } else {
                 names
@@ -111,6 +144,23 @@ pub async fn run(conn: &Connection, yes: bool, format: OutputFormat) -> Result<(
                     .map(|(n, p)| format!("pod/{p} deleted (namespace {n})\n"))
                     .collect()
             };
+            for c in &abandoned {
+                if !copies_left
+                    .iter()
+                    .any(|l| l.ends_with(&format!("{}/{}", c.namespace, c.name)))
+                {
+                    text.push_str(&format!(
+                        "{}/{} deleted (namespace {}): left by killed backup run {}\n",
+                        c.kind, c.name, c.namespace, c.run_id
+                    ));
+                }
+            }
+            for c in &running {
+                text.push_str(&format!(
+                    "{}/{} kept (namespace {}): backup run {} is still running (renewed {}s ago)\n",
+                    c.kind, c.name, c.namespace, c.run_id, c.idle_seconds
+                ));
+            }
             for v in &recovered {
                 if v.recovered.is_empty() {
                     text.push_str(&format!(
@@ -138,13 +188,23 @@ pub async fn run(conn: &Connection, yes: bool, format: OutputFormat) -> Result<(
             output::print_stdout(&text)?;
         }
     }
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(Failure::runtime(format!(
+    let mut errors = Vec::new();
+    if !failed.is_empty() {
+        errors.push(format!(
             "what interrupted restores left could not be checked on {}; run cleanup again (a re-run of the restore also finishes it)",
             failed.join("; ")
-        )))
+        ));
+    }
+    if !copies_left.is_empty() {
+        errors.push(format!(
+            "{} could not be deleted; run cleanup again, or delete them with kubectl",
+            copies_left.join(", ")
+        ));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::runtime(errors.join(". ")))
     }
 }
 

@@ -70,8 +70,11 @@ const NEEDED_FOR_SNAPSHOTS: &[(&str, &str, &str)] = &[
     ("create", "snapshot.storage.k8s.io", "volumesnapshots"),
     ("get", "snapshot.storage.k8s.io", "volumesnapshots"),
     ("delete", "snapshot.storage.k8s.io", "volumesnapshots"),
+    // The run renews its snapshots' and temporary PVCs' lease (`snapshot::Leftovers::keep_alive`).
+    ("patch", "snapshot.storage.k8s.io", "volumesnapshots"),
     ("create", "", "persistentvolumeclaims"),
     ("delete", "", "persistentvolumeclaims"),
+    ("patch", "", "persistentvolumeclaims"),
 ];
 
 async fn allowed(
@@ -250,6 +253,11 @@ pub async fn run(conn: &Connection, plan: CreatePlan) -> Result<(), Failure> {
         .collect();
     namespaces.dedup();
     preflight(&conn.client, &namespaces, &mut settings.consistency).await?;
+    // Tells `cleanup` that this run's snapshots and temporary PVCs are in use.
+    let _renewing = settings
+        .run_state
+        .leftovers
+        .keep_alive(&conn.client, settings.run_state.lease);
 
     let registry = Registry::default();
     let progress = Progress::new(
@@ -302,6 +310,27 @@ pub async fn run(conn: &Connection, plan: CreatePlan) -> Result<(), Failure> {
     let mut results = results;
     results.sort_by(|a, b| (&a.namespace, &a.pvc).cmp(&(&b.namespace, &b.pvc)));
     report(&backup_id, plan.destination.as_ref(), &results, plan.output)?;
+    // `--snapshot auto` that made live copies: one warning per reason (a cluster without the
+    // snapshot API is one reason for every PVC), not one per PVC.
+    let mut fallbacks: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for r in &results {
+        if let Some(why) = r
+            .consistency
+            .as_ref()
+            .and_then(|c| c.source.fallback_reason.as_deref())
+        {
+            fallbacks
+                .entry(why)
+                .or_default()
+                .push(format!("{}/{}", r.namespace, r.pvc));
+        }
+    }
+    for (why, pvcs) in fallbacks {
+        eprintln!(
+            "warning: live copy of {} instead of a point-in-time one: {why}",
+            pvcs.join(", ")
+        );
+    }
     for r in &results {
         if let Some(c) = r.consistency.as_ref().filter(|c| c.changed_file_count > 0) {
             eprintln!(

@@ -117,14 +117,20 @@ pub fn run(
                         c.files_changed_while_read
                     ));
                 }
+                // The manifest's words (`pre`, `succeeded`), not Rust's.
+                let word = |v: serde_json::Result<serde_json::Value>| {
+                    v.ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()
+                };
                 for h in &c.hooks {
                     text.push_str(&format!(
-                        "Hook:          {:?} in {}/{}: {} ({:?})\n",
-                        h.phase,
+                        "Hook:          {} in {}/{}: {} ({})\n",
+                        word(serde_json::to_value(h.phase)),
                         h.pod,
                         h.container,
                         h.command.join(" "),
-                        h.outcome
+                        word(serde_json::to_value(h.outcome))
                     ));
                 }
             }

@@ -42,6 +42,8 @@ pub struct RestorePlan {
     /// Delete the current content and extract straight into the volume: no staging, no
     /// rollback (see [`check_in_place`]).
     pub in_place: bool,
+    /// `--in-place`: the snapshot of the target to cut first.
+    pub rollback: crate::snapshot::RollbackSettings,
     pub image: String,
     pub run_as_user: Option<i64>,
     pub pod_timeout: Duration,
@@ -412,9 +414,61 @@ pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
             .map_err(|e| explain(&format!("creating PVC {ns}/{name}"), &e))?;
         eprintln!("created PVC {ns}/{name} ({size})");
     }
-    let done = execute(&conn.client, &exec, &registry).await;
+    // The one restore without a rollback gets one where the cluster can: a snapshot of the
+    // target, cut before its content is deleted.
+    let mut before = match (&state.pvc, plan.in_place) {
+        (Some(pvc), true) => {
+            match crate::snapshot::snapshot_before_restore(
+                &conn.client,
+                &ns,
+                pvc,
+                &exec.run_id,
+                &plan.rollback,
+            )
+            .await?
+            {
+                Ok(k) => {
+                    eprintln!(
+                        "cut VolumeSnapshot {ns}/{} of PVC {ns}/{name}: it holds the content before this restore",
+                        k.name
+                    );
+                    Some(k)
+                }
+                Err(why) => {
+                    if plan.rollback.mode != crate::snapshot::SnapshotMode::Never {
+                        eprintln!("warning: no snapshot of PVC {ns}/{name} before restoring in place ({why}); there is no rollback");
+                    }
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let mut done = execute(&conn.client, &exec, &registry).await;
+    if let Some(k) = before.as_mut() {
+        match &mut done.result {
+            Ok(()) if !plan.rollback.keep => {
+                if let Err(e) = crate::snapshot::delete_kept(&conn.client, k).await {
+                    eprintln!(
+                        "warning: {e}; delete it with kubectl delete volumesnapshot -n {ns} {}",
+                        k.name
+                    );
+                }
+            }
+            Ok(()) => {}
+            Err(f) => {
+                f.message = format!(
+                    "{}. The content before the restore is kept in VolumeSnapshot {ns}/{}: {}",
+                    f.message,
+                    k.name,
+                    k.how_to_restore()
+                );
+            }
+        }
+    }
     let secs = started.elapsed().as_secs_f64();
     let doc = serde_json::json!({
+        "snapshot": before,
         "target": name,
         "namespace": ns,
         "mode": mode,
@@ -440,7 +494,7 @@ pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
     match plan.output {
         OutputFormat::Json | OutputFormat::Yaml => output::structured(plan.output, &doc),
         _ => output::print_stdout(&format!(
-            "{}\nrestored and verified in {secs:.1}s\n",
+            "{}\nrestored and verified in {secs:.1}s\n{}",
             output::table(
                 &[
                     "namespace",
@@ -462,7 +516,15 @@ pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
                     done.attempt_log.len().to_string(),
                     "yes".into()
                 ]]
-            )
+            ),
+            match &before {
+                Some(k) if k.kept => format!(
+                    "the content before the restore is kept in VolumeSnapshot {ns}/{} (delete it with kubectl delete volumesnapshot -n {ns} {} once it is not needed)\n",
+                    k.name, k.name
+                ),
+                Some(k) => format!("VolumeSnapshot {ns}/{} deleted (--keep-snapshot=false)\n", k.name),
+                None => String::new(),
+            }
         )),
     }
 }

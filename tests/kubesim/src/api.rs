@@ -372,6 +372,16 @@ async fn route(sim: SimRef, req: Request<Incoming>) -> ApiResult<Response<Body>>
         .filter(|s| !s.is_empty())
         .collect();
     let method = req.method().clone();
+    // Without the external-snapshotter's CRDs the apiserver has no handler for the group: the
+    // request falls through to the end of the delegation chain, k8s.io/apiserver
+    // pkg/util/notfoundhandler, which answers 404 `the server could not find the requested
+    // resource` (a Status, reason NotFound), for discovery of the group as for its objects.
+    if !sim.snapshot_api
+        && segs.first() == Some(&"apis")
+        && segs.get(1) == Some(&crate::snapshots::GROUP)
+    {
+        return Err(ApiError::no_route());
+    }
     match (method.clone(), segs.as_slice()) {
         (Method::GET, ["version"]) => {
             let (major, minor, git) = SERVER_VERSION;
@@ -402,7 +412,15 @@ async fn route(sim: SimRef, req: Request<Incoming>) -> ApiResult<Response<Body>>
             StatusCode::OK,
             &resources::resource_list("", "v1").expect("core/v1 exists"),
         )),
-        (Method::GET, ["apis"]) => Ok(json_response(StatusCode::OK, &resources::group_list())),
+        (Method::GET, ["apis"]) => {
+            let mut list = resources::group_list();
+            if !sim.snapshot_api {
+                if let Some(groups) = list["groups"].as_array_mut() {
+                    groups.retain(|g| g["name"] != crate::snapshots::GROUP);
+                }
+            }
+            Ok(json_response(StatusCode::OK, &list))
+        }
         (Method::GET, ["apis", g]) if resources::groups().contains(g) => {
             let mut d = resources::group_doc(g);
             d["kind"] = json!("APIGroup");

@@ -58,6 +58,10 @@ pub struct ClusterOptions {
     /// Where to write the admin kubeconfig; `<state_dir>/kubeconfig` when None.
     pub kubeconfig: Option<PathBuf>,
     pub scenario: Scenario,
+    /// A cluster without the external-snapshotter: `snapshot.storage.k8s.io` is not in
+    /// discovery, its paths answer 404 as an apiserver without the CRDs does, and no snapshot
+    /// controller runs.
+    pub without_snapshot_api: bool,
 }
 
 pub struct Cluster {
@@ -133,6 +137,7 @@ impl Cluster {
             server_url: OnceLock::new(),
             kick: Default::default(),
             runtime: Default::default(),
+            snapshot_api: !opts.without_snapshot_api,
         });
         let _ = sim.server_url.set(url.clone());
         let admin_token = new_token();

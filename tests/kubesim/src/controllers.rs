@@ -30,7 +30,9 @@ pub async fn run(sim: SimRef, mut shutdown: tokio::sync::watch::Receiver<bool>) 
 
 pub fn reconcile(sim: &SimRef) {
     node_status(sim);
-    crate::snapshots::reconcile(sim);
+    if sim.snapshot_api {
+        crate::snapshots::reconcile(sim);
+    }
     bind_claims(sim);
     schedule(sim);
     kubelet::sync(sim);

@@ -44,6 +44,9 @@ enum Command {
         kubeconfig: PathBuf,
         #[arg(long, value_enum, default_value = "demo")]
         scenario: ScenarioArg,
+        /// Serve no `snapshot.storage.k8s.io` (a cluster without the external-snapshotter).
+        #[arg(long)]
+        without_snapshot_api: bool,
         /// How long the demo pods may take to run before kubesim gives up.
         #[arg(long, default_value_t = 60, value_name = "SECONDS")]
         ready_timeout: u64,
@@ -118,6 +121,7 @@ fn main() -> ExitCode {
             kubeconfig,
             scenario,
             ready_timeout,
+            without_snapshot_api,
         } => {
             let scenario = match scenario {
                 ScenarioArg::Demo => Scenario::Demo,
@@ -127,7 +131,11 @@ fn main() -> ExitCode {
             let served = rt.block_on(serve(
                 &state_dir,
                 kubeconfig,
-                scenario,
+                ClusterOptions {
+                    scenario,
+                    without_snapshot_api,
+                    ..Default::default()
+                },
                 ready_timeout,
                 &mut claim,
             ));
@@ -217,7 +225,7 @@ async fn run(command: Command) -> Result<(), String> {
 async fn serve(
     state_dir: &Path,
     kubeconfig: PathBuf,
-    scenario: Scenario,
+    options: ClusterOptions,
     ready_timeout: u64,
     claim: &mut Option<kubesim::host::StateDirClaim>,
 ) -> Result<(), String> {
@@ -244,10 +252,11 @@ async fn serve(
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "kubeconfig".into())
     ));
+    let scenario = options.scenario;
     let start = Cluster::start(ClusterOptions {
         state_dir: Some(state_dir.to_path_buf()),
         kubeconfig: Some(staging.clone()),
-        scenario,
+        ..options
     });
     // `biased`: a signal that came while the host was checked wins over a startup that is
     // also done.

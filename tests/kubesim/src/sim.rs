@@ -23,6 +23,8 @@ pub struct Sim {
     /// Wakes the controllers after a change they should react to without waiting for a tick.
     pub kick: Notify,
     pub runtime: crate::kubelet::Runtime,
+    /// `snapshot.storage.k8s.io` is served (the external-snapshotter's CRDs are installed).
+    pub snapshot_api: bool,
 }
 
 pub type SimRef = Arc<Sim>;

@@ -268,6 +268,67 @@ async fn discovery_lists_the_snapshot_api() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_snapshot_api_the_group_is_not_served() {
+    let c = Cluster::start(ClusterOptions {
+        scenario: Scenario::Empty,
+        without_snapshot_api: true,
+        ..Default::default()
+    })
+    .await
+    .expect("cluster starts");
+    let client = client_for(c.kubeconfig()).await;
+    let groups = client.list_api_groups().await.expect("/apis");
+    assert!(
+        !groups
+            .groups
+            .iter()
+            .any(|g| g.name == "snapshot.storage.k8s.io"),
+        "{groups:?}"
+    );
+    assert!(groups.groups.iter().any(|g| g.name == "storage.k8s.io"));
+    let not_found = |r: Result<(), kube::Error>| match r {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(
+                (s.code, s.reason.as_str(), s.message.as_str()),
+                (
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource"
+                )
+            );
+        }
+        other => panic!("expected the apiserver's 404, got {other:?}"),
+    };
+    not_found(
+        client
+            .list_api_group_resources("snapshot.storage.k8s.io/v1")
+            .await
+            .map(drop),
+    );
+    not_found(
+        snapshots(&client, "default")
+            .list(&ListParams::default())
+            .await
+            .map(drop),
+    );
+    not_found(
+        classes(&client)
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(snapshot_class(
+                    "c",
+                    "hostpath.csi.kubesim.dev",
+                    true,
+                    json!({}),
+                ))
+                .expect("object"),
+            )
+            .await
+            .map(drop),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_is_a_point_in_time_copy_that_a_claim_restores() {
     let (c, client) = start().await;
     apply_core(
