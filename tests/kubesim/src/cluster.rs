@@ -58,6 +58,9 @@ pub struct ClusterOptions {
     /// Where to write the admin kubeconfig; `<state_dir>/kubeconfig` when None.
     pub kubeconfig: Option<PathBuf>,
     pub scenario: Scenario,
+    /// Hollow nodes (`hollow-1` …) besides the three real ones: their pods report Running
+    /// without running anything, for scale tests (`hollow.rs`).
+    pub hollow_nodes: usize,
 }
 
 pub struct Cluster {
@@ -145,7 +148,10 @@ impl Cluster {
                 json!({"metadata": {"name": ns}}),
             )?;
         }
-        for n in node_objects() {
+        for n in node_objects()
+            .into_iter()
+            .chain(crate::hollow::node_objects(opts.hollow_nodes))
+        {
             create(&sim, resources::nodes(), None, n)?;
         }
         let (shutdown, rx) = tokio::sync::watch::channel(false);

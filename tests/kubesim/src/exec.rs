@@ -102,6 +102,12 @@ pub async fn handle(
             node
         )));
     }
+    if crate::hollow::is_hollow(sim, &node) {
+        return Err(ApiError::bad_request(format!(
+            "unable to upgrade connection: {}",
+            crate::hollow::no_containers(&name, &node)
+        )));
+    }
     let uid = pod["metadata"]["uid"]
         .as_str()
         .unwrap_or_default()

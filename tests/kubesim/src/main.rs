@@ -248,6 +248,7 @@ async fn serve(
         state_dir: Some(state_dir.to_path_buf()),
         kubeconfig: Some(staging.clone()),
         scenario,
+        ..Default::default()
     });
     // `biased`: a signal that came while the host was checked wins over a startup that is
     // also done.
