@@ -102,7 +102,7 @@ pub async fn handle(
             node
         )));
     }
-    if crate::hollow::is_hollow(sim, &node) {
+    if crate::hollow::is_hollow(&sim, &node) {
         return Err(ApiError::bad_request(format!(
             "unable to upgrade connection: {}",
             crate::hollow::no_containers(&name, &node)
