@@ -133,6 +133,25 @@ async fn populate(client: &kube::Client, pods: usize) -> usize {
     mesh_rows
 }
 
+/// CPU seconds this process (kubesim's API server and control loops live in it) has used.
+fn own_cpu() -> f64 {
+    // SAFETY: getrusage writes into the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    ru.ru_utime.tv_sec as f64
+        + ru.ru_utime.tv_usec as f64 / 1e6
+        + ru.ru_stime.tv_sec as f64
+        + ru.ru_stime.tv_usec as f64 / 1e6
+}
+
+/// The 1-minute load average: the machine is shared, and the report says how busy it was.
+fn load() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 fn runs(cmd: &Command, out: &Path, n: usize) -> Vec<Sample> {
     let err = out.with_extension("err");
     // One warm-up run, as a user's second invocation would find the caches.
@@ -165,14 +184,22 @@ async fn discover_rows(pods: usize, n: usize) -> serde_json::Value {
     discover
         .args(["discover", "-A", "-o", "json", "--kubeconfig"])
         .arg(cluster.kubeconfig());
-    let d = runs(&discover, &out, n);
+    // kubesim's own CPU while idle, then while answering: what serving the lists costs.
+    let (c0, t0) = (own_cpu(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle_cpu_per_s = (own_cpu() - c0) / t0.elapsed().as_secs_f64();
+    let load_before = load();
+    let (c0, t0) = (own_cpu(), Instant::now());
+    let d = tokio::task::block_in_place(|| runs(&discover, &out, n));
+    let server_cpu = own_cpu() - c0 - idle_cpu_per_s * t0.elapsed().as_secs_f64();
     let items: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     let rows = items["items"].as_array().map_or(0, Vec::len);
     assert_eq!(rows, want_rows, "discover -A found every mesh pod's PVC");
     let mut get = Command::new(kubectl());
     get.args(["get", "pods", "-A", "-o", "json", "--kubeconfig"])
         .arg(cluster.kubeconfig());
-    let k = runs(&get, &work.path().join("kubectl.json"), n);
+    let k = tokio::task::block_in_place(|| runs(&get, &work.path().join("kubectl.json"), n));
+    let load_after = load();
     let ds = median(d.iter().map(|s| s.secs).collect());
     let ks = median(k.iter().map(|s| s.secs).collect());
     json!({
@@ -183,6 +210,9 @@ async fn discover_rows(pods: usize, n: usize) -> serde_json::Value {
         "discover_secs_all": d.iter().map(|s| s.secs).collect::<Vec<_>>(),
         "discover_cpu_secs": median(d.iter().map(|s| s.cpu_secs).collect()),
         "discover_peak_rss_mib": median(d.iter().map(|s| s.max_rss_kib as f64).collect()) / 1024.0,
+        "kubesim_server_cpu_secs_per_discover": server_cpu / (n + 1) as f64,
+        "kubesim_idle_cpu_per_s": idle_cpu_per_s,
+        "load_average_1m": [load_before, load_after],
         "kubectl_get_pods_secs": ks,
         "ratio_discover_to_kubectl_get": ds / ks,
     })
@@ -283,6 +313,7 @@ async fn create_rows(runs_each: usize, mib: usize) -> Vec<serde_json::Value> {
     let mut rows = Vec::new();
     for parallel in [1usize, 2, 4, 8] {
         let mut secs = Vec::new();
+        let mut loads = Vec::new();
         let (mut per_node, mut total) = (0, 0);
         for _ in 0..runs_each {
             let dest = tempfile::tempdir().unwrap();
@@ -297,6 +328,7 @@ async fn create_rows(runs_each: usize, mib: usize) -> Vec<serde_json::Value> {
                 .arg("--kubeconfig")
                 .arg(cluster.kubeconfig());
             let err = dest.path().join("create.err");
+            let load_before = load();
             let s = tokio::task::spawn_blocking({
                 let create = Command::from(create);
                 let err = err.clone();
@@ -322,6 +354,7 @@ async fn create_rows(runs_each: usize, mib: usize) -> Vec<serde_json::Value> {
             per_node = per_node.max(p.per_node);
             total = total.max(p.total);
             secs.push(s.secs);
+            loads.push(load_before);
         }
         let wall = median(secs.clone());
         eprintln!("create --parallel {parallel}: {wall:.1}s, peak {per_node} per node, {total} in all");
@@ -336,6 +369,7 @@ async fn create_rows(runs_each: usize, mib: usize) -> Vec<serde_json::Value> {
             "peak_helpers_per_node": per_node,
             "peak_helpers_total": total,
             "mib_per_s": (40 * mib) as f64 / wall,
+            "load_average_1m_at_start": loads,
         }));
     }
     rows
@@ -368,7 +402,7 @@ fn main() {
         let d = discover_rows(pods, n).await;
         let c = create_rows(create_runs, mib).await;
         let mut md = format!(
-            "# Many volumes: discover over {pods} pods, create over 40 PVCs\n\nProduced by `cargo bench --bench many_volumes`. Machine: {}.\n\n## discover -A\n\n{pods} pods in 50 namespaces on 10 hollow kubesim nodes (tests/kubesim/README.md), 30 namespaces Istio-injected, 10 Linkerd-injected, 10 plain; one pod in five mounts its own PVC. Medians of {n} runs after one warm-up. `kubectl get pods -A -o json` makes the same pods list call and decides nothing.\n\n| command | median s | runs (s) | CPU s | peak RSS MiB |\n|---|---|---|---|---|\n| `discover -A -o json` ({} rows) | {:.3} | {} | {:.2} | {:.0} |\n| `kubectl get pods -A -o json` | {:.3} | | | |\n\ndiscover / kubectl get: {:.2}×. Goal: ≤ 1 s.\n\n## create over 40 PVCs on 3 nodes\n\n40 ReadWriteOnce PVCs of {mib} MiB of noise each, mounted by 6 pods (2 per node), `--snapshot never`, default `--max-per-node 2`, to a local directory. Medians of {create_runs} runs; peaks from a watch on the helper pods (a pod counts from being bound to a node until it is gone).\n\n| --parallel | wall s (median) | MiB/s | peak helpers on one node | peak helpers in all |\n|---|---|---|---|---|\n",
+            "# Many volumes: discover over {pods} pods, create over 40 PVCs\n\nProduced by `cargo bench --bench many_volumes`. Machine: {}.\n\n## discover -A\n\n{pods} pods in 50 namespaces on 10 hollow kubesim nodes (tests/kubesim/README.md), 30 namespaces Istio-injected, 10 Linkerd-injected, 10 plain; one pod in five mounts its own PVC. Medians of {n} runs after one warm-up. `kubectl get pods -A -o json` makes the same pods list call and decides nothing.\n\n| command | median s | runs (s) | CPU s | peak RSS MiB |\n|---|---|---|---|---|\n| `discover -A -o json` ({} rows) | {:.3} | {} | {:.2} | {:.0} |\n| `kubectl get pods -A -o json` | {:.3} | | | |\n\ndiscover / kubectl get: {:.2}×. Goal: ≤ 1 s. kubesim (in the bench process, unoptimized dev build) spent about {:.2} CPU s serving each `discover` (its three list calls), on top of {:.2} CPU s/s of background control loops; 1-minute load average {} on this shared machine.\n\n## create over 40 PVCs on 3 nodes\n\n40 ReadWriteOnce PVCs of {mib} MiB of noise each, mounted by 6 pods (2 per node), `--snapshot never`, default `--max-per-node 2`, to a local directory. Medians of {create_runs} runs; peaks from a watch on the helper pods (a pod counts from being bound to a node until it is gone).\n\n| --parallel | wall s (median) | MiB/s | peak helpers on one node | peak helpers in all | load average at start |\n|---|---|---|---|---|---|\n",
             machine(),
             d["rows"],
             d["discover_secs"].as_f64().unwrap(),
@@ -383,15 +417,19 @@ fn main() {
             d["discover_peak_rss_mib"].as_f64().unwrap(),
             d["kubectl_get_pods_secs"].as_f64().unwrap(),
             d["ratio_discover_to_kubectl_get"].as_f64().unwrap(),
+            d["kubesim_server_cpu_secs_per_discover"].as_f64().unwrap(),
+            d["kubesim_idle_cpu_per_s"].as_f64().unwrap(),
+            d["load_average_1m"],
         );
         for r in &c {
             md.push_str(&format!(
-                "| {} | {:.1} | {:.0} | {} | {} |\n",
+                "| {} | {:.1} | {:.0} | {} | {} | {} |\n",
                 r["parallel"],
                 r["wall_secs"].as_f64().unwrap(),
                 r["mib_per_s"].as_f64().unwrap(),
                 r["peak_helpers_per_node"],
                 r["peak_helpers_total"],
+                r["load_average_1m_at_start"],
             ));
         }
         print!("{md}");
