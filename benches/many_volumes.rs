@@ -72,7 +72,12 @@ async fn populate(client: &kube::Client, pods: usize) -> usize {
             _ => (json!({}), json!({}), false),
         };
         Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &from_json(json!({"metadata": {"name": ns, "labels": labels, "annotations": annotations}})))
+            .create(
+                &PostParams::default(),
+                &from_json(
+                    json!({"metadata": {"name": ns, "labels": labels, "annotations": annotations}}),
+                ),
+            )
             .await
             .unwrap();
         for i in 0..per_ns {
@@ -127,7 +132,10 @@ async fn populate(client: &kube::Client, pods: usize) -> usize {
         if running >= pods {
             break;
         }
-        assert!(Instant::now() < deadline, "only {running} of {pods} pods run");
+        assert!(
+            Instant::now() < deadline,
+            "only {running} of {pods} pods run"
+        );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     mesh_rows
@@ -227,7 +235,10 @@ struct Peak {
     total: usize,
 }
 
-fn watch_helpers(client: kube::Client, ns: &str) -> (Arc<Mutex<Peak>>, tokio::task::JoinHandle<()>) {
+fn watch_helpers(
+    client: kube::Client,
+    ns: &str,
+) -> (Arc<Mutex<Peak>>, tokio::task::JoinHandle<()>) {
     let peak = Arc::new(Mutex::new(Peak::default()));
     let p = peak.clone();
     let api: Api<Pod> = Api::namespaced(client, ns);
@@ -264,7 +275,10 @@ async fn create_rows(runs_each: usize, mib: usize) -> Vec<serde_json::Value> {
     let (cluster, client) = start(0).await;
     let ns = "fleet";
     Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &from_json(json!({"metadata": {"name": ns}})))
+        .create(
+            &PostParams::default(),
+            &from_json(json!({"metadata": {"name": ns}})),
+        )
         .await
         .unwrap();
     let names: Vec<String> = (0..40).map(|i| format!("vol-{i:02}")).collect();
@@ -321,7 +335,16 @@ async fn create_rows(runs_each: usize, mib: usize) -> Vec<serde_json::Value> {
             tokio::time::sleep(Duration::from_millis(300)).await;
             let mut create = Command::new(env!("CARGO_BIN_EXE_kubectl-pvbackup"));
             create
-                .args(["create", "-n", ns, "--all-pvcs", "--snapshot", "never", "--no-progress", "--parallel"])
+                .args([
+                    "create",
+                    "-n",
+                    ns,
+                    "--all-pvcs",
+                    "--snapshot",
+                    "never",
+                    "--no-progress",
+                    "--parallel",
+                ])
                 .arg(parallel.to_string())
                 .arg("--to")
                 .arg(dest.path())
@@ -332,7 +355,14 @@ async fn create_rows(runs_each: usize, mib: usize) -> Vec<serde_json::Value> {
             let s = tokio::task::spawn_blocking({
                 let create = Command::from(create);
                 let err = err.clone();
-                move || measured(&create, Path::new("/dev/null"), &err, Some(Duration::from_secs(900)))
+                move || {
+                    measured(
+                        &create,
+                        Path::new("/dev/null"),
+                        &err,
+                        Some(Duration::from_secs(900)),
+                    )
+                }
             })
             .await
             .unwrap();
@@ -357,7 +387,9 @@ async fn create_rows(runs_each: usize, mib: usize) -> Vec<serde_json::Value> {
             loads.push(load_before);
         }
         let wall = median(secs.clone());
-        eprintln!("create --parallel {parallel}: {wall:.1}s, peak {per_node} per node, {total} in all");
+        eprintln!(
+            "create --parallel {parallel}: {wall:.1}s, peak {per_node} per node, {total} in all"
+        );
         rows.push(json!({
             "parallel": parallel,
             "max_per_node": 2,
@@ -438,8 +470,10 @@ fn main() {
         std::fs::write(out.join("many_volumes.md"), md).unwrap();
         std::fs::write(
             out.join("many_volumes.json"),
-            serde_json::to_string_pretty(&json!({"machine": machine(), "discover": d, "create": c}))
-                .unwrap(),
+            serde_json::to_string_pretty(
+                &json!({"machine": machine(), "discover": d, "create": c}),
+            )
+            .unwrap(),
         )
         .unwrap();
     });

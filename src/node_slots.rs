@@ -237,9 +237,18 @@ mod tests {
         let nodes = vec![
             node("plain", serde_json::json!({})),
             node("cordoned", serde_json::json!({"unschedulable": true})),
-            node("db", serde_json::json!({"taints": [{"key": "workload", "value": "db", "effect": "NoSchedule"}]})),
-            node("gone", serde_json::json!({"taints": [{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}]})),
-            node("soft", serde_json::json!({"taints": [{"key": "spot", "effect": "PreferNoSchedule"}]})),
+            node(
+                "db",
+                serde_json::json!({"taints": [{"key": "workload", "value": "db", "effect": "NoSchedule"}]}),
+            ),
+            node(
+                "gone",
+                serde_json::json!({"taints": [{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}]}),
+            ),
+            node(
+                "soft",
+                serde_json::json!({"taints": [{"key": "spot", "effect": "PreferNoSchedule"}]}),
+            ),
         ];
         assert_eq!(eligible(&nodes), names(&["plain", "soft"]));
     }
@@ -262,7 +271,10 @@ mod tests {
         tokio::pin!(next);
         assert!(futures::poll!(next.as_mut()).is_pending());
         drop(a);
-        assert!(futures::poll!(next.as_mut()).is_pending(), "b is still full");
+        assert!(
+            futures::poll!(next.as_mut()).is_pending(),
+            "b is still full"
+        );
         drop(free);
         let next = next.await;
         drop(next);

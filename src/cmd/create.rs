@@ -261,7 +261,11 @@ pub async fn run(conn: &Connection, plan: CreatePlan) -> Result<(), Failure> {
     // others', so that `--parallel` keeps every node busy (`node_slots` enforces the cap).
     let expected: Vec<Option<String>> = contexts
         .iter()
-        .map(|c| helper_request(c, &settings, 1, None).ok().and_then(|r| r.node))
+        .map(|c| {
+            helper_request(c, &settings, 1, None)
+                .ok()
+                .and_then(|r| r.node)
+        })
         .collect();
     let contexts: Vec<TargetContext> = {
         let mut slots: Vec<Option<TargetContext>> = contexts.into_iter().map(Some).collect();

@@ -1277,7 +1277,12 @@ fn validate_pod(pod: &Value) -> Vec<Cause> {
     let terms = &pod["spec"]["affinity"]["nodeAffinity"]
         ["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"];
     for (t, term) in terms.as_array().into_iter().flatten().enumerate() {
-        for (i, f) in term["matchFields"].as_array().into_iter().flatten().enumerate() {
+        for (i, f) in term["matchFields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             let base = format!("spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[{t}].matchFields[{i}]");
             let op = str_at(f, &["operator"]);
             if op == "In" || op == "NotIn" {
@@ -1288,11 +1293,19 @@ fn validate_pod(pod: &Value) -> Vec<Cause> {
                     ));
                 }
             } else {
-                causes.push(invalid(&format!("{base}.operator"), op, "not a valid selector operator"));
+                causes.push(invalid(
+                    &format!("{base}.operator"),
+                    op,
+                    "not a valid selector operator",
+                ));
             }
             let key = str_at(f, &["key"]);
             if key != "metadata.name" {
-                causes.push(invalid(&format!("{base}.key"), key, "not a valid field selector key"));
+                causes.push(invalid(
+                    &format!("{base}.key"),
+                    key,
+                    "not a valid field selector key",
+                ));
             }
         }
     }

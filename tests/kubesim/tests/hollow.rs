@@ -43,10 +43,7 @@ async fn a_hollow_node_reports_its_pods_running_without_running_them() {
     let api: Api<Pod> = Api::default_namespaced(client(&c).await);
     api.create(
         &PostParams::default(),
-        &pod(
-            "h",
-            json!({"nodeSelector": {"kubesim.dev/hollow": "true"}}),
-        ),
+        &pod("h", json!({"nodeSelector": {"kubesim.dev/hollow": "true"}})),
     )
     .await
     .unwrap();
@@ -66,10 +63,21 @@ async fn a_hollow_node_reports_its_pods_running_without_running_them() {
     assert!(main.state.as_ref().unwrap().running.is_some());
     let init = &st.init_container_statuses.unwrap()[0];
     assert_eq!(
-        init.state.as_ref().unwrap().terminated.as_ref().unwrap().reason.as_deref(),
+        init.state
+            .as_ref()
+            .unwrap()
+            .terminated
+            .as_ref()
+            .unwrap()
+            .reason
+            .as_deref(),
         Some("Completed")
     );
-    assert!(st.conditions.unwrap().iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    assert!(st
+        .conditions
+        .unwrap()
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True"));
     assert!(st.pod_ip.is_some() && st.host_ip.is_some());
 
     // Nothing runs there: exec says so.
@@ -87,7 +95,11 @@ async fn a_hollow_node_reports_its_pods_running_without_running_them() {
     api.delete("h", &DeleteParams::default()).await.unwrap();
     let gone = tokio::time::timeout(
         Duration::from_secs(5),
-        await_condition(api.clone(), "h", conditions::is_deleted(&p.metadata.uid.unwrap())),
+        await_condition(
+            api.clone(),
+            "h",
+            conditions::is_deleted(&p.metadata.uid.unwrap()),
+        ),
     )
     .await;
     assert!(gone.is_ok(), "a hollow pod's fake containers stop at once");
@@ -97,9 +109,7 @@ async fn a_hollow_node_reports_its_pods_running_without_running_them() {
 async fn node_field_not_in_keeps_a_pod_off_the_named_nodes() {
     let c = Cluster::start(ClusterOptions::default()).await.unwrap();
     let api: Api<Pod> = Api::default_namespaced(client(&c).await);
-    let not_in = |nodes: &[&str]| {
-        json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchFields": nodes.iter().map(|n| json!({"key": "metadata.name", "operator": "NotIn", "values": [n]})).collect::<Vec<_>>()}]}}}})
-    };
+    let not_in = |nodes: &[&str]| json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchFields": nodes.iter().map(|n| json!({"key": "metadata.name", "operator": "NotIn", "values": [n]})).collect::<Vec<_>>()}]}}}});
     // node-3 is tainted, so NotIn node-1 leaves node-2 only.
     api.create(&PostParams::default(), &pod("a", not_in(&["node-1"])))
         .await
@@ -114,13 +124,19 @@ async fn node_field_not_in_keeps_a_pod_off_the_named_nodes() {
     .unwrap();
     assert_eq!(p.spec.unwrap().node_name.as_deref(), Some("node-2"));
     // Both untainted nodes excluded: unschedulable, with the scheduler's reason.
-    api.create(&PostParams::default(), &pod("b", not_in(&["node-1", "node-2"])))
-        .await
-        .unwrap();
+    api.create(
+        &PostParams::default(),
+        &pod("b", not_in(&["node-1", "node-2"])),
+    )
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let b = api.get("b").await.unwrap();
     assert_eq!(b.spec.as_ref().unwrap().node_name, None);
-    let msg = b.status.unwrap().conditions.unwrap()[0].message.clone().unwrap();
+    let msg = b.status.unwrap().conditions.unwrap()[0]
+        .message
+        .clone()
+        .unwrap();
     assert!(msg.contains("didn't match Pod's node affinity"), "{msg}");
     // Two values in one node-field requirement: refused as the apiserver refuses it.
     let two: Pod = {
@@ -136,8 +152,9 @@ async fn node_field_not_in_keeps_a_pod_off_the_named_nodes() {
     };
     assert_eq!(s.code, 422);
     assert!(
-        s.message
-            .contains("must be only one value when `operator` is 'In' or 'NotIn' for node field selector"),
+        s.message.contains(
+            "must be only one value when `operator` is 'In' or 'NotIn' for node field selector"
+        ),
         "{}",
         s.message
     );
