@@ -353,7 +353,6 @@ async fn create_rows(runs_each: usize, mib: usize) -> Vec<serde_json::Value> {
             let err = dest.path().join("create.err");
             let load_before = load();
             let s = tokio::task::spawn_blocking({
-                let create = Command::from(create);
                 let err = err.clone();
                 move || {
                     measured(
