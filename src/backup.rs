@@ -37,6 +37,8 @@ pub struct BackupSettings {
     pub consistency: crate::snapshot::ConsistencySettings,
     /// Snapshots, temporary PVCs and owed post hooks of this run.
     pub run_state: crate::snapshot::RunState,
+    /// Helper pods per node (`--max-per-node`), shared by the run's targets.
+    pub node_slots: crate::node_slots::NodeSlots,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -284,11 +286,16 @@ async fn attempt(
     let copy = &prepared.source;
     let temp = (copy.method != crate::snapshot::CopyMethod::Live).then_some(copy.claim.as_str());
     let req = helper_request(ctx, s, number, temp)?;
+    bar.note("waiting for room on a node");
+    // Held until the helper pod is gone (`delete` waits for that), not merely deleted.
+    let mut slot = s.node_slots.acquire(req.node.as_deref()).await;
     let pod = admissible_pod(&req, ctx.namespace.as_ref())?;
     bar.note("starting helper pod");
     let mut helper = HelperPod::launch(client, pod, s.helper.pod_timeout, registry).await?;
+    slot.landed(helper.node.as_deref());
     let out = stream(&helper, ctx, s, prepared, dest, bar).await;
     helper.delete().await;
+    drop(slot);
     out
 }
 

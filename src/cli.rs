@@ -177,9 +177,13 @@ pub struct CreateArgs {
     #[command(flatten)]
     pub retry: RetryArgs,
     /// Back up this many PVCs at once
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=32))]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32))]
     #[arg(help_heading = "Run")]
     pub parallel: u16,
+    /// At most this many helper pods on any one node at a time
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=32))]
+    #[arg(help_heading = "Run")]
+    pub max_per_node: u16,
     /// Print the plan and the helper pod spec; create nothing
     #[arg(long)]
     #[arg(help_heading = "Run")]

@@ -17,6 +17,7 @@ pub mod helper_session;
 pub mod hooks;
 pub mod locate;
 pub mod manifest;
+pub mod node_slots;
 pub mod output;
 pub mod progress;
 pub mod restore;

@@ -148,6 +148,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 retry: retry_policy(&a.retry)?,
                 consistency: consistency(&a.consistency),
                 parallel: a.parallel as usize,
+                max_per_node: a.max_per_node as usize,
                 dry_run: a.dry_run,
                 output: out,
                 progress: !cli.global.no_progress,

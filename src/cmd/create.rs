@@ -36,6 +36,8 @@ pub struct CreatePlan {
     pub retry: crate::retry::RetryPolicy,
     pub consistency: crate::snapshot::ConsistencySettings,
     pub parallel: usize,
+    /// Helper pods per node at once (`--max-per-node`).
+    pub max_per_node: usize,
     pub dry_run: bool,
     pub output: OutputFormat,
     pub progress: bool,
@@ -211,6 +213,10 @@ pub async fn run(conn: &Connection, plan: CreatePlan) -> Result<(), Failure> {
         },
         consistency: plan.consistency.clone(),
         run_state: Default::default(),
+        node_slots: crate::node_slots::NodeSlots::new(
+            plan.max_per_node,
+            crate::node_slots::eligible(&nodes),
+        ),
     };
     let mut contexts = Vec::new();
     for t in targets {
@@ -259,6 +265,23 @@ pub async fn run(conn: &Connection, plan: CreatePlan) -> Result<(), Failure> {
         .leftovers
         .keep_alive(&conn.client, settings.run_state.lease);
 
+    // Where each helper will run, as far as known now: one node's volumes interleaved with the
+    // others', so that `--parallel` keeps every node busy (`node_slots` enforces the cap).
+    let expected: Vec<Option<String>> = contexts
+        .iter()
+        .map(|c| {
+            helper_request(c, &settings, 1, None)
+                .ok()
+                .and_then(|r| r.node)
+        })
+        .collect();
+    let contexts: Vec<TargetContext> = {
+        let mut slots: Vec<Option<TargetContext>> = contexts.into_iter().map(Some).collect();
+        crate::node_slots::spread_order(&expected)
+            .into_iter()
+            .filter_map(|i| slots[i].take())
+            .collect()
+    };
     let registry = Registry::default();
     let progress = Progress::new(
         plan.progress && matches!(plan.output, OutputFormat::Table | OutputFormat::Wide),

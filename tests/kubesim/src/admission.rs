@@ -1272,6 +1272,44 @@ fn validate_pod(pod: &Value) -> Vec<Cause> {
         volume_names.push(n);
     }
 
+    // validateNodeFieldSelectorRequirement: node fields take In or NotIn, one value, and only
+    // the `metadata.name` key.
+    let terms = &pod["spec"]["affinity"]["nodeAffinity"]
+        ["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"];
+    for (t, term) in terms.as_array().into_iter().flatten().enumerate() {
+        for (i, f) in term["matchFields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let base = format!("spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[{t}].matchFields[{i}]");
+            let op = str_at(f, &["operator"]);
+            if op == "In" || op == "NotIn" {
+                if f["values"].as_array().map_or(0, Vec::len) != 1 {
+                    causes.push(required(
+                        &format!("{base}.values"),
+                        "must be only one value when `operator` is 'In' or 'NotIn' for node field selector",
+                    ));
+                }
+            } else {
+                causes.push(invalid(
+                    &format!("{base}.operator"),
+                    op,
+                    "not a valid selector operator",
+                ));
+            }
+            let key = str_at(f, &["key"]);
+            if key != "metadata.name" {
+                causes.push(invalid(
+                    &format!("{base}.key"),
+                    key,
+                    "not a valid field selector key",
+                ));
+            }
+        }
+    }
+
     let containers = arr_at(pod, &["spec", "containers"]);
     let init_containers = arr_at(pod, &["spec", "initContainers"]);
     if containers.is_empty() {

@@ -62,6 +62,9 @@ pub struct ClusterOptions {
     /// discovery, its paths answer 404 as an apiserver without the CRDs does, and no snapshot
     /// controller runs.
     pub without_snapshot_api: bool,
+    /// Hollow nodes (`hollow-1` …) besides the three real ones: their pods report Running
+    /// without running anything, for scale tests (`hollow.rs`).
+    pub hollow_nodes: usize,
 }
 
 pub struct Cluster {
@@ -150,7 +153,10 @@ impl Cluster {
                 json!({"metadata": {"name": ns}}),
             )?;
         }
-        for n in node_objects() {
+        for n in node_objects()
+            .into_iter()
+            .chain(crate::hollow::node_objects(opts.hollow_nodes))
+        {
             create(&sim, resources::nodes(), None, n)?;
         }
         let (shutdown, rx) = tokio::sync::watch::channel(false);

@@ -306,11 +306,16 @@ fn matches_affinity(pod: &Value, node: &Value) -> bool {
                     .flatten()
                     .filter_map(Value::as_str)
                     .collect();
+                // Node fields: only `metadata.name`, with In or NotIn and one value
+                // (component-helpers `NodeSelectorRequirementsAsFieldSelector`; admission
+                // refuses other forms).
+                let name = node["metadata"]["name"].as_str();
                 e["key"] == "metadata.name"
-                    && e["operator"] == "In"
-                    && node["metadata"]["name"]
-                        .as_str()
-                        .is_some_and(|n| vals.contains(&n))
+                    && match e["operator"].as_str() {
+                        Some("In") => name.is_some_and(|n| vals.contains(&n)),
+                        Some("NotIn") => name.is_none_or(|n| !vals.contains(&n)),
+                        _ => false,
+                    }
             });
         exprs_ok && fields_ok
     })
@@ -320,12 +325,22 @@ fn matches_affinity(pod: &Value, node: &Value) -> bool {
 /// VolumeBinding, VolumeRestrictions for ReadWriteOncePod), then the least-loaded node.
 /// Failure texts follow pkg/scheduler/framework/plugins/*.
 fn schedule(sim: &SimRef) {
+    let pending = sim.store.list_where(resources::pods(), None, |p| {
+        p["spec"]["nodeName"].is_null() && p["metadata"]["deletionTimestamp"].is_null()
+    });
+    if pending.is_empty() {
+        return;
+    }
     let (pods, _) = sim.store.list(resources::pods(), None);
     let (nodes, _) = sim.store.list(resources::nodes(), None);
-    for pod in pods
-        .iter()
-        .filter(|p| p["spec"]["nodeName"].is_null() && p["metadata"]["deletionTimestamp"].is_null())
-    {
+    // Pods per node when the pass starts (least-loaded choice below).
+    let mut load: std::collections::HashMap<String, usize> = Default::default();
+    for p in &pods {
+        if let Some(n) = p["spec"]["nodeName"].as_str() {
+            *load.entry(n.to_string()).or_default() += 1;
+        }
+    }
+    for pod in &pending {
         let ns = pod["metadata"]["namespace"]
             .as_str()
             .unwrap_or_default()
@@ -435,9 +450,9 @@ fn schedule(sim: &SimRef) {
                 }
             }
             if let Some(best) = feasible.iter().min_by_key(|n| {
-                pods.iter()
-                    .filter(|p| p["spec"]["nodeName"] == n["metadata"]["name"])
-                    .count()
+                load.get(n["metadata"]["name"].as_str().unwrap_or_default())
+                    .copied()
+                    .unwrap_or(0)
             }) {
                 let node = best["metadata"]["name"]
                     .as_str()
@@ -497,12 +512,15 @@ fn schedule(sim: &SimRef) {
 
 /// kubernetes.io/pvc-protection and pv-protection finalizers, and the Delete reclaim policy.
 fn protect_and_reclaim(sim: &SimRef) {
-    let (pods, _) = sim.store.list(resources::pods(), None);
-    let (pvcs, _) = sim.store.list(resources::pvcs(), None);
-    for pvc in pvcs
-        .iter()
-        .filter(|c| !c["metadata"]["deletionTimestamp"].is_null())
-    {
+    let pvcs = sim.store.list_where(resources::pvcs(), None, |c| {
+        !c["metadata"]["deletionTimestamp"].is_null()
+    });
+    let pods = if pvcs.is_empty() {
+        Vec::new()
+    } else {
+        sim.store.list(resources::pods(), None).0
+    };
+    for pvc in &pvcs {
         let ns = pvc["metadata"]["namespace"].as_str().unwrap_or_default();
         let name = pvc["metadata"]["name"].as_str().unwrap_or_default();
         let in_use = pods.iter().any(|p| {

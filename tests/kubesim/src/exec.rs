@@ -91,6 +91,12 @@ pub async fn handle(
         )));
     }
     let node = kubelet_node(&sim, &pod)?;
+    if crate::hollow::is_hollow(&sim, &node) {
+        return Err(ApiError::bad_request(format!(
+            "unable to upgrade connection: {}",
+            crate::hollow::no_containers(&name, &node)
+        )));
+    }
     let uid = pod["metadata"]["uid"]
         .as_str()
         .unwrap_or_default()

@@ -108,9 +108,30 @@ pub fn pod_finished(pod: &Value) -> bool {
     )
 }
 
-/// Starts a worker for every pod bound to a Ready node that does not have one.
+/// Starts a worker for every pod bound to a Ready node that does not have one; a hollow node's
+/// pods are reported running, or removed once deleted, without one (`hollow.rs`).
 pub fn sync(sim: &SimRef) {
-    let (pods, _) = sim.store.list(resources::pods(), None);
+    let hollow = crate::hollow::nodes(sim);
+    let known: std::collections::HashSet<String> = sim
+        .runtime
+        .workers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .keys()
+        .cloned()
+        .collect();
+    let pods = sim.store.list_where(resources::pods(), None, |p| {
+        let Some(node) = p["spec"]["nodeName"].as_str() else {
+            return false;
+        };
+        if hollow.contains(node) {
+            p["status"]["phase"] != "Running" || !p["metadata"]["deletionTimestamp"].is_null()
+        } else {
+            !p["metadata"]["uid"]
+                .as_str()
+                .is_some_and(|u| known.contains(u))
+        }
+    });
     for pod in pods {
         let Some(node) = pod["spec"]["nodeName"].as_str() else {
             continue;
@@ -120,6 +141,10 @@ pub fn sync(sim: &SimRef) {
             .unwrap_or_default()
             .to_string();
         if !sim.faults.node_ready(node) {
+            continue;
+        }
+        if hollow.contains(node) {
+            hollow_pod(sim, &pod, node, uid);
             continue;
         }
         let mut workers = sim
@@ -148,6 +173,50 @@ pub fn sync(sim: &SimRef) {
             tokio::spawn(async move { PodWorker::new(s, ns, name, u).run().await }),
         );
     }
+}
+
+/// A pod on a hollow node: deleted, it goes at once; otherwise it gets the status of running
+/// containers (what `PodWorker::publish` writes for a real pod whose containers started).
+fn hollow_pod(sim: &SimRef, pod: &Value, node: &str, uid: String) {
+    let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+    if !pod["metadata"]["deletionTimestamp"].is_null() {
+        let _ = sim.store.remove(resources::pods(), Some(ns), name);
+        return;
+    }
+    if pod_finished(pod) {
+        return;
+    }
+    let mut w = PodWorker::new(sim.clone(), ns.to_string(), name.to_string(), uid);
+    let now = now_rfc3339();
+    let running = || CState {
+        running_since: Some(now.clone()),
+        started: true,
+        ..Default::default()
+    };
+    w.host_ip = node_ip(sim, node);
+    w.node = node.to_string();
+    w.init = PodWorker::spec_containers(pod, "initContainers")
+        .iter()
+        .map(|c| {
+            if c["restartPolicy"] == "Always" {
+                running()
+            } else {
+                CState {
+                    terminated: Some(terminated(0, "Completed")),
+                    started: true,
+                    ..Default::default()
+                }
+            }
+        })
+        .collect();
+    w.main = PodWorker::spec_containers(pod, "containers")
+        .iter()
+        .map(|_| running())
+        .collect();
+    w.start_time = Some(now.clone());
+    w.phase = "Running";
+    w.publish(pod);
 }
 
 #[derive(Clone, Default)]
@@ -1235,6 +1304,14 @@ pub fn logs(sim: &SimRef, t: &Target, q: &HashMap<String, Vec<String>>) -> ApiRe
             )))
         }
     };
+    if let Some(node) = pod["spec"]["nodeName"]
+        .as_str()
+        .filter(|n| crate::hollow::is_hollow(sim, n))
+    {
+        return Err(ApiError::bad_request(crate::hollow::no_containers(
+            &name, node,
+        )));
+    }
     let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
     let path = sim
         .state_dir

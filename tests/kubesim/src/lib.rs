@@ -12,6 +12,7 @@ pub mod exec;
 pub mod exec_io;
 pub mod exec_transport;
 pub mod faults;
+pub mod hollow;
 pub mod host;
 pub mod kubelet;
 pub mod openapi;

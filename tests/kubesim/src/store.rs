@@ -185,6 +185,25 @@ impl Store {
         (items, inner.rv)
     }
 
+    /// The objects of a resource that `keep` selects, cloning only those: the control loops
+    /// run on every change, and a cluster with thousands of pods must not copy all of them
+    /// each time to find the few that need work.
+    pub fn list_where(
+        &self,
+        res: &ResourceDef,
+        ns: Option<&str>,
+        keep: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        let inner = self.lock();
+        let q = res.qualified();
+        inner
+            .objects
+            .iter()
+            .filter(|((r, n, _), v)| *r == q && ns.is_none_or(|ns| n == ns) && keep(v))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
     /// Mutates an object in place. The closure may refuse with an error; an unchanged object
     /// produces no event and keeps its resourceVersion, like a no-op update in the real server.
     pub fn update<F>(
