@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
-use kube::api::{Api, AttachParams, AttachedProcess, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, AttachParams, DeleteParams, ListParams, PostParams};
 use kube::runtime::wait::await_condition;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -416,24 +416,43 @@ impl HelperPod {
     }
 
     /// Runs `argv` in the helper's container with stdout (and stderr) piped back.
-    async fn exec(&self, argv: &[&str], stdin: bool) -> Result<AttachedProcess, Failure> {
+    async fn exec(&self, argv: &[&str], stdin: bool) -> Result<Exec, Failure> {
+        let what = || format!("exec into helper pod {}/{}", self.namespace, self.name);
         let ap = AttachParams::default()
             .container(crate::helper_pod::CONTAINER_NAME)
             .stdin(stdin)
             .stdout(true)
-            .stderr(true)
-            .max_stdin_buf_size(1 << 20)
-            .max_stdout_buf_size(1 << 20)
-            .max_stderr_buf_size(64 << 10);
-        self.api
-            .exec(&self.name, argv.iter().map(|s| s.to_string()), &ap)
+            .stderr(true);
+        let mut req =
+            kube::core::Request::new(format!("/api/v1/namespaces/{}/pods", self.namespace))
+                .exec(&self.name, argv.iter().map(|s| s.to_string()), &ap)
+                .map_err(|e| Failure::runtime(format!("{}: {e}", what())))?;
+        // What kube-rs' `Api::exec` marks the request with (its metrics and logs).
+        req.extensions_mut().insert("exec");
+        let conn = self
+            .client
+            .connect(req)
             .await
-            .map_err(|e| {
-                explain(
-                    &format!("exec into helper pod {}/{}", self.namespace, self.name),
-                    &e,
-                )
-            })
+            .map_err(|e| explain(&what(), &e))?;
+        let (stdin_r, stdin_w) = tokio::io::simplex(1 << 20);
+        let (stdout_r, stdout_w) = tokio::io::simplex(1 << 20);
+        let (stderr_r, stderr_w) = tokio::io::simplex(64 << 10);
+        let (status_tx, status_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(exec_loop(
+            conn,
+            stdin_r,
+            Some(stdout_w),
+            Some(stderr_w),
+            status_tx,
+        ));
+        Ok(Exec {
+            has_stdin: stdin,
+            stdin: Some(stdin_w),
+            stdout: Some(stdout_r),
+            stderr: Some(stderr_r),
+            status: Some(status_rx),
+            task: Some(task),
+        })
     }
 
     /// Runs `argv` with every wait bounded: the streams fail as soon as the connection is lost
@@ -449,16 +468,17 @@ impl HelperPod {
         let mut proc = self.exec(argv, stdin).await?;
         let label: Arc<str> = Arc::from(format!("helper pod {}/{}", self.namespace, self.name));
         let wrap_r = |r, stall| Watched::new(r, lost.clone(), stall, label.clone());
-        let stdout = proc.stdout().map(|r| wrap_r(r, watch.stdout_stall));
-        let stderr = proc.stderr().map(|r| wrap_r(r, None));
+        let stdout = proc.stdout.take().map(|r| wrap_r(r, watch.stdout_stall));
+        let stderr = proc.stderr.take().map(|r| wrap_r(r, None));
         // stdin also fails once the command has exited (its status arrived): kube-rs then no
         // longer drains the pipe, and a writer would block on it forever.
         let stdin_lost = lost.child();
         let stdin = proc
-            .stdin()
+            .take_stdin()
             .map(|w| Watched::new(w, stdin_lost.clone(), watch.stdin_stall, label.clone()));
         let status = proc
-            .take_status()
+            .status
+            .take()
             .ok_or_else(|| Failure::runtime("exec gave no status channel"))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let link_lost = lost.clone();
@@ -468,7 +488,7 @@ impl HelperPod {
         // a reader would wait forever: the status future resolving to None is the signal to
         // fail every stream of the session instead.
         let link = tokio::spawn(async move {
-            let st = status.await;
+            let st = status.await.ok();
             if st.is_none() {
                 let detail = match tokio::time::timeout(Duration::from_secs(2), proc.join()).await {
                     Ok(Err(e)) => format!(" ({e})"),
@@ -891,6 +911,162 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 }
 
 type Pipe = tokio::io::SimplexStream;
+
+/// Bytes per WebSocket message of a session's stdin. kube-rs (5.0) sends stdin in messages of
+/// at most 4 KiB (its message loop reads stdin with `tokio_util::io::ReaderStream::new`, whose
+/// buffer is 4 KiB; `AttachParams::max_stdin_buf_size` only sizes the pipe in front of it);
+/// client-go sends what one `io.Copy` buffer holds, 32 KiB. Every message costs a frame to
+/// build, mask and encrypt here, one to decrypt and parse in the API server, a write into the
+/// container's stdin and a wake-up of the reader there, so a restore streaming hundreds of MiB
+/// in 4 KiB messages spends more time on messages than on data. The API server takes much
+/// larger ones (its WebSocket reader allows 32 MiB, golang.org/x/net/websocket
+/// `DefaultMaxPayloadBytes`).
+const STDIN_MESSAGE: usize = 128 << 10;
+
+/// A command running in the helper's container: its pipes and exit status, served by
+/// [`exec_loop`].
+struct Exec {
+    /// Whether the command has a stdin (without one, the pipe is kept all the same, so that
+    /// the loop never sees its end and signals none, as kube-rs does).
+    has_stdin: bool,
+    stdin: Option<tokio::io::WriteHalf<Pipe>>,
+    stdout: Option<tokio::io::ReadHalf<Pipe>>,
+    stderr: Option<tokio::io::ReadHalf<Pipe>>,
+    status: Option<tokio::sync::oneshot::Receiver<Status>>,
+    task: Option<tokio::task::JoinHandle<Result<(), String>>>,
+}
+
+impl Exec {
+    fn take_stdin(&mut self) -> Option<tokio::io::WriteHalf<Pipe>> {
+        if self.has_stdin {
+            self.stdin.take()
+        } else {
+            None
+        }
+    }
+
+    /// Waits for the message loop to end (the streams are dropped first, so that it never waits
+    /// on a reader that is gone).
+    async fn join(mut self) -> Result<(), String> {
+        if let Some(mut w) = self.stdin.take() {
+            use tokio::io::AsyncWriteExt;
+            let _ = w.shutdown().await;
+        }
+        self.stdout = None;
+        self.stderr = None;
+        self.status = None;
+        match self.task.take() {
+            Some(t) => t.await.unwrap_or_else(|e| Err(e.to_string())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Exec {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+/// The exec message loop of kube-rs (`kube_client::api::remote_command::start_message_loop`:
+/// the channel protocol of k8s.io/apimachinery `pkg/util/remotecommand`), with stdin sent in
+/// messages of up to [`STDIN_MESSAGE`] bytes. Ends when the status arrives, the server closes
+/// the connection, or it fails (then `status` is dropped unsent).
+async fn exec_loop(
+    conn: kube::client::Connection,
+    stdin: tokio::io::ReadHalf<Pipe>,
+    mut stdout: Option<tokio::io::WriteHalf<Pipe>>,
+    mut stderr: Option<tokio::io::WriteHalf<Pipe>>,
+    status: tokio::sync::oneshot::Sender<Status>,
+) -> Result<(), String> {
+    use futures::{SinkExt, StreamExt};
+    use tokio::io::AsyncWriteExt;
+    use tokio_tungstenite::tungstenite::Message;
+    // Channels of k8s.io/apimachinery `pkg/util/remotecommand/constants.go`; 255 is v5's
+    // close signal.
+    const STDIN: u8 = 0;
+    const STDOUT: u8 = 1;
+    const STDERR: u8 = 2;
+    const STATUS: u8 = 3;
+    const CLOSE: u8 = 255;
+    let closes = conn.supports_stream_close();
+    let (mut tx, mut rx) = conn.into_stream().split();
+    let mut input = Some(tokio_util::io::ReaderStream::with_capacity(
+        stdin,
+        STDIN_MESSAGE,
+    ));
+    // Keeps an idle connection alive through proxies, as kube-rs does.
+    let mut ping = tokio::time::interval(Duration::from_secs(60));
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.reset();
+    loop {
+        let next_input = async {
+            match input.as_mut() {
+                Some(s) => s.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = ping.tick() => {
+                tx.send(Message::Ping(Default::default()))
+                    .await
+                    .map_err(|e| format!("sending a ping failed: {e}"))?;
+            }
+            m = rx.next() => match m {
+                Some(Ok(Message::Binary(b))) if b.len() > 1 => {
+                    let to = match b[0] {
+                        STDOUT => stdout.as_mut(),
+                        STDERR => stderr.as_mut(),
+                        STATUS => {
+                            let st: Status = serde_json::from_slice(&b[1..])
+                                .map_err(|e| format!("the exec status is unreadable: {e}"))?;
+                            let _ = status.send(st);
+                            break;
+                        }
+                        _ => None,
+                    };
+                    if let Some(w) = to {
+                        w.write_all(&b[1..])
+                            .await
+                            .map_err(|e| format!("passing on the command's output failed: {e}"))?;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(format!("receiving from the exec stream failed: {e}")),
+                None => break,
+            },
+            chunk = next_input => match chunk {
+                Some(Ok(bytes)) => {
+                    let mut m = Vec::with_capacity(bytes.len() + 1);
+                    m.push(STDIN);
+                    m.extend_from_slice(&bytes);
+                    tx.send(Message::binary(m))
+                        .await
+                        .map_err(|e| format!("sending stdin failed: {e}"))?;
+                }
+                Some(Err(e)) => return Err(format!("reading stdin failed: {e}")),
+                None => {
+                    // The end of stdin: v5 says so on its own; before v5 only closing the
+                    // whole connection does (the output may then be cut short).
+                    if closes {
+                        tx.send(Message::binary(vec![CLOSE, STDIN]))
+                            .await
+                            .map_err(|e| format!("closing stdin failed: {e}"))?;
+                    } else {
+                        tx.close().await.map_err(|e| format!("closing stdin failed: {e}"))?;
+                    }
+                    input = None;
+                }
+            },
+        }
+    }
+    for w in [stdout.as_mut(), stderr.as_mut()].into_iter().flatten() {
+        let _ = w.shutdown().await;
+    }
+    Ok(())
+}
 
 /// A running exec: its watched streams and, at the end, its exit status.
 pub struct Session {

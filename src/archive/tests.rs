@@ -793,7 +793,7 @@ fn stream_verified_passes_the_exact_tar_stream_once_checked() {
         let (s, out) = backup(&tar, c).unwrap();
         let manifest = manifest_for(c, &s);
         let mut sink = Vec::new();
-        let r = stream_verified(&out[..], c, &manifest, &mut sink).unwrap();
+        let r = stream_verified(&out[..], c, &manifest, &mut sink, &mut |_| {}).unwrap();
         assert!(r.is_ok(), "{c:?}: {:?}", r.problems);
         assert_eq!(r.entries_checked, s.entries.len() as u64);
         assert_eq!(
@@ -811,7 +811,14 @@ fn stream_verified_stops_before_a_member_the_manifest_does_not_describe() {
     let mut manifest = manifest_for(Compression::None, &s);
     manifest.entries.retain(|e| e.path != "with space.txt");
     let mut sink = Vec::new();
-    let r = stream_verified(&out[..], Compression::None, &manifest, &mut sink).unwrap();
+    let r = stream_verified(
+        &out[..],
+        Compression::None,
+        &manifest,
+        &mut sink,
+        &mut |_| {},
+    )
+    .unwrap();
     assert!(!r.is_ok() && !r.complete);
     assert!(r.problems.contains(&Problem::Unexpected {
         path: "with space.txt".into()
@@ -826,7 +833,14 @@ fn stream_verified_stops_before_a_member_the_manifest_does_not_describe() {
         .unwrap();
     manifest.entries[i].mode = 0o644;
     let mut sink = Vec::new();
-    let r = stream_verified(&out[..], Compression::None, &manifest, &mut sink).unwrap();
+    let r = stream_verified(
+        &out[..],
+        Compression::None,
+        &manifest,
+        &mut sink,
+        &mut |_| {},
+    )
+    .unwrap();
     assert!(!r.is_ok() && !r.complete);
     assert!(r
         .problems
@@ -844,7 +858,14 @@ fn stream_verified_stops_after_a_file_whose_content_differs() {
     let mut bad = out.clone();
     bad[pos + 4] ^= 0x20;
     let mut sink = Vec::new();
-    let r = stream_verified(&bad[..], Compression::None, &manifest, &mut sink).unwrap();
+    let r = stream_verified(
+        &bad[..],
+        Compression::None,
+        &manifest,
+        &mut sink,
+        &mut |_| {},
+    )
+    .unwrap();
     assert!(!r.is_ok() && !r.complete);
     assert!(r
         .problems
@@ -872,10 +893,48 @@ fn stream_verified_accepts_entries_in_any_order() {
         .entries
         .sort_by(|a, b| a.raw_path().cmp(&b.raw_path()));
     manifest.entries.reverse();
-    let mut sink = Vec::new();
-    let r = stream_verified(&out[..], Compression::None, &manifest, &mut sink).unwrap();
+    // The members are told in the archive's order, each before its first byte reaches the
+    // sink (a restore cuts the in-pod hashing by it).
+    let sink = Shared::default();
+    let mut told = Vec::new();
+    let r = stream_verified(
+        &out[..],
+        Compression::None,
+        &manifest,
+        sink.clone(),
+        &mut |e| told.push((e.path.clone(), sink.0.borrow().len())),
+    )
+    .unwrap();
     assert!(r.is_ok(), "{:?}", r.problems);
-    assert_eq!(sink, tar);
+    assert_eq!(*sink.0.borrow(), tar);
+    let archive_order: Vec<&str> = s.entries.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        told.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
+        archive_order
+    );
+    // (the regular files with names that fit a ustar header, which `header_at` finds)
+    let files = s
+        .entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::File && e.path.len() < 90);
+    for f in files {
+        let sent = told.iter().find(|(p, _)| *p == f.path).unwrap().1;
+        assert!(sent <= header_at(&tar, &f.path), "{}: {sent}", f.path);
+    }
+}
+
+/// A sink whose bytes can be looked at while it is written.
+#[derive(Clone, Default)]
+struct Shared(std::rc::Rc<std::cell::RefCell<Vec<u8>>>);
+
+impl std::io::Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.borrow_mut().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// `verify` of a schema-2 backup compares the archive's members, spooled in path order, with

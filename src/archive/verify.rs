@@ -186,7 +186,7 @@ pub fn verify_archive<R: Read>(
     compression: Compression,
     manifest: &Manifest,
 ) -> Result<VerifyReport, ArchiveError> {
-    verify_inner(stored, compression, manifest, io::sink(), false)
+    verify_inner(stored, compression, manifest, io::sink(), None)
 }
 
 /// [`verify_archive`] for a restore: the decompressed tar stream goes to `sink` (the helper
@@ -196,13 +196,18 @@ pub fn verify_archive<R: Read>(
 /// sees nothing past it. The report is only known at the end: until [`VerifyReport::is_ok`],
 /// what `sink` extracted must not be trusted (a restore extracts into staging, or into an
 /// empty volume it empties again). `Err(ArchiveError::Write)` is a failure of `sink`.
+///
+/// `members` is told of every admitted member in archive order, before any of its bytes reach
+/// `sink` (a restore cuts the in-pod hashing into chunks by it: the archive's order, not the
+/// manifest's, says when `tar` has finished a file).
 pub fn stream_verified<R: Read, W: Write>(
     stored: R,
     compression: Compression,
     manifest: &Manifest,
     sink: W,
+    members: &mut dyn FnMut(&EntryRecord),
 ) -> Result<VerifyReport, ArchiveError> {
-    verify_inner(stored, compression, manifest, sink, true)
+    verify_inner(stored, compression, manifest, sink, Some(members))
 }
 
 fn verify_inner<R: Read, W: Write>(
@@ -210,8 +215,9 @@ fn verify_inner<R: Read, W: Write>(
     compression: Compression,
     manifest: &Manifest,
     sink: W,
-    gated: bool,
+    mut members: Option<&mut dyn FnMut(&EntryRecord)>,
 ) -> Result<VerifyReport, ArchiveError> {
+    let gated = members.is_some();
     check_entries_safe(&manifest.entries)?;
     let mut expected: HashMap<Vec<u8>, (usize, bool)> =
         HashMap::with_capacity(manifest.entries.len());
@@ -299,6 +305,9 @@ fn verify_inner<R: Read, W: Write>(
                         compare(want, &header, &mut problems);
                         if problems.len() > before {
                             return Err(stop());
+                        }
+                        if let Some(tell) = members.as_mut() {
+                            tell(rec);
                         }
                         Ok(())
                     }

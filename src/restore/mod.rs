@@ -343,8 +343,12 @@ struct Job {
 /// extracted is trusted only when this returns `Ok`: a failure rolls the volume back. A
 /// damaged archive is an integrity failure (exit 3, never retried); a write that fails is the
 /// connection's or the pod's problem (runtime, retried).
-fn feed<W: tokio::io::AsyncWrite + Unpin>(loc: &Located, stdin: W) -> Result<u64, Failure> {
-    use std::io::Write;
+fn feed<W: tokio::io::AsyncWrite + Unpin>(
+    loc: &Located,
+    stdin: W,
+    hashing: HashFeed,
+) -> Result<u64, Failure> {
+    use std::io::{Read, Write};
     let m = &loc.manifest;
     let mut bridge = tokio_util::io::SyncIoBridge::new(stdin);
     let reader = loc.destination.open(&loc.archive_key).map_err(|e| {
@@ -357,13 +361,18 @@ fn feed<W: tokio::io::AsyncWrite + Unpin>(loc: &Located, stdin: W) -> Result<u64
             "streaming the archive to the helper pod failed: {e}"
         ))
     };
+    let mut hashing = hashing;
     let report = crate::archive::stream_verified(
         std::io::BufReader::with_capacity(1 << 20, reader),
         m.compression,
         m,
         &mut bridge,
-    )
-    .map_err(|e| match e {
+        &mut |e| hashing.member(e),
+    );
+    // The hashing sessions' input ends with the stream (a damaged archive fails the extraction,
+    // which decides; the sessions are then dropped).
+    hashing.finish();
+    let report = report.map_err(|e| match e {
         crate::archive::ArchiveError::Write { source } => broken(source),
         other => Failure::from(other),
     });
@@ -388,6 +397,9 @@ fn feed<W: tokio::io::AsyncWrite + Unpin>(loc: &Located, stdin: W) -> Result<u64
                 .join("; ")
         )));
     }
+    // The zeros that make the stream whole blocks for EXTRACT's count (`tar` drains them).
+    let padding = script::padded(m.uncompressed_size) - m.uncompressed_size;
+    std::io::copy(&mut std::io::repeat(0).take(padding), &mut bridge).map_err(broken)?;
     bridge.flush().map_err(broken)?;
     bridge
         .shutdown()
@@ -844,11 +856,12 @@ pub async fn check_room(
 }
 
 /// Extracts the archive into `dir` while the helper pod hashes the files `tar` has finished
-/// (`hashers(cpus)` sessions of [`script::HASH`]), restores the owners of symlinks, and lists
-/// `dir`: every entry as it is on the volume, regular files with the sha256 of their content
-/// there. A file whose in-flight hash does not match the manifest is hashed once more now that
-/// `tar` is done (a member order other than `tar -c`'s can open a gate early), so only what is
-/// on the volume decides.
+/// (`hashers(cpus)` sessions of [`script::HASH`], fed chunk by chunk in the archive's order as
+/// it streams, see [`HashFeed`]), restores the owners of symlinks, and lists `dir`: every
+/// entry as it is on the volume, regular files with the sha256 of their content there. A file
+/// whose in-flight hash does not match the manifest is hashed once more now that `tar` is done
+/// (a member order other than `tar -c`'s can open a gate early), so only what is on the volume
+/// decides.
 async fn extract_verified(
     helper: &HelperPod,
     job: &Job,
@@ -857,17 +870,29 @@ async fn extract_verified(
 ) -> Result<Vec<script::Seen>, Failure> {
     let m = &job.loc.manifest;
     let done = script::extracted_marker(&helper.mount, &job.run_id);
-    // Schema 1 lists entries in archive order, schema 2 by path (see `script::hash_plan`).
-    let archive_order = m.schema_version < 2;
-    let plan = script::hash_plan(&m.entries, &done, hashers(cpus), archive_order);
+    // No more sessions than chunks.
+    let files = m
+        .entries
+        .iter()
+        .filter(|e| e.kind == crate::archive::EntryKind::File)
+        .count();
+    let sessions = hashers(cpus).min(files.div_ceil(script::HASH_CHUNK_FILES));
+    let (to, from): (Vec<_>, Vec<_>) = (0..sessions)
+        .map(|_| tokio::sync::mpsc::unbounded_channel())
+        .unzip();
+    let feed = HashFeed {
+        chunks: script::HashChunks::new(sessions),
+        done: done.clone(),
+        to,
+    };
     let hashing =
-        futures::future::try_join_all(plan.iter().map(|shard| hash(helper, dir, &done, shard)));
+        futures::future::try_join_all(from.into_iter().map(|rx| hash(helper, dir, &done, rx)));
     let step = Step::Extract {
         dir,
         done: &done,
-        bytes: m.uncompressed_size,
+        bytes: script::padded(m.uncompressed_size),
     };
-    let extraction = extract(helper, job, &step);
+    let extraction = extract(helper, job, &step, feed);
     tokio::pin!(hashing, extraction);
     let mut hashed = None;
     // The extraction decides: when it fails, the hashers (which may wait for a file that never
@@ -890,10 +915,9 @@ async fn extract_verified(
         None => hashing.await,
     }?;
     tracing::debug!(
-        "{}: hashed in {:.2}s ({} sessions)",
+        "{}: hashed in {:.2}s ({sessions} sessions)",
         helper.name,
         began.elapsed().as_secs_f64(),
-        plan.len()
     );
     let mut hashes: std::collections::HashMap<Vec<u8>, String> =
         hashed.into_iter().flatten().collect();
@@ -908,9 +932,12 @@ async fn extract_verified(
         .cloned()
         .collect();
     if !again.is_empty() {
-        for shard in script::hash_plan(&again, &done, 1, archive_order) {
-            hashes.extend(hash(helper, dir, &done, &shard).await?);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        for chunk in script::hash_after_extraction(&again, &done) {
+            let _ = tx.send(chunk);
         }
+        drop(tx);
+        hashes.extend(hash(helper, dir, &done, rx).await?);
     }
     let mut seen = listing(helper, dir, job, false).await?;
     for s in seen.iter_mut().filter(|s| s.kind == 'F') {
@@ -919,12 +946,46 @@ async fn extract_verified(
     Ok(seen)
 }
 
-/// One [`script::HASH`] session: its chunks on stdin, the hashes it printed by path.
+/// Cuts the regular files into [`script::HASH`] chunks while the archive streams, in the
+/// archive's order ([`script::HashChunks`]), and hands each to its session. Told of every
+/// member before `tar` sees it (by [`crate::archive::stream_verified`]), so a chunk reaches its
+/// session while `tar` is still writing the files before its gate.
+struct HashFeed {
+    chunks: script::HashChunks,
+    done: String,
+    to: Vec<tokio::sync::mpsc::UnboundedSender<script::HashChunk>>,
+}
+
+impl HashFeed {
+    fn member(&mut self, e: &crate::archive::EntryRecord) {
+        if let Some(c) = self.chunks.member(e) {
+            self.send(c);
+        }
+    }
+
+    /// The end of the stream: the last chunk goes (gated by the end of the extraction), and
+    /// the sessions' input ends.
+    fn finish(mut self) {
+        if let Some(c) = self.chunks.finish(&self.done) {
+            self.send(c);
+        }
+    }
+
+    fn send(&self, c: script::HashChunk) {
+        // A session that is gone reports its own failure.
+        if let Some(to) = self.to.get(c.shard) {
+            let _ = to.send(c);
+        }
+    }
+}
+
+/// One [`script::HASH`] session: the chunks `from` sends on its stdin, the hashes it printed by
+/// path.
 async fn hash(
     helper: &HelperPod,
     dir: &str,
     done: &str,
-    shard: &script::HashShard,
+    mut from: tokio::sync::mpsc::UnboundedReceiver<script::HashChunk>,
 ) -> Result<std::collections::HashMap<Vec<u8>, String>, Failure> {
     use tokio::io::AsyncWriteExt;
     let argv = Step::Hash { dir, done }.argv(&in_pod(helper));
@@ -953,8 +1014,12 @@ async fn hash(
         .take()
         .ok_or_else(|| Failure::runtime("exec gave no stderr"))?;
     let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut names = Vec::new();
     let write = async {
-        stdin.write_all(&shard.stdin).await?;
+        while let Some(c) = from.recv().await {
+            stdin.write_all(&c.stdin).await?;
+            names.extend(c.names);
+        }
         stdin.shutdown().await
     };
     let mut stderr = (&mut stderr).take(64 << 10);
@@ -978,7 +1043,7 @@ async fn hash(
             helper.name
         ))
     })?;
-    script::parse_hashes(&out, &shard.names).map_err(|e| {
+    script::parse_hashes(&out, &names).map_err(|e| {
         Failure::runtime(format!(
             "the file hashes from helper pod {} are unreadable: {e}",
             helper.name
@@ -988,7 +1053,12 @@ async fn hash(
 
 /// Runs `step` (a `tar -x` into some directory) with the archive, decompressed here, on its
 /// stdin.
-async fn extract(helper: &HelperPod, job: &Job, step: &Step<'_>) -> Result<(), Failure> {
+async fn extract(
+    helper: &HelperPod,
+    job: &Job,
+    step: &Step<'_>,
+    hashing: HashFeed,
+) -> Result<(), Failure> {
     let argv = step.argv(&in_pod(helper));
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let mut session = helper
@@ -1014,7 +1084,7 @@ async fn extract(helper: &HelperPod, job: &Job, step: &Step<'_>) -> Result<(), F
         .take()
         .ok_or_else(|| Failure::runtime("exec gave no stderr"))?;
     let loc = job.loc.clone();
-    let feeder = tokio::task::spawn_blocking(move || feed(&loc, stdin));
+    let feeder = tokio::task::spawn_blocking(move || feed(&loc, stdin, hashing));
     let drain = tokio::spawn(async move {
         let mut out = Vec::new();
         let mut err = Vec::new();

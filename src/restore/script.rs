@@ -340,24 +340,34 @@ fi
 /// tar takes a stream cut at a header boundary for a complete archive (exit 0), and a client
 /// that vanished mid-stream only closes stdin (kubesim README, "exec client gone"). Stopped: a
 /// partial DIR, which [`ROLLBACK`] removes (staging, direct) or a re-run replaces (in place).
+///
+/// The client pads the stream with zeros to a multiple of [`EXTRACT_BLOCK`] ([`padded`]; tar
+/// reads the end-of-archive blocks and drains the rest), so `dd iflag=fullblock` counts it in
+/// whole blocks: `N+0 records in` for a whole stream, fewer or a partial one for a cut. `dd`
+/// passes the stream on in 1 MiB writes; the byte count this replaced (`tee` into a fifo read
+/// by `wc -c`) cost busybox 20 s per GiB here, more than the rest of the restore.
 pub const EXTRACT: &str = r#"
 cd "$PVB_MOUNT" || exit 1
 dir="$1"; done="$2"; want="$3"
 c="$PVB_RUN/pvbackup-count.$$"
-rm -f "$c" "$c.fifo"
-mkfifo "$c.fifo" || { : > "$done"; exit 1; }
-wc -c < "$c.fifo" > "$c" &
-tee "$c.fifo" | tar -x --numeric-owner -f - -C "$dir"
+dd bs=1048576 iflag=fullblock 2> "$c" | tar -x --numeric-owner -f - -C "$dir"
 rc=$?
-wait
-got=$(cat "$c"); rm -f "$c" "$c.fifo"
 : > "$done"
+got=$(head -n 1 "$c"); rm -f "$c"
 [ "$rc" = 0 ] || exit "$rc"
-if [ "$got" != "$want" ]; then
-  echo "the archive stream ended after $got of $want bytes" >&2
+if [ "$got" != "$((want / 1048576))+0 records in" ]; then
+  echo "the archive stream ended after fewer than its $want bytes (dd: $got)" >&2
   exit 1
 fi
 "#;
+
+/// The block [`EXTRACT`] counts the stream in (its `dd bs=`).
+pub const EXTRACT_BLOCK: u64 = 1 << 20;
+
+/// The length of a tar stream of `bytes` padded with zeros for [`EXTRACT`].
+pub fn padded(bytes: u64) -> u64 {
+    bytes.div_ceil(EXTRACT_BLOCK).max(1) * EXTRACT_BLOCK
+}
 
 /// `sh -c RECOVER sh ONLY ROLLBACK`: finishes what earlier runs left on the volume (of run
 /// ONLY, or of every run when ONLY is empty): a run with a journal is rolled back with the
@@ -432,12 +442,14 @@ pub fn extracted_marker(mount: &str, id: &str) -> String {
 
 /// `sh -c HASH HASH DIR DONE ARGS` with stdin: chunks of `GATE\0FILE\0…` of ARGS arguments
 /// each (the last one may be shorter), paths relative to DIR. Hashes the files of each chunk
-/// with one `sha256sum` once GATE exists (or DONE, `tar -x` ended): GATE is the archive member
-/// right after the chunk's last file, and busybox `tar` writes and closes each member before it
-/// creates the next, so every file of the chunk is whole by then. So the hashing runs while
-/// `tar` is still extracting, and several HASH sessions use the node's cores. Chunks are padded
-/// with `/dev/null` (hashed too) to ARGS arguments so that `xargs -n` splits them where they
-/// were cut; [`hash_plan`] keeps each chunk well below the `-s` limit, which would split too.
+/// with one `sha256sum` once GATE exists (or DONE, `tar -x` ended): GATE is a regular file or
+/// directory that comes after the chunk's last file in the archive, and busybox `tar` writes
+/// and closes each member before it creates the next, so every file of the chunk is whole by
+/// then. The chunks arrive on stdin while the archive streams ([`HashChunks`]), so the hashing
+/// runs while `tar` is still extracting, and several HASH sessions use the node's cores.
+/// Chunks are padded with `/dev/null` (hashed too) to ARGS arguments so that `xargs -n` splits
+/// them where they were cut; [`HashChunks`] keeps each chunk well below the `-s` limit, which
+/// would split too.
 pub const HASH: &str = r#"
 cd "$1" || exit 1
 exec xargs -0 -r -s 131072 -n "$3" sh -c '
@@ -453,79 +465,119 @@ pub const HASH_CHUNK_FILES: usize = 128;
 const HASH_CHUNK_BYTES: u64 = 16 << 20;
 /// Argument bytes per chunk (each path plus its NUL), well below HASH's `-s 131072`.
 const HASH_CHUNK_ARG_BYTES: usize = 48 << 10;
+/// The longest path a gate can have (PATH_MAX), reserved in every chunk.
+const GATE_MAX: usize = 4096;
 /// The padding argument of a short chunk.
 const PAD: &[u8] = b"/dev/null";
 
-/// The stdin of one [`HASH`] session and the names its `sha256sum` lines will carry, in order
-/// (`PAD` included).
+/// One [`HASH`] chunk for session `shard`: its stdin bytes and the names its `sha256sum` lines
+/// will carry, in order (`PAD` included).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HashShard {
+pub struct HashChunk {
+    pub shard: usize,
     pub stdin: Vec<u8>,
     pub names: Vec<Vec<u8>>,
 }
 
-/// Splits the regular files of a manifest's `entries` into [`HASH`] chunks dealt out to
-/// `shards` sessions in turn. `done` is the absolute path of the end-of-extraction marker: the
-/// gate of the chunk holding the last member. With `archive_order` (the entries are listed in
-/// the order of the archive's members, as schema 1 lists them), a chunk's gate is the member
-/// after its last file, so the chunk is hashed while `tar` extracts the rest. Without it
-/// (schema 2 lists entries by path), the member after a file in the list may come anywhere in
-/// the archive, even before the file, so every gate is `done`: the chunks are hashed once `tar`
-/// has ended, still in `shards` sessions at once.
-pub fn hash_plan(
-    entries: &[EntryRecord],
-    done: &str,
+/// Cuts the regular files of an archive into [`HASH`] chunks as its members stream by, in the
+/// archive's order, dealt out to `shards` sessions in turn. Fed with every member before `tar`
+/// sees it ([`HashChunks::member`]), a full chunk is closed by the next regular file or
+/// directory, which becomes its gate: `tar` creates it only after the chunk's last file is
+/// whole. Symlinks and hard links are no gates (busybox `tar` creates them last, so they would
+/// hold the chunk back to the end). The archive's order is the one that counts, whatever
+/// order the manifest lists its entries in (schema 2 lists them by path).
+#[derive(Debug)]
+pub struct HashChunks {
     shards: usize,
-    archive_order: bool,
-) -> Vec<HashShard> {
-    let shards = shards.max(1);
-    let rel = |e: &EntryRecord| {
-        let mut p = b"./".to_vec();
-        p.extend_from_slice(&canonical_key(&e.raw_path()));
-        p
-    };
-    let mut out = vec![HashShard::default(); shards];
-    let mut next_shard = 0;
-    let mut chunk: Vec<Vec<u8>> = Vec::new();
-    let (mut bytes, mut arg_bytes) = (0u64, 0usize);
-    let last = entries.iter().rposition(|e| e.kind == EntryKind::File);
-    for (i, e) in entries.iter().enumerate() {
-        if e.kind != EntryKind::File {
-            continue;
+    next_shard: usize,
+    files: Vec<Vec<u8>>,
+    bytes: u64,
+    arg_bytes: usize,
+    /// The chunk is full and waits for its gate.
+    full: bool,
+}
+
+/// `./` and the canonical path of `e`, as `HASH` gets it.
+fn rel(e: &EntryRecord) -> Vec<u8> {
+    let mut p = b"./".to_vec();
+    p.extend_from_slice(&canonical_key(&e.raw_path()));
+    p
+}
+
+impl HashChunks {
+    /// Chunks for `shards` sessions (at least one), gated by the members of the stream.
+    pub fn new(shards: usize) -> HashChunks {
+        HashChunks {
+            shards: shards.max(1),
+            next_shard: 0,
+            files: Vec::new(),
+            bytes: 0,
+            arg_bytes: 0,
+            full: false,
         }
-        let p = rel(e);
-        arg_bytes += p.len() + 1;
-        bytes += e.size;
-        chunk.push(p);
-        // The gate is the next member, of any kind.
-        let gate = match entries.get(i + 1) {
-            Some(n) if archive_order => rel(n),
-            _ => done.as_bytes().to_vec(),
-        };
-        let last_file = Some(i) == last;
-        let full = chunk.len() == HASH_CHUNK_FILES
-            || bytes >= HASH_CHUNK_BYTES
-            // room for the gate, the padding and the longest next path (PATH_MAX)
-            || arg_bytes + gate.len() + HASH_CHUNK_FILES * (PAD.len() + 1) + 4096 >= HASH_CHUNK_ARG_BYTES;
-        if !(full || last_file) {
-            continue;
-        }
-        let shard = &mut out[next_shard];
-        next_shard = (next_shard + 1) % shards;
-        shard.stdin.extend_from_slice(&gate);
-        shard.stdin.push(0);
-        while chunk.len() < HASH_CHUNK_FILES {
-            chunk.push(PAD.to_vec());
-        }
-        for f in chunk.drain(..) {
-            shard.stdin.extend_from_slice(&f);
-            shard.stdin.push(0);
-            shard.names.push(f);
-        }
-        bytes = 0;
-        arg_bytes = 0;
     }
-    out.retain(|s| !s.names.is_empty());
+
+    /// The next member of the archive, in archive order, before `tar` sees it: a chunk it
+    /// closes as the gate, if any.
+    pub fn member(&mut self, e: &EntryRecord) -> Option<HashChunk> {
+        let mut closed = None;
+        if self.full && matches!(e.kind, EntryKind::File | EntryKind::Dir) {
+            closed = Some(self.close(&rel(e)));
+        }
+        if e.kind == EntryKind::File {
+            let p = rel(e);
+            self.arg_bytes += p.len() + 1;
+            self.bytes += e.size;
+            self.files.push(p);
+            // room for the gate, the padding and the longest next path
+            self.full = self.files.len() == HASH_CHUNK_FILES
+                || self.bytes >= HASH_CHUNK_BYTES
+                || self.arg_bytes + GATE_MAX + 1 + HASH_CHUNK_FILES * (PAD.len() + 1) + GATE_MAX
+                    >= HASH_CHUNK_ARG_BYTES;
+        }
+        closed
+    }
+
+    /// The end of the archive: the last chunk, gated by `done` (the end of the extraction).
+    pub fn finish(&mut self, done: &str) -> Option<HashChunk> {
+        (!self.files.is_empty()).then(|| self.close(done.as_bytes()))
+    }
+
+    fn close(&mut self, gate: &[u8]) -> HashChunk {
+        let mut chunk = HashChunk {
+            shard: self.next_shard,
+            ..Default::default()
+        };
+        self.next_shard = (self.next_shard + 1) % self.shards;
+        chunk.stdin.extend_from_slice(gate);
+        chunk.stdin.push(0);
+        while self.files.len() < HASH_CHUNK_FILES {
+            self.files.push(PAD.to_vec());
+        }
+        for f in self.files.drain(..) {
+            chunk.stdin.extend_from_slice(&f);
+            chunk.stdin.push(0);
+            chunk.names.push(f);
+        }
+        self.bytes = 0;
+        self.arg_bytes = 0;
+        self.full = false;
+        chunk
+    }
+}
+
+/// The chunks of `entries`' regular files, each gated by `done`, for one session: for hashing
+/// files again once `tar` has ended.
+pub fn hash_after_extraction(entries: &[EntryRecord], done: &str) -> Vec<HashChunk> {
+    let mut c = HashChunks::new(1);
+    let mut out = Vec::new();
+    for e in entries.iter().filter(|e| e.kind == EntryKind::File) {
+        c.member(e);
+        if c.full {
+            out.push(c.close(done.as_bytes()));
+        }
+    }
+    out.extend(c.finish(done));
     out
 }
 
@@ -702,89 +754,113 @@ pub fn carry_hashes(staged: &[Seen], in_place: &mut [Seen]) {
 pub fn compare(manifest: &Manifest, seen: &[Seen], exact: bool) -> Vec<String> {
     let by_path: HashMap<&[u8], &Seen> = seen.iter().map(|s| (s.path.as_slice(), s)).collect();
     let mut problems = Vec::new();
-    let mut listed = std::collections::HashSet::new();
+    let mut listed = std::collections::HashSet::with_capacity(manifest.entries.len());
     let show = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
     for e in &manifest.entries {
         let key = canonical_key(&e.raw_path());
-        listed.insert(key.clone());
         let Some(s) = by_path.get(key.as_slice()) else {
             problems.push(format!("{:?}: missing", e.path));
+            listed.insert(key);
             continue;
         };
-        let mut diff = |field: &str, want: String, got: String| {
-            if want != got {
-                problems.push(format!(
-                    "{:?}: {field} is {got}, the backup has {want}",
-                    e.path
-                ));
-            }
-        };
+        // Formatted only when they differ: a restore compares every field of every entry.
+        let mut diff =
+            |field: &str, same: bool, want: &dyn Fn() -> String, got: &dyn Fn() -> String| {
+                if !same {
+                    problems.push(format!(
+                        "{:?}: {field} is {}, the backup has {}",
+                        e.path,
+                        got(),
+                        want()
+                    ));
+                }
+            };
         let want_kind = match e.kind {
             EntryKind::File | EntryKind::Hardlink => 'F',
             EntryKind::Dir => 'D',
             EntryKind::Symlink => 'L',
             _ => 'O',
         };
-        diff("type", want_kind.to_string(), s.kind.to_string());
-        if s.kind != want_kind {
-            continue;
-        }
-        // Modes of symlinks are meaningless on Linux.
-        if e.kind != EntryKind::Symlink {
-            diff("mode", format!("{:04o}", e.mode), format!("{:04o}", s.mode));
-        }
         diff(
-            "owner",
-            format!("{}:{}", e.uid, e.gid),
-            format!("{}:{}", s.uid, s.gid),
+            "type",
+            s.kind == want_kind,
+            &|| want_kind.to_string(),
+            &|| s.kind.to_string(),
         );
-        match e.kind {
-            EntryKind::File => {
-                diff("size", e.size.to_string(), s.size.to_string());
+        if s.kind == want_kind {
+            // Modes of symlinks are meaningless on Linux.
+            if e.kind != EntryKind::Symlink {
                 diff(
-                    "sha256",
-                    e.sha256.clone().unwrap_or_default(),
-                    s.sha256.clone().unwrap_or_default(),
-                );
-                diff("mtime", e.mtime.to_string(), s.mtime.to_string());
-            }
-            EntryKind::Symlink => {
-                let want = e
-                    .raw_link_target()
-                    .map(|t| t.into_owned())
-                    .unwrap_or_default();
-                // Compared as bytes (escaped, so two targets whose invalid UTF-8 differs
-                // never look the same): a target is any bytes but NUL.
-                diff(
-                    "link target",
-                    want.escape_ascii().to_string(),
-                    s.link_target
-                        .as_deref()
-                        .unwrap_or_default()
-                        .escape_ascii()
-                        .to_string(),
+                    "mode",
+                    s.mode == e.mode,
+                    &|| format!("{:04o}", e.mode),
+                    &|| format!("{:04o}", s.mode),
                 );
             }
-            EntryKind::Hardlink => {
-                let target = e
-                    .raw_link_target()
-                    .map(|t| canonical_key(&t))
-                    .unwrap_or_default();
-                match by_path.get(target.as_slice()) {
-                    Some(t) if t.inode == s.inode => {}
-                    Some(_) => problems.push(format!(
-                        "{:?}: is not a hard link to {:?}",
-                        e.path,
-                        show(&target)
-                    )),
-                    None => problems.push(format!(
-                        "{:?}: its hard link target {:?} is missing",
-                        e.path,
-                        show(&target)
-                    )),
+            diff(
+                "owner",
+                (s.uid, s.gid) == (e.uid, e.gid),
+                &|| format!("{}:{}", e.uid, e.gid),
+                &|| format!("{}:{}", s.uid, s.gid),
+            );
+            match e.kind {
+                EntryKind::File => {
+                    diff("size", s.size == e.size, &|| e.size.to_string(), &|| {
+                        s.size.to_string()
+                    });
+                    diff(
+                        "sha256",
+                        s.sha256.as_deref().unwrap_or_default()
+                            == e.sha256.as_deref().unwrap_or_default(),
+                        &|| e.sha256.clone().unwrap_or_default(),
+                        &|| s.sha256.clone().unwrap_or_default(),
+                    );
+                    diff(
+                        "mtime",
+                        s.mtime == e.mtime,
+                        &|| e.mtime.to_string(),
+                        &|| s.mtime.to_string(),
+                    );
                 }
+                EntryKind::Symlink => {
+                    let want = e
+                        .raw_link_target()
+                        .map(|t| t.into_owned())
+                        .unwrap_or_default();
+                    let got = s.link_target.as_deref().unwrap_or_default();
+                    // Compared as bytes, shown escaped (so two targets whose invalid UTF-8
+                    // differs never look the same): a target is any bytes but NUL.
+                    diff(
+                        "link target",
+                        want == got,
+                        &|| want.escape_ascii().to_string(),
+                        &|| got.escape_ascii().to_string(),
+                    );
+                }
+                EntryKind::Hardlink => {
+                    let target = e
+                        .raw_link_target()
+                        .map(|t| canonical_key(&t))
+                        .unwrap_or_default();
+                    match by_path.get(target.as_slice()) {
+                        Some(t) if t.inode == s.inode => {}
+                        Some(_) => problems.push(format!(
+                            "{:?}: is not a hard link to {:?}",
+                            e.path,
+                            show(&target)
+                        )),
+                        None => problems.push(format!(
+                            "{:?}: its hard link target {:?} is missing",
+                            e.path,
+                            show(&target)
+                        )),
+                    }
+                }
+                _ => {}
             }
-            _ => {}
+        }
+        if exact {
+            listed.insert(key);
         }
     }
     if exact {
@@ -971,14 +1047,46 @@ mod tests {
         }
     }
 
+    /// Every member of `entries` fed in order, then the end: the chunks, each with the index
+    /// of the member that closed it (`entries.len()` for the end).
+    fn chunks_of(entries: &[EntryRecord], shards: usize, done: &str) -> Vec<(usize, HashChunk)> {
+        let mut c = HashChunks::new(shards);
+        let mut out: Vec<(usize, HashChunk)> = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            out.extend(c.member(e).map(|k| (i, k)));
+        }
+        out.extend(c.finish(done).map(|k| (entries.len(), k)));
+        out
+    }
+
+    /// The arguments of a chunk's stdin: its gate, then its names.
+    fn args(chunk: &HashChunk) -> Vec<&[u8]> {
+        chunk
+            .stdin
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .collect()
+    }
+
     #[test]
-    fn hash_plan_chunks_gates_and_pads() {
+    fn hash_chunks_are_gated_by_a_later_file_or_directory_of_the_stream() {
         let mut entries = vec![EntryRecord {
             kind: EntryKind::Dir,
             ..file(".", 0)
         }];
         for i in 0..300 {
             entries.push(file(&format!("f{i:03}"), 10));
+            if i == 200 {
+                entries.push(EntryRecord {
+                    kind: EntryKind::Symlink,
+                    link_target: Some("f000".into()),
+                    ..file("a-link", 0)
+                });
+                entries.push(EntryRecord {
+                    kind: EntryKind::Dir,
+                    ..file("sub", 0)
+                });
+            }
         }
         entries.insert(5, file("big", 40 << 20));
         entries.push(EntryRecord {
@@ -986,70 +1094,64 @@ mod tests {
             link_target: Some("f000".into()),
             ..file("z-link", 0)
         });
-        let plan = hash_plan(&entries, "/data/.pvbackup-extracted-X", 2, true);
-        assert_eq!(plan.len(), 2);
-        let args: Vec<Vec<&[u8]>> = plan
-            .iter()
-            .map(|s| {
-                s.stdin
-                    .split(|b| *b == 0)
-                    .filter(|a| !a.is_empty())
-                    .collect()
-            })
-            .collect();
-        // Every chunk is gate + HASH_CHUNK_FILES names; every file is in exactly one chunk.
+        let done = "/data/.pvbackup-extracted-X";
+        let chunks = chunks_of(&entries, 2, done);
         let mut files: Vec<Vec<u8>> = Vec::new();
-        let mut gates: Vec<&[u8]> = Vec::new();
-        for (s, a) in plan.iter().zip(&args) {
-            assert_eq!(a.len() % (HASH_CHUNK_FILES + 1), 0);
-            let mut names = Vec::new();
-            for c in a.chunks(HASH_CHUNK_FILES + 1) {
-                gates.push(c[0]);
-                names.extend(c[1..].iter().map(|n| n.to_vec()));
+        for (n, (at, chunk)) in chunks.iter().enumerate() {
+            // Dealt out in turn; gate + HASH_CHUNK_FILES names each.
+            assert_eq!(chunk.shard, n % 2);
+            let a = args(chunk);
+            assert_eq!(a.len(), HASH_CHUNK_FILES + 1);
+            assert_eq!(
+                a[1..],
+                chunk.names.iter().map(Vec::as_slice).collect::<Vec<_>>()[..]
+            );
+            // The gate is the member that closed the chunk, a file or a directory after every
+            // file of the chunk in the stream, or the end of the extraction.
+            match entries.get(*at) {
+                Some(g) => {
+                    assert!(matches!(g.kind, EntryKind::File | EntryKind::Dir), "{g:?}");
+                    assert_eq!(a[0], rel(g));
+                    for f in chunk.names.iter().filter(|f| *f != PAD) {
+                        let i = entries.iter().position(|e| rel(e) == *f).unwrap();
+                        assert!(i < *at, "{f:?} is after its gate");
+                    }
+                }
+                None => assert_eq!(a[0], done.as_bytes()),
             }
-            assert_eq!(names, s.names);
-            files.extend(names.into_iter().filter(|n| n != PAD));
+            // No chunk reaches xargs' size limit.
+            assert!(a.iter().map(|x| x.len() + 1).sum::<usize>() < HASH_CHUNK_ARG_BYTES);
+            files.extend(chunk.names.iter().filter(|n| *n != PAD).cloned());
         }
         files.sort();
         assert_eq!(files.len(), 301);
         assert!(files.windows(2).all(|w| w[0] != w[1]));
-        // "big" closes its chunk (16 MiB), gated by the member after it; the last chunk by the
-        // symlink after the last file.
-        assert!(gates.contains(&&b"./f004"[..]));
-        assert!(gates.contains(&&b"./z-link"[..]));
-        // No chunk reaches xargs' size limit.
-        for a in &args {
-            for c in a.chunks(HASH_CHUNK_FILES + 1) {
-                assert!(c.iter().map(|x| x.len() + 1).sum::<usize>() < HASH_CHUNK_ARG_BYTES);
-            }
-        }
-        // The last member is a file: its chunk waits for the end of the extraction.
-        let plan = hash_plan(&entries[..entries.len() - 1], "/done", 1, true);
-        assert!(plan[0].stdin.windows(6).any(|w| w == b"/done\0"));
-        // Entries listed by path (schema 2), not in archive order: every chunk waits for the
-        // end of the extraction, since the next entry listed may be extracted first.
-        let plan = hash_plan(&entries, "/done", 2, false);
-        let gates: Vec<&[u8]> = plan
-            .iter()
-            .flat_map(|s| {
-                s.stdin
-                    .split(|b| *b == 0)
-                    .filter(|a| !a.is_empty())
-                    .collect::<Vec<_>>()
-                    .chunks(HASH_CHUNK_FILES + 1)
-                    .map(|c| c[0])
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        assert!(gates.len() >= 3);
-        assert!(gates.iter().all(|g| *g == b"/done"), "{gates:?}");
+        // "big" closes its chunk (16 MiB), gated by the file after it; a full chunk followed
+        // by a symlink waits for the directory after it; the last chunk for the end.
+        let gates: Vec<&[u8]> = chunks.iter().map(|(_, c)| args(c)[0]).collect();
+        assert!(gates.contains(&&b"./f004"[..]), "{gates:?}");
+        assert!(!gates.contains(&&b"./a-link"[..]), "{gates:?}");
+        assert!(!gates.contains(&&b"./z-link"[..]), "{gates:?}");
+        assert_eq!(gates.last(), Some(&done.as_bytes()));
+        // Hashing again after the extraction: every chunk waits for the end.
+        let again = hash_after_extraction(&entries, "/done");
+        assert_eq!(
+            again
+                .iter()
+                .map(|c| c.names.iter().filter(|n| *n != PAD).count())
+                .sum::<usize>(),
+            301
+        );
+        assert!(again.iter().all(|c| args(c)[0] == b"/done"));
     }
 
     /// HASH in busybox while a slow writer creates the files in archive order, each in two
-    /// halves with a pause between: every hash must be of the whole file, so no chunk may be
-    /// hashed before its gate exists.
+    /// halves with a pause between, and the chunks reach the sessions as the restore sends them
+    /// (before `tar` sees the member that closes them): every hash must be of the whole file,
+    /// so no chunk may be hashed before its gate exists.
     #[test]
     fn hash_script_hashes_each_file_whole_while_it_is_written() {
+        use std::io::Write;
         let busybox = which_busybox().expect("busybox (apt-get install busybox-static)");
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_path_buf();
@@ -1059,12 +1161,38 @@ mod tests {
             let size = if i % 97 == 0 { 3 << 20 } else { 100 + i as u64 };
             entries.push(file(&format!("f{i:03} odd\nname"), size));
         }
-        let plan = hash_plan(&entries, done.to_str().unwrap(), 2, true);
+        let mut sessions: Vec<_> = (0..2)
+            .map(|_| {
+                std::process::Command::new(&busybox)
+                    .args(["sh", "-c", HASH, HASH])
+                    .arg(&d)
+                    .arg(&done)
+                    .arg((HASH_CHUNK_FILES + 1).to_string())
+                    .env("PATH", busybox_path(&busybox))
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let stdins: Vec<_> = sessions
+            .iter_mut()
+            .map(|c| c.stdin.take().unwrap())
+            .collect();
         let writer = {
             let (d, done, entries) = (d.clone(), done.clone(), entries.clone());
             std::thread::spawn(move || {
+                let mut stdins = stdins;
+                let mut names = vec![Vec::new(); 2];
+                let mut chunks = HashChunks::new(2);
+                let mut send = |c: HashChunk, stdins: &mut Vec<std::process::ChildStdin>| {
+                    stdins[c.shard].write_all(&c.stdin).unwrap();
+                    names[c.shard].extend(c.names);
+                };
                 for (i, e) in entries.iter().enumerate() {
-                    use std::io::Write;
+                    if let Some(c) = chunks.member(e) {
+                        send(c, &mut stdins);
+                    }
                     let body: Vec<u8> = (0..e.size).map(|j| (i as u64 + j) as u8).collect();
                     let mut f = std::fs::File::create(d.join(&e.path)).unwrap();
                     let half = body.len() / 2;
@@ -1075,34 +1203,24 @@ mod tests {
                     }
                     f.write_all(&body[half..]).unwrap();
                 }
+                if let Some(c) = chunks.finish(done.to_str().unwrap()) {
+                    send(c, &mut stdins);
+                }
                 std::fs::write(done, b"").unwrap();
+                drop(stdins);
+                names
             })
         };
-        let sessions: Vec<_> = plan
-            .iter()
-            .map(|shard| {
-                let mut c = std::process::Command::new(&busybox)
-                    .args(["sh", "-c", HASH, HASH])
-                    .arg(&d)
-                    .arg(&done)
-                    .arg((HASH_CHUNK_FILES + 1).to_string())
-                    .env("PATH", busybox_path(&busybox))
-                    .stdin(std::process::Stdio::piped())
-                    .stdout(std::process::Stdio::piped())
-                    .spawn()
-                    .unwrap();
-                use std::io::Write;
-                c.stdin.take().unwrap().write_all(&shard.stdin).unwrap();
-                c
-            })
+        let outs: Vec<_> = sessions
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap())
             .collect();
+        let names = writer.join().unwrap();
         let mut got = HashMap::new();
-        for (c, shard) in sessions.into_iter().zip(&plan) {
-            let out = c.wait_with_output().unwrap();
+        for (out, names) in outs.iter().zip(&names) {
             assert!(out.status.success());
-            got.extend(parse_hashes(&out.stdout, &shard.names).unwrap());
+            got.extend(parse_hashes(&out.stdout, names).unwrap());
         }
-        writer.join().unwrap();
         assert_eq!(got.len(), entries.len());
         for e in &entries {
             let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
@@ -1111,7 +1229,7 @@ mod tests {
             assert_eq!(got[e.path.as_bytes()], want, "{:?}", e.path);
         }
         // A line naming another file, or one too many, is refused.
-        assert!(parse_hashes(b"", &plan[0].names).is_err());
+        assert!(parse_hashes(b"", &names[0]).is_err());
     }
 
     /// PREPARE in busybox: an empty volume (an empty `lost+found` at most) goes direct and

@@ -40,7 +40,8 @@ pub enum Step<'a> {
         need_kib: u64,
         direct: bool,
     },
-    /// [`script::EXTRACT`]: extracts the archive on stdin (`bytes` long, decompressed) into
+    /// [`script::EXTRACT`]: extracts the archive on stdin (decompressed, padded with zeros to
+    /// `bytes`, see [`script::padded`]) into
     /// `dir`, then marks the end of the extraction for the hashers. Stopped: a partial tree in
     /// `dir` (staging, or the volume of a direct or in-place restore), which [`Step::Rollback`]
     /// removes (but in place).
@@ -50,7 +51,7 @@ pub enum Step<'a> {
         bytes: u64,
     },
     /// [`script::HASH`]: hashes chunks of files under `dir` (on stdin, see
-    /// [`script::hash_plan`]) as the extraction finishes them; `done` is the end marker.
+    /// [`script::HashChunks`]) as the extraction finishes them; `done` is the end marker.
     Hash { dir: &'a str, done: &'a str },
     /// [`script::FIX_SYMLINKS`]: `chown -h` of `(uid:gid, ./path)` pairs under `dir`.
     FixSymlinks {
@@ -453,7 +454,10 @@ mod tests {
             .output()
             .unwrap();
         assert!(out.status.success());
-        (out.stdout, tree(s))
+        // Padded, as the restore sends it.
+        let mut tar = out.stdout;
+        tar.resize(script::padded(tar.len() as u64) as usize, 0);
+        (tar, tree(s))
     }
 
     const ID: &str = "20261201t000000-abcd";
