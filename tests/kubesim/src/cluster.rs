@@ -58,6 +58,9 @@ pub struct ClusterOptions {
     /// Where to write the admin kubeconfig; `<state_dir>/kubeconfig` when None.
     pub kubeconfig: Option<PathBuf>,
     pub scenario: Scenario,
+    /// Images whose containers run a host binary (IMAGE → path) instead of the busybox
+    /// userland, e.g. the plugin's own image → the plugin binary under test (README: images).
+    pub image_binaries: Vec<(String, PathBuf)>,
 }
 
 pub struct Cluster {
@@ -133,7 +136,10 @@ impl Cluster {
             server_url: OnceLock::new(),
             kick: Default::default(),
             runtime: Default::default(),
+            ca_pem: OnceLock::new(),
+            image_binaries: opts.image_binaries.clone(),
         });
+        let _ = sim.ca_pem.set(certs.ca_pem.clone());
         let _ = sim.server_url.set(url.clone());
         let admin_token = new_token();
         sim.auth.add(admin_token.clone(), User::admin());

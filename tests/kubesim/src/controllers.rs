@@ -33,6 +33,7 @@ pub fn reconcile(sim: &SimRef) {
     crate::snapshots::reconcile(sim);
     bind_claims(sim);
     schedule(sim);
+    crate::batch::reconcile(sim);
     kubelet::sync(sim);
     kubelet::detach_unused(sim);
     protect_and_reclaim(sim);

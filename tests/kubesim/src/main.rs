@@ -47,6 +47,11 @@ enum Command {
         /// How long the demo pods may take to run before kubesim gives up.
         #[arg(long, default_value_t = 60, value_name = "SECONDS")]
         ready_timeout: u64,
+        /// Containers of IMAGE run the host binary PATH (with its shared libraries) instead of
+        /// the busybox userland: no image is ever pulled, so this is how a pod runs a real
+        /// program, e.g. `--image-binary ghcr.io/x/kubectl-pvbackup:0.1.0=target/debug/kubectl-pvbackup`.
+        #[arg(long, value_name = "IMAGE=PATH", env = "KUBESIM_IMAGE_BINARIES", value_delimiter = ',', value_parser = parse_image_binary)]
+        image_binary: Vec<(String, PathBuf)>,
     },
     /// Tell whether the kubesim a kubeconfig points to is up: prints `ready <server-url>` and
     /// exits 0, or says why not and exits 1.
@@ -118,6 +123,7 @@ fn main() -> ExitCode {
             kubeconfig,
             scenario,
             ready_timeout,
+            image_binary,
         } => {
             let scenario = match scenario {
                 ScenarioArg::Demo => Scenario::Demo,
@@ -129,6 +135,7 @@ fn main() -> ExitCode {
                 kubeconfig,
                 scenario,
                 ready_timeout,
+                image_binary,
                 &mut claim,
             ));
             // Tasks still running (a provisioner between mount and bookkeeping) end with the
@@ -214,11 +221,21 @@ async fn run(command: Command) -> Result<(), String> {
     }
 }
 
+fn parse_image_binary(s: &str) -> Result<(String, PathBuf), String> {
+    let (image, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not IMAGE=PATH"))?;
+    let path = std::fs::canonicalize(path)
+        .map_err(|e| format!("the binary {path} for image {image} cannot be used: {e}"))?;
+    Ok((image.to_string(), path))
+}
+
 async fn serve(
     state_dir: &Path,
     kubeconfig: PathBuf,
     scenario: Scenario,
     ready_timeout: u64,
+    image_binaries: Vec<(String, PathBuf)>,
     claim: &mut Option<kubesim::host::StateDirClaim>,
 ) -> Result<(), String> {
     let mut signals = Signals::install()?;
@@ -248,6 +265,7 @@ async fn serve(
         state_dir: Some(state_dir.to_path_buf()),
         kubeconfig: Some(staging.clone()),
         scenario,
+        image_binaries,
     });
     // `biased`: a signal that came while the host was checked wins over a startup that is
     // also done.

@@ -23,6 +23,10 @@ pub struct Sim {
     /// Wakes the controllers after a change they should react to without waiting for a tick.
     pub kick: Notify,
     pub runtime: crate::kubelet::Runtime,
+    /// The cluster CA, as pods see it in their service-account `ca.crt`.
+    pub ca_pem: OnceLock<String>,
+    /// Images that run a host binary instead of busybox (`ClusterOptions::image_binaries`).
+    pub image_binaries: Vec<(String, PathBuf)>,
 }
 
 pub type SimRef = Arc<Sim>;
