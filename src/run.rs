@@ -302,7 +302,7 @@ pub fn schedule_plan(
             None => create.push(p.clone()),
         }
     }
-    let mut push = |v: &mut Vec<String>, flag: &str, value: &str| {
+    let push = |v: &mut Vec<String>, flag: &str, value: &str| {
         v.push(flag.to_string());
         v.push(value.to_string());
     };
@@ -397,7 +397,7 @@ mod schedule_tests {
             "--cron",
             "0 3 * * *",
             "--to",
-            "s3://b/p",
+            "s3://bkt/p",
             "--mesh",
             "istio",
             "--compression",
@@ -423,7 +423,7 @@ mod schedule_tests {
             panic!("not create")
         };
         assert_eq!(c.pvcs, ["data", "logs"]);
-        assert_eq!(c.to, "s3://b/p");
+        assert_eq!(c.to, "s3://bkt/p");
         assert_eq!(c.mesh.as_deref(), Some("istio"));
         assert_eq!(c.data.level, Some(6));
         assert_eq!(c.helper.run_as_user, Some(1000));
@@ -441,23 +441,23 @@ mod schedule_tests {
     #[test]
     fn bad_input_names_the_fix() {
         let e = |args: &[&str]| plan(args).unwrap_err().to_string();
-        assert!(e(&["n", "--cron", "0 3 * *", "--to", "s3://b"]).contains("five fields"));
+        assert!(e(&["n", "--cron", "0 3 * *", "--to", "s3://bkt"]).contains("five fields"));
         assert!(e(&["n", "--cron", "@daily", "--to", "/backups"]).contains("not a bucket"));
         assert!(e(&[
             "n",
             "--cron",
             "@daily",
             "--to",
-            "s3://b",
+            "s3://bkt",
             "--time-zone",
             "Moon/Base"
         ])
         .contains("IANA"));
         assert!(
-            e(&["n", "other/data", "--cron", "@daily", "--to", "s3://b"])
+            e(&["n", "other/data", "--cron", "@daily", "--to", "s3://bkt"])
                 .contains("one schedule per namespace")
         );
-        assert!(plan(&["n", "--cron", "@daily", "--to", "s3://b"])
+        assert!(plan(&["n", "--cron", "@daily", "--to", "s3://bkt"])
             .unwrap()
             .prune_args
             .is_none());

@@ -310,7 +310,7 @@ async fn forbid_allows_one_run_at_a_time() {
             "--cron",
             "@daily",
             "--to",
-            "s3://b/p",
+            "s3://bkt/p",
             "--image",
             "registry.example/never-ends:1",
         ],
@@ -384,7 +384,7 @@ fn dry_run_yaml_prints_every_object() {
 #[test]
 fn bad_schedules_are_refused_before_any_cluster_is_asked() {
     let run = |args: &[&str]| {
-        let mut a = vec!["schedule", "create", "x", "-n", "shop", "--to", "s3://b/p"];
+        let mut a = vec!["schedule", "create", "x", "-n", "shop", "--to", "s3://bkt/p"];
         a.extend(args);
         plugin_command(Path::new("/nonexistent/kubeconfig"), &a, &[])
             .output()

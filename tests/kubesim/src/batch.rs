@@ -143,10 +143,6 @@ fn default_job_spec(spec: &mut Value) {
     set_default(spec, "completionMode", json!("NonIndexed"));
     set_default(spec, "suspend", json!(false));
     set_default(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
-    set_default(spec, "manualSelector", Value::Null);
-    if spec["manualSelector"].is_null() {
-        spec.as_object_mut().map(|m| m.remove("manualSelector"));
-    }
 }
 
 /// Admission of a new Job: defaults, the generated selector and template labels, validation.
@@ -874,7 +870,9 @@ fn sync_cron_job(sim: &SimRef, cj: &Value, now_utc: DateTime<Utc>) {
     }
     set_cron_status(sim, cj, |s| {
         if active.is_empty() {
-            s.as_object_mut().map(|m| m.remove("active"));
+            if let Some(m) = s.as_object_mut() {
+                m.remove("active");
+            }
         } else {
             s["active"] = json!(active);
         }
