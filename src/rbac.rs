@@ -51,6 +51,8 @@ pub const NAMESPACED: &[Permission] = &[
     p("get", "", "pods", "exec", Need::Read),
     p("get", "", "persistentvolumeclaims", "", Need::Backup),
     p("list", "", "pods", "", Need::Read),
+    // Waiting for a helper pod to start or end (kube-runtime's await_condition is a watch).
+    p("watch", "", "pods", "", Need::Read),
     p("list", "", "persistentvolumeclaims", "", Need::Read),
     p("list", "", "events", "", Need::Read),
     p(
@@ -149,7 +151,7 @@ mod tests {
             .iter()
             .find(|r| r.group.is_empty() && r.resources == ["pods"])
             .unwrap();
-        assert_eq!(pods.verbs, ["create", "delete", "get", "list"]);
+        assert_eq!(pods.verbs, ["create", "delete", "get", "list", "watch"]);
         assert!(!rules.iter().any(|r| r.verbs.contains(&"*")));
     }
 }

@@ -156,8 +156,17 @@ fn metadata(plan: &SchedulePlan) -> Value {
 /// Azure Workload Identity also needs a label on the pod (azure.github.io/azure-workload-identity
 /// docs, "Quick start": `azure.workload.identity/use: "true"`); IRSA and GKE need only the
 /// ServiceAccount annotation.
+///
+/// The job's pod opts out of every mesh's injection, as helper pods do
+/// ([`crate::helper_pod::MESH_OPT_OUTS`]): it talks only to the API server and the bucket, and
+/// an injected proxy sidecar would keep the Job's pod running after the backup ended.
 fn pod_labels(plan: &SchedulePlan) -> Value {
     let mut l = labels(&plan.name);
+    for (key, value, as_label, _) in crate::helper_pod::MESH_OPT_OUTS {
+        if *as_label {
+            l[*key] = json!(value);
+        }
+    }
     if plan
         .service_account_annotations
         .keys()
@@ -166,6 +175,16 @@ fn pod_labels(plan: &SchedulePlan) -> Value {
         l["azure.workload.identity/use"] = json!("true");
     }
     l
+}
+
+fn pod_annotations() -> Value {
+    let mut a = json!({});
+    for (key, value, _, as_annotation) in crate::helper_pod::MESH_OPT_OUTS {
+        if *as_annotation {
+            a[*key] = json!(value);
+        }
+    }
+    a
 }
 
 fn container(plan: &SchedulePlan, name: &str, args: Vec<String>) -> Value {
@@ -249,7 +268,7 @@ pub fn objects(plan: &SchedulePlan) -> Vec<Value> {
                 "backoffLimit": 0,
                 "activeDeadlineSeconds": plan.job_timeout_seconds,
                 "template": {
-                    "metadata": {"labels": pod_labels(plan)},
+                    "metadata": {"labels": pod_labels(plan), "annotations": pod_annotations()},
                     "spec": pod_spec,
                 },
             },

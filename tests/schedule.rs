@@ -145,19 +145,25 @@ async fn run_now_backs_up_to_the_bucket_and_delete_removes_every_object() {
     )
     .await;
     if run.code != 0 {
-        // The job's own logs say why.
-        let pods = labelled(&cluster, "pods", "nightly");
+        // The job's pod says why: its status and its containers' logs.
+        let pods: Vec<Value> = cluster
+            .objects("pods", Some(NS))
+            .into_iter()
+            .filter(|o| o["metadata"]["labels"]["pvbackup.dev/schedule"] == "nightly")
+            .collect();
         let logs: Vec<String> = pods
             .iter()
             .flat_map(|p| {
-                let dir = cluster.state_dir().to_path_buf();
-                walk_logs(&dir, p)
+                let uid = p["metadata"]["uid"].as_str().unwrap_or_default();
+                walk_logs(&cluster.state_dir().join("pods").join(uid))
             })
             .collect();
         panic!(
-            "run-now failed: {}\n{}\njob logs:\n{}",
+            "run-now failed: {}\n{}\npods: {}\njob logs:\n{}",
             run.stdout,
             run.stderr,
+            serde_json::to_string_pretty(&pods.iter().map(|p| &p["status"]).collect::<Vec<_>>())
+                .unwrap(),
             logs.join("\n")
         );
     }
@@ -179,10 +185,13 @@ async fn run_now_backs_up_to_the_bucket_and_delete_removes_every_object() {
     .await;
     assert_eq!(listed.code, 0, "{}", listed.stderr);
     let rows: Value = serde_json::from_str(&listed.stdout).unwrap();
-    let id = rows
+    let id = rows["items"]
         .as_array()
-        .and_then(|r| r.iter().find(|r| r["pvc"] == PVC))
-        .and_then(|r| r["backup_id"].as_str())
+        .and_then(|r| {
+            r.iter()
+                .find(|r| r["pvc"] == PVC && r["restorable"] == true)
+        })
+        .and_then(|r| r["id"].as_str())
         .unwrap_or_else(|| panic!("no backup of {PVC} listed: {}", listed.stdout))
         .to_string();
     let verified = plugin_env(
@@ -273,26 +282,20 @@ async fn run_now_backs_up_to_the_bucket_and_delete_removes_every_object() {
     );
 }
 
-/// The container logs kubesim keeps for a pod (under the state directory).
-fn walk_logs(dir: &Path, pod: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "log") && p.to_string_lossy().contains(pod)
-            {
-                out.push(format!(
-                    "== {}\n{}",
-                    p.display(),
-                    std::fs::read_to_string(&p).unwrap_or_default()
-                ));
-            }
-        }
-    }
-    out
+/// The container logs kubesim keeps for a pod (under its directory in the state directory).
+fn walk_logs(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir.join("logs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            format!(
+                "== {}\n{}",
+                e.path().display(),
+                std::fs::read_to_string(e.path()).unwrap_or_default()
+            )
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,7 +387,15 @@ fn dry_run_yaml_prints_every_object() {
 #[test]
 fn bad_schedules_are_refused_before_any_cluster_is_asked() {
     let run = |args: &[&str]| {
-        let mut a = vec!["schedule", "create", "x", "-n", "shop", "--to", "s3://bkt/p"];
+        let mut a = vec![
+            "schedule",
+            "create",
+            "x",
+            "-n",
+            "shop",
+            "--to",
+            "s3://bkt/p",
+        ];
         a.extend(args);
         plugin_command(Path::new("/nonexistent/kubeconfig"), &a, &[])
             .output()

@@ -1238,10 +1238,13 @@ fn image_entrypoint(image: &str) -> Vec<String> {
 /// Where an image mapped to a host binary keeps it (the repository's Dockerfile puts the plugin
 /// there too).
 const IMAGE_BINARY_DIR: &str = "/usr/local/bin";
+/// Debian's (and distroless's) CA bundle, where rustls-native-certs and OpenSSL look first.
+const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// For an image mapped to a host binary (`ClusterOptions::image_binaries`): the read-only mounts
-/// of the binary and of the shared libraries `ldd` resolves for it — what a distroless image
-/// holding that binary contains — and its entrypoint.
+/// of the binary, of the shared libraries `ldd` resolves for it and of the host's CA bundle —
+/// what a distroless image holding that binary contains (gcr.io/distroless/cc: glibc, libgcc,
+/// ca-certificates) — and its entrypoint.
 fn image_binary(sim: &Sim, image: &str) -> Result<Option<(Vec<Mount>, Vec<String>)>, String> {
     let wanted = qualify_image(image);
     let Some((_, host)) = sim
@@ -1269,6 +1272,13 @@ fn image_binary(sim: &Sim, image: &str) -> Result<Option<(Vec<Mount>, Vec<String
         mounts.push(Mount {
             host_path: PathBuf::from(&lib),
             container_path: lib,
+            read_only: true,
+        });
+    }
+    if let Ok(bundle) = std::fs::canonicalize(CA_BUNDLE) {
+        mounts.push(Mount {
+            host_path: bundle,
+            container_path: CA_BUNDLE.into(),
             read_only: true,
         });
     }
