@@ -147,7 +147,7 @@ pub enum Command {
 pub enum ScheduleCommand {
     /// Create a schedule: back up the namespace's PVCs to DEST on a cron schedule
     #[command(after_help = SCHEDULE_EXAMPLES)]
-    Create(ScheduleCreateArgs),
+    Create(Box<ScheduleCreateArgs>),
     /// List the schedules (CronJobs this plugin made), with their last runs
     List,
     /// Delete a schedule: its CronJob, ServiceAccount, Role, RoleBinding, Jobs and pods

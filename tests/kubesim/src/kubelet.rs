@@ -661,7 +661,7 @@ impl PodWorker {
         let binary = image_binary(&self.sim, image)?;
         if argv.is_empty() {
             argv = match &binary {
-                Some((_, entrypoint)) => entrypoint.clone(),
+                Some(b) => b.entrypoint.clone(),
                 None => image_entrypoint(image),
             };
         }
@@ -706,8 +706,8 @@ impl PodWorker {
                 read_only: true,
             });
         }
-        if let Some((mounts, _)) = binary {
-            vm.extend(mounts);
+        if let Some(b) = binary {
+            vm.extend(b.mounts);
         }
         let sc = &c["securityContext"];
         let psc = &pod["spec"]["securityContext"];
@@ -1235,6 +1235,12 @@ fn image_entrypoint(image: &str) -> Vec<String> {
     }
 }
 
+/// What a container of an image mapped to a host binary gets.
+struct ImageBinary {
+    mounts: Vec<Mount>,
+    entrypoint: Vec<String>,
+}
+
 /// Where an image mapped to a host binary keeps it (the repository's Dockerfile puts the plugin
 /// there too).
 const IMAGE_BINARY_DIR: &str = "/usr/local/bin";
@@ -1245,7 +1251,7 @@ const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// of the binary, of the shared libraries `ldd` resolves for it and of the host's CA bundle —
 /// what a distroless image holding that binary contains (gcr.io/distroless/cc: glibc, libgcc,
 /// ca-certificates) — and its entrypoint.
-fn image_binary(sim: &Sim, image: &str) -> Result<Option<(Vec<Mount>, Vec<String>)>, String> {
+fn image_binary(sim: &Sim, image: &str) -> Result<Option<ImageBinary>, String> {
     let wanted = qualify_image(image);
     let Some((_, host)) = sim
         .image_binaries
@@ -1282,7 +1288,10 @@ fn image_binary(sim: &Sim, image: &str) -> Result<Option<(Vec<Mount>, Vec<String
             read_only: true,
         });
     }
-    Ok(Some((mounts, vec![target])))
+    Ok(Some(ImageBinary {
+        mounts,
+        entrypoint: vec![target],
+    }))
 }
 
 /// The absolute library paths in `ldd` output (`libc.so.6 => /lib/…/libc.so.6 (0x…)` and the
