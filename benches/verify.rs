@@ -38,6 +38,7 @@ fn pack(src: &Path, dest: &Path, c: Compression) -> (std::path::PathBuf, std::pa
         cluster: ClusterInfo {
             server: "https://127.0.0.1".into(),
             context: None,
+            created_by: None,
         },
         namespace: "bench".into(),
         pvc: PvcInfo {

@@ -47,6 +47,7 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "p
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "version" -d 'Print version, git commit and build target'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "completion" -d 'Print a shell completion script for kubectl-pvbackup'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "drill" -d 'Test-restore a backup into a scratch PVC, verify it in the cluster, delete the PVC'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "schedule" -d 'Back up on a schedule, in the cluster: a CronJob that runs this plugin\'s image'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand discover" -s l -l selector -d 'Label selector for pods (e.g. app=orders-db)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand discover" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
@@ -268,15 +269,121 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill"
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l no-progress -d 'No progress bars (they are also off when stderr is not a terminal)'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -s V -l version -d 'Print version'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill help" -f -a "discover" -d 'List pods that run a service-mesh proxy and the PVCs they mount'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill help" -f -a "create" -d 'Back up PVCs to a destination through a short-lived helper pod'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill help" -f -a "verify" -d 'Check an archive against its manifest (offline, no cluster needed)'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill help" -f -a "list" -d 'List the backups at a destination'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill help" -f -a "inspect" -d 'Show a backup\'s manifest'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill help" -f -a "restore" -d 'Restore a backup into a PVC, all-or-nothing'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill help" -f -a "cleanup" -d 'Delete what interrupted runs left: helper pods, or (--to) partial backups at DEST'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill help" -f -a "prune" -d 'Remove the backups at DEST a retention policy does not keep (restic-style --keep-*)'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill help" -f -a "version" -d 'Print version, git commit and build target'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill help" -f -a "completion" -d 'Print a shell completion script for kubectl-pvbackup'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill help" -f -a "drill" -d 'Test-restore a backup into a scratch PVC, verify it in the cluster, delete the PVC'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and not __fish_seen_subcommand_from create list delete run-now help" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and not __fish_seen_subcommand_from create list delete run-now help" -l context -d 'The kubeconfig context to use' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and not __fish_seen_subcommand_from create list delete run-now help" -s n -l namespace -d 'Namespace scope (default: the context\'s namespace)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and not __fish_seen_subcommand_from create list delete run-now help" -s o -l output -d 'Output format' -r -f -a "table\t''
+wide\t''
+json\t''
+yaml\t''"
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and not __fish_seen_subcommand_from create list delete run-now help" -s A -l all-namespaces -d 'Look in every namespace'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and not __fish_seen_subcommand_from create list delete run-now help" -s v -l verbose -d 'More logs on stderr (-v, -vv, -vvv)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and not __fish_seen_subcommand_from create list delete run-now help" -l no-progress -d 'No progress bars (they are also off when stderr is not a terminal)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and not __fish_seen_subcommand_from create list delete run-now help" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and not __fish_seen_subcommand_from create list delete run-now help" -s V -l version -d 'Print version'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and not __fish_seen_subcommand_from create list delete run-now help" -f -a "create" -d 'Create a schedule: back up the namespace\'s PVCs to DEST on a cron schedule'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and not __fish_seen_subcommand_from create list delete run-now help" -f -a "list" -d 'List the schedules (CronJobs this plugin made), with their last runs'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and not __fish_seen_subcommand_from create list delete run-now help" -f -a "delete" -d 'Delete a schedule: its CronJob, ServiceAccount, Role, RoleBinding, Jobs and pods'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and not __fish_seen_subcommand_from create list delete run-now help" -f -a "run-now" -d 'Start a run of a schedule now, as `kubectl create job --from=cronjob/…` does'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and not __fish_seen_subcommand_from create list delete run-now help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l cron -d 'When to run, five cron fields (minute hour day-of-month month day-of-week) or @hourly/@daily/@weekly/@monthly, e.g. "0 3 * * *"' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l time-zone -d 'Time zone of --cron (IANA name, e.g. Europe/Berlin; default: the controller\'s, UTC)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l concurrency-policy -d 'What a run does when the previous one still runs' -r -f -a "allow\t'Runs may overlap'
+forbid\t'A run does not start while the previous one runs (it is skipped)'
+replace\t'A new run stops the previous one'"
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l job-timeout -d 'Stop a run that takes longer than this (so the next one can start)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l to -d 'Destination: s3://bucket/prefix, az://container/prefix or gs://bucket/prefix (a local directory would be inside the job\'s pod)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l mesh -d 'Only PVCs mounted by pods of this mesh' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -s l -l selector -d 'Label selector for the pods whose PVCs are backed up' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l compression -d 'Compression of the stored archive' -r -f -a "gzip\t''
+zstd\t''
+none\t''"
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l level -d 'Compression level (gzip 0-9, zstd 1-19; default: the fastest)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l snapshot -d '--snapshot of each run (see `create --help`)' -r -f -a "auto\t''
+always\t''
+never\t''"
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l keep-last -d 'Keep the N newest backups of each PVC (prune after each run)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l keep-hourly -d 'Keep the newest backup of each of the last N hours (prune after each run)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l keep-daily -d 'Keep the newest backup of each of the last N days (prune after each run)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l keep-weekly -d 'Keep the newest backup of each of the last N ISO weeks (prune after each run)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l keep-monthly -d 'Keep the newest backup of each of the last N months (prune after each run)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l credentials-secret -d 'Secret in the namespace whose keys become the job\'s environment (e.g. AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AZURE_STORAGE_CONNECTION_STRING)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l service-account-annotation -d 'Annotation for the job\'s ServiceAccount, for workload identity (repeatable), e.g. eks.amazonaws.com/role-arn=ARN, azure.workload.identity/client-id=ID, iam.gke.io/gcp-service-account=EMAIL' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l image -d 'The plugin image the job runs (default: this version\'s)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l helper-image -d 'Helper image of each run (create\'s --image)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l run-as-user -d 'Run the helpers as this UID (create\'s --run-as-user)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l endpoint -d 'Endpoint of an S3-compatible store (MinIO, Ceph RGW), Azurite or a GCS emulator (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL for s3://)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l context -d 'The kubeconfig context to use' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -s n -l namespace -d 'Namespace scope (default: the context\'s namespace)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -s o -l output -d 'Output format' -r -f -a "table\t''
+wide\t''
+json\t''
+yaml\t''"
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l all-pvcs -d 'Every PVC in the namespace, mounted or not, mesh or not'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l dry-run -d 'Print every object (ServiceAccount, Role, RoleBinding, CronJob) as YAML (or JSON with -o json) for GitOps; apply nothing'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -s A -l all-namespaces -d 'Look in every namespace'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -s v -l verbose -d 'More logs on stderr (-v, -vv, -vvv)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l no-progress -d 'No progress bars (they are also off when stderr is not a terminal)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -s V -l version -d 'Print version'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from list" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from list" -l context -d 'The kubeconfig context to use' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from list" -s n -l namespace -d 'Namespace scope (default: the context\'s namespace)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from list" -s o -l output -d 'Output format' -r -f -a "table\t''
+wide\t''
+json\t''
+yaml\t''"
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from list" -s A -l all-namespaces -d 'Look in every namespace'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from list" -s v -l verbose -d 'More logs on stderr (-v, -vv, -vvv)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from list" -l no-progress -d 'No progress bars (they are also off when stderr is not a terminal)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from list" -s V -l version -d 'Print version'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from delete" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from delete" -l context -d 'The kubeconfig context to use' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from delete" -s n -l namespace -d 'Namespace scope (default: the context\'s namespace)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from delete" -s o -l output -d 'Output format' -r -f -a "table\t''
+wide\t''
+json\t''
+yaml\t''"
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from delete" -s A -l all-namespaces -d 'Look in every namespace'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from delete" -s v -l verbose -d 'More logs on stderr (-v, -vv, -vvv)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from delete" -l no-progress -d 'No progress bars (they are also off when stderr is not a terminal)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from delete" -s h -l help -d 'Print help'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from delete" -s V -l version -d 'Print version'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from run-now" -l timeout -d 'With --wait: give up after this long' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from run-now" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from run-now" -l context -d 'The kubeconfig context to use' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from run-now" -s n -l namespace -d 'Namespace scope (default: the context\'s namespace)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from run-now" -s o -l output -d 'Output format' -r -f -a "table\t''
+wide\t''
+json\t''
+yaml\t''"
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from run-now" -l wait -d 'Wait until the run ends; exit 0 when it succeeded, 1 when it failed'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from run-now" -s A -l all-namespaces -d 'Look in every namespace'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from run-now" -s v -l verbose -d 'More logs on stderr (-v, -vv, -vvv)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from run-now" -l no-progress -d 'No progress bars (they are also off when stderr is not a terminal)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from run-now" -s h -l help -d 'Print help'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from run-now" -s V -l version -d 'Print version'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from help" -f -a "create" -d 'Create a schedule: back up the namespace\'s PVCs to DEST on a cron schedule'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from help" -f -a "list" -d 'List the schedules (CronJobs this plugin made), with their last runs'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete a schedule: its CronJob, ServiceAccount, Role, RoleBinding, Jobs and pods'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from help" -f -a "run-now" -d 'Start a run of a schedule now, as `kubectl create job --from=cronjob/…` does'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill schedule help" -f -a "discover" -d 'List pods that run a service-mesh proxy and the PVCs they mount'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill schedule help" -f -a "create" -d 'Back up PVCs to a destination through a short-lived helper pod'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill schedule help" -f -a "verify" -d 'Check an archive against its manifest (offline, no cluster needed)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill schedule help" -f -a "list" -d 'List the backups at a destination'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill schedule help" -f -a "inspect" -d 'Show a backup\'s manifest'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill schedule help" -f -a "restore" -d 'Restore a backup into a PVC, all-or-nothing'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill schedule help" -f -a "cleanup" -d 'Delete what interrupted runs left: helper pods, or (--to) partial backups at DEST'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill schedule help" -f -a "prune" -d 'Remove the backups at DEST a retention policy does not keep (restic-style --keep-*)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill schedule help" -f -a "version" -d 'Print version, git commit and build target'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill schedule help" -f -a "completion" -d 'Print a shell completion script for kubectl-pvbackup'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill schedule help" -f -a "drill" -d 'Test-restore a backup into a scratch PVC, verify it in the cluster, delete the PVC'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill schedule help" -f -a "schedule" -d 'Back up on a schedule, in the cluster: a CronJob that runs this plugin\'s image'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill schedule help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and __fish_seen_subcommand_from schedule" -f -a "create" -d 'Create a schedule: back up the namespace\'s PVCs to DEST on a cron schedule'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and __fish_seen_subcommand_from schedule" -f -a "list" -d 'List the schedules (CronJobs this plugin made), with their last runs'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and __fish_seen_subcommand_from schedule" -f -a "delete" -d 'Delete a schedule: its CronJob, ServiceAccount, Role, RoleBinding, Jobs and pods'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and __fish_seen_subcommand_from schedule" -f -a "run-now" -d 'Start a run of a schedule now, as `kubectl create job --from=cronjob/…` does'

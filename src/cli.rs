@@ -133,6 +133,169 @@ pub enum Command {
     /// backup does not restore intact; 1: the drill could not run.
     #[command(after_help = DRILL_EXAMPLES)]
     Drill(DrillArgs),
+    /// Back up on a schedule, in the cluster: a CronJob that runs this plugin's image
+    ///
+    /// `schedule create` applies a ServiceAccount, a Role with exactly the permissions a backup
+    /// of the namespace needs, a RoleBinding and a CronJob, all named pvbackup-NAME and
+    /// labelled pvbackup.dev/schedule=NAME; `schedule delete` removes them and the Jobs and
+    /// pods they made.
+    #[command(subcommand, after_help = SCHEDULE_EXAMPLES)]
+    Schedule(ScheduleCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Create a schedule: back up the namespace's PVCs to DEST on a cron schedule
+    #[command(after_help = SCHEDULE_EXAMPLES)]
+    Create(Box<ScheduleCreateArgs>),
+    /// List the schedules (CronJobs this plugin made), with their last runs
+    List,
+    /// Delete a schedule: its CronJob, ServiceAccount, Role, RoleBinding, Jobs and pods
+    Delete(ScheduleNameArgs),
+    /// Start a run of a schedule now, as `kubectl create job --from=cronjob/…` does
+    RunNow(ScheduleRunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleNameArgs {
+    /// The schedule's name (as given to `schedule create`)
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleRunArgs {
+    /// The schedule's name (as given to `schedule create`)
+    pub name: String,
+    /// Wait until the run ends; exit 0 when it succeeded, 1 when it failed
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this long
+    #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = humantime::parse_duration, requires = "wait")]
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConcurrencyArg {
+    /// Runs may overlap
+    Allow,
+    /// A run does not start while the previous one runs (it is skipped)
+    Forbid,
+    /// A new run stops the previous one
+    Replace,
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleCreateArgs {
+    /// The schedule's name: its objects are called pvbackup-NAME
+    pub name: String,
+    /// PVCs to back up (NAME in the schedule's namespace); default: every PVC a mesh pod mounts
+    pub pvcs: Vec<String>,
+    /// When to run, five cron fields (minute hour day-of-month month day-of-week) or
+    /// @hourly/@daily/@weekly/@monthly, e.g. "0 3 * * *"
+    #[arg(long, value_name = "EXPR", help_heading = "Schedule")]
+    pub cron: String,
+    /// Time zone of --cron (IANA name, e.g. Europe/Berlin; default: the controller's, UTC)
+    #[arg(long, value_name = "TZ", help_heading = "Schedule")]
+    pub time_zone: Option<String>,
+    /// What a run does when the previous one still runs
+    #[arg(long, value_enum, default_value = "forbid", help_heading = "Schedule")]
+    pub concurrency_policy: ConcurrencyArg,
+    /// Stop a run that takes longer than this (so the next one can start)
+    #[arg(long, default_value = "6h", value_name = "DURATION", value_parser = humantime::parse_duration, help_heading = "Schedule")]
+    pub job_timeout: std::time::Duration,
+    /// Destination: s3://bucket/prefix, az://container/prefix or gs://bucket/prefix (a local
+    /// directory would be inside the job's pod)
+    #[arg(long, value_name = "DEST", help_heading = "Destination")]
+    pub to: String,
+    /// Only PVCs mounted by pods of this mesh
+    #[arg(long, value_name = "MESH", help_heading = "Selection")]
+    pub mesh: Option<String>,
+    /// Label selector for the pods whose PVCs are backed up
+    #[arg(short = 'l', long, value_name = "SELECTOR", help_heading = "Selection")]
+    pub selector: Option<String>,
+    /// Every PVC in the namespace, mounted or not, mesh or not
+    #[arg(long, conflicts_with = "mesh", help_heading = "Selection")]
+    pub all_pvcs: bool,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// --snapshot of each run (see `create --help`)
+    #[arg(
+        long,
+        value_enum,
+        default_value = "auto",
+        value_name = "WHEN",
+        help_heading = "Consistency"
+    )]
+    pub snapshot: SnapshotArg,
+    /// Keep the N newest backups of each PVC (prune after each run)
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        help_heading = "Retention"
+    )]
+    pub keep_last: u32,
+    /// Keep the newest backup of each of the last N hours (prune after each run)
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        help_heading = "Retention"
+    )]
+    pub keep_hourly: u32,
+    /// Keep the newest backup of each of the last N days (prune after each run)
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        help_heading = "Retention"
+    )]
+    pub keep_daily: u32,
+    /// Keep the newest backup of each of the last N ISO weeks (prune after each run)
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        help_heading = "Retention"
+    )]
+    pub keep_weekly: u32,
+    /// Keep the newest backup of each of the last N months (prune after each run)
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        help_heading = "Retention"
+    )]
+    pub keep_monthly: u32,
+    /// Secret in the namespace whose keys become the job's environment (e.g.
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AZURE_STORAGE_CONNECTION_STRING)
+    #[arg(long, value_name = "NAME", help_heading = "Credentials")]
+    pub credentials_secret: Option<String>,
+    /// Annotation for the job's ServiceAccount, for workload identity (repeatable), e.g.
+    /// eks.amazonaws.com/role-arn=ARN, azure.workload.identity/client-id=ID,
+    /// iam.gke.io/gcp-service-account=EMAIL
+    #[arg(long, value_name = "KEY=VALUE", help_heading = "Credentials")]
+    pub service_account_annotation: Vec<String>,
+    /// The plugin image the job runs (default: this version's)
+    #[arg(long, value_name = "IMAGE", help_heading = "Job")]
+    pub image: Option<String>,
+    /// Helper image of each run (create's --image)
+    #[arg(
+        long,
+        default_value = "busybox:1.36",
+        value_name = "IMAGE",
+        help_heading = "Job"
+    )]
+    pub helper_image: String,
+    /// Run the helpers as this UID (create's --run-as-user)
+    #[arg(long, value_name = "UID", help_heading = "Job")]
+    pub run_as_user: Option<i64>,
+    /// Print every object (ServiceAccount, Role, RoleBinding, CronJob) as YAML (or JSON with
+    /// -o json) for GitOps; apply nothing
+    #[arg(long, help_heading = "Run")]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -679,6 +842,23 @@ pub struct DrillArgs {
     #[command(flatten)]
     pub store: StoreArgs,
 }
+
+const SCHEDULE_EXAMPLES: &str = "\
+Examples:
+  # Back up namespace shop's mesh PVCs to S3 at 03:00 Berlin time; keep 7 dailies
+  kubectl create secret generic s3-creds -n shop \\
+    --from-literal=AWS_ACCESS_KEY_ID=... --from-literal=AWS_SECRET_ACCESS_KEY=...
+  kubectl pvbackup schedule create nightly -n shop --cron '0 3 * * *' \\
+    --time-zone Europe/Berlin --to s3://backups/shop --credentials-secret s3-creds --keep-daily 7
+
+  # The same objects as YAML, for GitOps
+  kubectl pvbackup schedule create nightly -n shop --cron '0 3 * * *' \\
+    --to s3://backups/shop --credentials-secret s3-creds --dry-run -o yaml
+
+  # Run it now and wait for the result; list; remove it and everything it made
+  kubectl pvbackup schedule run-now nightly -n shop --wait
+  kubectl pvbackup schedule list -A
+  kubectl pvbackup schedule delete nightly -n shop";
 
 /// Settings of s3://, az:// and gs:// destinations; credentials come from the environment
 /// (README: Object storage), never from flags.

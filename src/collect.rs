@@ -74,6 +74,26 @@ pub async fn collect_inventory(
     })
 }
 
+/// The authenticated user's name (SelfSubjectReview, `kubectl auth whoami`, GA in 1.28); None
+/// when the API server does not serve it or the call fails: it is a record, not a requirement.
+pub async fn whoami(client: &kube::Client) -> Option<String> {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    let api: Api<SelfSubjectReview> = Api::all(client.clone());
+    match api
+        .create(
+            &kube::api::PostParams::default(),
+            &SelfSubjectReview::default(),
+        )
+        .await
+    {
+        Ok(r) => r.status?.user_info?.username,
+        Err(e) => {
+            tracing::debug!("SelfSubjectReview failed, the backup records no creator: {e}");
+            None
+        }
+    }
+}
+
 pub async fn collect_nodes(conn: &Connection) -> Vec<Node> {
     let api: Api<Node> = Api::all(conn.client.clone());
     api.list(&ListParams::default())

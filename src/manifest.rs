@@ -199,6 +199,11 @@ pub struct ClusterInfo {
     /// kubeconfig context name, if one was used.
     #[serde(default)]
     pub context: Option<String>,
+    /// Who made the backup, for audits: the user the API server authenticated
+    /// (SelfSubjectReview), e.g. `system:serviceaccount:shop:pvbackup-nightly` for a schedule.
+    /// Absent in manifests of earlier releases and when the cluster does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -198,6 +198,271 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let conn = connection(&cli).await?;
             cmd::drill::run(&conn, plan).await
         }
+        Command::Schedule(c) => schedule(&cli, c).await,
+    }
+}
+
+async fn schedule(cli: &Cli, c: &crate::cli::ScheduleCommand) -> Result<(), Failure> {
+    use crate::cli::ScheduleCommand;
+    let out = cli.global.output;
+    let namespaced = |what: &str| {
+        if cli.global.all_namespaces {
+            Err(Failure::usage(format!(
+                "-A/--all-namespaces makes no sense for schedule {what}: a schedule lives in one namespace; use -n NS"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    match c {
+        ScheduleCommand::Create(a) => {
+            namespaced("create")?;
+            // With -n, the flags are checked and --dry-run renders without any cluster (GitOps
+            // pipelines have none); without it, the context's namespace is the schedule's.
+            let mut conn = None;
+            let namespace = match &cli.global.namespace {
+                Some(ns) => ns.clone(),
+                None => {
+                    let c = connection(cli).await?;
+                    let ns = c.namespace.clone();
+                    conn = Some(c);
+                    ns
+                }
+            };
+            let plan = schedule_plan(a, namespace)?;
+            if a.dry_run {
+                return cmd::schedule::print_objects(&plan, out);
+            }
+            let conn = match conn {
+                Some(c) => c,
+                None => connection(cli).await?,
+            };
+            cmd::schedule::create(&conn, &plan, out).await
+        }
+        ScheduleCommand::List => {
+            let conn = connection(cli).await?;
+            cmd::schedule::list(&conn, out).await
+        }
+        ScheduleCommand::Delete(a) => {
+            namespaced("delete")?;
+            let conn = connection(cli).await?;
+            cmd::schedule::delete(&conn, &a.name).await
+        }
+        ScheduleCommand::RunNow(a) => {
+            namespaced("run-now")?;
+            let conn = connection(cli).await?;
+            cmd::schedule::run_now(&conn, &a.name, a.wait.then_some(a.timeout)).await
+        }
+    }
+}
+
+fn value_name<T: clap::ValueEnum>(v: T) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
+}
+
+/// `schedule create`'s flags into a plan: every value checked here, and the job's `create` and
+/// `prune` command lines built from them (each parses as the plugin's own CLI: unit-tested).
+pub fn schedule_plan(
+    a: &crate::cli::ScheduleCreateArgs,
+    namespace: String,
+) -> Result<crate::schedule::SchedulePlan, Failure> {
+    use crate::schedule as s;
+    let usage = |e: s::ScheduleError| Failure::usage(e.to_string());
+    s::check_name(&a.name).map_err(usage)?;
+    s::check_cron(&a.cron).map_err(usage)?;
+    if let Some(tz) = &a.time_zone {
+        s::check_time_zone(tz).map_err(usage)?;
+    }
+    let annotations = s::parse_annotations(&a.service_account_annotation).map_err(usage)?;
+    match destination::object::url::parse(&a.to) {
+        Some(Ok(_)) => {}
+        Some(Err(e)) => {
+            return Err(Failure::usage(format!("--to {}: {e}", a.to)));
+        }
+        None => {
+            return Err(Failure::usage(format!(
+                "--to {} is not a bucket: a schedule runs in a pod, whose local directories vanish with it. Use s3://, az:// or gs://",
+                a.to
+            )))
+        }
+    }
+    if let Some(m) = &a.mesh {
+        cmd::create::parse_mesh(m)?;
+    }
+    compression(a.data.compression, a.data.level)?;
+    let mut create = Vec::new();
+    for p in &a.pvcs {
+        match p.split_once('/') {
+            Some((ns, name)) if ns == namespace => create.push(name.to_string()),
+            Some((ns, _)) => {
+                return Err(Failure::usage(format!(
+                    "PVC {p} is in namespace {ns}, but the schedule is in {namespace}: a schedule backs up its own namespace; make one schedule per namespace (-n {ns})"
+                )))
+            }
+            None => create.push(p.clone()),
+        }
+    }
+    let push = |v: &mut Vec<String>, flag: &str, value: &str| {
+        v.push(flag.to_string());
+        v.push(value.to_string());
+    };
+    push(&mut create, "-n", &namespace);
+    push(&mut create, "--to", &a.to);
+    if let Some(m) = &a.mesh {
+        push(&mut create, "--mesh", m);
+    }
+    if let Some(l) = &a.selector {
+        push(&mut create, "-l", l);
+    }
+    if a.all_pvcs {
+        create.push("--all-pvcs".into());
+    }
+    push(
+        &mut create,
+        "--compression",
+        &value_name(a.data.compression),
+    );
+    if let Some(l) = a.data.level {
+        push(&mut create, "--level", &l.to_string());
+    }
+    push(&mut create, "--snapshot", &value_name(a.snapshot));
+    push(&mut create, "--image", &a.helper_image);
+    if let Some(u) = a.run_as_user {
+        push(&mut create, "--run-as-user", &u.to_string());
+    }
+    let mut store = Vec::new();
+    if let Some(e) = &a.store.endpoint {
+        push(&mut store, "--endpoint", e);
+    }
+    create.extend(store.iter().cloned());
+    let keep = [
+        ("--keep-last", a.keep_last),
+        ("--keep-hourly", a.keep_hourly),
+        ("--keep-daily", a.keep_daily),
+        ("--keep-weekly", a.keep_weekly),
+        ("--keep-monthly", a.keep_monthly),
+    ];
+    let prune = keep.iter().any(|(_, n)| *n > 0).then(|| {
+        let mut p = vec![a.to.clone()];
+        for (flag, n) in keep.iter().filter(|(_, n)| *n > 0) {
+            push(&mut p, flag, &n.to_string());
+        }
+        p.push("--yes".into());
+        p.extend(store.iter().cloned());
+        p
+    });
+    Ok(s::SchedulePlan {
+        name: a.name.clone(),
+        namespace,
+        cron: a.cron.clone(),
+        time_zone: a.time_zone.clone(),
+        image: a.image.clone().unwrap_or_else(s::default_image),
+        concurrency: match a.concurrency_policy {
+            crate::cli::ConcurrencyArg::Allow => s::ConcurrencyPolicy::Allow,
+            crate::cli::ConcurrencyArg::Forbid => s::ConcurrencyPolicy::Forbid,
+            crate::cli::ConcurrencyArg::Replace => s::ConcurrencyPolicy::Replace,
+        },
+        job_timeout_seconds: a.job_timeout.as_secs().max(1) as i64,
+        create_args: create,
+        prune_args: prune,
+        destination: a.to.clone(),
+        credentials_secret: a.credentials_secret.clone(),
+        service_account_annotations: annotations,
+    })
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command, ScheduleCommand};
+
+    fn plan(args: &[&str]) -> Result<crate::schedule::SchedulePlan, crate::exit::Failure> {
+        let mut argv = vec!["kubectl-pvbackup", "schedule", "create"];
+        argv.extend(args);
+        let cli = Cli::try_parse_from(argv).unwrap();
+        let Command::Schedule(ScheduleCommand::Create(a)) = &cli.command else {
+            panic!("not schedule create");
+        };
+        super::schedule_plan(a, "shop".into())
+    }
+
+    /// Whatever the job runs must parse as the plugin's own `create` and `prune`.
+    #[test]
+    fn job_command_lines_parse_as_create_and_prune() {
+        let p = plan(&[
+            "nightly",
+            "data",
+            "shop/logs",
+            "--cron",
+            "0 3 * * *",
+            "--to",
+            "s3://bkt/p",
+            "--mesh",
+            "istio",
+            "--compression",
+            "gzip",
+            "--level",
+            "6",
+            "--snapshot",
+            "never",
+            "--endpoint",
+            "http://minio:9000",
+            "--keep-daily",
+            "7",
+            "--keep-last",
+            "2",
+            "--run-as-user",
+            "1000",
+        ])
+        .unwrap();
+        let mut argv = vec!["kubectl-pvbackup".to_string(), "create".into()];
+        argv.extend(p.create_args.clone());
+        let cli = Cli::try_parse_from(&argv).unwrap();
+        let Command::Create(c) = cli.command else {
+            panic!("not create")
+        };
+        assert_eq!(c.pvcs, ["data", "logs"]);
+        assert_eq!(c.to, "s3://bkt/p");
+        assert_eq!(c.mesh.as_deref(), Some("istio"));
+        assert_eq!(c.data.level, Some(6));
+        assert_eq!(c.helper.run_as_user, Some(1000));
+        assert_eq!(c.store.endpoint.as_deref(), Some("http://minio:9000"));
+        assert_eq!(cli.global.namespace.as_deref(), Some("shop"));
+        let mut argv = vec!["kubectl-pvbackup".to_string(), "prune".into()];
+        argv.extend(p.prune_args.clone().unwrap());
+        let Command::Prune(pr) = Cli::try_parse_from(&argv).unwrap().command else {
+            panic!("not prune")
+        };
+        assert_eq!((pr.keep_last, pr.keep_daily, pr.keep_weekly), (2, 7, 0));
+        assert!(pr.yes);
+    }
+
+    #[test]
+    fn bad_input_names_the_fix() {
+        let e = |args: &[&str]| plan(args).unwrap_err().to_string();
+        assert!(e(&["n", "--cron", "0 3 * *", "--to", "s3://bkt"]).contains("five fields"));
+        assert!(e(&["n", "--cron", "@daily", "--to", "/backups"]).contains("not a bucket"));
+        assert!(e(&[
+            "n",
+            "--cron",
+            "@daily",
+            "--to",
+            "s3://bkt",
+            "--time-zone",
+            "Moon/Base"
+        ])
+        .contains("IANA"));
+        assert!(
+            e(&["n", "other/data", "--cron", "@daily", "--to", "s3://bkt"])
+                .contains("one schedule per namespace")
+        );
+        assert!(plan(&["n", "--cron", "@daily", "--to", "s3://bkt"])
+            .unwrap()
+            .prune_args
+            .is_none());
     }
 }
 

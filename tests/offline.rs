@@ -106,6 +106,7 @@ fn make_backup(dest: &Path, id: &str, compression: Compression) -> (PathBuf, Pat
         cluster: ClusterInfo {
             server: "https://127.0.0.1:6443".into(),
             context: Some("kubesim".into()),
+            created_by: None,
         },
         namespace: "shop".into(),
         pvc: PvcInfo {

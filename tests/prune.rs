@@ -70,6 +70,7 @@ fn make_backup(dest: &Path, id: &str, ns: &str, pvc: &str, created: &str) {
         cluster: ClusterInfo {
             server: "https://127.0.0.1:6443".into(),
             context: Some("kubesim".into()),
+            created_by: None,
         },
         namespace: ns.into(),
         pvc: PvcInfo {

@@ -57,28 +57,6 @@ pub fn new_backup_id() -> String {
     )
 }
 
-/// The permissions a backup needs in each namespace, checked before anything is created.
-const NEEDED: &[(&str, &str, &str)] = &[
-    ("create", "pods", ""),
-    ("get", "pods", ""),
-    ("delete", "pods", ""),
-    ("create", "pods", "exec"),
-    ("get", "persistentvolumeclaims", ""),
-];
-
-/// What a snapshot or clone adds: (verb, group, resource). Only `--snapshot always` requires
-/// them up front; `auto` makes live copies without them (see `snapshot_permissions`).
-const NEEDED_FOR_SNAPSHOTS: &[(&str, &str, &str)] = &[
-    ("create", "snapshot.storage.k8s.io", "volumesnapshots"),
-    ("get", "snapshot.storage.k8s.io", "volumesnapshots"),
-    ("delete", "snapshot.storage.k8s.io", "volumesnapshots"),
-    // The run renews its snapshots' and temporary PVCs' lease (`snapshot::Leftovers::keep_alive`).
-    ("patch", "snapshot.storage.k8s.io", "volumesnapshots"),
-    ("create", "", "persistentvolumeclaims"),
-    ("delete", "", "persistentvolumeclaims"),
-    ("patch", "", "persistentvolumeclaims"),
-];
-
 async fn allowed(
     api: &Api<SelfSubjectAccessReview>,
     ns: &str,
@@ -118,27 +96,19 @@ async fn preflight(
     let mut missing = Vec::new();
     let mut missing_snapshot = Vec::new();
     for ns in namespaces {
-        if consistency.mode != crate::snapshot::SnapshotMode::Never {
-            for (verb, group, resource) in NEEDED_FOR_SNAPSHOTS {
-                if !allowed(&api, ns, verb, group, resource, "").await? {
-                    let r = if group.is_empty() {
-                        resource.to_string()
-                    } else {
-                        format!("{resource}.{group}")
-                    };
-                    missing_snapshot.push(format!("{verb} {r} (namespace {ns})"));
+        // The rows of the one permission table (crate::rbac) that are asked about up front.
+        for p in crate::rbac::NAMESPACED {
+            let list = match p.need {
+                crate::rbac::Need::Backup => &mut missing,
+                crate::rbac::Need::Snapshot
+                    if consistency.mode != crate::snapshot::SnapshotMode::Never =>
+                {
+                    &mut missing_snapshot
                 }
-            }
-        }
-        for (verb, resource, sub) in NEEDED {
-            let allowed = allowed(&api, ns, verb, "", resource, sub).await?;
-            if !allowed {
-                let r = if sub.is_empty() {
-                    resource.to_string()
-                } else {
-                    format!("{resource}/{sub}")
-                };
-                missing.push(format!("{verb} {r} (namespace {ns})"));
+                _ => continue,
+            };
+            if !allowed(&api, ns, p.verb, p.group, p.resource, p.subresource).await? {
+                list.push(format!("{} {} (namespace {ns})", p.verb, p.display()));
             }
         }
     }
@@ -210,6 +180,11 @@ pub async fn run(conn: &Connection, plan: CreatePlan) -> Result<(), Failure> {
         cluster: ClusterInfo {
             server: conn.server.clone(),
             context: conn.context.clone(),
+            created_by: if plan.dry_run {
+                None
+            } else {
+                crate::collect::whoami(&conn.client).await
+            },
         },
         consistency: plan.consistency.clone(),
         run_state: Default::default(),

@@ -60,9 +60,14 @@ pub fn run(
                 })
                 .collect();
             let mut text = format!(
-                "Backup:        {}\nCreated:       {}\nCluster:       {}{}\nPVC:           {}/{} (uid {})\nCapacity:      {}\nAccess modes:  {}\nStorage class: {}\nSource pods:   {}\nHelper image:  {}\nArchive:       {} ({}, {}, sha256 {})\nData:          {} in {} entries\n",
+                "Backup:        {}\nCreated:       {}{}\nCluster:       {}{}\nPVC:           {}/{} (uid {})\nCapacity:      {}\nAccess modes:  {}\nStorage class: {}\nSource pods:   {}\nHelper image:  {}\nArchive:       {} ({}, {}, sha256 {})\nData:          {} in {} entries\n",
                 m.backup_id,
                 m.created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                m.cluster
+                    .created_by
+                    .as_ref()
+                    .map(|u| format!(" by {u}"))
+                    .unwrap_or_default(),
                 m.cluster.server,
                 m.cluster.context.as_ref().map(|c| format!(" (context {c})")).unwrap_or_default(),
                 m.namespace,

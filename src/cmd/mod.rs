@@ -10,5 +10,6 @@ pub mod inspect;
 pub mod list;
 pub mod prune;
 pub mod restore;
+pub mod schedule;
 pub mod verify;
 pub mod version;

@@ -40,6 +40,7 @@ fn sample() -> Manifest {
         cluster: ClusterInfo {
             server: "https://10.0.0.1:6443".into(),
             context: Some("prod".into()),
+            created_by: None,
         },
         namespace: "shop".into(),
         pvc: PvcInfo {

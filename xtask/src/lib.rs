@@ -1,8 +1,9 @@
 //! Release tasks for kubectl-pvbackup, as a library so the plugin's tests run the same code
 //! as `cargo xtask`: generated completions and man pages (`docs`), release archives
-//! (`package`), and the Krew manifest (`krew`).
+//! (`package`), the Krew manifest (`krew`), and the container image (`image`).
 
 pub mod docs;
+pub mod image;
 pub mod krew;
 pub mod package;
 

@@ -6,7 +6,7 @@ use std::process::{Command, ExitCode};
 use clap::{Parser, Subcommand};
 use kubectl_pvbackup::cmd::version::VERSION;
 use xtask::package::{self, Archive, Platform, PLATFORMS};
-use xtask::{docs, krew, repo_root};
+use xtask::{docs, image, krew, repo_root};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Release tasks for kubectl-pvbackup")]
@@ -37,6 +37,21 @@ enum Task {
         /// Render a manifest without the platforms that have no archive (never for krew-index)
         #[arg(long)]
         allow_missing_platforms: bool,
+        /// Also build the container image schedules run (Dockerfile), tagged as the plugin's
+        /// default image (`kubectl pvbackup schedule create --help`)
+        #[arg(long)]
+        image: bool,
+        /// The container engine for --image (docker, podman)
+        #[arg(
+            long,
+            env = "CONTAINER_ENGINE",
+            default_value = "docker",
+            value_name = "CMD"
+        )]
+        container_engine: String,
+        /// With --image: print the build command instead of running it
+        #[arg(long, requires = "image")]
+        print_image_command: bool,
     },
     /// Install a rendered manifest's archive the way Krew lays plugins out
     KrewInstall {
@@ -81,14 +96,25 @@ fn run(cli: Cli) -> Result<()> {
             no_build,
             no_manifest,
             allow_missing_platforms,
-        } => release(
-            &root,
-            targets,
-            dist,
-            no_build,
-            no_manifest,
-            allow_missing_platforms,
-        ),
+            image,
+            container_engine,
+            print_image_command,
+        } => {
+            if image {
+                build_image(&root, &container_engine, print_image_command)?;
+                if print_image_command {
+                    return Ok(());
+                }
+            }
+            release(
+                &root,
+                targets,
+                dist,
+                no_build,
+                no_manifest,
+                allow_missing_platforms,
+            )
+        }
         Task::KrewInstall {
             manifest,
             archive,
@@ -209,6 +235,30 @@ fn release(
         .collect();
     std::fs::write(dist.join("SHA256SUMS"), sums)?;
     println!("{}", manifest_path.display());
+    Ok(())
+}
+
+/// `--image`: the schedule image from the Dockerfile (checked first), with the engine's output.
+fn build_image(root: &Path, engine: &str, print_only: bool) -> Result<()> {
+    let text = std::fs::read_to_string(root.join(image::DOCKERFILE))?;
+    image::check_dockerfile(&text)?;
+    let tag = kubectl_pvbackup::schedule::default_image();
+    let cmd = image::build_command(engine, root, &tag);
+    if print_only {
+        println!("{}", cmd.join(" "));
+        return Ok(());
+    }
+    eprintln!("building image {tag}…");
+    let status = Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .status()
+        .map_err(|e| {
+            format!("cannot run {engine}: {e}; install docker or podman, or set CONTAINER_ENGINE")
+        })?;
+    if !status.success() {
+        return Err(format!("{} failed: {status}", cmd.join(" ")).into());
+    }
+    println!("{tag}");
     Ok(())
 }
 

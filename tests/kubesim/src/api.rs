@@ -365,6 +365,7 @@ async fn route(sim: SimRef, req: Request<Incoming>) -> ApiResult<Response<Body>>
     let user = sim
         .auth
         .user_for(auth_header)
+        .and_then(|u| crate::serviceaccounts::authorize(&sim, u))
         .ok_or_else(ApiError::unauthorized)?;
     let segs: Vec<&str> = path
         .trim_matches('/')
@@ -871,6 +872,7 @@ pub fn create(
             _ => {
                 if t.def.plural != "selfsubjectaccessreviews"
                     && t.def.plural != "selfsubjectrulesreviews"
+                    && t.def.plural != "selfsubjectreviews"
                 {
                     return Err(ApiError::invalid(
                         t.def.kind,
@@ -890,12 +892,29 @@ pub fn create(
     match t.def.plural {
         "selfsubjectaccessreviews" => return Ok((StatusCode::CREATED, access_review(user, obj))),
         "selfsubjectrulesreviews" => return Ok((StatusCode::CREATED, rules_review(user, obj))),
+        "selfsubjectreviews" => return Ok((StatusCode::CREATED, self_review(user, obj))),
         "pods" => {
             let nsobj = sim
                 .store
                 .get(resources::namespaces(), None, ns.unwrap_or_default())?;
             obj["metadata"]["namespace"] = json!(ns);
             admission::admit_pod(&mut obj, &nsobj)?;
+            service_account_admission(sim, ns.unwrap_or_default(), &obj)?;
+        }
+        "secrets" => {
+            sim.store
+                .get(resources::namespaces(), None, ns.unwrap_or_default())?;
+            merge_string_data(&mut obj);
+        }
+        "jobs" => {
+            sim.store
+                .get(resources::namespaces(), None, ns.unwrap_or_default())?;
+            crate::batch::admit_job(&mut obj)?;
+        }
+        "cronjobs" => {
+            sim.store
+                .get(resources::namespaces(), None, ns.unwrap_or_default())?;
+            crate::batch::admit_cron_job(&mut obj)?;
         }
         "persistentvolumeclaims" => {
             sim.store
@@ -964,6 +983,67 @@ fn access_review(user: &User, mut obj: Value) -> Value {
     } else {
         json!({"allowed": false})
     };
+    obj
+}
+
+/// plugin/pkg/admission/serviceaccount: a pod's ServiceAccount must exist. `default` is made by
+/// the serviceaccounts controller moments after its namespace; kubesim lets pods of a namespace
+/// that young through rather than reproduce that race.
+fn service_account_admission(sim: &SimRef, ns: &str, pod: &Value) -> ApiResult<()> {
+    let sa = pod["spec"]["serviceAccountName"]
+        .as_str()
+        .unwrap_or("default");
+    if sa == "default"
+        || sim
+            .store
+            .try_get(resources::service_accounts(), Some(ns), sa)
+            .is_some()
+    {
+        return Ok(());
+    }
+    let name = pod["metadata"]["name"]
+        .as_str()
+        .or(pod["metadata"]["generateName"].as_str())
+        .unwrap_or_default();
+    Err(ApiError::forbidden_message(
+        "pods",
+        name,
+        format!("pods \"{name}\" is forbidden: error looking up service account {ns}/{sa}: serviceaccount \"{sa}\" not found"),
+    ))
+}
+
+/// `stringData` is write-only: merged into `data` (base64), overriding it
+/// (pkg/apis/core/v1/conversion.go `Convert_v1_Secret_To_core_Secret`).
+fn merge_string_data(secret: &mut Value) {
+    use base64::Engine;
+    let Some(sd) = secret.as_object_mut().and_then(|m| m.remove("stringData")) else {
+        return;
+    };
+    if !secret["data"].is_object() {
+        secret["data"] = json!({});
+    }
+    for (k, v) in sd.as_object().into_iter().flatten() {
+        let s = v.as_str().unwrap_or_default();
+        secret["data"][k] = json!(base64::engine::general_purpose::STANDARD.encode(s));
+    }
+    if secret["type"].is_null() {
+        secret["type"] = json!("Opaque");
+    }
+}
+
+/// SelfSubjectReview (`kubectl auth whoami`): the authenticated user's name and groups
+/// (pkg/registry/authentication/selfsubjectreview/rest.go).
+fn self_review(user: &User, mut obj: Value) -> Value {
+    obj["apiVersion"] = json!("authentication.k8s.io/v1");
+    obj["kind"] = json!("SelfSubjectReview");
+    obj["metadata"]["creationTimestamp"] = Value::Null;
+    let mut info = json!({"username": user.name, "groups": user.groups});
+    if let Some((ns, sa)) = crate::serviceaccounts::parse_user(&user.name) {
+        info["extra"] = json!({
+            "authentication.kubernetes.io/credential-id": [format!("kubesim-token:{ns}/{sa}")],
+        });
+    }
+    obj["status"] = json!({"userInfo": info});
     obj
 }
 
@@ -1102,6 +1182,23 @@ fn finish_if_finalized(
     Ok(obj.clone())
 }
 
+/// A controller's DELETE (grace periods, finalizers and propagation as for a client's).
+pub fn delete_object(
+    sim: &SimRef,
+    def: &'static ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+    opts: &Value,
+) -> ApiResult<()> {
+    let t = Target {
+        def,
+        namespace: ns.map(str::to_string),
+        name: Some(name.to_string()),
+        subresource: None,
+    };
+    delete(sim, &t, &HashMap::new(), opts).map(|_| ())
+}
+
 /// DELETE with DeleteOptions: preconditions, grace period, finalizers.
 fn delete(
     sim: &SimRef,
@@ -1132,6 +1229,24 @@ fn delete(
         if rv != actual {
             return Err(ApiError::conflict(&q_name, &name, &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {actual}")));
         }
+    }
+    // Dependents: a batch/v1 Job orphans its pods unless asked otherwise
+    // (pkg/registry/batch/job/strategy.go DefaultGarbageCollectionPolicy); everything else
+    // leaves them to the garbage collector (batch.rs), which deletes them in the background.
+    let policy = opts["propagationPolicy"]
+        .as_str()
+        .or_else(|| q1(q, "propagationPolicy"))
+        .or(opts["orphanDependents"]
+            .as_bool()
+            .filter(|o| *o)
+            .map(|_| "Orphan"))
+        .unwrap_or(if t.def.plural == "jobs" {
+            "Orphan"
+        } else {
+            "Background"
+        });
+    if policy == "Orphan" {
+        crate::batch::orphan_dependents(sim, &cur);
     }
     let grace: Option<i64> = opts["gracePeriodSeconds"]
         .as_i64()

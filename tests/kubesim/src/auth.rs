@@ -64,7 +64,9 @@ impl User {
         }
         // Everyone may ask about themselves (system:basic-user ClusterRole).
         if verb == "create"
-            && (resource == "selfsubjectaccessreviews" || resource == "selfsubjectrulesreviews")
+            && (resource == "selfsubjectaccessreviews"
+                || resource == "selfsubjectrulesreviews"
+                || resource == "selfsubjectreviews")
         {
             return true;
         }
@@ -85,6 +87,16 @@ impl Authenticator {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(token, user);
+    }
+
+    /// The token already issued to the user `name`, if any.
+    pub fn token_of(&self, name: &str) -> Option<String> {
+        self.tokens
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(_, u)| u.name == name)
+            .map(|(t, _)| t.clone())
     }
 
     pub fn user_for(&self, authorization: Option<&str>) -> Option<User> {

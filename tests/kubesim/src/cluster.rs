@@ -65,6 +65,9 @@ pub struct ClusterOptions {
     /// Hollow nodes (`hollow-1` …) besides the three real ones: their pods report Running
     /// without running anything, for scale tests (`hollow.rs`).
     pub hollow_nodes: usize,
+    /// Images whose containers run a host binary (IMAGE → path) instead of the busybox
+    /// userland, e.g. the plugin's own image → the plugin binary under test (README: images).
+    pub image_binaries: Vec<(String, PathBuf)>,
 }
 
 pub struct Cluster {
@@ -141,7 +144,10 @@ impl Cluster {
             kick: Default::default(),
             runtime: Default::default(),
             snapshot_api: !opts.without_snapshot_api,
+            ca_pem: OnceLock::new(),
+            image_binaries: opts.image_binaries.clone(),
         });
+        let _ = sim.ca_pem.set(certs.ca_pem.clone());
         let _ = sim.server_url.set(url.clone());
         let admin_token = new_token();
         sim.auth.add(admin_token.clone(), User::admin());

@@ -35,6 +35,7 @@ pub fn reconcile(sim: &SimRef) {
     }
     bind_claims(sim);
     schedule(sim);
+    crate::batch::reconcile(sim);
     kubelet::sync(sim);
     kubelet::detach_unused(sim);
     protect_and_reclaim(sim);

@@ -102,7 +102,12 @@ impl ApiError {
         Self::new(
             422,
             "Invalid",
-            format!("{kind} \"{name}\" is invalid: {joined}"),
+            // errors.go NewInvalid names the qualified kind: `Pod`, `CronJob.batch`.
+            if group.is_empty() {
+                format!("{kind} \"{name}\" is invalid: {joined}")
+            } else {
+                format!("{kind}.{group} \"{name}\" is invalid: {joined}")
+            },
         )
         .with_details(d)
     }

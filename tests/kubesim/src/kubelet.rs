@@ -726,8 +726,13 @@ impl PodWorker {
                     .collect()
             })
             .unwrap_or_default();
+        let image = c["image"].as_str().unwrap_or_default();
+        let binary = image_binary(&self.sim, image)?;
         if argv.is_empty() {
-            argv = image_entrypoint(c["image"].as_str().unwrap_or_default());
+            argv = match &binary {
+                Some(b) => b.entrypoint.clone(),
+                None => image_entrypoint(image),
+            };
         }
         argv.extend(args);
         let mut env: Vec<(String, String)> = vec![
@@ -737,12 +742,15 @@ impl PodWorker {
             ),
             ("HOSTNAME".into(), self.name.clone()),
         ];
+        env.extend(crate::serviceaccounts::service_env(&self.sim));
+        // envFrom first, then env: a name in env wins (kubelet_pods.go makeEnvironmentVariables).
+        env.extend(crate::serviceaccounts::secret_env(&self.sim, &self.ns, c)?);
         for e in c["env"].as_array().into_iter().flatten() {
             if let (Some(k), Some(v)) = (e["name"].as_str(), e["value"].as_str()) {
                 env.push((k.to_string(), v.to_string()));
             }
         }
-        let vm: Vec<Mount> = c["volumeMounts"]
+        let mut vm: Vec<Mount> = c["volumeMounts"]
             .as_array()
             .into_iter()
             .flatten()
@@ -756,6 +764,20 @@ impl PodWorker {
                 })
             })
             .collect();
+        if crate::serviceaccounts::automount(&self.sim, pod) {
+            let dir =
+                crate::serviceaccounts::project(&self.sim, &self.pod_dir, pod).map_err(|e| {
+                    format!("MountVolume.SetUp failed for volume \"kube-api-access\": {e}")
+                })?;
+            vm.push(Mount {
+                host_path: dir,
+                container_path: crate::serviceaccounts::MOUNT_PATH.into(),
+                read_only: true,
+            });
+        }
+        if let Some(b) = binary {
+            vm.extend(b.mounts);
+        }
         let sc = &c["securityContext"];
         let psc = &pod["spec"]["securityContext"];
         let uid = sc["runAsUser"]
@@ -1280,6 +1302,81 @@ fn image_entrypoint(image: &str) -> Vec<String> {
     } else {
         forever
     }
+}
+
+/// What a container of an image mapped to a host binary gets.
+struct ImageBinary {
+    mounts: Vec<Mount>,
+    entrypoint: Vec<String>,
+}
+
+/// Where an image mapped to a host binary keeps it (the repository's Dockerfile puts the plugin
+/// there too).
+const IMAGE_BINARY_DIR: &str = "/usr/local/bin";
+/// Debian's (and distroless's) CA bundle, where rustls-native-certs and OpenSSL look first.
+const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// For an image mapped to a host binary (`ClusterOptions::image_binaries`): the read-only mounts
+/// of the binary, of the shared libraries `ldd` resolves for it and of the host's CA bundle —
+/// what a distroless image holding that binary contains (gcr.io/distroless/cc: glibc, libgcc,
+/// ca-certificates) — and its entrypoint.
+fn image_binary(sim: &Sim, image: &str) -> Result<Option<ImageBinary>, String> {
+    let wanted = qualify_image(image);
+    let Some((_, host)) = sim
+        .image_binaries
+        .iter()
+        .find(|(i, _)| qualify_image(i) == wanted)
+    else {
+        return Ok(None);
+    };
+    let file = host
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let target = format!("{IMAGE_BINARY_DIR}/{file}");
+    let mut mounts = vec![Mount {
+        host_path: host.clone(),
+        container_path: target.clone(),
+        read_only: true,
+    }];
+    let out = std::process::Command::new("ldd")
+        .arg(host)
+        .output()
+        .map_err(|e| format!("ldd {}: {e}", host.display()))?;
+    for lib in shared_libraries(&String::from_utf8_lossy(&out.stdout)) {
+        mounts.push(Mount {
+            host_path: PathBuf::from(&lib),
+            container_path: lib,
+            read_only: true,
+        });
+    }
+    if let Ok(bundle) = std::fs::canonicalize(CA_BUNDLE) {
+        mounts.push(Mount {
+            host_path: bundle,
+            container_path: CA_BUNDLE.into(),
+            read_only: true,
+        });
+    }
+    Ok(Some(ImageBinary {
+        mounts,
+        entrypoint: vec![target],
+    }))
+}
+
+/// The absolute library paths in `ldd` output (`libc.so.6 => /lib/…/libc.so.6 (0x…)` and the
+/// interpreter line `/lib64/ld-linux-x86-64.so.2 (0x…)`); none for a static binary.
+fn shared_libraries(ldd: &str) -> Vec<String> {
+    ldd.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = match l.split_once("=>") {
+                Some((_, rest)) => rest.trim(),
+                None => l,
+            };
+            let path = path.split_whitespace().next()?;
+            path.starts_with('/').then(|| path.to_string())
+        })
+        .collect()
 }
 
 /// `GET pods/<name>/log?container=...` from the container's log file.

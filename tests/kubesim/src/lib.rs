@@ -5,6 +5,7 @@
 pub mod admission;
 pub mod api;
 pub mod auth;
+pub mod batch;
 pub mod cluster;
 pub mod controllers;
 pub mod errors;
@@ -24,6 +25,7 @@ pub mod sandbox;
 pub mod scenario;
 pub mod selectors;
 pub mod server;
+pub mod serviceaccounts;
 pub mod sim;
 pub mod snapshots;
 pub mod store;

@@ -50,6 +50,11 @@ enum Command {
         /// How long the demo pods may take to run before kubesim gives up.
         #[arg(long, default_value_t = 60, value_name = "SECONDS")]
         ready_timeout: u64,
+        /// Containers of IMAGE run the host binary PATH (with its shared libraries) instead of
+        /// the busybox userland: no image is ever pulled, so this is how a pod runs a real
+        /// program, e.g. `--image-binary ghcr.io/x/kubectl-pvbackup:0.1.0=target/debug/kubectl-pvbackup`.
+        #[arg(long, value_name = "IMAGE=PATH", env = "KUBESIM_IMAGE_BINARIES", value_delimiter = ',', value_parser = parse_image_binary)]
+        image_binary: Vec<(String, PathBuf)>,
     },
     /// Tell whether the kubesim a kubeconfig points to is up: prints `ready <server-url>` and
     /// exits 0, or says why not and exits 1.
@@ -122,6 +127,7 @@ fn main() -> ExitCode {
             scenario,
             ready_timeout,
             without_snapshot_api,
+            image_binary,
         } => {
             let scenario = match scenario {
                 ScenarioArg::Demo => Scenario::Demo,
@@ -134,6 +140,7 @@ fn main() -> ExitCode {
                 ClusterOptions {
                     scenario,
                     without_snapshot_api,
+                    image_binaries: image_binary,
                     ..Default::default()
                 },
                 ready_timeout,
@@ -220,6 +227,15 @@ async fn run(command: Command) -> Result<(), String> {
             kubesim::client::post_fault(&kubeconfig, &req).await
         }
     }
+}
+
+fn parse_image_binary(s: &str) -> Result<(String, PathBuf), String> {
+    let (image, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not IMAGE=PATH"))?;
+    let path = std::fs::canonicalize(path)
+        .map_err(|e| format!("the binary {path} for image {image} cannot be used: {e}"))?;
+    Ok((image.to_string(), path))
 }
 
 async fn serve(

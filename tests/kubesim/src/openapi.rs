@@ -57,6 +57,17 @@ fn kind_schema(gen: &mut SchemaGenerator, group: &str, kind: &str) -> Option<()>
         ("authorization.k8s.io", "SelfSubjectRulesReview") => {
             add::<authz::SelfSubjectRulesReview>(gen)
         }
+        ("", "ServiceAccount") => add::<core::ServiceAccount>(gen),
+        ("", "Secret") => add::<core::Secret>(gen),
+        ("batch", "Job") => add::<k8s_openapi::api::batch::v1::Job>(gen),
+        ("batch", "CronJob") => add::<k8s_openapi::api::batch::v1::CronJob>(gen),
+        ("rbac.authorization.k8s.io", "Role") => add::<k8s_openapi::api::rbac::v1::Role>(gen),
+        ("rbac.authorization.k8s.io", "RoleBinding") => {
+            add::<k8s_openapi::api::rbac::v1::RoleBinding>(gen)
+        }
+        ("authentication.k8s.io", "SelfSubjectReview") => {
+            add::<k8s_openapi::api::authentication::v1::SelfSubjectReview>(gen)
+        }
         _ => None,
     }
 }

@@ -113,6 +113,81 @@ pub const RESOURCES: &[ResourceDef] = &[
         subresources: &[],
     },
     ResourceDef {
+        plural: "serviceaccounts",
+        singular: "serviceaccount",
+        kind: "ServiceAccount",
+        group: "",
+        version: "v1",
+        namespaced: true,
+        short_names: &["sa"],
+        verbs: CRUD,
+        categories: &[],
+        // serviceaccounts/token (TokenRequest) is what kubelet uses; kubesim's kubelet mints
+        // tokens itself (see serviceaccounts.rs), so the subresource is not served.
+        subresources: &[],
+    },
+    ResourceDef {
+        plural: "secrets",
+        singular: "secret",
+        kind: "Secret",
+        group: "",
+        version: "v1",
+        namespaced: true,
+        short_names: &[],
+        verbs: CRUD,
+        categories: &[],
+        subresources: &[],
+    },
+    // pkg/registry/batch/{job,cronjob}/storage/storage.go: `cj` for cronjobs; both in `all`.
+    ResourceDef {
+        plural: "jobs",
+        singular: "job",
+        kind: "Job",
+        group: "batch",
+        version: "v1",
+        namespaced: true,
+        short_names: &[],
+        verbs: CRUD,
+        categories: &["all"],
+        subresources: &[STATUS],
+    },
+    ResourceDef {
+        plural: "cronjobs",
+        singular: "cronjob",
+        kind: "CronJob",
+        group: "batch",
+        version: "v1",
+        namespaced: true,
+        short_names: &["cj"],
+        verbs: CRUD,
+        categories: &["all"],
+        subresources: &[STATUS],
+    },
+    ResourceDef {
+        plural: "roles",
+        singular: "role",
+        kind: "Role",
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        namespaced: true,
+        short_names: &[],
+        verbs: CRUD,
+        categories: &[],
+        subresources: &[],
+    },
+    ResourceDef {
+        plural: "rolebindings",
+        singular: "rolebinding",
+        kind: "RoleBinding",
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        namespaced: true,
+        short_names: &[],
+        verbs: CRUD,
+        categories: &[],
+        subresources: &[],
+    },
+    ResourceDef {
         plural: "storageclasses",
         singular: "storageclass",
         kind: "StorageClass",
@@ -187,6 +262,19 @@ pub const RESOURCES: &[ResourceDef] = &[
         categories: &[],
         subresources: &[],
     },
+    // `kubectl auth whoami` (GA in 1.28): pkg/registry/authentication/selfsubjectreview.
+    ResourceDef {
+        plural: "selfsubjectreviews",
+        singular: "selfsubjectreview",
+        kind: "SelfSubjectReview",
+        group: "authentication.k8s.io",
+        version: "v1",
+        namespaced: false,
+        short_names: &[],
+        verbs: &["create"],
+        categories: &[],
+        subresources: &[],
+    },
 ];
 
 impl ResourceDef {
@@ -252,6 +340,25 @@ pub fn volume_snapshots() -> &'static ResourceDef {
 }
 pub fn volume_snapshot_contents() -> &'static ResourceDef {
     find("snapshot.storage.k8s.io", "v1", "volumesnapshotcontents").expect("served")
+}
+
+pub fn service_accounts() -> &'static ResourceDef {
+    find("", "v1", "serviceaccounts").expect("served")
+}
+pub fn secrets() -> &'static ResourceDef {
+    find("", "v1", "secrets").expect("served")
+}
+pub fn jobs() -> &'static ResourceDef {
+    find("batch", "v1", "jobs").expect("served")
+}
+pub fn cron_jobs() -> &'static ResourceDef {
+    find("batch", "v1", "cronjobs").expect("served")
+}
+pub fn roles() -> &'static ResourceDef {
+    find("rbac.authorization.k8s.io", "v1", "roles").expect("served")
+}
+pub fn role_bindings() -> &'static ResourceDef {
+    find("rbac.authorization.k8s.io", "v1", "rolebindings").expect("served")
 }
 
 /// `APIResourceList` for one group/version, as `/api/v1` or `/apis/<g>/<v>` returns it.

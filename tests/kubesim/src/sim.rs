@@ -25,6 +25,10 @@ pub struct Sim {
     pub runtime: crate::kubelet::Runtime,
     /// `snapshot.storage.k8s.io` is served (the external-snapshotter's CRDs are installed).
     pub snapshot_api: bool,
+    /// The cluster CA, as pods see it in their service-account `ca.crt`.
+    pub ca_pem: OnceLock<String>,
+    /// Images that run a host binary instead of busybox (`ClusterOptions::image_binaries`).
+    pub image_binaries: Vec<(String, PathBuf)>,
 }
 
 pub type SimRef = Arc<Sim>;
