@@ -33,6 +33,8 @@ pub struct BackupSettings {
     pub consistency: crate::snapshot::ConsistencySettings,
     /// Snapshots, temporary PVCs and owed post hooks of this run.
     pub run_state: crate::snapshot::RunState,
+    /// Encrypt the archive, the entries and the details to these recipients.
+    pub encryption: Option<crate::encryption::Recipients>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -201,7 +203,7 @@ pub async fn backup_target(
                 &s.backup_id,
                 &m.namespace,
                 &m.pvc.name,
-                s.compression.extension(),
+                &extension(s),
             )));
             result.manifest =
                 Some(dest.locate(&manifest_key(&s.backup_id, &m.namespace, &m.pvc.name)));
@@ -346,17 +348,41 @@ async fn stream(
         &s.backup_id,
         &ctx.target.namespace,
         &ctx.target.pvc,
-        s.compression.extension(),
+        &extension(s),
     );
     let compression = s.compression;
     let bar2 = bar.clone();
     let dest2 = dest.clone();
-    let writer_job = tokio::task::spawn_blocking(move || -> Result<(crate::archive::ArchiveSummary, Box<dyn crate::destination::ObjectWriter>), Failure> {
+    let recipients = s.encryption.clone();
+    let stored_name = file_name(&ctx.target.pvc, s);
+    type Written = (
+        crate::archive::ArchiveSummary,
+        Box<dyn crate::destination::ObjectWriter>,
+        Option<crate::manifest::ArchiveInfo>,
+    );
+    let writer_job = tokio::task::spawn_blocking(move || -> Result<Written, Failure> {
         let _active = ActiveWriter::enter();
         let reader = tokio_util::io::SyncIoBridge::new(stdout);
         let mut writer = dest2.create(&key)?;
-        let summary = stream_backup(reader, compression, &mut writer, &|n| bar2.set_position(n))?;
-        Ok((summary, writer))
+        let progress = |n| bar2.set_position(n);
+        let Some(r) = recipients else {
+            let summary = stream_backup(reader, compression, &mut writer, &progress)?;
+            return Ok((summary, writer, None));
+        };
+        // Compress, then encrypt: the summary's sha256 is the compressed plaintext's, the
+        // stored bytes' is taken under age's writer.
+        let write = |source| crate::archive::ArchiveError::Write { source };
+        let mut sealed = r
+            .seal(crate::archive::HashingWriter::new(&mut writer))
+            .map_err(write)?;
+        let summary = stream_backup(reader, compression, &mut sealed, &progress)?;
+        let (_, sha256, size) = sealed.finish().map_err(write)?.into_parts();
+        let stored = crate::manifest::ArchiveInfo {
+            file_name: stored_name,
+            size,
+            sha256,
+        };
+        Ok((summary, writer, Some(stored)))
     });
     let stderr_job = tokio::spawn(async move {
         let mut buf = Vec::new();
@@ -371,7 +397,7 @@ async fn stream(
     // The copy counts only when tar exited 0, said nothing alarming, and the stream ended with
     // the end-of-archive marker (checked by stream_backup). Anything else discards the partial
     // file (the writer's Drop removes it). A lost session explains itself best, so it wins.
-    let (summary, writer) = match (st, written) {
+    let (summary, writer, stored) = match (st, written) {
         (Err(lost), _) => return Err(lost),
         (Ok(st), _) if st.status.as_deref() != Some("Success") => {
             return Err(Failure::runtime(format!(
@@ -422,7 +448,7 @@ async fn stream(
     let mut manifest = Manifest::new(
         meta(ctx, s),
         s.compression,
-        file_name(&ctx.target.pvc, s.compression),
+        file_name(&ctx.target.pvc, s),
         summary,
     );
     manifest.skipped.extend(sockets);
@@ -434,14 +460,28 @@ async fn stream(
     // entries stream, and both before the header, the commit marker. All block on I/O, so off
     // the async threads.
     let mkey = manifest_key(&s.backup_id, &ctx.target.namespace, &ctx.target.pvc);
-    let stored = manifest.clone();
-    tokio::task::spawn_blocking(move || -> Result<(), Failure> {
+    let copy = manifest.clone();
+    let seal = match (&s.encryption, stored) {
+        (Some(recipients), Some(archive)) => Some(crate::encryption::Seal {
+            recipients: recipients.clone(),
+            archive,
+        }),
+        _ => None,
+    };
+    let header = tokio::task::spawn_blocking(move || -> Result<_, Failure> {
         writer.commit()?;
-        crate::manifest::store(dest.as_ref(), &mkey, &stored)?;
-        Ok(())
+        Ok(crate::manifest::store_with(
+            dest.as_ref(),
+            &mkey,
+            &copy,
+            seal.as_ref(),
+        )?)
     })
     .await
     .map_err(|e| Failure::runtime(format!("the manifest writer failed: {e}")))??;
+    // What was stored: for an encrypted backup, the archive as encrypted.
+    manifest.archive = header.archive;
+    manifest.encryption = header.encryption;
     Ok((manifest, changes))
 }
 
@@ -524,8 +564,18 @@ pub async fn wait_for_writers(limit: Duration) {
     }
 }
 
-pub fn file_name(pvc: &str, c: Compression) -> String {
-    format!("{pvc}{}", c.extension())
+/// The stored archive's file name: `<pvc>.tar[.gz|.zst]`, with `.age` when encrypted.
+pub fn file_name(pvc: &str, s: &BackupSettings) -> String {
+    format!("{pvc}{}", extension(s))
+}
+
+pub fn extension(s: &BackupSettings) -> String {
+    let age = if s.encryption.is_some() {
+        crate::encryption::AGE_SUFFIX
+    } else {
+        ""
+    };
+    format!("{}{age}", s.compression.extension())
 }
 
 fn meta(ctx: &TargetContext, s: &BackupSettings) -> ManifestMeta {

@@ -8,11 +8,53 @@ use crate::destination::{self, Destination, DestinationError, StoreOptions};
 use crate::exit::Failure;
 use crate::manifest::{LoadError, Manifest};
 
+#[derive(Clone)]
 pub struct Located {
     pub destination: Arc<dyn Destination>,
     pub manifest_key: String,
     pub archive_key: String,
+    /// For an encrypted backup, [`Manifest::archive`] describes the archive before
+    /// encryption; what is stored is in [`Located::sealed`].
     pub manifest: Manifest,
+    pub sealed: Option<SealedArchive>,
+}
+
+/// An encrypted backup's archive: as stored, and the keys that open it.
+#[derive(Clone)]
+pub struct SealedArchive {
+    pub stored: crate::manifest::ArchiveInfo,
+    pub keys: crate::encryption::Identities,
+}
+
+impl Located {
+    /// The archive's stored bytes, decrypted for an encrypted backup (the stored size and
+    /// sha256 are checked at the end of the stream: see [`crate::encryption::Identities::open`]).
+    pub fn open_archive(&self) -> Result<Box<dyn std::io::Read + Send>, Failure> {
+        let reader = self
+            .destination
+            .open(&self.archive_key)
+            .map_err(archive_missing)?;
+        let Some(s) = &self.sealed else {
+            return Ok(reader);
+        };
+        let kinds = self
+            .manifest
+            .encryption
+            .as_ref()
+            .map(|e| e.recipients.clone())
+            .unwrap_or_default();
+        let stored = crate::manifest::StoredObject {
+            file_name: s.stored.file_name.clone(),
+            size: s.stored.size,
+            sha256: s.stored.sha256.clone(),
+        };
+        Ok(Box::new(s.keys.open(
+            std::io::BufReader::with_capacity(1 << 20, reader),
+            &self.destination.locate(&self.archive_key),
+            &stored,
+            &kinds,
+        )?))
+    }
 }
 
 use crate::manifest::MANIFEST_SUFFIX;
@@ -23,6 +65,7 @@ fn manifest_name(backup: &str, name: &str) -> Result<String, Failure> {
     if name.ends_with(MANIFEST_SUFFIX) {
         return Ok(name.to_string());
     }
+    let name = name.strip_suffix(crate::encryption::AGE_SUFFIX).unwrap_or(name);
     let stem = [".tar.gz", ".tar.zst", ".tar"].iter().find_map(|s| name.strip_suffix(s)).ok_or_else(|| {
         Failure::usage(format!("{backup:?} is neither a manifest (*.manifest.json) nor an archive (*.tar, *.tar.gz, *.tar.zst); for a backup id, add --from DEST"))
     })?;
@@ -40,7 +83,12 @@ pub fn archive_missing(e: DestinationError) -> Failure {
     }
 }
 
-pub fn locate(backup: &str, from: Option<&str>, store: &StoreOptions) -> Result<Located, Failure> {
+/// The destination and manifest key a BACKUP argument names.
+pub fn resolve(
+    backup: &str,
+    from: Option<&str>,
+    store: &StoreOptions,
+) -> Result<(Arc<dyn Destination>, String), Failure> {
     let (dest, mkey): (Arc<dyn Destination>, String) = match from {
         Some(f) => {
             let d: Arc<dyn Destination> = Arc::from(destination::parse_with(f, store)?);
@@ -84,11 +132,24 @@ pub fn locate(backup: &str, from: Option<&str>, store: &StoreOptions) -> Result<
             (Arc::new(destination::local::LocalDir::new(dir)), key)
         }
     };
-    let manifest = crate::manifest::load(dest.as_ref(), &mkey).map_err(|e| match e {
+    Ok((dest, mkey))
+}
+
+/// Resolves BACKUP and loads its manifest, decrypting an encrypted backup's with `keys`
+/// (refused, exit 2, without them).
+pub fn locate(
+    backup: &str,
+    from: Option<&str>,
+    store: &StoreOptions,
+    keys: Option<&crate::encryption::Identities>,
+) -> Result<Located, Failure> {
+    let (dest, mkey) = resolve(backup, from, store)?;
+    let (manifest, stored) = crate::manifest::load_with(dest.as_ref(), &mkey, keys).map_err(|e| match e {
         LoadError::NoManifest { location } => Failure::usage(format!("no manifest at {location}: the backup does not exist or is incomplete (an archive without a manifest is never restorable). `kubectl pvbackup list DEST` shows what is there")),
         e @ (LoadError::NoEntries { .. } | LoadError::Invalid { .. }) => Failure::integrity(e.to_string()),
         e @ LoadError::Read { .. } => Failure::runtime(e.to_string()),
         LoadError::Destination(e) => Failure::from(e),
+        LoadError::Encryption(e) => Failure::from(e),
     })?;
     let dir = mkey
         .rsplit_once('/')
@@ -107,5 +168,20 @@ pub fn locate(backup: &str, from: Option<&str>, store: &StoreOptions) -> Result<
         manifest_key: mkey,
         archive_key,
         manifest,
+        sealed: stored.map(|stored| SealedArchive {
+            stored,
+            keys: keys.expect("decrypted with them").clone(),
+        }),
     })
+}
+
+/// The header at `mkey` when it is a readable, encrypted one (anything else is left to
+/// [`locate`], which explains it).
+pub fn encrypted_header(dest: &dyn Destination, mkey: &str) -> Option<crate::manifest::Header> {
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut dest.open(mkey).ok()?, &mut bytes).ok()?;
+    match crate::manifest::parse(&bytes).ok()? {
+        crate::manifest::Document::Header(h) if h.encryption.is_some() => Some(*h),
+        _ => None,
+    }
 }

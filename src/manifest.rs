@@ -325,6 +325,8 @@ pub struct Summary {
     pub skipped: usize,
     /// How the copy was made (`consistency`), when the manifest says.
     pub consistency: Option<Consistency>,
+    /// The kinds of recipients an encrypted backup was made for.
+    pub encrypted_to: Option<Vec<RecipientKind>>,
 }
 
 /// A parsed `<pvc>.manifest.json`.
@@ -422,11 +424,6 @@ pub enum ManifestError {
          backup with `kubectl pvbackup inspect`, `verify` or `restore`, which read both"
     )]
     HeaderOnly(String),
-    #[error(
-        "the backup is encrypted ({scheme}), which this build of kubectl-pvbackup cannot \
-         decrypt; use the version that wrote it"
-    )]
-    Encrypted { scheme: &'static str },
     #[error(
         "the entries stream {file:?} is damaged: {detail}. The backup cannot be trusted; \
          use another backup"
@@ -611,6 +608,7 @@ impl Manifest {
             compression: self.compression,
             skipped: self.skipped.len(),
             consistency: self.consistency.clone(),
+            encrypted_to: self.encryption.as_ref().map(|e| e.recipients.clone()),
         }
     }
 
@@ -653,11 +651,7 @@ impl Manifest {
             }
         }
         if let Some(e) = &self.encryption {
-            return Err(ManifestError::Encrypted {
-                scheme: match e.scheme {
-                    EncryptionScheme::Age => "age",
-                },
-            });
+            validate_encryption(e)?;
         }
         if self.entry_count != self.entries.len() as u64 {
             return Err(ManifestError::EntryCount {
@@ -849,6 +843,35 @@ struct LineIn {
     archive: u32,
 }
 
+/// An `encryption` section: age, at least one recipient kind, and the parts that leak content
+/// (archive, entries, details) all encrypted, the details in a named, hashed object.
+fn validate_encryption(e: &Encryption) -> Result<(), ManifestError> {
+    let EncryptionScheme::Age = e.scheme;
+    if e.recipients.is_empty() {
+        return Err(ManifestError::Inconsistent(
+            "the encryption section names no recipient kind".into(),
+        ));
+    }
+    for part in [
+        EncryptedPart::Archive,
+        EncryptedPart::Entries,
+        EncryptedPart::Details,
+    ] {
+        if !e.parts.contains(&part) {
+            return Err(ManifestError::Inconsistent(format!(
+                "the encryption section leaves the {part:?} part in clear"
+            )));
+        }
+    }
+    let Some(d) = &e.details else {
+        return Err(ManifestError::Inconsistent(
+            "the encryption section names no details object".into(),
+        ));
+    };
+    check_file_name("the encrypted details", &d.file_name)?;
+    check_sha(|| "encryption.details.sha256".into(), &d.sha256)
+}
+
 fn check_entry_fields(e: &EntryRecord) -> Result<(), ManifestError> {
     check_hex_name(&e.path, &e.path, e.path_hex.as_deref(), "path_hex")?;
     if let Some(t) = &e.link_target {
@@ -936,6 +959,7 @@ impl Document {
                 compression: h.compression,
                 skipped: h.details.as_ref().map_or(0, |d| d.skipped.len()),
                 consistency: h.consistency.clone(),
+                encrypted_to: h.encryption.as_ref().map(|e| e.recipients.clone()),
             },
         }
     }
@@ -976,17 +1000,19 @@ impl Header {
                 found: self.schema_version,
             });
         }
-        if let Some(e) = &self.encryption {
-            return Err(ManifestError::Encrypted {
-                scheme: match e.scheme {
-                    EncryptionScheme::Age => "age",
-                },
-            });
-        }
         check_file_name("archive", &self.archive.file_name)?;
         check_file_name("entries stream", &self.entries.file_name)?;
         check_sha(|| "archive.sha256".into(), &self.archive.sha256)?;
         check_sha(|| "entries.sha256".into(), &self.entries.sha256)?;
+        if let Some(e) = &self.encryption {
+            validate_encryption(e)?;
+            if self.details.is_some() {
+                return Err(ManifestError::Inconsistent(
+                    "the header is encrypted but holds its details in clear".into(),
+                ));
+            }
+            return Ok(());
+        }
         let Some(d) = &self.details else {
             return Err(ManifestError::Inconsistent(
                 "the header has no details and is not encrypted".into(),
@@ -1169,11 +1195,26 @@ pub enum LoadError {
     },
     #[error(transparent)]
     Destination(#[from] DestinationError),
+    /// An encrypted backup without a matching identity, or a damaged encrypted object.
+    #[error(transparent)]
+    Encryption(#[from] crate::encryption::EncryptionError),
 }
 
 /// Loads the manifest whose header (or schema-1 document) is at `manifest_key`, reading the
 /// entries stream beside it for schema 2.
 pub fn load(dest: &dyn Destination, manifest_key: &str) -> Result<Manifest, LoadError> {
+    load_with(dest, manifest_key, None).map(|(m, _)| m)
+}
+
+/// [`load`], decrypting an encrypted backup with `keys` ([`crate::encryption`]). Also returns
+/// the stored (encrypted) archive's size and sha256 from the header for an encrypted backup,
+/// whose [`Manifest::archive`] then describes the archive before encryption (what the
+/// decrypted stream is checked against).
+pub fn load_with(
+    dest: &dyn Destination,
+    manifest_key: &str,
+    keys: Option<&crate::encryption::Identities>,
+) -> Result<(Manifest, Option<ArchiveInfo>), LoadError> {
     let location = dest.locate(manifest_key);
     let mut bytes = Vec::new();
     dest.open(manifest_key)
@@ -1191,23 +1232,58 @@ pub fn load(dest: &dyn Destination, manifest_key: &str) -> Result<Manifest, Load
         source,
     };
     match parse(&bytes).map_err(invalid)? {
-        Document::Whole(m) => Ok(*m),
+        Document::Whole(m) => Ok((*m, None)),
         Document::Header(h) => {
             let key = format!("{}{}", key_dir(manifest_key), h.entries.file_name);
+            let (h, sealed) = match h.encryption.clone() {
+                None => (*h, None),
+                Some(e) => {
+                    let keys = keys.ok_or_else(|| {
+                        crate::encryption::EncryptionError::NoIdentity {
+                            kinds: e.recipients.clone(),
+                        }
+                    })?;
+                    let (h, stored) = crate::encryption::unseal_header(
+                        dest,
+                        key_dir(manifest_key),
+                        *h,
+                        &e,
+                        keys,
+                    )?;
+                    (h, Some((keys, e, stored)))
+                }
+            };
             let reader = dest.open(&key).map_err(|e| match e {
                 DestinationError::NotFound { .. } => LoadError::NoEntries {
                     location: dest.locate(&key),
                 },
                 other => LoadError::Destination(other),
             })?;
-            h.read_entries(BufReader::with_capacity(1 << 20, reader))
+            let (reader, stored_archive): (Box<dyn Read + Send>, _) = match sealed {
+                None => (reader, None),
+                Some((keys, e, (entries, archive))) => (
+                    Box::new(keys.open(reader, &dest.locate(&key), &entries, &e.recipients)?),
+                    Some(archive),
+                ),
+            };
+            let m = h
+                .read_entries(BufReader::with_capacity(1 << 20, reader))
                 .map_err(|e| match e {
-                    ManifestError::Read { source, .. } => LoadError::Read {
-                        location: dest.locate(&key),
-                        source,
-                    },
+                    ManifestError::Read { source, .. } => {
+                        match crate::encryption::damage(&source) {
+                            Some(d) => invalid(ManifestError::Entries {
+                                file: dest.locate(&key),
+                                detail: d.to_string(),
+                            }),
+                            None => LoadError::Read {
+                                location: dest.locate(&key),
+                                source,
+                            },
+                        }
+                    }
                     e => invalid(e),
-                })
+                })?;
+            Ok((m, stored_archive))
         }
     }
 }
@@ -1220,7 +1296,21 @@ pub fn store(
     manifest_key: &str,
     m: &Manifest,
 ) -> Result<Header, DestinationError> {
-    let file_name = entries_file_name(manifest_key, m.compression);
+    store_with(dest, manifest_key, m, None)
+}
+
+/// [`store`], encrypting the entries stream and the details when `seal` says so
+/// ([`crate::encryption::Seal`]).
+pub fn store_with(
+    dest: &dyn Destination,
+    manifest_key: &str,
+    m: &Manifest,
+    seal: Option<&crate::encryption::Seal>,
+) -> Result<Header, DestinationError> {
+    let mut file_name = entries_file_name(manifest_key, m.compression);
+    if seal.is_some() {
+        file_name.push_str(crate::encryption::AGE_SUFFIX);
+    }
     let key = format!("{}{file_name}", key_dir(manifest_key));
     let write_error = |k: &str, source: io::Error| DestinationError::Io {
         action: "write",
@@ -1228,11 +1318,20 @@ pub fn store(
         source,
     };
     let writer = dest.create(&key)?;
-    let (writer, size, sha256) = m
-        .write_entries(m.compression, writer)
-        .map_err(|e| write_error(&key, e))?;
+    let (writer, size, sha256, plain) = match seal {
+        None => {
+            let (w, size, sha) = m
+                .write_entries(m.compression, writer)
+                .map_err(|e| write_error(&key, e))?;
+            (w, size, sha, None)
+        }
+        Some(seal) => seal
+            .entries(|sealed| m.write_entries(m.compression, sealed), writer)
+            .map(|(w, size, sha, plain)| (w, size, sha, Some(plain)))
+            .map_err(|e| write_error(&key, e))?,
+    };
     writer.commit()?;
-    let header = m.header(EntriesObject {
+    let mut header = m.header(EntriesObject {
         file_name,
         format: EntriesFormat::JsonLines,
         order: EntriesOrder::PathBytes,
@@ -1240,6 +1339,9 @@ pub fn store(
         size,
         sha256,
     });
+    if let (Some(seal), Some(plain)) = (seal, plain) {
+        seal.details(dest, key_dir(manifest_key), manifest_key, m, &mut header, plain)?;
+    }
     let mut json = serde_json::to_vec_pretty(&header).expect("header serialises");
     json.push(b'\n');
     let mut w = dest.create(manifest_key)?;
