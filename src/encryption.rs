@@ -736,15 +736,21 @@ mod tests {
         }
         let e = read(&keys, stored[..stored.len() - 100].to_vec(), &o).unwrap_err();
         assert!(e.contains("damaged"), "{e}");
-        // Bytes after age's last chunk: age stops there, the stored sha256 does not.
         let mut longer = stored.clone();
         longer.extend_from_slice(b"appended");
-        let e = read(&keys, longer, &o).unwrap_err();
+        assert!(read(&keys, longer, &o).unwrap_err().contains("damaged"));
+        // A whole, valid age file that is not the one the header names (another backup's,
+        // or the same data sealed again): age accepts it, the stored sha256 does not.
+        let (again, _) = sealed(&r, &plain);
+        let e = read(&keys, again, &o).unwrap_err();
         assert!(e.contains("the manifest says"), "{e}");
-        // The header: the stanza's MAC no longer checks out.
+        // The header's MAC. (A changed recipient stanza reads as "not for these keys": age
+        // cannot tell it from another recipient's.)
+        let mac = stored.windows(4).position(|w| w == b"\n---").unwrap() + 10;
         let mut bad = stored.clone();
-        bad[30] ^= 0x01;
-        assert!(read(&keys, bad, &o).unwrap_err().contains("damaged"));
+        bad[mac] ^= 0x01;
+        let e = read(&keys, bad, &o).unwrap_err();
+        assert!(e.contains("damaged"), "{e}");
     }
 
     #[test]
