@@ -666,6 +666,7 @@ mod tests {
     use super::*;
     use age::secrecy::ExposeSecret;
 
+    #[allow(deprecated)]
     fn key(dir: &Path, name: &str) -> (PathBuf, String) {
         let id = age::x25519::Identity::generate();
         let path = dir.join(name);
