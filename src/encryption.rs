@@ -101,7 +101,9 @@ fn parse_recipient(s: &str) -> Result<(Box<dyn age::Recipient + Send>, Recipient
         return match s.parse::<R>() {
             Ok(r @ R::SshEd25519(..)) => Ok((Box::new(r), RecipientKind::SshEd25519)),
             Ok(r @ R::SshRsa(..)) => Ok((Box::new(r), RecipientKind::SshRsa)),
-            Err(E::Unsupported(kind)) => Err(format!("SSH key type {kind} is not supported by age")),
+            Err(E::Unsupported(kind)) => {
+                Err(format!("SSH key type {kind} is not supported by age"))
+            }
             Err(E::RsaModulusTooSmall) => Err("the ssh-rsa key is shorter than 2048 bits".into()),
             Err(E::RsaModulusTooLarge) => Err("the ssh-rsa key is longer than age supports".into()),
             Err(_) => Err("not a valid SSH public key".into()),
@@ -113,7 +115,10 @@ fn parse_recipient(s: &str) -> Result<(Box<dyn age::Recipient + Send>, Recipient
 impl Recipients {
     /// The recipients named on the command line and in recipients files (age's `-R` format);
     /// `None` when there are none (the backup is not encrypted).
-    pub fn parse(values: &[String], files: &[PathBuf]) -> Result<Option<Recipients>, EncryptionError> {
+    pub fn parse(
+        values: &[String],
+        files: &[PathBuf],
+    ) -> Result<Option<Recipients>, EncryptionError> {
         let mut keys = Vec::new();
         for v in values {
             let v = v.trim();
@@ -226,10 +231,14 @@ impl Identities {
             detail,
         };
         let source_failed = |e: io::Error| -> Option<EncryptionError> {
-            shared.lock().expect("not poisoned").failed.then(|| EncryptionError::Read {
-                object: object.to_string(),
-                source: e,
-            })
+            shared
+                .lock()
+                .expect("not poisoned")
+                .failed
+                .then(|| EncryptionError::Read {
+                    object: object.to_string(),
+                    source: e,
+                })
         };
         let decryptor = match age::Decryptor::new(handle) {
             Ok(d) => d,
@@ -239,17 +248,18 @@ impl Identities {
             }
             Err(e) => return Err(damaged(format!("it is not an age file ({e})"))),
         };
-        let reader = match decryptor.decrypt(self.keys.iter().map(|k| k.as_ref() as &dyn age::Identity)) {
-            Ok(r) => r,
-            Err(age::DecryptError::NoMatchingKeys) => {
-                return Err(EncryptionError::WrongIdentity {
-                    files: self.files.clone(),
-                    kinds: kinds.to_vec(),
-                    count: kinds.len().max(1),
-                })
-            }
-            Err(e) => return Err(damaged(format!("its age header does not check out ({e})"))),
-        };
+        let reader =
+            match decryptor.decrypt(self.keys.iter().map(|k| k.as_ref() as &dyn age::Identity)) {
+                Ok(r) => r,
+                Err(age::DecryptError::NoMatchingKeys) => {
+                    return Err(EncryptionError::WrongIdentity {
+                        files: self.files.clone(),
+                        kinds: kinds.to_vec(),
+                        count: kinds.len().max(1),
+                    })
+                }
+                Err(e) => return Err(damaged(format!("its age header does not check out ({e})"))),
+            };
         Ok(Plaintext {
             reader: Box::new(reader),
             stored: shared,
@@ -261,7 +271,9 @@ impl Identities {
 }
 
 #[allow(deprecated)]
-fn load_identity_file(f: &Path) -> Result<Vec<Box<dyn age::Identity + Send + Sync>>, EncryptionError> {
+fn load_identity_file(
+    f: &Path,
+) -> Result<Vec<Box<dyn age::Identity + Send + Sync>>, EncryptionError> {
     let file = f.display().to_string();
     let bad = |detail: String| EncryptionError::BadIdentityFile {
         file: file.clone(),
@@ -327,7 +339,8 @@ pub struct Damaged(pub String);
 /// The damage an I/O error reports, when it is a [`Plaintext`]'s (a flipped byte, a cut
 /// object, a stored sha256 that differs), as opposed to a failing destination.
 pub fn damage(e: &io::Error) -> Option<&Damaged> {
-    e.get_ref().and_then(|inner| inner.downcast_ref::<Damaged>())
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<Damaged>())
 }
 
 /// The plaintext of an encrypted object (see [`Identities::open`]).
@@ -444,16 +457,18 @@ impl SealedDetails {
     ) -> Result<SealedDetails, EncryptionError> {
         let mut plain = keys.open(stored, object, expected, kinds)?;
         let mut bytes = Vec::new();
-        plain.read_to_end(&mut bytes).map_err(|e| match damage(&e) {
-            Some(d) => EncryptionError::Damaged {
-                object: object.to_string(),
-                detail: d.0.clone(),
-            },
-            None => EncryptionError::Read {
-                object: object.to_string(),
-                source: e,
-            },
-        })?;
+        plain
+            .read_to_end(&mut bytes)
+            .map_err(|e| match damage(&e) {
+                Some(d) => EncryptionError::Damaged {
+                    object: object.to_string(),
+                    detail: d.0.clone(),
+                },
+                None => EncryptionError::Read {
+                    object: object.to_string(),
+                    source: e,
+                },
+            })?;
         serde_json::from_slice(&bytes).map_err(|e| EncryptionError::Damaged {
             object: object.to_string(),
             detail: format!("it decrypts, but not to the details of a backup ({e})"),
@@ -480,7 +495,9 @@ impl Seal {
         write: impl FnOnce(Sealed<W>) -> io::Result<(Sealed<W>, u64, String)>,
         out: W,
     ) -> io::Result<(W, u64, String, PlainObject)> {
-        let sealed = self.recipients.seal(crate::archive::HashingWriter::new(out))?;
+        let sealed = self
+            .recipients
+            .seal(crate::archive::HashingWriter::new(out))?;
         let (sealed, size, sha256) = write(sealed)?;
         let (out, stored_sha, stored_size) = sealed.finish()?.into_parts();
         Ok((out, stored_size, stored_sha, PlainObject { size, sha256 }))
@@ -605,16 +622,22 @@ pub fn check_stored(
         .map(|(d, _)| format!("{d}/"))
         .unwrap_or_default();
     let mut parts = vec![
-        ("archive", StoredObject {
-            file_name: header.archive.file_name.clone(),
-            size: header.archive.size,
-            sha256: header.archive.sha256.clone(),
-        }),
-        ("entries", StoredObject {
-            file_name: header.entries.file_name.clone(),
-            size: header.entries.size,
-            sha256: header.entries.sha256.clone(),
-        }),
+        (
+            "archive",
+            StoredObject {
+                file_name: header.archive.file_name.clone(),
+                size: header.archive.size,
+                sha256: header.archive.sha256.clone(),
+            },
+        ),
+        (
+            "entries",
+            StoredObject {
+                file_name: header.entries.file_name.clone(),
+                size: header.entries.size,
+                sha256: header.entries.sha256.clone(),
+            },
+        ),
     ];
     if let Some(d) = header.encryption.as_ref().and_then(|e| e.details.clone()) {
         parts.push(("details", d));
@@ -691,7 +714,12 @@ mod tests {
 
     fn read(keys: &Identities, stored: Vec<u8>, o: &StoredObject) -> Result<Vec<u8>, String> {
         let mut p = keys
-            .open(io::Cursor::new(stored), "x.age", o, &[RecipientKind::X25519])
+            .open(
+                io::Cursor::new(stored),
+                "x.age",
+                o,
+                &[RecipientKind::X25519],
+            )
             .map_err(|e| e.to_string())?;
         let mut out = Vec::new();
         p.read_to_end(&mut out).map_err(|e| {
@@ -713,7 +741,11 @@ mod tests {
             let plain: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             let (stored, o) = sealed(&r, &plain);
             let keys = Identities::load(&[file.clone()]).unwrap().unwrap();
-            assert_eq!(read(&keys, stored.clone(), &o).unwrap(), plain, "{len} bytes");
+            assert_eq!(
+                read(&keys, stored.clone(), &o).unwrap(),
+                plain,
+                "{len} bytes"
+            );
             let wrong = Identities::load(&[other.clone()]).unwrap().unwrap();
             let e = read(&wrong, stored, &o).unwrap_err();
             assert!(e.contains("none of the identities"), "{e}");
@@ -759,17 +791,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_, a) = key(dir.path(), "a");
         let (_, b) = key(dir.path(), "b");
-        let ssh = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHsKLqeplhpW+uObz5dvMgjz1OxfM/XXUB+VHtZ6isGN test";
+        let ssh =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHsKLqeplhpW+uObz5dvMgjz1OxfM/XXUB+VHtZ6isGN test";
         let file = dir.path().join("r.txt");
         std::fs::write(&file, format!("# team\n\n{b}\n{ssh}\n")).unwrap();
         let r = Recipients::parse(&[a], &[file]).unwrap().unwrap();
-        assert_eq!(r.kinds(), &[RecipientKind::X25519, RecipientKind::SshEd25519]);
+        assert_eq!(
+            r.kinds(),
+            &[RecipientKind::X25519, RecipientKind::SshEd25519]
+        );
         assert_eq!(kinds_text(r.kinds()), "x25519, ssh-ed25519");
         assert_eq!(Recipients::parse(&[], &[]).unwrap(), None);
 
-        let e = Recipients::parse(&["age1nope".into()], &[]).unwrap_err().to_string();
-        assert!(e.starts_with("--encrypt-to \"age1nope\": not a valid age X25519 recipient"), "{e}");
-        let e = Recipients::parse(&["AGE-SECRET-KEY-1XYZ".into()], &[]).unwrap_err().to_string();
+        let e = Recipients::parse(&["age1nope".into()], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--encrypt-to \"age1nope\": not a valid age X25519 recipient"),
+            "{e}"
+        );
+        let e = Recipients::parse(&["AGE-SECRET-KEY-1XYZ".into()], &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a recipient age accepts"), "{e}");
         let bad = dir.path().join("bad.txt");
         std::fs::write(&bad, "# x\nssh-dss AAAA\n").unwrap();
@@ -788,7 +831,9 @@ mod tests {
         std::fs::write(&junk, "hello\n").unwrap();
         let e = Identities::load(&[junk]).unwrap_err().to_string();
         assert!(e.contains("age identity file"), "{e}");
-        let e = Identities::load(&[dir.path().join("missing")]).unwrap_err().to_string();
+        let e = Identities::load(&[dir.path().join("missing")])
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("identity file"), "{e}");
         assert!(Identities::load(&[]).unwrap().is_none());
     }

@@ -65,7 +65,9 @@ fn manifest_name(backup: &str, name: &str) -> Result<String, Failure> {
     if name.ends_with(MANIFEST_SUFFIX) {
         return Ok(name.to_string());
     }
-    let name = name.strip_suffix(crate::encryption::AGE_SUFFIX).unwrap_or(name);
+    let name = name
+        .strip_suffix(crate::encryption::AGE_SUFFIX)
+        .unwrap_or(name);
     let stem = [".tar.gz", ".tar.zst", ".tar"].iter().find_map(|s| name.strip_suffix(s)).ok_or_else(|| {
         Failure::usage(format!("{backup:?} is neither a manifest (*.manifest.json) nor an archive (*.tar, *.tar.gz, *.tar.zst); for a backup id, add --from DEST"))
     })?;

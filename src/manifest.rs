@@ -1238,11 +1238,10 @@ pub fn load_with(
             let (h, sealed) = match h.encryption.clone() {
                 None => (*h, None),
                 Some(e) => {
-                    let keys = keys.ok_or_else(|| {
-                        crate::encryption::EncryptionError::NoIdentity {
+                    let keys =
+                        keys.ok_or_else(|| crate::encryption::EncryptionError::NoIdentity {
                             kinds: e.recipients.clone(),
-                        }
-                    })?;
+                        })?;
                     let (h, stored) = crate::encryption::unseal_header(
                         dest,
                         key_dir(manifest_key),
@@ -1340,7 +1339,14 @@ pub fn store_with(
         sha256,
     });
     if let (Some(seal), Some(plain)) = (seal, plain) {
-        seal.details(dest, key_dir(manifest_key), manifest_key, m, &mut header, plain)?;
+        seal.details(
+            dest,
+            key_dir(manifest_key),
+            manifest_key,
+            m,
+            &mut header,
+            plain,
+        )?;
     }
     let mut json = serde_json::to_vec_pretty(&header).expect("header serialises");
     json.push(b'\n');

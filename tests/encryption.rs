@@ -69,8 +69,17 @@ async fn encrypted_round_trip_to_a_directory() {
     let run = plugin(
         &cluster,
         &[
-            "create", PVC, "-n", NS, "--all-pvcs", "--to", arg(dest.path()),
-            "--encrypt-to", &recipient, "-o", "json",
+            "create",
+            PVC,
+            "-n",
+            NS,
+            "--all-pvcs",
+            "--to",
+            arg(dest.path()),
+            "--encrypt-to",
+            &recipient,
+            "-o",
+            "json",
         ],
     )
     .await;
@@ -83,39 +92,77 @@ async fn encrypted_round_trip_to_a_directory() {
 
     // The marker is nowhere at the destination: not in any object's bytes, nor in a name.
     let stored = files_under(dest.path());
-    assert_eq!(stored.len(), 4, "archive, entries, details, header: {stored:?}");
+    assert_eq!(
+        stored.len(),
+        4,
+        "archive, entries, details, header: {stored:?}"
+    );
     for f in &stored {
         assert!(!f.to_string_lossy().contains(MARKER), "{}", f.display());
         let bytes = std::fs::read(f).unwrap();
-        assert!(!contains(&bytes, MARKER.as_bytes()), "{} holds the marker", f.display());
-        assert!(!contains(&bytes, b"plain.txt"), "{} holds a path", f.display());
+        assert!(
+            !contains(&bytes, MARKER.as_bytes()),
+            "{} holds the marker",
+            f.display()
+        );
+        assert!(
+            !contains(&bytes, b"plain.txt"),
+            "{} holds a path",
+            f.display()
+        );
     }
 
     // Without a key: list, inspect and a verify of the stored bytes work.
     let run = plugin(&cluster, &["list", arg(dest.path())]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stdout.contains("complete, encrypted (age: x25519)"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("complete, encrypted (age: x25519)"),
+        "{}",
+        run.stdout
+    );
     let run = plugin(&cluster, &["inspect", arg(&manifest)]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stdout.contains("Encrypted:     age (x25519)"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("Encrypted:     age (x25519)"),
+        "{}",
+        run.stdout
+    );
     let run = plugin(&cluster, &["verify", arg(&manifest)]).await;
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert!(run.stdout.contains("STORED BYTES OK"), "{}", run.stdout);
-    assert!(run.stdout.contains("not checked without a key"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("not checked without a key"),
+        "{}",
+        run.stdout
+    );
     let run = plugin(&cluster, &["inspect", arg(&manifest), "--files"]).await;
     assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
 
     // With the key, verify checks everything.
-    let run = plugin(&cluster, &["verify", arg(&manifest), "--identity", arg(&identity)]).await;
+    let run = plugin(
+        &cluster,
+        &["verify", arg(&manifest), "--identity", arg(&identity)],
+    )
+    .await;
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert!(run.stdout.contains(": OK ("), "{}", run.stdout);
     let run = plugin(
         &cluster,
-        &["inspect", arg(&manifest), "--files", "--identity", arg(&identity)],
+        &[
+            "inspect",
+            arg(&manifest),
+            "--files",
+            "--identity",
+            arg(&identity),
+        ],
     )
     .await;
     assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stdout.contains(&format!("dir-{MARKER}/{MARKER}.txt")), "{}", run.stdout);
+    assert!(
+        run.stdout.contains(&format!("dir-{MARKER}/{MARKER}.txt")),
+        "{}",
+        run.stdout
+    );
 
     // Change the volume; a restore without the key, or with another one, touches nothing.
     std::fs::remove_file(vol.join("plain.txt")).unwrap();
@@ -130,7 +177,11 @@ async fn encrypted_round_trip_to_a_directory() {
         assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
         assert!(run.stderr.contains(why), "{}", run.stderr);
         assert!(run.stderr.contains("age: x25519"), "{}", run.stderr);
-        assert!(helper_pods(&cluster).is_empty(), "{:?}", helper_pods(&cluster));
+        assert!(
+            helper_pods(&cluster).is_empty(),
+            "{:?}",
+            helper_pods(&cluster)
+        );
         assert_same(&changed, &state(&vol), "after a refused restore");
     }
 
@@ -151,7 +202,14 @@ async fn encrypted_round_trip_to_a_directory() {
     assert!(helper_pods(&cluster).is_empty());
     let run = plugin(
         &cluster,
-        &["drill", arg(&manifest), "--identity", arg(&identity), "-o", "json"],
+        &[
+            "drill",
+            arg(&manifest),
+            "--identity",
+            arg(&identity),
+            "-o",
+            "json",
+        ],
     )
     .await;
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
@@ -166,7 +224,11 @@ async fn encrypted_round_trip_to_a_directory() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
     std::fs::write(archive, &bytes).unwrap();
-    let run = plugin(&cluster, &["verify", arg(&manifest), "--identity", arg(&identity)]).await;
+    let run = plugin(
+        &cluster,
+        &["verify", arg(&manifest), "--identity", arg(&identity)],
+    )
+    .await;
     assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
     let run = plugin(&cluster, &["verify", arg(&manifest)]).await;
     assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
@@ -175,18 +237,38 @@ async fn encrypted_round_trip_to_a_directory() {
     let changed = state(&vol);
     let run = plugin(
         &cluster,
-        &["restore", arg(&manifest), "--yes", "--identity", arg(&identity)],
+        &[
+            "restore",
+            arg(&manifest),
+            "--yes",
+            "--identity",
+            arg(&identity),
+        ],
     )
     .await;
     assert_eq!(run.code, 3, "{}\n{}", run.stdout, run.stderr);
-    assert_same(&changed, &state(&vol), "after a restore of a damaged backup");
+    assert_same(
+        &changed,
+        &state(&vol),
+        "after a restore of a damaged backup",
+    );
 }
 
 /// `ssh-keygen -t ed25519`: (private key, public key line).
 fn ssh_key(dir: &Path) -> (PathBuf, String) {
     let key = dir.join("id_ed25519");
     let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f", arg(&key)])
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "test",
+            "-f",
+            arg(&key),
+        ])
         .status()
         .expect("ssh-keygen runs");
     assert!(st.success());
@@ -216,14 +298,26 @@ async fn encrypted_round_trip_through_a_bucket_to_ssh_and_age_recipients() {
     let run = plugin_env(
         cluster.kubeconfig(),
         &[
-            "create", PVC, "-n", NS, "--all-pvcs", "--to", "s3://vault/team",
-            "--encrypt-to-file", arg(&recipients), "-o", "json",
+            "create",
+            PVC,
+            "-n",
+            NS,
+            "--all-pvcs",
+            "--to",
+            "s3://vault/team",
+            "--encrypt-to-file",
+            arg(&recipients),
+            "-o",
+            "json",
         ],
         &env,
     )
     .await;
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
-    let manifest = json(&run)["results"][0]["manifest"].as_str().unwrap().to_string();
+    let manifest = json(&run)["results"][0]["manifest"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let stored = moto.keys("vault");
     assert_eq!(stored.len(), 4, "{stored:?}");
     for k in &stored {
@@ -263,13 +357,24 @@ async fn bad_recipients_are_refused_before_anything_runs() {
     let run = plugin(
         &cluster,
         &[
-            "create", PVC, "-n", NS, "--all-pvcs", "--to", arg(dest.path()),
-            "--encrypt-to", "age1notakey",
+            "create",
+            PVC,
+            "-n",
+            NS,
+            "--all-pvcs",
+            "--to",
+            arg(dest.path()),
+            "--encrypt-to",
+            "age1notakey",
         ],
     )
     .await;
     assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
-    assert!(run.stderr.contains("--encrypt-to \"age1notakey\""), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("--encrypt-to \"age1notakey\""),
+        "{}",
+        run.stderr
+    );
     assert!(files_under(dest.path()).is_empty());
     assert!(helper_pods(&cluster).is_empty());
 }

@@ -129,9 +129,10 @@ pub fn run(
                             .as_ref()
                             .map_or(0, |c| c.files_changed_while_read);
                         item.compression = Some(m.compression.algorithm().to_string());
-                        item.encrypted = m.encrypted_to.as_ref().map(|k| {
-                            format!("age: {}", crate::encryption::kinds_text(k))
-                        });
+                        item.encrypted = m
+                            .encrypted_to
+                            .as_ref()
+                            .map(|k| format!("age: {}", crate::encryption::kinds_text(k)));
                         item.complete = archive_key.is_some();
                         item.restorable = archive_key.is_some();
                         if archive_key.is_none() {

@@ -5,10 +5,10 @@ use serde_json::json;
 
 use crate::archive::verify_archive;
 use crate::cli::OutputFormat;
-use crate::destination::StoreOptions;
-use crate::exit::Failure;
 use crate::destination::Destination;
+use crate::destination::StoreOptions;
 use crate::encryption::Identities;
+use crate::exit::Failure;
 use crate::locate::{encrypted_header, locate, resolve};
 use crate::manifest::Header;
 use crate::output;
@@ -97,7 +97,8 @@ fn stored_only(
         .as_ref()
         .map(|e| crate::encryption::kinds_text(&e.recipients))
         .unwrap_or_default();
-    const NOT_CHECKED: &str = "decryption, the entries and every file's sha256 (pass --identity to check them)";
+    const NOT_CHECKED: &str =
+        "decryption, the entries and every file's sha256 (pass --identity to check them)";
     match format {
         OutputFormat::Json | OutputFormat::Yaml => output::structured(
             format,
@@ -117,7 +118,11 @@ fn stored_only(
             for c in &checks {
                 text.push_str(&format!(
                     "{} {} {}: {}\n",
-                    if c.problem.is_some() { "MISMATCH" } else { "OK      " },
+                    if c.problem.is_some() {
+                        "MISMATCH"
+                    } else {
+                        "OK      "
+                    },
                     c.part,
                     c.location,
                     c.problem.clone().unwrap_or_else(|| format!(
