@@ -740,13 +740,17 @@ mod tests {
         for len in [0, 10, 3 << 16, (1 << 16) * 2 + 7] {
             let plain: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             let (stored, o) = sealed(&r, &plain);
-            let keys = Identities::load(std::slice::from_ref(&file)).unwrap().unwrap();
+            let keys = Identities::load(std::slice::from_ref(&file))
+                .unwrap()
+                .unwrap();
             assert_eq!(
                 read(&keys, stored.clone(), &o).unwrap(),
                 plain,
                 "{len} bytes"
             );
-            let wrong = Identities::load(std::slice::from_ref(&other)).unwrap().unwrap();
+            let wrong = Identities::load(std::slice::from_ref(&other))
+                .unwrap()
+                .unwrap();
             let e = read(&wrong, stored, &o).unwrap_err();
             assert!(e.contains("none of the identities"), "{e}");
         }
