@@ -221,7 +221,7 @@ _kubectl__pvbackup() {
             return 0
             ;;
         kubectl__pvbackup__subcmd__create)
-            opts="-l -n -A -o -v -h -V --to --mesh --selector --all-pvcs --compression --level --snapshot --snapshot-class --snapshot-timeout --require-consistent --pre-hook --post-hook --hook-container --hook-timeout --hook-on-error --image --run-as-user --pod-timeout --retries --retry-timeout --stall-timeout --parallel --dry-run --endpoint --part-size --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
+            opts="-l -n -A -o -v -h -V --to --mesh --selector --all-pvcs --compression --level --snapshot --snapshot-class --snapshot-timeout --require-consistent --pre-hook --post-hook --hook-container --hook-timeout --hook-on-error --image --run-as-user --pod-timeout --retries --retry-timeout --stall-timeout --parallel --dry-run --encrypt-to --encrypt-to-file --endpoint --part-size --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -311,6 +311,14 @@ _kubectl__pvbackup() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --encrypt-to)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --encrypt-to-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --endpoint)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -397,7 +405,7 @@ _kubectl__pvbackup() {
             return 0
             ;;
         kubectl__pvbackup__subcmd__drill)
-            opts="-n -A -o -v -h -V --from --storage-class --size --image --run-as-user --pod-timeout --retries --retry-timeout --stall-timeout --endpoint --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
+            opts="-n -A -o -v -h -V --from --storage-class --size --image --run-as-user --pod-timeout --retries --retry-timeout --stall-timeout --identity --endpoint --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -436,6 +444,10 @@ _kubectl__pvbackup() {
                     return 0
                     ;;
                 --stall-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --identity)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -657,13 +669,17 @@ _kubectl__pvbackup() {
             return 0
             ;;
         kubectl__pvbackup__subcmd__inspect)
-            opts="-n -A -o -v -h -V --from --files --endpoint --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
+            opts="-n -A -o -v -h -V --from --files --identity --endpoint --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --from)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --identity)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -811,7 +827,7 @@ _kubectl__pvbackup() {
             return 0
             ;;
         kubectl__pvbackup__subcmd__restore)
-            opts="-y -n -A -o -v -h -V --from --to-pvc --create-pvc --storage-class --size --mode --yes --dry-run --force --in-place --snapshot --keep-snapshot --snapshot-class --snapshot-timeout --image --run-as-user --pod-timeout --retries --retry-timeout --stall-timeout --endpoint --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
+            opts="-y -n -A -o -v -h -V --from --to-pvc --create-pvc --storage-class --size --mode --yes --dry-run --force --in-place --snapshot --keep-snapshot --snapshot-class --snapshot-timeout --image --run-as-user --pod-timeout --retries --retry-timeout --stall-timeout --identity --endpoint --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -877,6 +893,10 @@ _kubectl__pvbackup() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --identity)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --endpoint)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -913,13 +933,17 @@ _kubectl__pvbackup() {
             return 0
             ;;
         kubectl__pvbackup__subcmd__verify)
-            opts="-n -A -o -v -h -V --from --endpoint --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
+            opts="-n -A -o -v -h -V --from --identity --endpoint --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --from)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --identity)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
