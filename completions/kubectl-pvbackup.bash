@@ -269,7 +269,7 @@ _kubectl__pvbackup() {
             return 0
             ;;
         kubectl__pvbackup__subcmd__create)
-            opts="-l -n -A -o -v -h -V --to --mesh --selector --all-pvcs --compression --level --snapshot --snapshot-class --snapshot-timeout --require-consistent --pre-hook --post-hook --hook-container --hook-timeout --hook-on-error --image --run-as-user --pod-timeout --retries --retry-timeout --stall-timeout --parallel --max-per-node --dry-run --endpoint --part-size --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
+            opts="-l -n -A -o -v -h -V --to --mesh --selector --all-pvcs --compression --level --snapshot --snapshot-class --snapshot-timeout --require-consistent --pre-hook --post-hook --hook-container --hook-timeout --hook-on-error --image --run-as-user --pod-timeout --retries --retry-timeout --stall-timeout --parallel --max-per-node --dry-run --encrypt-to --encrypt-to-file --endpoint --part-size --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -363,6 +363,14 @@ _kubectl__pvbackup() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --encrypt-to)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --encrypt-to-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --endpoint)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -449,7 +457,7 @@ _kubectl__pvbackup() {
             return 0
             ;;
         kubectl__pvbackup__subcmd__drill)
-            opts="-n -A -o -v -h -V --from --storage-class --size --image --run-as-user --pod-timeout --retries --retry-timeout --stall-timeout --endpoint --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
+            opts="-n -A -o -v -h -V --from --storage-class --size --image --run-as-user --pod-timeout --retries --retry-timeout --stall-timeout --identity --endpoint --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -488,6 +496,10 @@ _kubectl__pvbackup() {
                     return 0
                     ;;
                 --stall-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --identity)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -779,13 +791,17 @@ _kubectl__pvbackup() {
             return 0
             ;;
         kubectl__pvbackup__subcmd__inspect)
-            opts="-n -A -o -v -h -V --from --files --endpoint --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
+            opts="-n -A -o -v -h -V --from --files --identity --endpoint --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --from)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --identity)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -933,7 +949,7 @@ _kubectl__pvbackup() {
             return 0
             ;;
         kubectl__pvbackup__subcmd__restore)
-            opts="-y -n -A -o -v -h -V --from --to-pvc --create-pvc --storage-class --size --mode --yes --dry-run --force --in-place --snapshot --keep-snapshot --snapshot-class --snapshot-timeout --image --run-as-user --pod-timeout --retries --retry-timeout --stall-timeout --endpoint --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
+            opts="-y -n -A -o -v -h -V --from --to-pvc --create-pvc --storage-class --size --mode --yes --dry-run --force --in-place --snapshot --keep-snapshot --snapshot-class --snapshot-timeout --image --run-as-user --pod-timeout --retries --retry-timeout --stall-timeout --identity --endpoint --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -996,6 +1012,10 @@ _kubectl__pvbackup() {
                     return 0
                     ;;
                 --stall-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --identity)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1401,13 +1421,17 @@ _kubectl__pvbackup() {
             return 0
             ;;
         kubectl__pvbackup__subcmd__verify)
-            opts="-n -A -o -v -h -V --from --endpoint --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
+            opts="-n -A -o -v -h -V --from --identity --endpoint --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --from)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --identity)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -89,6 +89,8 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l stall-timeout -d 'Declare a data stream dead when no byte moves for this long (e.g. 60s, 2m)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l parallel -d 'Back up this many PVCs at once' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l max-per-node -d 'At most this many helper pods on any one node at a time' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l encrypt-to -d 'Encrypt the backup with age to this recipient: an X25519 key `age1…` or an SSH public key (`ssh-ed25519 …`, `ssh-rsa …`). Repeatable' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l encrypt-to-file -d 'Encrypt to every recipient in FILE (one per line, `#` comments; age\'s `-R` format). Repeatable' -r -F
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l endpoint -d 'Endpoint of an S3-compatible store (MinIO, Ceph RGW), Azurite or a GCS emulator (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL for s3://)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l part-size -d 'Multipart upload part size in MiB (5-512; default 8). Memory is about 6 parts per PVC' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
@@ -107,6 +109,7 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -s h -l help -d 'Print help'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -s V -l version -d 'Print version'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand verify" -l from -d 'Where the backup lives, when BACKUP is an id' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand verify" -l identity -d 'Private key to decrypt an encrypted backup with: an age identity file (`age-keygen -o FILE`) or an unencrypted OpenSSH private key. Repeatable' -r -F
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand verify" -l endpoint -d 'Endpoint of an S3-compatible store (MinIO, Ceph RGW), Azurite or a GCS emulator (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL for s3://)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand verify" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand verify" -l context -d 'The kubeconfig context to use' -r
@@ -134,6 +137,7 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand list" 
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand list" -s h -l help -d 'Print help'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand list" -s V -l version -d 'Print version'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand inspect" -l from -d 'Where the backup lives, when BACKUP is an id' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand inspect" -l identity -d 'Private key to decrypt an encrypted backup with: an age identity file (`age-keygen -o FILE`) or an unencrypted OpenSSH private key. Repeatable' -r -F
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand inspect" -l endpoint -d 'Endpoint of an S3-compatible store (MinIO, Ceph RGW), Azurite or a GCS emulator (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL for s3://)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand inspect" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand inspect" -l context -d 'The kubeconfig context to use' -r
@@ -167,6 +171,7 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restor
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l retries -d 'Retries per PVC after a transient failure (connection reset, API outage or 5xx/429, helper pod evicted or killed, stalled stream); 0 turns retries off' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l retry-timeout -d 'Stop retrying once this much time has passed since the PVC\'s first failure (e.g. 30s, 5m)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l stall-timeout -d 'Declare a data stream dead when no byte moves for this long (e.g. 60s, 2m)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l identity -d 'Private key to decrypt an encrypted backup with: an age identity file (`age-keygen -o FILE`) or an unencrypted OpenSSH private key. Repeatable' -r -F
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l endpoint -d 'Endpoint of an S3-compatible store (MinIO, Ceph RGW), Azurite or a GCS emulator (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL for s3://)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand restore" -l context -d 'The kubeconfig context to use' -r
@@ -256,6 +261,7 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill"
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l retries -d 'Retries per PVC after a transient failure (connection reset, API outage or 5xx/429, helper pod evicted or killed, stalled stream); 0 turns retries off' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l retry-timeout -d 'Stop retrying once this much time has passed since the PVC\'s first failure (e.g. 30s, 5m)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l stall-timeout -d 'Declare a data stream dead when no byte moves for this long (e.g. 60s, 2m)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l identity -d 'Private key to decrypt an encrypted backup with: an age identity file (`age-keygen -o FILE`) or an unencrypted OpenSSH private key. Repeatable' -r -F
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l endpoint -d 'Endpoint of an S3-compatible store (MinIO, Ceph RGW), Azurite or a GCS emulator (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL for s3://)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l kubeconfig -d 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)' -r -F
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l context -d 'The kubeconfig context to use' -r

@@ -95,6 +95,8 @@ Register-ArgumentCompleter -Native -CommandName 'kubectl-pvbackup' -ScriptBlock 
             [CompletionResult]::new('--stall-timeout', '--stall-timeout', [CompletionResultType]::ParameterName, 'Declare a data stream dead when no byte moves for this long (e.g. 60s, 2m)')
             [CompletionResult]::new('--parallel', '--parallel', [CompletionResultType]::ParameterName, 'Back up this many PVCs at once')
             [CompletionResult]::new('--max-per-node', '--max-per-node', [CompletionResultType]::ParameterName, 'At most this many helper pods on any one node at a time')
+            [CompletionResult]::new('--encrypt-to', '--encrypt-to', [CompletionResultType]::ParameterName, 'Encrypt the backup with age to this recipient: an X25519 key `age1…` or an SSH public key (`ssh-ed25519 …`, `ssh-rsa …`). Repeatable')
+            [CompletionResult]::new('--encrypt-to-file', '--encrypt-to-file', [CompletionResultType]::ParameterName, 'Encrypt to every recipient in FILE (one per line, `#` comments; age''s `-R` format). Repeatable')
             [CompletionResult]::new('--endpoint', '--endpoint', [CompletionResultType]::ParameterName, 'Endpoint of an S3-compatible store (MinIO, Ceph RGW), Azurite or a GCS emulator (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL for s3://)')
             [CompletionResult]::new('--part-size', '--part-size', [CompletionResultType]::ParameterName, 'Multipart upload part size in MiB (5-512; default 8). Memory is about 6 parts per PVC')
             [CompletionResult]::new('--kubeconfig', '--kubeconfig', [CompletionResultType]::ParameterName, 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)')
@@ -119,6 +121,7 @@ Register-ArgumentCompleter -Native -CommandName 'kubectl-pvbackup' -ScriptBlock 
         }
         'kubectl-pvbackup;verify' {
             [CompletionResult]::new('--from', '--from', [CompletionResultType]::ParameterName, 'Where the backup lives, when BACKUP is an id')
+            [CompletionResult]::new('--identity', '--identity', [CompletionResultType]::ParameterName, 'Private key to decrypt an encrypted backup with: an age identity file (`age-keygen -o FILE`) or an unencrypted OpenSSH private key. Repeatable')
             [CompletionResult]::new('--endpoint', '--endpoint', [CompletionResultType]::ParameterName, 'Endpoint of an S3-compatible store (MinIO, Ceph RGW), Azurite or a GCS emulator (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL for s3://)')
             [CompletionResult]::new('--kubeconfig', '--kubeconfig', [CompletionResultType]::ParameterName, 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)')
             [CompletionResult]::new('--context', '--context', [CompletionResultType]::ParameterName, 'The kubeconfig context to use')
@@ -158,6 +161,7 @@ Register-ArgumentCompleter -Native -CommandName 'kubectl-pvbackup' -ScriptBlock 
         }
         'kubectl-pvbackup;inspect' {
             [CompletionResult]::new('--from', '--from', [CompletionResultType]::ParameterName, 'Where the backup lives, when BACKUP is an id')
+            [CompletionResult]::new('--identity', '--identity', [CompletionResultType]::ParameterName, 'Private key to decrypt an encrypted backup with: an age identity file (`age-keygen -o FILE`) or an unencrypted OpenSSH private key. Repeatable')
             [CompletionResult]::new('--endpoint', '--endpoint', [CompletionResultType]::ParameterName, 'Endpoint of an S3-compatible store (MinIO, Ceph RGW), Azurite or a GCS emulator (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL for s3://)')
             [CompletionResult]::new('--kubeconfig', '--kubeconfig', [CompletionResultType]::ParameterName, 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)')
             [CompletionResult]::new('--context', '--context', [CompletionResultType]::ParameterName, 'The kubeconfig context to use')
@@ -193,6 +197,7 @@ Register-ArgumentCompleter -Native -CommandName 'kubectl-pvbackup' -ScriptBlock 
             [CompletionResult]::new('--retries', '--retries', [CompletionResultType]::ParameterName, 'Retries per PVC after a transient failure (connection reset, API outage or 5xx/429, helper pod evicted or killed, stalled stream); 0 turns retries off')
             [CompletionResult]::new('--retry-timeout', '--retry-timeout', [CompletionResultType]::ParameterName, 'Stop retrying once this much time has passed since the PVC''s first failure (e.g. 30s, 5m)')
             [CompletionResult]::new('--stall-timeout', '--stall-timeout', [CompletionResultType]::ParameterName, 'Declare a data stream dead when no byte moves for this long (e.g. 60s, 2m)')
+            [CompletionResult]::new('--identity', '--identity', [CompletionResultType]::ParameterName, 'Private key to decrypt an encrypted backup with: an age identity file (`age-keygen -o FILE`) or an unencrypted OpenSSH private key. Repeatable')
             [CompletionResult]::new('--endpoint', '--endpoint', [CompletionResultType]::ParameterName, 'Endpoint of an S3-compatible store (MinIO, Ceph RGW), Azurite or a GCS emulator (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL for s3://)')
             [CompletionResult]::new('--kubeconfig', '--kubeconfig', [CompletionResultType]::ParameterName, 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)')
             [CompletionResult]::new('--context', '--context', [CompletionResultType]::ParameterName, 'The kubeconfig context to use')
@@ -315,6 +320,7 @@ Register-ArgumentCompleter -Native -CommandName 'kubectl-pvbackup' -ScriptBlock 
             [CompletionResult]::new('--retries', '--retries', [CompletionResultType]::ParameterName, 'Retries per PVC after a transient failure (connection reset, API outage or 5xx/429, helper pod evicted or killed, stalled stream); 0 turns retries off')
             [CompletionResult]::new('--retry-timeout', '--retry-timeout', [CompletionResultType]::ParameterName, 'Stop retrying once this much time has passed since the PVC''s first failure (e.g. 30s, 5m)')
             [CompletionResult]::new('--stall-timeout', '--stall-timeout', [CompletionResultType]::ParameterName, 'Declare a data stream dead when no byte moves for this long (e.g. 60s, 2m)')
+            [CompletionResult]::new('--identity', '--identity', [CompletionResultType]::ParameterName, 'Private key to decrypt an encrypted backup with: an age identity file (`age-keygen -o FILE`) or an unencrypted OpenSSH private key. Repeatable')
             [CompletionResult]::new('--endpoint', '--endpoint', [CompletionResultType]::ParameterName, 'Endpoint of an S3-compatible store (MinIO, Ceph RGW), Azurite or a GCS emulator (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL for s3://)')
             [CompletionResult]::new('--kubeconfig', '--kubeconfig', [CompletionResultType]::ParameterName, 'Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)')
             [CompletionResult]::new('--context', '--context', [CompletionResultType]::ParameterName, 'The kubeconfig context to use')

@@ -39,6 +39,8 @@ pub struct BackupSettings {
     pub run_state: crate::snapshot::RunState,
     /// Helper pods per node (`--max-per-node`), shared by the run's targets.
     pub node_slots: crate::node_slots::NodeSlots,
+    /// Encrypt the archive, the entries and the details to these recipients.
+    pub encryption: Option<crate::encryption::Recipients>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -207,7 +209,7 @@ pub async fn backup_target(
                 &s.backup_id,
                 &m.namespace,
                 &m.pvc.name,
-                s.compression.extension(),
+                &extension(s),
             )));
             result.manifest =
                 Some(dest.locate(&manifest_key(&s.backup_id, &m.namespace, &m.pvc.name)));
@@ -357,11 +359,13 @@ async fn stream(
         &s.backup_id,
         &ctx.target.namespace,
         &ctx.target.pvc,
-        s.compression.extension(),
+        &extension(s),
     );
     let compression = s.compression;
     let bar2 = bar.clone();
     let dest2 = dest.clone();
+    let recipients = s.encryption.clone();
+    let stored_name = file_name(&ctx.target.pvc, s);
     let writer_job = tokio::task::spawn_blocking(move || -> Result<Streamed, Failure> {
         let _active = ActiveWriter::enter();
         let reader = tokio_util::io::SyncIoBridge::new(stdout);
@@ -372,24 +376,43 @@ async fn stream(
         let mut entries = Spool::default();
         let mut links = Spool::default();
         let mut refused = Refused::default();
-        let summary = stream_backup_each(
-            reader,
-            compression,
-            &mut writer,
-            &|n| bar2.set_position(n),
-            &mut |e| {
-                if let Err(u) = check_entry_safe(&e) {
-                    refused.add(u);
-                }
-                spool_entry(&mut entries, &mut links, &e)
-            },
-        )?;
+        let progress = |n| bar2.set_position(n);
+        let mut visit = |e| {
+            if let Err(u) = check_entry_safe(&e) {
+                refused.add(u);
+            }
+            spool_entry(&mut entries, &mut links, &e)
+        };
+        let (summary, stored) = match recipients {
+            None => (
+                stream_backup_each(reader, compression, &mut writer, &progress, &mut visit)?,
+                None,
+            ),
+            Some(r) => {
+                // Compress, then encrypt: the summary's sha256 is the compressed plaintext's,
+                // the stored bytes' is taken under age's writer.
+                let write = |source| crate::archive::ArchiveError::Write { source };
+                let mut sealed = r
+                    .seal(crate::archive::HashingWriter::new(&mut writer))
+                    .map_err(write)?;
+                let summary =
+                    stream_backup_each(reader, compression, &mut sealed, &progress, &mut visit)?;
+                let (_, sha256, size) = sealed.finish().map_err(write)?.into_parts();
+                let stored = crate::manifest::ArchiveInfo {
+                    file_name: stored_name,
+                    size,
+                    sha256,
+                };
+                (summary, Some(stored))
+            }
+        };
         Ok(Streamed {
             summary,
             entries,
             links,
             refused,
             writer,
+            stored,
         })
     });
     let stderr_job = tokio::spawn(async move {
@@ -458,13 +481,14 @@ async fn stream(
         links,
         refused,
         writer,
+        stored,
     } = streamed;
     refused.check()?;
     let files = summary.file_count;
     let mut manifest = Manifest::new(
         meta(ctx, s),
         s.compression,
-        file_name(&ctx.target.pvc, s.compression),
+        file_name(&ctx.target.pvc, s),
         summary,
     );
     manifest.skipped.extend(sockets);
@@ -478,12 +502,30 @@ async fn stream(
     // The entries stream is written (and the rules across entries checked) before anything
     // is committed, so that a refused stream leaves nothing behind.
     let mkey = manifest_key(&s.backup_id, &ctx.target.namespace, &ctx.target.pvc);
-    let stored = manifest.clone();
-    tokio::task::spawn_blocking(move || {
-        commit(dest.as_ref(), &mkey, &stored, entries, links, writer)
+    let copy = manifest.clone();
+    let seal = match (&s.encryption, stored) {
+        (Some(recipients), Some(archive)) => Some(crate::encryption::Seal {
+            recipients: recipients.clone(),
+            archive,
+        }),
+        _ => None,
+    };
+    let header = tokio::task::spawn_blocking(move || {
+        commit(
+            dest.as_ref(),
+            &mkey,
+            &copy,
+            entries,
+            links,
+            writer,
+            seal.as_ref(),
+        )
     })
     .await
     .map_err(|e| Failure::runtime(format!("the manifest writer failed: {e}")))??;
+    // What was stored: for an encrypted backup, the archive as encrypted.
+    manifest.archive = header.archive;
+    manifest.encryption = header.encryption;
     Ok((manifest, files, changes))
 }
 
@@ -521,6 +563,8 @@ struct Streamed {
     links: Spool<crate::archive::LinkRef>,
     refused: Refused,
     writer: Box<dyn crate::destination::ObjectWriter>,
+    /// The stored (encrypted) archive, for an encrypted backup.
+    stored: Option<crate::manifest::ArchiveInfo>,
 }
 
 /// `create`'s side of the round-trip rules ([`crate::archive::RULES`]): a stream holding an
@@ -571,7 +615,8 @@ fn commit(
     entries: Spool<crate::archive::EntryRecord>,
     links: Spool<crate::archive::LinkRef>,
     writer: Box<dyn crate::destination::ObjectWriter>,
-) -> Result<(), Failure> {
+    seal: Option<&crate::encryption::Seal>,
+) -> Result<crate::manifest::Header, Failure> {
     let spool =
         |e: std::io::Error| Failure::from(crate::archive::ArchiveError::Spool { source: e });
     let mut rules = SortedRules::new(links.finish().map_err(spool)?, true);
@@ -581,6 +626,7 @@ fn commit(
         m,
         entries.finish().map_err(spool)?,
         |key, seq, e| rules.check(key, seq, e),
+        seal,
     )
     .and_then(|w| rules.finish().map(|()| w).map_err(StoreError::from));
     let written = match written {
@@ -590,8 +636,14 @@ fn commit(
     };
     writer.commit()?;
     written.writer.commit()?;
-    crate::manifest::store_header(dest, mkey, m, written.object, written.totals)?;
-    Ok(())
+    Ok(crate::manifest::store_header(
+        dest,
+        mkey,
+        m,
+        written.object,
+        written.totals,
+        seal.zip(written.plain),
+    )?)
 }
 
 /// A rule across entries refused the sorted stream (the first such entry is named).
@@ -641,8 +693,18 @@ pub async fn wait_for_writers(limit: Duration) {
     }
 }
 
-pub fn file_name(pvc: &str, c: Compression) -> String {
-    format!("{pvc}{}", c.extension())
+/// The stored archive's file name: `<pvc>.tar[.gz|.zst]`, with `.age` when encrypted.
+pub fn file_name(pvc: &str, s: &BackupSettings) -> String {
+    format!("{pvc}{}", extension(s))
+}
+
+pub fn extension(s: &BackupSettings) -> String {
+    let age = if s.encryption.is_some() {
+        crate::encryption::AGE_SUFFIX
+    } else {
+        ""
+    };
+    format!("{}{age}", s.compression.extension())
 }
 
 fn meta(ctx: &TargetContext, s: &BackupSettings) -> ManifestMeta {
@@ -753,7 +815,16 @@ mod tests {
                 helper_image: "busybox".into(),
             };
             let m = Manifest::new(meta, Compression::None, "data.tar", summary);
-            let r = commit(&dest, "b/ns/data.manifest.json", &m, entries, links, writer);
+            let r = commit(
+                &dest,
+                "b/ns/data.manifest.json",
+                &m,
+                entries,
+                links,
+                writer,
+                None,
+            )
+            .map(drop);
             (d, r, m)
         }
         let mut members = vec![(".", tar::EntryType::Directory, "")];

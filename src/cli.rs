@@ -352,6 +352,8 @@ pub struct CreateArgs {
     #[arg(help_heading = "Run")]
     pub dry_run: bool,
     #[command(flatten)]
+    pub encrypt: EncryptArgs,
+    #[command(flatten)]
     pub store: StoreArgs,
     /// Multipart upload part size in MiB (5-512; default 8). Memory is about 6 parts per PVC
     #[arg(long, value_name = "MIB", help_heading = "Object storage")]
@@ -460,6 +462,8 @@ pub struct VerifyArgs {
     #[arg(help_heading = "Source")]
     pub from: Option<String>,
     #[command(flatten)]
+    pub keys: KeyArgs,
+    #[command(flatten)]
     pub store: StoreArgs,
 }
 
@@ -483,6 +487,8 @@ pub struct InspectArgs {
     #[arg(long)]
     #[arg(help_heading = "Output")]
     pub files: bool,
+    #[command(flatten)]
+    pub keys: KeyArgs,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -550,6 +556,8 @@ pub struct RestoreArgs {
     pub helper: HelperArgs,
     #[command(flatten)]
     pub retry: RetryArgs,
+    #[command(flatten)]
+    pub keys: KeyArgs,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -840,6 +848,8 @@ pub struct DrillArgs {
     #[command(flatten)]
     pub retry: RetryArgs,
     #[command(flatten)]
+    pub keys: KeyArgs,
+    #[command(flatten)]
     pub store: StoreArgs,
 }
 
@@ -859,6 +869,30 @@ Examples:
   kubectl pvbackup schedule run-now nightly -n shop --wait
   kubectl pvbackup schedule list -A
   kubectl pvbackup schedule delete nightly -n shop";
+
+/// Decryption of encrypted backups (README: Encryption); keys stay on this machine.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Encryption")]
+pub struct KeyArgs {
+    /// Private key to decrypt an encrypted backup with: an age identity file (`age-keygen -o
+    /// FILE`) or an unencrypted OpenSSH private key. Repeatable
+    #[arg(long, value_name = "FILE", env = "PVBACKUP_IDENTITY_FILE")]
+    pub identity: Vec<std::path::PathBuf>,
+}
+
+/// Client-side encryption of a new backup (README: Encryption).
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Encryption")]
+pub struct EncryptArgs {
+    /// Encrypt the backup with age to this recipient: an X25519 key `age1…` or an SSH public
+    /// key (`ssh-ed25519 …`, `ssh-rsa …`). Repeatable
+    #[arg(long, value_name = "RECIPIENT")]
+    pub encrypt_to: Vec<String>,
+    /// Encrypt to every recipient in FILE (one per line, `#` comments; age's `-R` format).
+    /// Repeatable
+    #[arg(long, value_name = "FILE")]
+    pub encrypt_to_file: Vec<std::path::PathBuf>,
+}
 
 /// Settings of s3://, az:// and gs:// destinations; credentials come from the environment
 /// (README: Object storage), never from flags.

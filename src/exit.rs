@@ -102,10 +102,29 @@ impl From<crate::archive::ArchiveError> for Failure {
     fn from(e: crate::archive::ArchiveError) -> Self {
         use crate::archive::ArchiveError as A;
         let kind = match &e {
+            // A flipped byte in an encrypted archive shows as a read error of its plaintext.
+            A::Read { source } if crate::encryption::damage(source).is_some() => {
+                ExitKind::Integrity
+            }
             A::Read { .. } | A::Write { .. } | A::Spool { .. } => ExitKind::Runtime,
             _ => ExitKind::Integrity,
         };
         Failure::new(kind, e.to_string())
+    }
+}
+
+impl From<crate::encryption::EncryptionError> for Failure {
+    fn from(e: crate::encryption::EncryptionError) -> Self {
+        use crate::encryption::EncryptionError as E;
+        match e {
+            E::Damaged { .. } => Failure::integrity(e.to_string()),
+            E::Read { .. } => Failure::runtime(e.to_string()),
+            E::BadRecipient { .. }
+            | E::BadRecipientsFile { .. }
+            | E::BadIdentityFile { .. }
+            | E::NoIdentity { .. }
+            | E::WrongIdentity { .. } => Failure::usage(e.to_string()),
+        }
     }
 }
 

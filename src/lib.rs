@@ -11,6 +11,7 @@ pub mod confirm;
 pub mod connect;
 pub mod destination;
 pub mod discover;
+pub mod encryption;
 pub mod exit;
 pub mod helper_pod;
 pub mod helper_session;

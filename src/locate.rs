@@ -8,11 +8,53 @@ use crate::destination::{self, Destination, DestinationError, StoreOptions};
 use crate::exit::Failure;
 use crate::manifest::{EntryReader, LoadError, Manifest, ManifestError};
 
+#[derive(Clone)]
 pub struct Located {
     pub destination: Arc<dyn Destination>,
     pub manifest_key: String,
     pub archive_key: String,
+    /// For an encrypted backup, [`Manifest::archive`] describes the archive before
+    /// encryption; what is stored is in [`Located::sealed`].
     pub manifest: Manifest,
+    pub sealed: Option<SealedArchive>,
+}
+
+/// An encrypted backup's archive: as stored, and the keys that open it.
+#[derive(Clone)]
+pub struct SealedArchive {
+    pub stored: crate::manifest::ArchiveInfo,
+    pub keys: crate::encryption::Identities,
+}
+
+impl Located {
+    /// The archive's stored bytes, decrypted for an encrypted backup (the stored size and
+    /// sha256 are checked at the end of the stream: see [`crate::encryption::Identities::open`]).
+    pub fn open_archive(&self) -> Result<Box<dyn std::io::Read + Send>, Failure> {
+        let reader = self
+            .destination
+            .open(&self.archive_key)
+            .map_err(archive_missing)?;
+        let Some(s) = &self.sealed else {
+            return Ok(reader);
+        };
+        let kinds = self
+            .manifest
+            .encryption
+            .as_ref()
+            .map(|e| e.recipients.clone())
+            .unwrap_or_default();
+        let stored = crate::manifest::StoredObject {
+            file_name: s.stored.file_name.clone(),
+            size: s.stored.size,
+            sha256: s.stored.sha256.clone(),
+        };
+        Ok(Box::new(s.keys.open(
+            std::io::BufReader::with_capacity(1 << 20, reader),
+            &self.destination.locate(&self.archive_key),
+            &stored,
+            &kinds,
+        )?))
+    }
 }
 
 use crate::manifest::MANIFEST_SUFFIX;
@@ -23,6 +65,9 @@ fn manifest_name(backup: &str, name: &str) -> Result<String, Failure> {
     if name.ends_with(MANIFEST_SUFFIX) {
         return Ok(name.to_string());
     }
+    let name = name
+        .strip_suffix(crate::encryption::AGE_SUFFIX)
+        .unwrap_or(name);
     let stem = [".tar.gz", ".tar.zst", ".tar"].iter().find_map(|s| name.strip_suffix(s)).ok_or_else(|| {
         Failure::usage(format!("{backup:?} is neither a manifest (*.manifest.json) nor an archive (*.tar, *.tar.gz, *.tar.zst); for a backup id, add --from DEST"))
     })?;
@@ -40,23 +85,33 @@ pub fn archive_missing(e: DestinationError) -> Failure {
     }
 }
 
-pub fn locate(backup: &str, from: Option<&str>, store: &StoreOptions) -> Result<Located, Failure> {
+/// Resolves BACKUP and loads its manifest, decrypting an encrypted backup's with `keys`
+/// (refused, exit 2, without them).
+pub fn locate(
+    backup: &str,
+    from: Option<&str>,
+    store: &StoreOptions,
+    keys: Option<&crate::encryption::Identities>,
+) -> Result<Located, Failure> {
     let (dest, mkey) = resolve(backup, from, store)?;
-    let manifest = crate::manifest::load(dest.as_ref(), &mkey).map_err(load_failure)?;
-    located(dest, mkey, manifest)
+    let (manifest, stored) =
+        crate::manifest::load_with(dest.as_ref(), &mkey, keys).map_err(load_failure)?;
+    located(dest, mkey, manifest, stored, keys)
 }
 
 /// [`locate`] without reading a schema-2 backup's entries into memory: its
-/// [`Located::manifest`] has none, and they come from the reader, checked as they are read
-/// (errors convert with [`entries_failure`]).
+/// [`Located::manifest`] has none, and they come from the reader (through the decryptor for
+/// an encrypted backup), checked as they are read (errors convert with [`entries_failure`]).
 pub fn locate_open(
     backup: &str,
     from: Option<&str>,
     store: &StoreOptions,
+    keys: Option<&crate::encryption::Identities>,
 ) -> Result<(Located, Option<EntryReader<'static>>), Failure> {
     let (dest, mkey) = resolve(backup, from, store)?;
-    let (manifest, entries) = crate::manifest::open(dest.as_ref(), &mkey).map_err(load_failure)?;
-    Ok((located(dest, mkey, manifest)?, entries))
+    let (manifest, entries, stored) =
+        crate::manifest::open_with(dest.as_ref(), &mkey, keys).map_err(load_failure)?;
+    Ok((located(dest, mkey, manifest, stored, keys)?, entries))
 }
 
 /// An error of the entries reader [`locate_open`] returned.
@@ -75,10 +130,12 @@ fn load_failure(e: LoadError) -> Failure {
         e @ (LoadError::NoEntries { .. } | LoadError::Invalid { .. }) => Failure::integrity(e.to_string()),
         e @ LoadError::Read { .. } => Failure::runtime(e.to_string()),
         LoadError::Destination(e) => Failure::from(e),
+        LoadError::Encryption(e) => Failure::from(e),
     }
 }
 
-fn resolve(
+/// The destination and manifest key a BACKUP argument names.
+pub fn resolve(
     backup: &str,
     from: Option<&str>,
     store: &StoreOptions,
@@ -133,6 +190,8 @@ fn located(
     dest: Arc<dyn Destination>,
     mkey: String,
     manifest: Manifest,
+    stored: Option<crate::manifest::ArchiveInfo>,
+    keys: Option<&crate::encryption::Identities>,
 ) -> Result<Located, Failure> {
     let dir = mkey
         .rsplit_once('/')
@@ -151,5 +210,20 @@ fn located(
         manifest_key: mkey,
         archive_key,
         manifest,
+        sealed: stored.map(|stored| SealedArchive {
+            stored,
+            keys: keys.expect("decrypted with them").clone(),
+        }),
     })
+}
+
+/// The header at `mkey` when it is a readable, encrypted one (anything else is left to
+/// [`locate`], which explains it).
+pub fn encrypted_header(dest: &dyn Destination, mkey: &str) -> Option<crate::manifest::Header> {
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut dest.open(mkey).ok()?, &mut bytes).ok()?;
+    match crate::manifest::parse(&bytes).ok()? {
+        crate::manifest::Document::Header(h) if h.encryption.is_some() => Some(*h),
+        _ => None,
+    }
 }

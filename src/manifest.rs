@@ -341,6 +341,8 @@ pub struct Summary {
     pub skipped: usize,
     /// How the copy was made (`consistency`), when the manifest says.
     pub consistency: Option<Consistency>,
+    /// The kinds of recipients an encrypted backup was made for.
+    pub encrypted_to: Option<Vec<RecipientKind>>,
 }
 
 /// A parsed `<pvc>.manifest.json`.
@@ -438,11 +440,6 @@ pub enum ManifestError {
          backup with `kubectl pvbackup inspect`, `verify` or `restore`, which read both"
     )]
     HeaderOnly(String),
-    #[error(
-        "the backup is encrypted ({scheme}), which this build of kubectl-pvbackup cannot \
-         decrypt; use the version that wrote it"
-    )]
-    Encrypted { scheme: &'static str },
     #[error(
         "the entries stream {file:?} is damaged: {detail}. The backup cannot be trusted; \
          use another backup"
@@ -627,6 +624,7 @@ impl Manifest {
             compression: self.compression,
             skipped: self.skipped.len(),
             consistency: self.consistency.clone(),
+            encrypted_to: self.encryption.as_ref().map(|e| e.recipients.clone()),
         }
     }
 
@@ -669,11 +667,7 @@ impl Manifest {
             }
         }
         if let Some(e) = &self.encryption {
-            return Err(ManifestError::Encrypted {
-                scheme: match e.scheme {
-                    EncryptionScheme::Age => "age",
-                },
-            });
+            validate_encryption(e)?;
         }
         if self.entry_count != self.entries.len() as u64 {
             return Err(ManifestError::EntryCount {
@@ -828,6 +822,35 @@ struct LineIn {
     archive: u32,
 }
 
+/// An `encryption` section: age, at least one recipient kind, and the parts that leak content
+/// (archive, entries, details) all encrypted, the details in a named, hashed object.
+fn validate_encryption(e: &Encryption) -> Result<(), ManifestError> {
+    let EncryptionScheme::Age = e.scheme;
+    if e.recipients.is_empty() {
+        return Err(ManifestError::Inconsistent(
+            "the encryption section names no recipient kind".into(),
+        ));
+    }
+    for part in [
+        EncryptedPart::Archive,
+        EncryptedPart::Entries,
+        EncryptedPart::Details,
+    ] {
+        if !e.parts.contains(&part) {
+            return Err(ManifestError::Inconsistent(format!(
+                "the encryption section leaves the {part:?} part in clear"
+            )));
+        }
+    }
+    let Some(d) = &e.details else {
+        return Err(ManifestError::Inconsistent(
+            "the encryption section names no details object".into(),
+        ));
+    };
+    check_file_name("the encrypted details", &d.file_name)?;
+    check_sha(|| "encryption.details.sha256".into(), &d.sha256)
+}
+
 fn check_entry_fields(e: &EntryRecord) -> Result<(), ManifestError> {
     check_hex_name(&e.path, &e.path, e.path_hex.as_deref(), "path_hex")?;
     if let Some(t) = &e.link_target {
@@ -939,6 +962,8 @@ fn stream_summary<R: Read>(reader: R, version: u32) -> Result<Summary, SummaryEr
         skipped: Vec<IgnoredAny>,
         #[serde(default)]
         consistency: Option<Consistency>,
+        #[serde(default)]
+        encryption: Option<Encryption>,
         /// A header past the buffer (thousands of `details.skipped`): its counts.
         #[serde(default)]
         file_count: Option<u64>,
@@ -976,6 +1001,7 @@ fn stream_summary<R: Read>(reader: R, version: u32) -> Result<Summary, SummaryEr
             compression: w.compression,
             skipped: w.details.map_or(0, |d| d.skipped.len()),
             consistency: w.consistency,
+            encrypted_to: w.encryption.map(|e| e.recipients),
         });
     }
     if w.entry_count != w.entries.entries {
@@ -994,6 +1020,7 @@ fn stream_summary<R: Read>(reader: R, version: u32) -> Result<Summary, SummaryEr
         compression: w.compression,
         skipped: w.skipped.len(),
         consistency: w.consistency,
+        encrypted_to: w.encryption.map(|e| e.recipients),
     })
 }
 
@@ -1086,6 +1113,7 @@ impl Document {
                 compression: h.compression,
                 skipped: h.details.as_ref().map_or(0, |d| d.skipped.len()),
                 consistency: h.consistency.clone(),
+                encrypted_to: h.encryption.as_ref().map(|e| e.recipients.clone()),
             },
         }
     }
@@ -1126,17 +1154,19 @@ impl Header {
                 found: self.schema_version,
             });
         }
-        if let Some(e) = &self.encryption {
-            return Err(ManifestError::Encrypted {
-                scheme: match e.scheme {
-                    EncryptionScheme::Age => "age",
-                },
-            });
-        }
         check_file_name("archive", &self.archive.file_name)?;
         check_file_name("entries stream", &self.entries.file_name)?;
         check_sha(|| "archive.sha256".into(), &self.archive.sha256)?;
         check_sha(|| "entries.sha256".into(), &self.entries.sha256)?;
+        if let Some(e) = &self.encryption {
+            validate_encryption(e)?;
+            if self.details.is_some() {
+                return Err(ManifestError::Inconsistent(
+                    "the header is encrypted but holds its details in clear".into(),
+                ));
+            }
+            return Ok(());
+        }
         let Some(d) = &self.details else {
             return Err(ManifestError::Inconsistent(
                 "the header has no details and is not encrypted".into(),
@@ -1449,15 +1479,30 @@ pub enum LoadError {
     },
     #[error(transparent)]
     Destination(#[from] DestinationError),
+    /// An encrypted backup without a matching identity, or a damaged encrypted object.
+    #[error(transparent)]
+    Encryption(#[from] crate::encryption::EncryptionError),
 }
 
 /// Loads the manifest whose header (or schema-1 document) is at `manifest_key`, reading the
 /// entries stream beside it for schema 2.
 pub fn load(dest: &dyn Destination, manifest_key: &str) -> Result<Manifest, LoadError> {
+    load_with(dest, manifest_key, None).map(|(m, _)| m)
+}
+
+/// [`load`], decrypting an encrypted backup with `keys` ([`crate::encryption`]). Also returns
+/// the stored (encrypted) archive's size and sha256 from the header for an encrypted backup,
+/// whose [`Manifest::archive`] then describes the archive before encryption (what the
+/// decrypted stream is checked against).
+pub fn load_with(
+    dest: &dyn Destination,
+    manifest_key: &str,
+    keys: Option<&crate::encryption::Identities>,
+) -> Result<(Manifest, Option<ArchiveInfo>), LoadError> {
     let location = dest.locate(manifest_key);
-    let (mut m, entries) = open(dest, manifest_key)?;
+    let (mut m, entries, stored_archive) = open_with(dest, manifest_key, keys)?;
     let Some(reader) = entries else {
-        return Ok(m);
+        return Ok((m, stored_archive));
     };
     let entries_location = dest.locate(&format!("{}{}", key_dir(manifest_key), reader.file));
     let mut all = Vec::with_capacity(m.entry_count.min(1 << 20) as usize);
@@ -1469,14 +1514,25 @@ pub fn load(dest: &dyn Destination, manifest_key: &str) -> Result<Manifest, Load
     m.entries = all;
     m.validate()
         .map_err(|source| LoadError::Invalid { location, source })?;
-    Ok(m)
+    Ok((m, stored_archive))
 }
 
 fn load_error(location: &str, entries_location: &str, e: ManifestError) -> LoadError {
     match e {
-        ManifestError::Read { source, .. } => LoadError::Read {
-            location: entries_location.to_string(),
-            source,
+        // A decrypted stream's damage (a changed or cut ciphertext) comes as a read error of
+        // the plaintext, but says nothing about the destination: the backup is damaged.
+        ManifestError::Read { source, .. } => match crate::encryption::damage(&source) {
+            Some(d) => LoadError::Invalid {
+                location: location.to_string(),
+                source: ManifestError::Entries {
+                    file: entries_location.to_string(),
+                    detail: d.to_string(),
+                },
+            },
+            None => LoadError::Read {
+                location: entries_location.to_string(),
+                source,
+            },
         },
         e => LoadError::Invalid {
             location: location.to_string(),
@@ -1493,6 +1549,18 @@ pub fn open(
     dest: &dyn Destination,
     manifest_key: &str,
 ) -> Result<(Manifest, Option<EntryReader<'static>>), LoadError> {
+    open_with(dest, manifest_key, None).map(|(m, entries, _)| (m, entries))
+}
+
+/// [`open`], decrypting an encrypted backup with `keys` ([`crate::encryption`]): the entries
+/// are read through the decryptor, memory flat as for a plain backup. Also returns, like
+/// [`load_with`], the stored (encrypted) archive's size and sha256 for an encrypted backup.
+#[allow(clippy::type_complexity)]
+pub fn open_with(
+    dest: &dyn Destination,
+    manifest_key: &str,
+    keys: Option<&crate::encryption::Identities>,
+) -> Result<(Manifest, Option<EntryReader<'static>>, Option<ArchiveInfo>), LoadError> {
     let location = dest.locate(manifest_key);
     let mut bytes = Vec::new();
     dest.open(manifest_key)
@@ -1510,19 +1578,43 @@ pub fn open(
         source,
     };
     match parse(&bytes).map_err(invalid)? {
-        Document::Whole(m) => Ok((*m, None)),
+        Document::Whole(m) => Ok((*m, None, None)),
         Document::Header(h) => {
             let key = format!("{}{}", key_dir(manifest_key), h.entries.file_name);
+            let (h, sealed) = match h.encryption.clone() {
+                None => (*h, None),
+                Some(e) => {
+                    let keys =
+                        keys.ok_or_else(|| crate::encryption::EncryptionError::NoIdentity {
+                            kinds: e.recipients.clone(),
+                        })?;
+                    let (h, stored) = crate::encryption::unseal_header(
+                        dest,
+                        key_dir(manifest_key),
+                        *h,
+                        &e,
+                        keys,
+                    )?;
+                    (h, Some((keys, e, stored)))
+                }
+            };
             let reader = dest.open(&key).map_err(|e| match e {
                 DestinationError::NotFound { .. } => LoadError::NoEntries {
                     location: dest.locate(&key),
                 },
                 other => LoadError::Destination(other),
             })?;
+            let (reader, stored_archive): (Box<dyn Read + Send>, _) = match sealed {
+                None => (reader, None),
+                Some((keys, e, (entries, archive))) => (
+                    Box::new(keys.open(reader, &dest.locate(&key), &entries, &e.recipients)?),
+                    Some(archive),
+                ),
+            };
             let (m, entries) = h
                 .stream_entries(BufReader::with_capacity(1 << 20, reader))
                 .map_err(|e| load_error(&location, &dest.locate(&key), e))?;
-            Ok((m, Some(entries)))
+            Ok((m, Some(entries), stored_archive))
         }
     }
 }
@@ -1558,6 +1650,17 @@ pub fn store(
     manifest_key: &str,
     m: &Manifest,
 ) -> Result<Header, DestinationError> {
+    store_with(dest, manifest_key, m, None)
+}
+
+/// [`store`], encrypting the entries stream and the details when `seal` says so
+/// ([`crate::encryption::Seal`]).
+pub fn store_with(
+    dest: &dyn Destination,
+    manifest_key: &str,
+    m: &Manifest,
+    seal: Option<&crate::encryption::Seal>,
+) -> Result<Header, DestinationError> {
     let mut sorted: Vec<(Vec<u8>, &EntryRecord)> = m
         .entries
         .iter()
@@ -1571,13 +1674,21 @@ pub fn store(
             item: e.clone(),
         })
     });
-    let written = match write_entries_object(dest, manifest_key, m, entries, |_, _, _| Ok(())) {
+    let written = match write_entries_object(dest, manifest_key, m, entries, |_, _, _| Ok(()), seal)
+    {
         Ok(w) => w,
         Err(StoreError::Destination(e)) => return Err(e),
         Err(other) => unreachable!("an in-memory manifest without checks: {other}"),
     };
     written.writer.commit()?;
-    store_header(dest, manifest_key, m, written.object, written.totals)
+    store_header(
+        dest,
+        manifest_key,
+        m,
+        written.object,
+        written.totals,
+        seal.zip(written.plain),
+    )
 }
 
 /// Regular files and entries of a written entries stream.
@@ -1591,8 +1702,12 @@ pub struct Totals {
 /// An entries stream written but not committed (see [`write_entries_object`]).
 pub struct WrittenEntries {
     pub writer: Box<dyn ObjectWriter>,
+    /// The stored object: for an encrypted stream, its encrypted bytes.
     pub object: EntriesObject,
     pub totals: Totals,
+    /// For an encrypted stream, the size and sha256 of its plaintext (compressed), which go
+    /// into the encrypted details ([`store_header`]).
+    pub plain: Option<crate::encryption::PlainObject>,
 }
 
 /// Why an entries stream was not written.
@@ -1608,20 +1723,25 @@ pub enum StoreError {
 /// Writes the entries stream of `m` at the key beside `manifest_key`, from `entries` in path
 /// order (each checked by `check` first, with its key and archive position), with the notes
 /// of `m.entry_notes` on their lines (notes that name no entry are dropped), compressed like
-/// the archive; not committed. Memory stays bounded whatever the number of entries: each is
+/// the archive, then encrypted when `seal` is given (compress → encrypt → hash the stored
+/// bytes); not committed. Memory stays bounded whatever the number of entries: each is
 /// written as it comes.
 pub fn write_entries_object<I, C>(
     dest: &dyn Destination,
     manifest_key: &str,
     m: &Manifest,
     entries: I,
-    mut check: C,
+    check: C,
+    seal: Option<&crate::encryption::Seal>,
 ) -> Result<WrittenEntries, StoreError>
 where
     I: Iterator<Item = io::Result<Spooled<EntryRecord>>>,
     C: FnMut(&[u8], u64, &EntryRecord) -> Result<(), crate::archive::SortedProblem>,
 {
-    let file_name = entries_file_name(manifest_key, m.compression);
+    let mut file_name = entries_file_name(manifest_key, m.compression);
+    if seal.is_some() {
+        file_name.push_str(crate::encryption::AGE_SUFFIX);
+    }
     let key = format!("{}{file_name}", key_dir(manifest_key));
     let write_error = |source: io::Error| DestinationError::Io {
         action: "write",
@@ -1634,8 +1754,58 @@ where
         .map(|n| (canonical_key(&raw_name(&n.path, n.path_hex.as_deref())), n))
         .collect();
     let writer = dest.create(&key)?;
-    let sink = HashingWriter::new(BufWriter::with_capacity(1 << 16, writer));
-    let mut enc = m.compression.encoder(sink).map_err(write_error)?;
+    let buffered = BufWriter::with_capacity(1 << 16, writer);
+    let (buffered, size, sha256, plain, totals) = match seal {
+        None => {
+            let sink = HashingWriter::new(buffered);
+            let (sink, totals) =
+                write_entry_lines(sink, m.compression, &notes, entries, check, write_error)?;
+            let (buffered, sha256, size) = sink.into_parts();
+            (buffered, size, sha256, None, totals)
+        }
+        Some(seal) => {
+            let (buffered, size, sha256, plain, totals) = seal.entries(
+                buffered,
+                |e| StoreError::from(write_error(e)),
+                |sink| write_entry_lines(sink, m.compression, &notes, entries, check, write_error),
+            )?;
+            (buffered, size, sha256, Some(plain), totals)
+        }
+    };
+    let writer = buffered
+        .into_inner()
+        .map_err(|e| write_error(e.into_error()))?;
+    Ok(WrittenEntries {
+        writer,
+        object: EntriesObject {
+            file_name,
+            format: EntriesFormat::JsonLines,
+            order: EntriesOrder::PathBytes,
+            compression: m.compression,
+            size,
+            sha256,
+        },
+        totals,
+        plain,
+    })
+}
+
+/// The lines of an entries stream (see [`write_entries_object`]), compressed into `sink`;
+/// returns `sink` and the totals.
+fn write_entry_lines<W, I, C>(
+    sink: W,
+    compression: Compression,
+    notes: &HashMap<Vec<u8>, &EntryNote>,
+    entries: I,
+    mut check: C,
+    write_error: impl Fn(io::Error) -> DestinationError,
+) -> Result<(W, Totals), StoreError>
+where
+    W: Write,
+    I: Iterator<Item = io::Result<Spooled<EntryRecord>>>,
+    C: FnMut(&[u8], u64, &EntryRecord) -> Result<(), crate::archive::SortedProblem>,
+{
+    let mut enc = compression.encoder(sink).map_err(&write_error)?;
     let mut totals = Totals::default();
     for e in entries {
         let e = e.map_err(|e| StoreError::Refused(crate::archive::SortedProblem::Io(e)))?;
@@ -1653,37 +1823,35 @@ where
             archive: note.archive,
         };
         serde_json::to_writer(&mut enc, &line).map_err(|e| write_error(e.into()))?;
-        enc.write_all(b"\n").map_err(write_error)?;
+        enc.write_all(b"\n").map_err(&write_error)?;
     }
-    let sink = enc.finish().map_err(write_error)?;
-    let (buffered, sha256, size) = sink.into_parts();
-    let writer = buffered
-        .into_inner()
-        .map_err(|e| write_error(e.into_error()))?;
-    Ok(WrittenEntries {
-        writer,
-        object: EntriesObject {
-            file_name,
-            format: EntriesFormat::JsonLines,
-            order: EntriesOrder::PathBytes,
-            compression: m.compression,
-            size,
-            sha256,
-        },
-        totals,
-    })
+    let sink = enc.finish().map_err(&write_error)?;
+    Ok((sink, totals))
 }
 
 /// Writes and commits the header of `m` (the commit marker), its entries stream `object`
-/// already committed, with the `totals` it holds.
+/// already committed, with the `totals` it holds. With `sealed` (the seal and the entries
+/// stream's plaintext size and sha256), the details move into the encrypted details object
+/// first ([`crate::encryption::Seal::details`]).
 pub fn store_header(
     dest: &dyn Destination,
     manifest_key: &str,
     m: &Manifest,
     object: EntriesObject,
     totals: Totals,
+    sealed: Option<(&crate::encryption::Seal, crate::encryption::PlainObject)>,
 ) -> Result<Header, DestinationError> {
-    let header = m.header(object, totals);
+    let mut header = m.header(object, totals);
+    if let Some((seal, plain)) = sealed {
+        seal.details(
+            dest,
+            key_dir(manifest_key),
+            manifest_key,
+            m,
+            &mut header,
+            plain,
+        )?;
+    }
     let mut json = serde_json::to_vec_pretty(&header).expect("header serialises");
     json.push(b'\n');
     let mut w = dest.create(manifest_key)?;

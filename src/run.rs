@@ -67,15 +67,20 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Version => cmd::version::run(out),
         Command::Completion(a) => cmd::completion::run(a.shell),
-        Command::Verify(a) => {
-            cmd::verify::run(&a.backup, a.from.as_deref(), &store(&a.store, None), out)
-        }
+        Command::Verify(a) => cmd::verify::run(
+            &a.backup,
+            a.from.as_deref(),
+            &store(&a.store, None),
+            keys(&a.keys)?.as_ref(),
+            out,
+        ),
         Command::List(a) => cmd::list::run(&a.dest, &store(&a.store, None), out),
         Command::Inspect(a) => cmd::inspect::run(
             &a.backup,
             a.from.as_deref(),
             &store(&a.store, None),
             a.files,
+            keys(&a.keys)?.as_ref(),
             out,
         ),
         Command::Discover(a) => {
@@ -142,6 +147,10 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                     &store(&a.store, a.part_size),
                 )?),
                 compression: compression(a.data.compression, a.data.level)?,
+                encryption: crate::encryption::Recipients::parse(
+                    &a.encrypt.encrypt_to,
+                    &a.encrypt.encrypt_to_file,
+                )?,
                 image: a.helper.image.clone(),
                 run_as_user: a.helper.run_as_user,
                 pod_timeout: Duration::from_secs(a.helper.pod_timeout),
@@ -177,6 +186,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 retry: retry_policy(&a.retry)?,
                 output: out,
                 store: store(&a.store, None),
+                keys: keys(&a.keys)?,
             };
             let conn = connection(&cli).await?;
             cmd::restore::run(&conn, plan).await
@@ -194,6 +204,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 retry: retry_policy(&a.retry)?,
                 output: out,
                 store: store(&a.store, None),
+                keys: keys(&a.keys)?,
             };
             let conn = connection(&cli).await?;
             cmd::drill::run(&conn, plan).await
@@ -483,6 +494,11 @@ fn rollback(a: &crate::cli::RollbackArgs) -> crate::snapshot::RollbackSettings {
         timeout: a.snapshot_timeout,
         keep: a.keep_snapshot,
     }
+}
+
+/// `--identity` (or `$PVBACKUP_IDENTITY_FILE`), loaded before anything else happens.
+fn keys(a: &crate::cli::KeyArgs) -> Result<Option<crate::encryption::Identities>, Failure> {
+    Ok(crate::encryption::Identities::load(&a.identity)?)
 }
 
 /// `--snapshot`, `--require-consistent` and the hook flags as plain settings.

@@ -30,6 +30,8 @@ pub struct CreatePlan {
     pub selector: Option<String>,
     pub destination: Arc<dyn Destination>,
     pub compression: Compression,
+    /// `--encrypt-to`/`--encrypt-to-file`: encrypt the backup with age.
+    pub encryption: Option<crate::encryption::Recipients>,
     pub image: String,
     pub run_as_user: Option<i64>,
     pub pod_timeout: Duration,
@@ -192,6 +194,7 @@ pub async fn run(conn: &Connection, plan: CreatePlan) -> Result<(), Failure> {
             plan.max_per_node,
             crate::node_slots::eligible(&nodes),
         ),
+        encryption: plan.encryption.clone(),
     };
     let mut contexts = Vec::new();
     for t in targets {
@@ -430,7 +433,7 @@ fn print_dry_run(
         plans.push(serde_json::json!({
             "namespace": c.target.namespace,
             "pvc": c.target.pvc,
-            "archive": dest.locate(&crate::destination::archive_key(&s.backup_id, &c.target.namespace, &c.target.pvc, s.compression.extension())),
+            "archive": dest.locate(&crate::destination::archive_key(&s.backup_id, &c.target.namespace, &c.target.pvc, &crate::backup::extension(s))),
             "helperPod": pod.as_ref().ok(),
             "refused": pod.as_ref().err().map(|f| f.message.clone()),
         }));

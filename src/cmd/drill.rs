@@ -46,6 +46,8 @@ pub struct DrillPlan {
     pub retry: RetryPolicy,
     pub output: OutputFormat,
     pub store: crate::destination::StoreOptions,
+    /// `--identity`: decrypts an encrypted backup, here in the client.
+    pub keys: Option<crate::encryption::Identities>,
 }
 
 /// What a drill found, as printed with `-o json|yaml`.
@@ -128,7 +130,12 @@ fn scratch_pvc(
 
 pub async fn run(conn: &Connection, plan: DrillPlan) -> Result<(), Failure> {
     let started = Instant::now();
-    let loc = Arc::new(locate(&plan.backup, plan.from.as_deref(), &plan.store)?);
+    let loc = Arc::new(locate(
+        &plan.backup,
+        plan.from.as_deref(),
+        &plan.store,
+        plan.keys.as_ref(),
+    )?);
     let m = loc.manifest.clone();
     check_entries_safe(&m.entries).map_err(|e| Failure::integrity(e.to_string()))?;
     if m.pvc.volume_mode.as_deref() == Some("Block") {

@@ -11,14 +11,22 @@ pub fn run(
     from: Option<&str>,
     store: &StoreOptions,
     files: bool,
+    keys: Option<&crate::encryption::Identities>,
     format: OutputFormat,
 ) -> Result<(), Failure> {
+    if !files && keys.is_none() {
+        let (dest, mkey) = crate::locate::resolve(backup, from, store)?;
+        if let Some(header) = crate::locate::encrypted_header(dest.as_ref(), &mkey) {
+            return header_only(dest.as_ref(), &mkey, &header, format);
+        }
+    }
     // Without --files the entries are only checked (read as a stream, memory flat whatever
-    // their number); with it they are printed, so loaded.
+    // their number, through the decryptor for an encrypted backup); with it they are printed,
+    // so loaded.
     let loc = if files {
-        locate(backup, from, store)?
+        locate(backup, from, store, keys)?
     } else {
-        let (loc, entries) = locate_open(backup, from, store)?;
+        let (loc, entries) = locate_open(backup, from, store, keys)?;
         if let Some(reader) = entries {
             let file = reader.file_name().to_string();
             for line in reader {
@@ -139,6 +147,14 @@ pub fn run(
                     ));
                 }
             }
+            if let (Some(e), Some(s)) = (&m.encryption, &loc.sealed) {
+                text.push_str(&format!(
+                    "Encrypted:     age ({}); stored {} with sha256 {}\n",
+                    crate::encryption::kinds_text(&e.recipients),
+                    output::human_bytes(s.stored.size),
+                    s.stored.sha256
+                ));
+            }
             if let Some(p) = &m.parent {
                 text.push_str(&format!("Parent:        {}\n", p.backup_id));
             }
@@ -178,6 +194,45 @@ pub fn run(
                 text.push('\n');
             }
             output::print_stdout(&text)
+        }
+    }
+}
+
+/// An encrypted backup without its key: what its header says (id, namespace, PVC, time,
+/// sizes, the stored objects, the kinds of recipients), and that the rest is encrypted.
+fn header_only(
+    dest: &dyn crate::destination::Destination,
+    mkey: &str,
+    h: &crate::manifest::Header,
+    format: OutputFormat,
+) -> Result<(), Failure> {
+    let kinds = h
+        .encryption
+        .as_ref()
+        .map(|e| crate::encryption::kinds_text(&e.recipients))
+        .unwrap_or_default();
+    match format {
+        OutputFormat::Json | OutputFormat::Yaml => output::structured(format, h),
+        _ => {
+            let dir = mkey
+                .rsplit_once('/')
+                .map(|(d, _)| format!("{d}/"))
+                .unwrap_or_default();
+            output::print_stdout(&format!(
+                "Backup:        {}\nCreated:       {}\nPVC:           {}/{}\nArchive:       {} ({}, {} stored, sha256 {})\nData:          {} in {} entries ({} files, {})\nEncrypted:     age ({kinds})\n               The cluster, the PVC's spec and labels, the pods and every path are encrypted: pass --identity FILE to see them\n",
+                h.backup_id,
+                h.created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                h.namespace,
+                h.pvc_name,
+                dest.locate(&format!("{dir}{}", h.archive.file_name)),
+                h.compression.algorithm(),
+                output::human_bytes(h.archive.size),
+                h.archive.sha256,
+                output::human_bytes(h.uncompressed_size),
+                h.entry_count,
+                h.file_count,
+                output::human_bytes(h.file_bytes),
+            ))
         }
     }
 }

@@ -21,6 +21,9 @@ pub struct ListedBackup {
     pub size: Option<u64>,
     pub files: Option<u64>,
     pub compression: Option<String>,
+    /// `age: x25519, ssh-ed25519` for an encrypted backup (readable without its key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encrypted: Option<String>,
     /// Entries of the volume the backup does not hold (device nodes, sockets).
     #[serde(skip_serializing_if = "is_zero")]
     pub skipped: u64,
@@ -60,10 +63,12 @@ pub fn group_keys(keys: &[String]) -> Grouped {
             out.entry((id.to_string(), ns.to_string(), pvc.to_string()))
                 .or_default()
                 .0 = Some(k.clone());
-        } else if let Some(pvc) = [".tar.gz", ".tar.zst", ".tar"]
-            .iter()
-            .find_map(|s| file.strip_suffix(s))
-        {
+        } else if let Some(pvc) = [".tar.gz", ".tar.zst", ".tar"].iter().find_map(|s| {
+            let file = file
+                .strip_suffix(crate::encryption::AGE_SUFFIX)
+                .unwrap_or(file);
+            file.strip_suffix(s)
+        }) {
             out.entry((id.to_string(), ns.to_string(), pvc.to_string()))
                 .or_default()
                 .1 = Some(k.clone());
@@ -92,6 +97,7 @@ pub fn run(
             copy: None,
             changed_while_read: 0,
             compression: None,
+            encrypted: None,
             complete: false,
             restorable: false,
             manifest: manifest_key.as_ref().map(|k| dest.locate(k)),
@@ -118,6 +124,10 @@ pub fn run(
                             .as_ref()
                             .map_or(0, |c| c.files_changed_while_read);
                         item.compression = Some(m.compression.algorithm().to_string());
+                        item.encrypted = m
+                            .encrypted_to
+                            .as_ref()
+                            .map(|k| format!("age: {}", crate::encryption::kinds_text(k)));
                         item.complete = archive_key.is_some();
                         item.restorable = archive_key.is_some();
                         if archive_key.is_none() {
@@ -164,7 +174,11 @@ pub fn run(
                             "complete".into()
                         } else {
                             format!("INCOMPLETE ({})", i.problem.clone().unwrap_or_default())
-                        },
+                        } + &i
+                            .encrypted
+                            .as_ref()
+                            .map(|e| format!(", encrypted ({e})"))
+                            .unwrap_or_default(),
                     ]
                 })
                 .collect();

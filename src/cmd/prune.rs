@@ -176,10 +176,13 @@ fn decide(dest: &dyn Destination, policy: &Policy) -> Result<Vec<PrunedBackup>, 
             });
         let dir = &manifest_key[..manifest_key.len() - (pvc.len() + ".manifest.json".len())];
         let mut backup_keys = vec![manifest_key.clone()];
+        let age = crate::encryption::AGE_SUFFIX;
         backup_keys.extend(
             ["", ".gz", ".zst"]
                 .iter()
+                .flat_map(|ext| ["", age].map(|a| format!("{ext}{a}")))
                 .map(|ext| format!("{dir}{pvc}{}{ext}", manifest::ENTRIES_SUFFIX))
+                .chain([format!("{dir}{pvc}{}", crate::encryption::DETAILS_SUFFIX)])
                 .filter(|k| stored.contains(k.as_str())),
         );
         backup_keys.push(archive_key);

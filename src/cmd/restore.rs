@@ -50,6 +50,8 @@ pub struct RestorePlan {
     pub retry: RetryPolicy,
     pub output: OutputFormat,
     pub store: crate::destination::StoreOptions,
+    /// `--identity`: decrypts an encrypted backup, here in the client.
+    pub keys: Option<crate::encryption::Identities>,
 }
 
 /// The rules of `--in-place`, checked before any API call; returns whether the restore runs in
@@ -82,11 +84,7 @@ pub fn check_in_place(
 /// in (see `restore::execute`).
 fn preflight(loc: &Located) -> Result<(), Failure> {
     check_entries_safe(&loc.manifest.entries).map_err(|e| Failure::integrity(e.to_string()))?;
-    drop(
-        loc.destination
-            .open(&loc.archive_key)
-            .map_err(crate::locate::archive_missing)?,
-    );
+    drop(loc.open_archive()?);
     Ok(())
 }
 
@@ -194,7 +192,12 @@ async fn target_state(
 
 pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
     let started = Instant::now();
-    let loc = locate(&plan.backup, plan.from.as_deref(), &plan.store)?;
+    let loc = locate(
+        &plan.backup,
+        plan.from.as_deref(),
+        &plan.store,
+        plan.keys.as_ref(),
+    )?;
     if let Some(warning) = crate::manifest::skipped_warning(&loc.manifest.skipped) {
         eprintln!("{warning}");
     }

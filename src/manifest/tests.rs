@@ -545,7 +545,7 @@ fn header_checks() {
         load(&dest, KEY).map(|_| ())
     };
     type Edit<'a> = &'a dyn Fn(&mut serde_json::Value);
-    let cases: [(Edit, &str); 7] = [
+    let cases: [(Edit, &str); 9] = [
         (
             &|h| h["entries"]["file_name"] = "../x".into(),
             "not a plain file name",
@@ -560,7 +560,18 @@ fn header_checks() {
         (&|h| h["schema_version"] = 3.into(), "schema_version 3"),
         (
             &|h| h["encryption"] = serde_json::json!({"scheme": "age", "recipients": ["x25519"], "parts": ["archive"]}),
-            "encrypted (age)",
+            "leaves the Entries part in clear",
+        ),
+        (
+            &|h| h["encryption"] = serde_json::json!({"scheme": "age", "recipients": ["x25519"], "parts": ["archive", "entries", "details"], "details": {"file_name": "p.details.json.age", "size": 1, "sha256": SHA}}),
+            "holds its details in clear",
+        ),
+        (
+            &|h| {
+                h["encryption"] = serde_json::json!({"scheme": "age", "recipients": [], "parts": ["archive", "entries", "details"]});
+                h.as_object_mut().unwrap().remove("details");
+            },
+            "names no recipient kind",
         ),
     ];
     for (edit, needle) in cases {

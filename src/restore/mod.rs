@@ -351,11 +351,7 @@ fn feed<W: tokio::io::AsyncWrite + Unpin>(
     use std::io::{Read, Write};
     let m = &loc.manifest;
     let mut bridge = tokio_util::io::SyncIoBridge::new(stdin);
-    let reader = loc.destination.open(&loc.archive_key).map_err(|e| {
-        Failure::integrity(format!(
-            "{e} (the manifest names it, so the backup is damaged)"
-        ))
-    })?;
+    let reader = loc.open_archive()?;
     let broken = |e: std::io::Error| {
         Failure::runtime(format!(
             "streaming the archive to the helper pod failed: {e}"
