@@ -47,13 +47,14 @@ pub fn archive_missing(e: DestinationError) -> Failure {
 ///
 /// [`retention::newest`]: crate::retention::newest
 pub fn latest(target: &str, from: &str, store: &StoreOptions) -> Result<String, Failure> {
-    let (ns, pvc) = match target.split('/').collect::<Vec<_>>().as_slice() {
-        [ns, pvc] if !ns.is_empty() && !pvc.is_empty() => (ns.to_string(), pvc.to_string()),
-        _ => {
-            return Err(Failure::usage(format!(
+    let Some((ns, pvc)) = target
+        .split_once('/')
+        .filter(|(ns, pvc)| !ns.is_empty() && !pvc.is_empty() && !pvc.contains('/'))
+        .map(|(ns, pvc)| (ns.to_string(), pvc.to_string()))
+    else {
+        return Err(Failure::usage(format!(
             "with --latest, BACKUP is NAMESPACE/PVC (e.g. shop/data-orders-db-0), not {target:?}"
-        )))
-        }
+        )));
     };
     let dest = destination::parse_with(from, store)?;
     let keys = dest.list("")?;
