@@ -457,7 +457,7 @@ _kubectl__pvbackup() {
             return 0
             ;;
         kubectl__pvbackup__subcmd__drill)
-            opts="-n -A -o -v -h -V --from --storage-class --size --image --run-as-user --pod-timeout --retries --retry-timeout --stall-timeout --identity --endpoint --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
+            opts="-n -A -o -v -h -V --from --latest --storage-class --size --image --run-as-user --pod-timeout --retries --retry-timeout --stall-timeout --identity --endpoint --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1093,7 +1093,7 @@ _kubectl__pvbackup() {
             return 0
             ;;
         kubectl__pvbackup__subcmd__schedule__subcmd__create)
-            opts="-l -n -A -o -v -h -V --cron --time-zone --concurrency-policy --job-timeout --to --mesh --selector --all-pvcs --compression --level --snapshot --keep-last --keep-hourly --keep-daily --keep-weekly --keep-monthly --credentials-secret --service-account-annotation --image --helper-image --run-as-user --dry-run --endpoint --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
+            opts="-l -n -A -o -v -h -V --cron --time-zone --drill-cron --concurrency-policy --job-timeout --to --mesh --selector --all-pvcs --compression --level --snapshot --keep-last --keep-hourly --keep-daily --keep-weekly --keep-monthly --credentials-secret --service-account-annotation --image --helper-image --run-as-user --dry-run --endpoint --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1104,6 +1104,10 @@ _kubectl__pvbackup() {
                     return 0
                     ;;
                 --time-zone)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --drill-cron)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1379,7 +1383,7 @@ _kubectl__pvbackup() {
             return 0
             ;;
         kubectl__pvbackup__subcmd__schedule__subcmd__run__subcmd__now)
-            opts="-n -A -o -v -h -V --wait --timeout --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
+            opts="-n -A -o -v -h -V --drill --wait --timeout --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -270,6 +270,7 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill"
 wide\t''
 json\t''
 yaml\t''"
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l latest -d 'Drill the newest complete backup of NAMESPACE/PVC at --from (what a schedule\'s drill runs)'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -s A -l all-namespaces -d 'Look in every namespace'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -s v -l verbose -d 'More logs on stderr (-v, -vv, -vvv)'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand drill" -l no-progress -d 'No progress bars (they are also off when stderr is not a terminal)'
@@ -289,11 +290,12 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedu
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and not __fish_seen_subcommand_from create list delete run-now help" -s V -l version -d 'Print version'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and not __fish_seen_subcommand_from create list delete run-now help" -f -a "create" -d 'Create a schedule: back up the namespace\'s PVCs to DEST on a cron schedule'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and not __fish_seen_subcommand_from create list delete run-now help" -f -a "list" -d 'List the schedules (CronJobs this plugin made), with their last runs'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and not __fish_seen_subcommand_from create list delete run-now help" -f -a "delete" -d 'Delete a schedule: its CronJob, ServiceAccount, Role, RoleBinding, Jobs and pods'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and not __fish_seen_subcommand_from create list delete run-now help" -f -a "delete" -d 'Delete a schedule: its CronJobs, ServiceAccount, Role, RoleBinding, Jobs and pods'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and not __fish_seen_subcommand_from create list delete run-now help" -f -a "run-now" -d 'Start a run of a schedule now, as `kubectl create job --from=cronjob/…` does'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and not __fish_seen_subcommand_from create list delete run-now help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l cron -d 'When to run, five cron fields (minute hour day-of-month month day-of-week) or @hourly/@daily/@weekly/@monthly, e.g. "0 3 * * *"' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l time-zone -d 'Time zone of --cron (IANA name, e.g. Europe/Berlin; default: the controller\'s, UTC)' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l drill-cron -d 'Also drill the newest backup of each named PVC on this schedule (e.g. "0 4 * * 0", weekly): a second CronJob, pvbackup-NAME-drill, that runs `drill --latest`' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l concurrency-policy -d 'What a run does when the previous one still runs' -r -f -a "allow\t'Runs may overlap'
 forbid\t'A run does not start while the previous one runs (it is skipped)'
 replace\t'A new run stops the previous one'"
@@ -327,7 +329,7 @@ wide\t''
 json\t''
 yaml\t''"
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l all-pvcs -d 'Every PVC in the namespace, mounted or not, mesh or not'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l dry-run -d 'Print every object (ServiceAccount, Role, RoleBinding, CronJob) as YAML (or JSON with -o json) for GitOps; apply nothing'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l dry-run -d 'Print every object (ServiceAccount, Role, RoleBinding, CronJobs) as YAML (or JSON with -o json) for GitOps; apply nothing'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -s A -l all-namespaces -d 'Look in every namespace'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -s v -l verbose -d 'More logs on stderr (-v, -vv, -vvv)'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l no-progress -d 'No progress bars (they are also off when stderr is not a terminal)'
@@ -365,6 +367,7 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedu
 wide\t''
 json\t''
 yaml\t''"
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from run-now" -l drill -d 'Run the schedule\'s drill (its --drill-cron CronJob) instead of its backup'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from run-now" -l wait -d 'Wait until the run ends; exit 0 when it succeeded, 1 when it failed'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from run-now" -s A -l all-namespaces -d 'Look in every namespace'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from run-now" -s v -l verbose -d 'More logs on stderr (-v, -vv, -vvv)'
@@ -373,7 +376,7 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedu
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from run-now" -s V -l version -d 'Print version'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from help" -f -a "create" -d 'Create a schedule: back up the namespace\'s PVCs to DEST on a cron schedule'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from help" -f -a "list" -d 'List the schedules (CronJobs this plugin made), with their last runs'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete a schedule: its CronJob, ServiceAccount, Role, RoleBinding, Jobs and pods'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from help" -f -a "delete" -d 'Delete a schedule: its CronJobs, ServiceAccount, Role, RoleBinding, Jobs and pods'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from help" -f -a "run-now" -d 'Start a run of a schedule now, as `kubectl create job --from=cronjob/…` does'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill schedule help" -f -a "discover" -d 'List pods that run a service-mesh proxy and the PVCs they mount'
@@ -391,5 +394,5 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; 
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and not __fish_seen_subcommand_from discover create verify list inspect restore cleanup prune version completion drill schedule help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and __fish_seen_subcommand_from schedule" -f -a "create" -d 'Create a schedule: back up the namespace\'s PVCs to DEST on a cron schedule'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and __fish_seen_subcommand_from schedule" -f -a "list" -d 'List the schedules (CronJobs this plugin made), with their last runs'
-complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and __fish_seen_subcommand_from schedule" -f -a "delete" -d 'Delete a schedule: its CronJob, ServiceAccount, Role, RoleBinding, Jobs and pods'
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and __fish_seen_subcommand_from schedule" -f -a "delete" -d 'Delete a schedule: its CronJobs, ServiceAccount, Role, RoleBinding, Jobs and pods'
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand help; and __fish_seen_subcommand_from schedule" -f -a "run-now" -d 'Start a run of a schedule now, as `kubectl create job --from=cronjob/…` does'

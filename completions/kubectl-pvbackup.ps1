@@ -328,6 +328,7 @@ Register-ArgumentCompleter -Native -CommandName 'kubectl-pvbackup' -ScriptBlock 
             [CompletionResult]::new('--namespace', '--namespace', [CompletionResultType]::ParameterName, 'Namespace scope (default: the context''s namespace)')
             [CompletionResult]::new('-o', '-o', [CompletionResultType]::ParameterName, 'Output format')
             [CompletionResult]::new('--output', '--output', [CompletionResultType]::ParameterName, 'Output format')
+            [CompletionResult]::new('--latest', '--latest', [CompletionResultType]::ParameterName, 'Drill the newest complete backup of NAMESPACE/PVC at --from (what a schedule''s drill runs)')
             [CompletionResult]::new('-A', '-A ', [CompletionResultType]::ParameterName, 'Look in every namespace')
             [CompletionResult]::new('--all-namespaces', '--all-namespaces', [CompletionResultType]::ParameterName, 'Look in every namespace')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More logs on stderr (-v, -vv, -vvv)')
@@ -357,7 +358,7 @@ Register-ArgumentCompleter -Native -CommandName 'kubectl-pvbackup' -ScriptBlock 
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create a schedule: back up the namespace''s PVCs to DEST on a cron schedule')
             [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List the schedules (CronJobs this plugin made), with their last runs')
-            [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete a schedule: its CronJob, ServiceAccount, Role, RoleBinding, Jobs and pods')
+            [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete a schedule: its CronJobs, ServiceAccount, Role, RoleBinding, Jobs and pods')
             [CompletionResult]::new('run-now', 'run-now', [CompletionResultType]::ParameterValue, 'Start a run of a schedule now, as `kubectl create job --from=cronjob/…` does')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -365,6 +366,7 @@ Register-ArgumentCompleter -Native -CommandName 'kubectl-pvbackup' -ScriptBlock 
         'kubectl-pvbackup;schedule;create' {
             [CompletionResult]::new('--cron', '--cron', [CompletionResultType]::ParameterName, 'When to run, five cron fields (minute hour day-of-month month day-of-week) or @hourly/@daily/@weekly/@monthly, e.g. "0 3 * * *"')
             [CompletionResult]::new('--time-zone', '--time-zone', [CompletionResultType]::ParameterName, 'Time zone of --cron (IANA name, e.g. Europe/Berlin; default: the controller''s, UTC)')
+            [CompletionResult]::new('--drill-cron', '--drill-cron', [CompletionResultType]::ParameterName, 'Also drill the newest backup of each named PVC on this schedule (e.g. "0 4 * * 0", weekly): a second CronJob, pvbackup-NAME-drill, that runs `drill --latest`')
             [CompletionResult]::new('--concurrency-policy', '--concurrency-policy', [CompletionResultType]::ParameterName, 'What a run does when the previous one still runs')
             [CompletionResult]::new('--job-timeout', '--job-timeout', [CompletionResultType]::ParameterName, 'Stop a run that takes longer than this (so the next one can start)')
             [CompletionResult]::new('--to', '--to', [CompletionResultType]::ParameterName, 'Destination: s3://bucket/prefix, az://container/prefix or gs://bucket/prefix (a local directory would be inside the job''s pod)')
@@ -392,7 +394,7 @@ Register-ArgumentCompleter -Native -CommandName 'kubectl-pvbackup' -ScriptBlock 
             [CompletionResult]::new('-o', '-o', [CompletionResultType]::ParameterName, 'Output format')
             [CompletionResult]::new('--output', '--output', [CompletionResultType]::ParameterName, 'Output format')
             [CompletionResult]::new('--all-pvcs', '--all-pvcs', [CompletionResultType]::ParameterName, 'Every PVC in the namespace, mounted or not, mesh or not')
-            [CompletionResult]::new('--dry-run', '--dry-run', [CompletionResultType]::ParameterName, 'Print every object (ServiceAccount, Role, RoleBinding, CronJob) as YAML (or JSON with -o json) for GitOps; apply nothing')
+            [CompletionResult]::new('--dry-run', '--dry-run', [CompletionResultType]::ParameterName, 'Print every object (ServiceAccount, Role, RoleBinding, CronJobs) as YAML (or JSON with -o json) for GitOps; apply nothing')
             [CompletionResult]::new('-A', '-A ', [CompletionResultType]::ParameterName, 'Look in every namespace')
             [CompletionResult]::new('--all-namespaces', '--all-namespaces', [CompletionResultType]::ParameterName, 'Look in every namespace')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More logs on stderr (-v, -vv, -vvv)')
@@ -448,6 +450,7 @@ Register-ArgumentCompleter -Native -CommandName 'kubectl-pvbackup' -ScriptBlock 
             [CompletionResult]::new('--namespace', '--namespace', [CompletionResultType]::ParameterName, 'Namespace scope (default: the context''s namespace)')
             [CompletionResult]::new('-o', '-o', [CompletionResultType]::ParameterName, 'Output format')
             [CompletionResult]::new('--output', '--output', [CompletionResultType]::ParameterName, 'Output format')
+            [CompletionResult]::new('--drill', '--drill', [CompletionResultType]::ParameterName, 'Run the schedule''s drill (its --drill-cron CronJob) instead of its backup')
             [CompletionResult]::new('--wait', '--wait', [CompletionResultType]::ParameterName, 'Wait until the run ends; exit 0 when it succeeded, 1 when it failed')
             [CompletionResult]::new('-A', '-A ', [CompletionResultType]::ParameterName, 'Look in every namespace')
             [CompletionResult]::new('--all-namespaces', '--all-namespaces', [CompletionResultType]::ParameterName, 'Look in every namespace')
@@ -463,7 +466,7 @@ Register-ArgumentCompleter -Native -CommandName 'kubectl-pvbackup' -ScriptBlock 
         'kubectl-pvbackup;schedule;help' {
             [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create a schedule: back up the namespace''s PVCs to DEST on a cron schedule')
             [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List the schedules (CronJobs this plugin made), with their last runs')
-            [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete a schedule: its CronJob, ServiceAccount, Role, RoleBinding, Jobs and pods')
+            [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete a schedule: its CronJobs, ServiceAccount, Role, RoleBinding, Jobs and pods')
             [CompletionResult]::new('run-now', 'run-now', [CompletionResultType]::ParameterValue, 'Start a run of a schedule now, as `kubectl create job --from=cronjob/…` does')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -535,7 +538,7 @@ Register-ArgumentCompleter -Native -CommandName 'kubectl-pvbackup' -ScriptBlock 
         'kubectl-pvbackup;help;schedule' {
             [CompletionResult]::new('create', 'create', [CompletionResultType]::ParameterValue, 'Create a schedule: back up the namespace''s PVCs to DEST on a cron schedule')
             [CompletionResult]::new('list', 'list', [CompletionResultType]::ParameterValue, 'List the schedules (CronJobs this plugin made), with their last runs')
-            [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete a schedule: its CronJob, ServiceAccount, Role, RoleBinding, Jobs and pods')
+            [CompletionResult]::new('delete', 'delete', [CompletionResultType]::ParameterValue, 'Delete a schedule: its CronJobs, ServiceAccount, Role, RoleBinding, Jobs and pods')
             [CompletionResult]::new('run-now', 'run-now', [CompletionResultType]::ParameterValue, 'Start a run of a schedule now, as `kubectl create job --from=cronjob/…` does')
             break
         }

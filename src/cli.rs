@@ -136,9 +136,10 @@ pub enum Command {
     /// Back up on a schedule, in the cluster: a CronJob that runs this plugin's image
     ///
     /// `schedule create` applies a ServiceAccount, a Role with exactly the permissions a backup
-    /// of the namespace needs, a RoleBinding and a CronJob, all named pvbackup-NAME and
-    /// labelled pvbackup.dev/schedule=NAME; `schedule delete` removes them and the Jobs and
-    /// pods they made.
+    /// of the namespace needs, a RoleBinding and a CronJob, all named pvbackup-NAME (and with
+    /// --drill-cron a drill CronJob, pvbackup-NAME-drill) and labelled
+    /// pvbackup.dev/schedule=NAME; `schedule delete` removes them and the Jobs and pods they
+    /// made.
     #[command(subcommand, after_help = SCHEDULE_EXAMPLES)]
     Schedule(ScheduleCommand),
 }
@@ -150,7 +151,7 @@ pub enum ScheduleCommand {
     Create(Box<ScheduleCreateArgs>),
     /// List the schedules (CronJobs this plugin made), with their last runs
     List,
-    /// Delete a schedule: its CronJob, ServiceAccount, Role, RoleBinding, Jobs and pods
+    /// Delete a schedule: its CronJobs, ServiceAccount, Role, RoleBinding, Jobs and pods
     Delete(ScheduleNameArgs),
     /// Start a run of a schedule now, as `kubectl create job --from=cronjob/…` does
     RunNow(ScheduleRunArgs),
@@ -166,6 +167,9 @@ pub struct ScheduleNameArgs {
 pub struct ScheduleRunArgs {
     /// The schedule's name (as given to `schedule create`)
     pub name: String,
+    /// Run the schedule's drill (its --drill-cron CronJob) instead of its backup
+    #[arg(long)]
+    pub drill: bool,
     /// Wait until the run ends; exit 0 when it succeeded, 1 when it failed
     #[arg(long)]
     pub wait: bool,
@@ -197,6 +201,10 @@ pub struct ScheduleCreateArgs {
     /// Time zone of --cron (IANA name, e.g. Europe/Berlin; default: the controller's, UTC)
     #[arg(long, value_name = "TZ", help_heading = "Schedule")]
     pub time_zone: Option<String>,
+    /// Also drill the newest backup of each named PVC on this schedule (e.g. "0 4 * * 0",
+    /// weekly): a second CronJob, pvbackup-NAME-drill, that runs `drill --latest`
+    #[arg(long, value_name = "EXPR", help_heading = "Schedule")]
+    pub drill_cron: Option<String>,
     /// What a run does when the previous one still runs
     #[arg(long, value_enum, default_value = "forbid", help_heading = "Schedule")]
     pub concurrency_policy: ConcurrencyArg,
@@ -290,7 +298,7 @@ pub struct ScheduleCreateArgs {
     /// Run the helpers as this UID (create's --run-as-user)
     #[arg(long, value_name = "UID", help_heading = "Job")]
     pub run_as_user: Option<i64>,
-    /// Print every object (ServiceAccount, Role, RoleBinding, CronJob) as YAML (or JSON with
+    /// Print every object (ServiceAccount, Role, RoleBinding, CronJobs) as YAML (or JSON with
     /// -o json) for GitOps; apply nothing
     #[arg(long, help_heading = "Run")]
     pub dry_run: bool,
@@ -824,17 +832,25 @@ Examples:
   # Weekly drill from a runbook, with a JSON report
   kubectl pvbackup drill <id>/shop/data-orders-db-0 --from /mnt/backups -n drills -o json
 
+  # The newest complete backup of a PVC, whatever its id
+  kubectl pvbackup drill --latest shop/data-orders-db-0 --from s3://acme-backups/prod
+
   # Drill on another storage class, with a larger scratch volume
   kubectl pvbackup drill ./backups/<id>/shop/media.manifest.json --storage-class fast --size 2Gi";
 
 #[derive(Debug, Args)]
 pub struct DrillArgs {
-    /// A manifest path, an archive path, or BACKUP_ID/NAMESPACE/PVC with --from
+    /// A manifest path, an archive path, or BACKUP_ID/NAMESPACE/PVC with --from; with
+    /// --latest, NAMESPACE/PVC
     pub backup: String,
     /// Where the backup lives, when BACKUP is an id
     #[arg(long, value_name = "DEST")]
     #[arg(help_heading = "Source")]
     pub from: Option<String>,
+    /// Drill the newest complete backup of NAMESPACE/PVC at --from (what a schedule's drill runs)
+    #[arg(long, requires = "from")]
+    #[arg(help_heading = "Source")]
+    pub latest: bool,
     /// StorageClass of the scratch PVC (default: the backed-up PVC's)
     #[arg(long, value_name = "SC")]
     #[arg(help_heading = "Scratch PVC")]
@@ -865,8 +881,13 @@ Examples:
   kubectl pvbackup schedule create nightly -n shop --cron '0 3 * * *' \\
     --to s3://backups/shop --credentials-secret s3-creds --dry-run -o yaml
 
-  # Run it now and wait for the result; list; remove it and everything it made
+  # Also drill the newest backup of each PVC on Sundays at 04:00
+  kubectl pvbackup schedule create nightly data-orders-db-0 -n shop --cron '0 3 * * *' \\
+    --to s3://backups/shop --credentials-secret s3-creds --drill-cron '0 4 * * 0'
+
+  # Run it now and wait for the result; the same for its drill; list; remove it and all it made
   kubectl pvbackup schedule run-now nightly -n shop --wait
+  kubectl pvbackup schedule run-now nightly -n shop --drill --wait
   kubectl pvbackup schedule list -A
   kubectl pvbackup schedule delete nightly -n shop";
 

@@ -85,6 +85,57 @@ pub fn archive_missing(e: DestinationError) -> Failure {
     }
 }
 
+/// `drill --latest`: the newest complete backup (manifest and archive stored, header
+/// readable) of `NAMESPACE/PVC` at `from`, as `BACKUP_ID/NAMESPACE/PVC` for [`locate`]. Only
+/// that PVC's headers are read, as `list` reads them; the choice is [`retention::newest`], the
+/// backup `prune` never removes.
+///
+/// [`retention::newest`]: crate::retention::newest
+pub fn latest(target: &str, from: &str, store: &StoreOptions) -> Result<String, Failure> {
+    let Some((ns, pvc)) = target
+        .split_once('/')
+        .filter(|(ns, pvc)| !ns.is_empty() && !pvc.is_empty() && !pvc.contains('/'))
+        .map(|(ns, pvc)| (ns.to_string(), pvc.to_string()))
+    else {
+        return Err(Failure::usage(format!(
+            "with --latest, BACKUP is NAMESPACE/PVC (e.g. shop/data-orders-db-0), not {target:?}"
+        )));
+    };
+    let dest = destination::parse_with(from, store)?;
+    let keys = dest.list("")?;
+    let mut candidates = Vec::new();
+    let mut unreadable = 0;
+    for ((id, n, p), keys) in crate::cmd::list::group_keys(&keys) {
+        let (Some(manifest_key), Some(_archive)) = keys else {
+            continue;
+        };
+        if n != ns || p != pvc {
+            continue;
+        }
+        match dest.open(&manifest_key).map(crate::manifest::read_summary) {
+            Ok(Ok(summary)) => candidates.push(crate::retention::Candidate {
+                id,
+                namespace: n,
+                pvc: p,
+                created: summary.created,
+            }),
+            _ => unreadable += 1,
+        }
+    }
+    let newest = crate::retention::newest(&candidates, &ns, &pvc).ok_or_else(|| {
+        let skipped = if unreadable > 0 {
+            format!(" ({unreadable} with an unreadable manifest were left out)")
+        } else {
+            String::new()
+        };
+        Failure::usage(format!(
+            "no complete backup of {ns}/{pvc} at {}{skipped}: back it up first (`kubectl pvbackup create {pvc} -n {ns} --to {from}`), or see what is there with `kubectl pvbackup list {from}`",
+            dest.describe()
+        ))
+    })?;
+    Ok(format!("{}/{ns}/{pvc}", newest.id))
+}
+
 /// Resolves BACKUP and loads its manifest, decrypting an encrypted backup's with `keys`
 /// (refused, exit 2, without them).
 pub fn locate(

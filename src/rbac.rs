@@ -84,6 +84,8 @@ pub const NAMESPACED: &[Permission] = &[
         "",
         Need::Snapshot,
     ),
+    // Temporary PVCs of a snapshot or clone copy, and the scratch PVC of `drill` (a
+    // schedule's --drill-cron runs it with this Role): create, then delete.
     p("create", "", "persistentvolumeclaims", "", Need::Snapshot),
     p("delete", "", "persistentvolumeclaims", "", Need::Snapshot),
     p("patch", "", "persistentvolumeclaims", "", Need::Snapshot),

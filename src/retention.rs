@@ -157,18 +157,34 @@ impl Decision {
     }
 }
 
+/// Newest first: by `created`, the id breaking ties between equal timestamps (an id starts
+/// with the same time and ends in random hex).
+fn newer_first(x: &Candidate, y: &Candidate) -> std::cmp::Ordering {
+    y.created.cmp(&x.created).then(y.id.cmp(&x.id))
+}
+
+/// The newest of the backups of `namespace/pvc` among `candidates` (all complete), in the
+/// order [`plan`] counts them: what `drill --latest` drills and what prune never removes.
+pub fn newest<'a>(
+    candidates: &'a [Candidate],
+    namespace: &str,
+    pvc: &str,
+) -> Option<&'a Candidate> {
+    candidates
+        .iter()
+        .filter(|c| c.namespace == namespace && c.pvc == pvc)
+        .min_by(|x, y| newer_first(x, y))
+}
+
 /// Decides, for every candidate, keep (with reasons) or remove. Output order: by namespace,
 /// PVC, then newest first.
 pub fn plan(policy: &Policy, candidates: &[Candidate]) -> Vec<Decision> {
     let mut order: Vec<usize> = (0..candidates.len()).collect();
-    // Newest first within a PVC; the id breaks ties between equal timestamps, as the id
-    // starts with the same time and ends in random hex.
     order.sort_by(|&a, &b| {
         let (x, y) = (&candidates[a], &candidates[b]);
         (&x.namespace, &x.pvc)
             .cmp(&(&y.namespace, &y.pvc))
-            .then(y.created.cmp(&x.created))
-            .then(y.id.cmp(&x.id))
+            .then(newer_first(x, y))
     });
     let mut out = Vec::with_capacity(order.len());
     for group in order.chunk_by(|&a, &b| {
@@ -232,6 +248,45 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn newest_is_the_latest_created_of_that_pvc_only() {
+        let mut c = backups(&[
+            "2026-11-01T03:00:00Z",
+            "2026-11-03T03:00:00Z",
+            "2026-11-02T03:00:00Z",
+        ]);
+        // Another PVC's and another namespace's newer backups are not candidates.
+        c.push(Candidate {
+            pvc: "media".into(),
+            ..backups(&["2026-12-01T03:00:00Z"])[0].clone()
+        });
+        c.push(Candidate {
+            namespace: "blog".into(),
+            ..backups(&["2026-12-01T03:00:00Z"])[0].clone()
+        });
+        assert_eq!(newest(&c, "shop", "db").map(|c| c.id.as_str()), Some("b01"));
+        assert_eq!(
+            newest(&c, "shop", "media").map(|c| c.created.to_rfc3339()),
+            Some("2026-12-01T03:00:00+00:00".into())
+        );
+        assert!(newest(&c, "shop", "nope").is_none());
+        // Equal timestamps: the greater id (same time, random tail) is the newer, as in plan.
+        let tie = vec![
+            Candidate {
+                id: "20261101-a".into(),
+                ..c[0].clone()
+            },
+            Candidate {
+                id: "20261101-f".into(),
+                ..c[0].clone()
+            },
+        ];
+        assert_eq!(
+            newest(&tie, "shop", "db").map(|c| c.id.as_str()),
+            Some("20261101-f")
+        );
     }
 
     /// restic's documented example: "a backup every day at 11:00 … for the last two weeks"

@@ -192,8 +192,13 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             cmd::restore::run(&conn, plan).await
         }
         Command::Drill(a) => {
+            let store = store(&a.store, None);
+            let backup = match (&a.from, a.latest) {
+                (Some(from), true) => crate::locate::latest(&a.backup, from, &store)?,
+                _ => a.backup.clone(),
+            };
             let plan = cmd::drill::DrillPlan {
-                backup: a.backup.clone(),
+                backup,
                 from: a.from.clone(),
                 namespace: cli.global.namespace.clone(),
                 storage_class: a.storage_class.clone(),
@@ -203,7 +208,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 pod_timeout: Duration::from_secs(a.helper.pod_timeout),
                 retry: retry_policy(&a.retry)?,
                 output: out,
-                store: store(&a.store, None),
+                store,
                 keys: keys(&a.keys)?,
             };
             let conn = connection(&cli).await?;
@@ -262,7 +267,7 @@ async fn schedule(cli: &Cli, c: &crate::cli::ScheduleCommand) -> Result<(), Fail
         ScheduleCommand::RunNow(a) => {
             namespaced("run-now")?;
             let conn = connection(cli).await?;
-            cmd::schedule::run_now(&conn, &a.name, a.wait.then_some(a.timeout)).await
+            cmd::schedule::run_now(&conn, &a.name, a.drill, a.wait.then_some(a.timeout)).await
         }
     }
 }
@@ -283,6 +288,14 @@ pub fn schedule_plan(
     let usage = |e: s::ScheduleError| Failure::usage(e.to_string());
     s::check_name(&a.name).map_err(usage)?;
     s::check_cron(&a.cron).map_err(usage)?;
+    if let Some(cron) = &a.drill_cron {
+        s::check_drill_name(&a.name).map_err(usage)?;
+        s::check_cron(cron)
+            .map_err(|e| Failure::usage(e.to_string().replacen("--cron", "--drill-cron", 1)))?;
+        if a.pvcs.is_empty() {
+            return Err(usage(s::ScheduleError::DrillNeedsPvcs));
+        }
+    }
     if let Some(tz) = &a.time_zone {
         s::check_time_zone(tz).map_err(usage)?;
     }
@@ -348,6 +361,26 @@ pub fn schedule_plan(
         push(&mut store, "--endpoint", e);
     }
     create.extend(store.iter().cloned());
+    // The PVC names were checked above (all in the schedule's namespace).
+    let drill = a.drill_cron.as_ref().map(|cron| s::DrillSchedule {
+        cron: cron.clone(),
+        runs: a
+            .pvcs
+            .iter()
+            .map(|p| {
+                let pvc = p.rsplit('/').next().unwrap_or(p);
+                let mut d = vec!["--latest".to_string(), format!("{namespace}/{pvc}")];
+                push(&mut d, "--from", &a.to);
+                push(&mut d, "-n", &namespace);
+                push(&mut d, "--image", &a.helper_image);
+                if let Some(u) = a.run_as_user {
+                    push(&mut d, "--run-as-user", &u.to_string());
+                }
+                d.extend(store.iter().cloned());
+                d
+            })
+            .collect(),
+    });
     let keep = [
         ("--keep-last", a.keep_last),
         ("--keep-hourly", a.keep_hourly),
@@ -378,6 +411,7 @@ pub fn schedule_plan(
         job_timeout_seconds: a.job_timeout.as_secs().max(1) as i64,
         create_args: create,
         prune_args: prune,
+        drill,
         destination: a.to.clone(),
         credentials_secret: a.credentials_secret.clone(),
         service_account_annotations: annotations,
@@ -427,6 +461,8 @@ mod schedule_tests {
             "2",
             "--run-as-user",
             "1000",
+            "--drill-cron",
+            "0 4 * * 0",
         ])
         .unwrap();
         let mut argv = vec!["kubectl-pvbackup".to_string(), "create".into()];
@@ -449,6 +485,45 @@ mod schedule_tests {
         };
         assert_eq!((pr.keep_last, pr.keep_daily, pr.keep_weekly), (2, 7, 0));
         assert!(pr.yes);
+        let drill = p.drill.unwrap();
+        assert_eq!(drill.cron, "0 4 * * 0");
+        let drilled: Vec<String> = drill
+            .runs
+            .iter()
+            .map(|run| {
+                let mut argv = vec!["kubectl-pvbackup".to_string(), "drill".into()];
+                argv.extend(run.clone());
+                let cli = Cli::try_parse_from(&argv).unwrap();
+                assert_eq!(cli.global.namespace.as_deref(), Some("shop"));
+                let Command::Drill(d) = cli.command else {
+                    panic!("not drill")
+                };
+                assert!(d.latest);
+                assert_eq!(d.from.as_deref(), Some("s3://bkt/p"));
+                assert_eq!(d.helper.run_as_user, Some(1000));
+                assert_eq!(d.store.endpoint.as_deref(), Some("http://minio:9000"));
+                d.backup
+            })
+            .collect();
+        assert_eq!(drilled, ["shop/data", "shop/logs"]);
+    }
+
+    #[test]
+    fn a_drill_needs_named_pvcs_a_valid_cron_and_room_in_the_name() {
+        let base = ["--cron", "0 3 * * *", "--to", "s3://bkt/p", "--drill-cron"];
+        let err = |args: &[&str]| {
+            let mut a: Vec<&str> = args.to_vec();
+            a.splice(1..1, base);
+            plan(&a).err().map(|f| (f.kind, f.message))
+        };
+        let (kind, msg) = err(&["nightly", "0 4 * * 0"]).unwrap();
+        assert_eq!(kind, crate::exit::ExitKind::Usage);
+        assert!(msg.contains("needs the schedule's PVCs named"), "{msg}");
+        let (_, msg) = err(&["nightly", "0 4 * *", "data"]).unwrap();
+        assert!(msg.starts_with("--drill-cron \"0 4 * *\""), "{msg}");
+        let (_, msg) = err(&[&"a".repeat(40), "0 4 * * 0", "data"]).unwrap();
+        assert!(msg.contains("too long for --drill-cron"), "{msg}");
+        assert!(err(&["nightly", "0 4 * * 0", "data"]).is_none());
     }
 
     #[test]

@@ -8,7 +8,11 @@
 //!   it to the ServiceAccount: the least a backup of NS needs;
 //! - a CronJob whose pod runs this plugin's own image: `create` (and, with `--keep-*`, `prune`
 //!   after it, as the main container once the backup, an init container, succeeded), with the
-//!   credentials Secret's keys as environment (`envFrom`).
+//!   credentials Secret's keys as environment (`envFrom`);
+//! - with `--drill-cron`, a second CronJob `pvbackup-NAME-drill` (same labels, ServiceAccount
+//!   and credentials) whose pod runs `drill --latest NS/PVC` for each PVC of the schedule, one
+//!   after the other (init containers, the last as the main container): a drill that finds a
+//!   backup damaged (exit 3) or cannot run fails the Job and leaves the remaining PVCs undrilled.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +30,9 @@ pub const IMAGE_UID: i64 = 65532;
 /// `pvbackup-` + NAME must stay within a CronJob name's 52 characters.
 const PREFIX: &str = "pvbackup-";
 const MAX_NAME: usize = 52 - PREFIX.len();
+/// The drill CronJob is `pvbackup-NAME` + this.
+pub const DRILL_SUFFIX: &str = "-drill";
+const MAX_DRILL_NAME: usize = MAX_NAME - DRILL_SUFFIX.len();
 
 /// The image of this build of the plugin.
 pub fn default_image() -> String {
@@ -35,6 +42,11 @@ pub fn default_image() -> String {
 /// The name every object of schedule `name` has.
 pub fn object_name(name: &str) -> String {
     format!("{PREFIX}{name}")
+}
+
+/// The name of schedule `name`'s drill CronJob.
+pub fn drill_name(name: &str) -> String {
+    format!("{PREFIX}{name}{DRILL_SUFFIX}")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,9 +81,19 @@ pub struct SchedulePlan {
     pub create_args: Vec<String>,
     /// What `prune` is run with after each backup (`DEST --keep-… --yes`); None: no prune.
     pub prune_args: Option<Vec<String>>,
+    /// `--drill-cron`: when, and what `drill` is run with for each PVC, in order.
+    pub drill: Option<DrillSchedule>,
     pub destination: String,
     pub credentials_secret: Option<String>,
     pub service_account_annotations: BTreeMap<String, String>,
+}
+
+/// The schedule's drill CronJob.
+#[derive(Debug, Clone)]
+pub struct DrillSchedule {
+    pub cron: String,
+    /// One `drill` command line (after `drill`) per PVC.
+    pub runs: Vec<Vec<String>>,
 }
 
 /// Why a schedule cannot be made as asked.
@@ -85,6 +107,10 @@ pub enum ScheduleError {
     CronTimeZone(String),
     #[error("--time-zone {0:?} is not an IANA time zone name (e.g. Europe/Berlin, America/New_York, UTC)")]
     TimeZone(String),
+    #[error("schedule name {0:?} is too long for --drill-cron: use at most {MAX_DRILL_NAME} characters (the drill CronJob is pvbackup-NAME-drill, and a CronJob name has at most 52)")]
+    DrillName(String),
+    #[error("--drill-cron needs the schedule's PVCs named (schedule create NAME PVC... --drill-cron EXPR): a drill restores one PVC's backup, and which PVCs --mesh/-l/--all-pvcs select is only known when a backup runs")]
+    DrillNeedsPvcs,
     #[error("--service-account-annotation {0:?} is not KEY=VALUE (e.g. eks.amazonaws.com/role-arn=arn:aws:iam::111122223333:role/backup)")]
     Annotation(String),
 }
@@ -101,6 +127,15 @@ fn is_dns_label(s: &str) -> bool {
 pub fn check_name(name: &str) -> Result<(), ScheduleError> {
     if name.len() > MAX_NAME || !is_dns_label(name) {
         return Err(ScheduleError::Name(name.to_string()));
+    }
+    Ok(())
+}
+
+/// [`check_name`], for a schedule with a drill CronJob.
+pub fn check_drill_name(name: &str) -> Result<(), ScheduleError> {
+    check_name(name)?;
+    if name.len() > MAX_DRILL_NAME {
+        return Err(ScheduleError::DrillName(name.to_string()));
     }
     Ok(())
 }
@@ -204,7 +239,61 @@ fn container(plan: &SchedulePlan, name: &str, args: Vec<String>) -> Value {
     c
 }
 
-/// The ServiceAccount, Role, RoleBinding and CronJob, in the order they are applied.
+/// A CronJob of the schedule: `containers` run one after the other (all but the last as init
+/// containers), as the schedule's ServiceAccount.
+fn cron_job(plan: &SchedulePlan, name: String, cron: &str, mut containers: Vec<Value>) -> Value {
+    let main = containers
+        .pop()
+        .expect("a CronJob runs at least one container");
+    let mut pod_spec = json!({
+        "serviceAccountName": object_name(&plan.name),
+        "restartPolicy": "Never",
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": IMAGE_UID,
+            "runAsGroup": IMAGE_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [main],
+    });
+    if !containers.is_empty() {
+        pod_spec["initContainers"] = json!(containers);
+    }
+    let mut cron_meta = metadata(plan);
+    cron_meta["name"] = json!(name);
+    cron_meta["annotations"] = json!({ANNOTATION_DESTINATION: plan.destination});
+    let mut spec = json!({
+        "schedule": cron,
+        "concurrencyPolicy": plan.concurrency.as_str(),
+        // A start missed by more than an hour (controller down, cluster asleep) is skipped
+        // rather than run late; without a deadline, 100 missed starts stop the CronJob for good.
+        "startingDeadlineSeconds": 3600,
+        "successfulJobsHistoryLimit": 3,
+        "failedJobsHistoryLimit": 3,
+        "jobTemplate": {
+            "metadata": {"labels": labels(&plan.name)},
+            "spec": {
+                // `create` and `drill` retry transient failures themselves (--retries); a
+                // failed run is reported, and the next scheduled run starts afresh.
+                "backoffLimit": 0,
+                "activeDeadlineSeconds": plan.job_timeout_seconds,
+                "template": {
+                    "metadata": {"labels": pod_labels(plan), "annotations": pod_annotations()},
+                    "spec": pod_spec,
+                },
+            },
+        },
+    });
+    if let Some(tz) = &plan.time_zone {
+        spec["timeZone"] = json!(tz);
+    }
+    json!({
+        "apiVersion": "batch/v1", "kind": "CronJob", "metadata": cron_meta, "spec": spec,
+    })
+}
+
+/// The ServiceAccount, Role, RoleBinding, CronJob and (with a drill) the drill CronJob, in the
+/// order they are applied.
 pub fn objects(plan: &SchedulePlan) -> Vec<Value> {
     let name = object_name(&plan.name);
     let mut sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata(plan)});
@@ -227,60 +316,28 @@ pub fn objects(plan: &SchedulePlan) -> Vec<Value> {
     });
     let mut backup_args = vec!["create".to_string()];
     backup_args.extend(plan.create_args.iter().cloned());
-    let backup = container(plan, "backup", backup_args);
-    let (init, main) = match &plan.prune_args {
-        Some(p) => {
-            let mut args = vec!["prune".to_string()];
-            args.extend(p.iter().cloned());
-            (vec![backup], container(plan, "prune", args))
-        }
-        None => (vec![], backup),
-    };
-    let mut pod_spec = json!({
-        "serviceAccountName": name,
-        "restartPolicy": "Never",
-        "securityContext": {
-            "runAsNonRoot": true,
-            "runAsUser": IMAGE_UID,
-            "runAsGroup": IMAGE_UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "containers": [main],
-    });
-    if !init.is_empty() {
-        pod_spec["initContainers"] = json!(init);
+    let mut containers = vec![container(plan, "backup", backup_args)];
+    if let Some(p) = &plan.prune_args {
+        let mut args = vec!["prune".to_string()];
+        args.extend(p.iter().cloned());
+        containers.push(container(plan, "prune", args));
     }
-    let mut cron_meta = metadata(plan);
-    cron_meta["annotations"] = json!({ANNOTATION_DESTINATION: plan.destination});
-    let mut spec = json!({
-        "schedule": plan.cron,
-        "concurrencyPolicy": plan.concurrency.as_str(),
-        // A start missed by more than an hour (controller down, cluster asleep) is skipped
-        // rather than run late; without a deadline, 100 missed starts stop the CronJob for good.
-        "startingDeadlineSeconds": 3600,
-        "successfulJobsHistoryLimit": 3,
-        "failedJobsHistoryLimit": 3,
-        "jobTemplate": {
-            "metadata": {"labels": labels(&plan.name)},
-            "spec": {
-                // `create` retries transient failures itself (--retries); a failed run is
-                // reported, and the next scheduled run starts afresh.
-                "backoffLimit": 0,
-                "activeDeadlineSeconds": plan.job_timeout_seconds,
-                "template": {
-                    "metadata": {"labels": pod_labels(plan), "annotations": pod_annotations()},
-                    "spec": pod_spec,
-                },
-            },
-        },
-    });
-    if let Some(tz) = &plan.time_zone {
-        spec["timeZone"] = json!(tz);
+    let cron = cron_job(plan, name, &plan.cron, containers);
+    let mut out = vec![sa, role, binding, cron];
+    if let Some(d) = &plan.drill {
+        let drills = d
+            .runs
+            .iter()
+            .enumerate()
+            .map(|(i, run)| {
+                let mut args = vec!["drill".to_string()];
+                args.extend(run.iter().cloned());
+                container(plan, &format!("drill-{}", i + 1), args)
+            })
+            .collect();
+        out.push(cron_job(plan, drill_name(&plan.name), &d.cron, drills));
     }
-    let cron = json!({
-        "apiVersion": "batch/v1", "kind": "CronJob", "metadata": cron_meta, "spec": spec,
-    });
-    vec![sa, role, binding, cron]
+    out
 }
 
 /// `kubectl create job --from=cronjob/X` (kubectl create_job.go `createJobFromCronJob`): the
@@ -338,6 +395,7 @@ mod tests {
             job_timeout_seconds: 21600,
             create_args: vec!["-n".into(), "shop".into(), "--to".into(), "s3://b/p".into()],
             prune_args: None,
+            drill: None,
             destination: "s3://b/p".into(),
             credentials_secret: Some("s3-creds".into()),
             service_account_annotations: BTreeMap::new(),
@@ -388,6 +446,43 @@ mod tests {
             assert_eq!(obj["metadata"]["labels"][LABEL_SCHEDULE], "nightly");
             assert_eq!(obj["metadata"]["name"], "pvbackup-nightly");
         }
+    }
+
+    #[test]
+    fn the_drill_cron_job_drills_each_pvc_in_turn_as_the_schedule() {
+        let mut p = plan();
+        let run = |pvc: &str| -> Vec<String> {
+            ["--latest", &format!("shop/{pvc}"), "--from", "s3://b/p"]
+                .map(String::from)
+                .to_vec()
+        };
+        p.drill = Some(DrillSchedule {
+            cron: "0 4 * * 0".into(),
+            runs: vec![run("db"), run("media")],
+        });
+        let o = objects(&p);
+        assert_eq!(o.len(), 5);
+        let (backup, drill) = (&o[3], &o[4]);
+        assert_eq!(drill["metadata"]["name"], "pvbackup-nightly-drill");
+        assert_eq!(drill["metadata"]["labels"], backup["metadata"]["labels"]);
+        assert_eq!(drill["spec"]["schedule"], "0 4 * * 0");
+        assert_eq!(backup["spec"]["schedule"], "0 3 * * *");
+        let pod = &drill["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+        assert_eq!(pod["serviceAccountName"], "pvbackup-nightly");
+        assert_eq!(pod["initContainers"][0]["name"], "drill-1");
+        assert_eq!(pod["initContainers"][0]["args"][2], "shop/db");
+        assert_eq!(pod["containers"][0]["name"], "drill-2");
+        assert_eq!(pod["containers"][0]["args"][2], "shop/media");
+        assert_eq!(
+            pod["containers"][0]["envFrom"][0]["secretRef"]["name"],
+            "s3-creds"
+        );
+        serde_json::from_value::<k8s_openapi::api::batch::v1::CronJob>(drill.clone()).unwrap();
+        assert!(check_drill_name(&"a".repeat(MAX_DRILL_NAME)).is_ok());
+        assert_eq!(
+            check_drill_name(&"a".repeat(MAX_NAME)),
+            Err(ScheduleError::DrillName("a".repeat(MAX_NAME)))
+        );
     }
 
     #[test]

@@ -252,3 +252,64 @@ async fn a_missing_backup_or_a_too_small_size_changes_nothing() {
     assert!(r.stderr.contains("--size"), "{}", r.stderr);
     assert_clean(&cluster, NS, &pvcs_before);
 }
+
+/// `drill --latest NS/PVC --from DEST` drills the newest complete backup of that PVC (what a
+/// schedule's drill CronJob runs); with none there, exit 2 names the PVC and the destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_drills_the_newest_complete_backup() {
+    let cluster = demo().await;
+    let dest = tempfile::tempdir().unwrap();
+    let older = whole_manifest(&backup(&cluster, NS, PVC, dest.path()).await);
+    // A later second, and different content, so the two backups differ in id and size.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let source = cluster.volume_path(NS, PVC);
+    std::fs::write(source.join("only-in-the-newer.bin"), vec![7u8; 40_000]).unwrap();
+    let newer = whole_manifest(&backup(&cluster, NS, PVC, dest.path()).await);
+    assert_ne!(older["backup_id"], newer["backup_id"]);
+    assert_ne!(older["uncompressed_size"], newer["uncompressed_size"]);
+    // An archive without a manifest (an interrupted backup) newer than both is not complete,
+    // so it is not the latest.
+    let leftover = dest.path().join("29991231T235959Z-ffff").join(NS);
+    std::fs::create_dir_all(&leftover).unwrap();
+    std::fs::write(leftover.join(format!("{PVC}.tar.zst")), b"partial").unwrap();
+    let pvcs_before = pvc_names(&cluster, NS);
+
+    let target = format!("{NS}/{PVC}");
+    let from = dest.path().to_str().unwrap();
+    let run = plugin(
+        &cluster,
+        &["drill", "--latest", &target, "--from", from, "-o", "json"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let r = json(&run);
+    assert_eq!(r["backupId"], newer["backup_id"], "{r:#}");
+    assert_eq!(r["bytes"], newer["uncompressed_size"]);
+    assert_eq!(r["verdict"], "intact");
+    assert_clean(&cluster, NS, &pvcs_before);
+
+    // No complete backup of that PVC: a usage error, before any cluster object is made.
+    let run = plugin(
+        &cluster,
+        &["drill", "--latest", &format!("{NS}/nope"), "--from", from],
+    )
+    .await;
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("no complete backup of shop/nope at"),
+        "{}",
+        run.stderr
+    );
+    // BACKUP must be NAMESPACE/PVC with --latest; --latest needs --from.
+    let run = plugin(&cluster, &["drill", "--latest", PVC, "--from", from]).await;
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("BACKUP is NAMESPACE/PVC"),
+        "{}",
+        run.stderr
+    );
+    let run = plugin(&cluster, &["drill", "--latest", &target]).await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("--from"), "{}", run.stderr);
+    assert_clean(&cluster, NS, &pvcs_before);
+}

@@ -1,8 +1,9 @@
 //! Schedules end to end: `schedule create … --to s3://… --credentials-secret …` then
 //! `schedule run-now` makes a backup in the bucket (moto) through a Job in kubesim, whose pod
 //! runs this very plugin binary (kubesim maps the image to it) with the pod's service account;
-//! `schedule delete` removes every object; `Forbid` allows one run at a time; the `--dry-run
-//! -o yaml` objects are pinned.
+//! `schedule run-now --drill` then drills that backup (`drill --latest`) in a Job of the
+//! schedule's drill CronJob; `schedule delete` removes every object; `Forbid` allows one run at
+//! a time; the `--dry-run -o yaml` objects are pinned.
 
 mod common;
 
@@ -117,12 +118,20 @@ async fn run_now_backs_up_to_the_bucket_and_delete_removes_every_object() {
             "3",
             "--snapshot",
             "never",
+            "--drill-cron",
+            "0 4 * * 0",
             "--image",
             IMAGE,
         ],
     )
     .await;
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout
+            .contains("cronjob/pvbackup-nightly-drill (0 4 * * 0, drill)"),
+        "{}",
+        run.stdout
+    );
     assert!(
         run.stdout
             .contains("schedule nightly created in namespace shop"),
@@ -229,11 +238,73 @@ async fn run_now_backs_up_to_the_bucket_and_delete_removes_every_object() {
     );
     assert_eq!(snapshot(&vol), before, "the volume is untouched");
 
+    // The weekly drill, now: a Job of the drill CronJob drills that backup, the newest, in the
+    // cluster as the schedule's service account, and leaves no scratch PVC.
+    let pvcs_before = cluster.objects("persistentvolumeclaims", Some(NS)).len();
+    let run = plugin(
+        &cluster,
+        &[
+            "schedule",
+            "run-now",
+            "nightly",
+            "-n",
+            NS,
+            "--drill",
+            "--wait",
+            "--timeout",
+            "3m",
+        ],
+    )
+    .await;
+    let drill_logs: Vec<String> = cluster
+        .objects("pods", Some(NS))
+        .iter()
+        .filter(|p| {
+            p["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("pvbackup-nightly-drill-manual-"))
+        })
+        .flat_map(|p| {
+            let uid = p["metadata"]["uid"].as_str().unwrap_or_default();
+            walk_logs(&cluster.state_dir().join("pods").join(uid))
+        })
+        .collect();
+    let drill_logs = drill_logs.join("\n");
+    assert_eq!(run.code, 0, "{}\n{}\n{drill_logs}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("succeeded"), "{}", run.stdout);
+    assert!(
+        drill_logs.contains(&id),
+        "the drill names the backup: {drill_logs}"
+    );
+    assert!(drill_logs.contains("intact"), "{drill_logs}");
+    assert_eq!(
+        cluster.objects("persistentvolumeclaims", Some(NS)).len(),
+        pvcs_before,
+        "the drill left its scratch PVC"
+    );
+    assert_eq!(snapshot(&vol), before, "the volume is untouched");
+
     let listed = plugin(&cluster, &["schedule", "list", "-n", NS, "-o", "json"]).await;
     assert_eq!(listed.code, 0, "{}", listed.stderr);
     let rows: Value = serde_json::from_str(&listed.stdout).unwrap();
-    assert_eq!(rows[0]["name"], "nightly");
-    assert_eq!(rows[0]["destination"], dest);
+    let mut runs: Vec<(String, String)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["name"], "nightly");
+            assert_eq!(r["destination"], dest);
+            (r["runs"].to_string(), r["schedule"].to_string())
+        })
+        .collect();
+    runs.sort();
+    assert_eq!(
+        runs,
+        [
+            ("\"backup\"".to_string(), "\"0 3 * * *\"".to_string()),
+            ("\"drill\"".to_string(), "\"0 4 * * 0\"".to_string())
+        ]
+    );
 
     // Delete: every object the schedule made, its Jobs and their pods, are gone.
     let made: Vec<(&str, Vec<String>)> = [
@@ -250,6 +321,12 @@ async fn run_now_backs_up_to_the_bucket_and_delete_removes_every_object() {
     for (plural, names) in &made {
         assert!(!names.is_empty(), "schedule made no {plural}");
     }
+    assert_eq!(
+        made[0].1.len(),
+        2,
+        "the backup and the drill CronJob: {:?}",
+        made[0].1
+    );
     let run = plugin(&cluster, &["schedule", "delete", "nightly", "-n", NS]).await;
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     for (plural, _) in &made {
@@ -350,10 +427,13 @@ fn dry_run_yaml_prints_every_object() {
             "schedule",
             "create",
             "nightly",
+            "data-orders-db-0",
             "-n",
             "shop",
             "--cron",
             "0 3 * * *",
+            "--drill-cron",
+            "0 4 * * 0",
             "--time-zone",
             "Europe/Berlin",
             "--to",

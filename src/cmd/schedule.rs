@@ -73,6 +73,7 @@ pub async fn create(
     let role: Role = typed(&objects[1])?;
     let binding: RoleBinding = typed(&objects[2])?;
     let cron: CronJob = typed(&objects[3])?;
+    let drill: Option<CronJob> = objects.get(4).map(typed).transpose()?;
     let name = schedule::object_name(&plan.name);
     let sa_api: Api<ServiceAccount> = Api::namespaced(c.clone(), ns);
     let role_api: Api<Role> = Api::namespaced(c.clone(), ns);
@@ -88,11 +89,19 @@ pub async fn create(
         made += 1;
         create_one(&binding_api, &binding, "RoleBinding", plan).await?;
         made += 1;
-        create_one(&cron_api, &cron, "CronJob", plan).await
+        create_one(&cron_api, &cron, "CronJob", plan).await?;
+        made += 1;
+        if let Some(d) = &drill {
+            create_one(&cron_api, d, "CronJob", plan).await?;
+        }
+        Ok(())
     }
     .await;
     if let Err(e) = result {
         let dp = DeleteParams::default();
+        if made > 3 {
+            let _ = cron_api.delete(&name, &dp).await;
+        }
         if made > 2 {
             let _ = binding_api.delete(&name, &dp).await;
         }
@@ -108,15 +117,31 @@ pub async fn create(
         OutputFormat::Json | OutputFormat::Yaml => output::structured(
             out,
             &serde_json::json!({"schedule": plan.name, "namespace": ns, "cronJob": name,
+                "drillCronJob": plan.drill.as_ref().map(|_| schedule::drill_name(&plan.name)),
                 "serviceAccount": name, "role": name, "roleBinding": name}),
         ),
-        _ => output::print_stdout(&format!(
-            "schedule {} created in namespace {ns}: cronjob/{name} ({}{}), serviceaccount/{name}, role/{name}, rolebinding/{name}\nRun it now: kubectl pvbackup schedule run-now {} -n {ns} --wait\n",
-            plan.name,
-            plan.cron,
-            plan.time_zone.as_ref().map(|t| format!(" {t}")).unwrap_or_default(),
-            plan.name,
-        )),
+        _ => {
+            let tz = plan
+                .time_zone
+                .as_ref()
+                .map(|t| format!(" {t}"))
+                .unwrap_or_default();
+            let drill = plan
+                .drill
+                .as_ref()
+                .map(|d| {
+                    format!(
+                        ", cronjob/{} ({}{tz}, drill)",
+                        schedule::drill_name(&plan.name),
+                        d.cron
+                    )
+                })
+                .unwrap_or_default();
+            output::print_stdout(&format!(
+                "schedule {} created in namespace {ns}: cronjob/{name} ({}{tz}){drill}, serviceaccount/{name}, role/{name}, rolebinding/{name}\nRun it now: kubectl pvbackup schedule run-now {} -n {ns} --wait\n",
+                plan.name, plan.cron, plan.name,
+            ))
+        }
     }
 }
 
@@ -240,6 +265,8 @@ pub async fn delete(conn: &Connection, name: &str) -> Result<(), Failure> {
 struct Row {
     namespace: String,
     name: String,
+    /// `backup` (the schedule's CronJob) or `drill` (its --drill-cron CronJob).
+    runs: &'static str,
     schedule: String,
     time_zone: Option<String>,
     suspended: bool,
@@ -256,9 +283,16 @@ fn row(cj: &CronJob) -> Row {
     let time = |t: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| {
         t.map(|t| t.0.to_string())
     };
+    let name = labels.get(LABEL_SCHEDULE).cloned().unwrap_or_default();
+    let runs = if cj.metadata.name.as_deref() == Some(schedule::drill_name(&name).as_str()) {
+        "drill"
+    } else {
+        "backup"
+    };
     Row {
         namespace: cj.metadata.namespace.clone().unwrap_or_default(),
-        name: labels.get(LABEL_SCHEDULE).cloned().unwrap_or_default(),
+        name,
+        runs,
         schedule: spec.schedule,
         time_zone: spec.time_zone,
         suspended: spec.suspend.unwrap_or(false),
@@ -298,6 +332,7 @@ pub async fn list(conn: &Connection, out: OutputFormat) -> Result<(), Failure> {
             t.set_header([
                 "NAMESPACE",
                 "NAME",
+                "RUNS",
                 "SCHEDULE",
                 "SUSPEND",
                 "ACTIVE",
@@ -309,6 +344,7 @@ pub async fn list(conn: &Connection, out: OutputFormat) -> Result<(), Failure> {
                 t.add_row([
                     r.namespace.clone(),
                     r.name.clone(),
+                    r.runs.to_string(),
                     match &r.time_zone {
                         Some(tz) => format!("{} ({tz})", r.schedule),
                         None => r.schedule.clone(),
@@ -348,18 +384,34 @@ fn job_finished(j: &Job) -> Option<(&'static str, String)> {
         })
 }
 
-pub async fn run_now(conn: &Connection, name: &str, wait: Option<Duration>) -> Result<(), Failure> {
+/// Starts a Job of schedule `name`'s backup CronJob, or of its drill CronJob with `drill`.
+pub async fn run_now(
+    conn: &Connection,
+    name: &str,
+    drill: bool,
+    wait: Option<Duration>,
+) -> Result<(), Failure> {
     let ns = &conn.namespace;
-    let cron_name = schedule::object_name(name);
+    let cron_name = if drill {
+        schedule::drill_name(name)
+    } else {
+        schedule::object_name(name)
+    };
     let crons: Api<CronJob> = Api::namespaced(conn.client.clone(), ns);
     let cj = crons
         .get_opt(&cron_name)
         .await
         .map_err(|e| explain("reading the schedule's CronJob", &e))?
         .ok_or_else(|| {
-            Failure::runtime(format!(
-                "no schedule {name} in namespace {ns} (no CronJob {cron_name}); see `kubectl pvbackup schedule list -A`"
-            ))
+            Failure::runtime(if drill {
+                format!(
+                    "schedule {name} in namespace {ns} has no drill (no CronJob {cron_name}); create the schedule with --drill-cron, or see `kubectl pvbackup schedule list -A`"
+                )
+            } else {
+                format!(
+                    "no schedule {name} in namespace {ns} (no CronJob {cron_name}); see `kubectl pvbackup schedule list -A`"
+                )
+            })
             .permanent()
         })?;
     let jobs: Api<Job> = Api::namespaced(conn.client.clone(), ns);
@@ -390,7 +442,8 @@ pub async fn run_now(conn: &Connection, name: &str, wait: Option<Duration>) -> R
             .collect();
         if !running.is_empty() {
             return Err(Failure::runtime(format!(
-                "schedule {name} is running (job {}) and its concurrency policy is Forbid: one run at a time. Wait for it (`kubectl get jobs -n {ns} -l {LABEL_SCHEDULE}={name}`), or delete that job to stop it",
+                "schedule {name}{} is running (job {}) and its concurrency policy is Forbid: one run at a time. Wait for it (`kubectl get jobs -n {ns} -l {LABEL_SCHEDULE}={name}`), or delete that job to stop it",
+                if drill { "'s drill" } else { "" },
                 running.join(", ")
             ))
             .permanent());
