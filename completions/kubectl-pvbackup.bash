@@ -1093,7 +1093,7 @@ _kubectl__pvbackup() {
             return 0
             ;;
         kubectl__pvbackup__subcmd__schedule__subcmd__create)
-            opts="-l -n -A -o -v -h -V --cron --time-zone --drill-cron --concurrency-policy --job-timeout --to --mesh --selector --all-pvcs --compression --level --snapshot --keep-last --keep-hourly --keep-daily --keep-weekly --keep-monthly --credentials-secret --service-account-annotation --image --helper-image --run-as-user --dry-run --endpoint --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
+            opts="-l -n -A -o -v -h -V --cron --time-zone --drill-cron --concurrency-policy --job-timeout --to --mesh --selector --all-pvcs --encrypt-to --encrypt-to-file --compression --level --snapshot --keep-last --keep-hourly --keep-daily --keep-weekly --keep-monthly --credentials-secret --service-account-annotation --image --helper-image --run-as-user --dry-run --endpoint --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1132,6 +1132,14 @@ _kubectl__pvbackup() {
                     return 0
                     ;;
                 -l)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --encrypt-to)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --encrypt-to-file)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

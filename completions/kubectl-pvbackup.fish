@@ -303,6 +303,8 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedu
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l to -d 'Destination: s3://bucket/prefix, az://container/prefix or gs://bucket/prefix (a local directory would be inside the job\'s pod)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l mesh -d 'Only PVCs mounted by pods of this mesh' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -s l -l selector -d 'Label selector for the pods whose PVCs are backed up' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l encrypt-to -d 'Encrypt the backup with age to this recipient: an X25519 key `age1…` or an SSH public key (`ssh-ed25519 …`, `ssh-rsa …`). Repeatable' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l encrypt-to-file -d 'Encrypt to every recipient in FILE (one per line, `#` comments; age\'s `-R` format). Repeatable' -r -F
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand schedule; and __fish_seen_subcommand_from create" -l compression -d 'Compression of the stored archive' -r -f -a "gzip\t''
 zstd\t''
 none\t''"

@@ -373,6 +373,8 @@ Register-ArgumentCompleter -Native -CommandName 'kubectl-pvbackup' -ScriptBlock 
             [CompletionResult]::new('--mesh', '--mesh', [CompletionResultType]::ParameterName, 'Only PVCs mounted by pods of this mesh')
             [CompletionResult]::new('-l', '-l', [CompletionResultType]::ParameterName, 'Label selector for the pods whose PVCs are backed up')
             [CompletionResult]::new('--selector', '--selector', [CompletionResultType]::ParameterName, 'Label selector for the pods whose PVCs are backed up')
+            [CompletionResult]::new('--encrypt-to', '--encrypt-to', [CompletionResultType]::ParameterName, 'Encrypt the backup with age to this recipient: an X25519 key `age1…` or an SSH public key (`ssh-ed25519 …`, `ssh-rsa …`). Repeatable')
+            [CompletionResult]::new('--encrypt-to-file', '--encrypt-to-file', [CompletionResultType]::ParameterName, 'Encrypt to every recipient in FILE (one per line, `#` comments; age''s `-R` format). Repeatable')
             [CompletionResult]::new('--compression', '--compression', [CompletionResultType]::ParameterName, 'Compression of the stored archive')
             [CompletionResult]::new('--level', '--level', [CompletionResultType]::ParameterName, 'Compression level (gzip 0-9, zstd 1-19; default: the fastest)')
             [CompletionResult]::new('--snapshot', '--snapshot', [CompletionResultType]::ParameterName, '--snapshot of each run (see `create --help`)')

@@ -225,6 +225,8 @@ pub struct ScheduleCreateArgs {
     #[arg(long, conflicts_with = "mesh", help_heading = "Selection")]
     pub all_pvcs: bool,
     #[command(flatten)]
+    pub encrypt: EncryptArgs,
+    #[command(flatten)]
     pub data: DataArgs,
     /// --snapshot of each run (see `create --help`)
     #[arg(

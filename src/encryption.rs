@@ -160,6 +160,11 @@ impl Recipients {
         Ok(Some(Recipients { keys, kinds }))
     }
 
+    /// The recipients as given (public keys), e.g. to hand to a scheduled `create`.
+    pub fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
     /// The kinds of the recipients, each once, in the order first named.
     pub fn kinds(&self) -> &[RecipientKind] {
         &self.kinds

@@ -316,6 +316,15 @@ pub fn schedule_plan(
         cmd::create::parse_mesh(m)?;
     }
     compression(a.data.compression, a.data.level)?;
+    // Recipients are public keys: the job's `create` gets them as `--encrypt-to`, read here
+    // from any recipients file (which stays on this machine).
+    let recipients =
+        crate::encryption::Recipients::parse(&a.encrypt.encrypt_to, &a.encrypt.encrypt_to_file)?;
+    if recipients.is_some() && a.drill_cron.is_some() {
+        return Err(Failure::usage(
+            "--drill-cron cannot drill encrypted backups: a drill decrypts on the machine that runs it, so the job would need the private key inside the cluster, where keys never go. Drop --drill-cron and drill from a machine holding the key: kubectl pvbackup drill --latest NS/PVC --from DEST --identity FILE",
+        ));
+    }
     let mut create = Vec::new();
     for p in &a.pvcs {
         match p.split_once('/') {
@@ -355,6 +364,9 @@ pub fn schedule_plan(
     push(&mut create, "--image", &a.helper_image);
     if let Some(u) = a.run_as_user {
         push(&mut create, "--run-as-user", &u.to_string());
+    }
+    for key in recipients.iter().flat_map(|r| r.keys()) {
+        push(&mut create, "--encrypt-to", key);
     }
     let mut store = Vec::new();
     if let Some(e) = &a.store.endpoint {
@@ -432,6 +444,44 @@ mod schedule_tests {
             panic!("not schedule create");
         };
         super::schedule_plan(a, "shop".into())
+    }
+
+    /// An encrypted schedule hands its recipients (public keys, also from a recipients file) to
+    /// the job's `create`, and refuses a drill, which would need the private key in the cluster.
+    #[test]
+    fn an_encrypted_schedule_passes_recipients_and_refuses_a_drill() {
+        let dir = tempfile::tempdir().unwrap();
+        let x25519 = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+        let file = dir.path().join("recipients.txt");
+        std::fs::write(&file, format!("# ops team\n{x25519}\n")).unwrap();
+        let file = file.to_str().unwrap();
+        let base = ["nightly", "data", "--cron", "@daily", "--to", "s3://bkt/p"];
+        let p = plan(&[&base[..], &["--encrypt-to-file", file]].concat()).unwrap();
+        let mut argv = vec!["kubectl-pvbackup".to_string(), "create".into()];
+        argv.extend(p.create_args.clone());
+        let cli = Cli::try_parse_from(&argv).unwrap();
+        let Command::Create(c) = cli.command else {
+            panic!("not create")
+        };
+        assert_eq!(c.encrypt.encrypt_to, [x25519]);
+        assert!(c.encrypt.encrypt_to_file.is_empty(), "the file stays here");
+        let e = plan(
+            &[
+                &base[..],
+                &["--encrypt-to", x25519, "--drill-cron", "@weekly"],
+            ]
+            .concat(),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, crate::exit::ExitKind::Usage);
+        assert!(
+            e.message
+                .contains("--drill-cron cannot drill encrypted backups"),
+            "{}",
+            e.message
+        );
+        let e = plan(&[&base[..], &["--encrypt-to", "age1nope"]].concat()).unwrap_err();
+        assert_eq!(e.kind, crate::exit::ExitKind::Usage, "{}", e.message);
     }
 
     /// Whatever the job runs must parse as the plugin's own `create` and `prune`.
