@@ -315,10 +315,11 @@ impl ArchiveOrder {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn rec(path: &str, kind: EntryKind, target: Option<&str>) -> EntryRecord {
+    /// An entry of `kind` at `path` (a link's `target`), the other fields zero.
+    pub(crate) fn rec(path: &str, kind: EntryKind, target: Option<&str>) -> EntryRecord {
         EntryRecord {
             path: path.to_string(),
             path_hex: None,

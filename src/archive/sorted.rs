@@ -372,22 +372,7 @@ pub fn spool_entry(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rec(path: &str, kind: EntryKind, target: Option<&str>) -> EntryRecord {
-        EntryRecord {
-            path: path.to_string(),
-            path_hex: None,
-            kind,
-            size: 0,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime: 0,
-            link_target: target.map(str::to_string),
-            link_target_hex: None,
-            sha256: None,
-        }
-    }
+    use crate::archive::safety::tests::rec;
 
     #[test]
     fn spool_sorts_across_many_runs_and_keeps_push_order_for_ties() {

@@ -128,6 +128,28 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// The stored bytes decompressed and buffered for the tar walk, with the decompressor's first
+/// error kept in `trap` (the walk only sees that the stream ended).
+fn decompressed<'a, R: Read + 'a>(
+    stored: R,
+    compression: Compression,
+    trap: &Rc<RefCell<Option<String>>>,
+) -> Result<BufReader<ErrorTrap<Box<dyn Read + 'a>>>, ArchiveError> {
+    let decoder = compression
+        .decoder(stored)
+        .map_err(|source| ArchiveError::Decompress {
+            algorithm: compression.algorithm(),
+            source,
+        })?;
+    Ok(BufReader::with_capacity(
+        BUF_SIZE,
+        ErrorTrap {
+            inner: decoder,
+            error: Rc::clone(trap),
+        },
+    ))
+}
+
 /// Records the first error of the decompressor (shared: the walker owns it).
 struct ErrorTrap<R> {
     inner: R,
@@ -250,19 +272,7 @@ fn verify_inner<R: Read, W: Write>(
     };
     let trap = Rc::new(RefCell::new(None));
     let walked = {
-        let decoder = compression
-            .decoder(&mut hr)
-            .map_err(|source| ArchiveError::Decompress {
-                algorithm: compression.algorithm(),
-                source,
-            })?;
-        let src = BufReader::with_capacity(
-            BUF_SIZE,
-            ErrorTrap {
-                inner: decoder,
-                error: Rc::clone(&trap),
-            },
-        );
+        let src = decompressed(&mut hr, compression, &trap)?;
         let visit = |rec: EntryRecord| {
             if !gated {
                 order.borrow_mut().check(&rec)?;
@@ -454,19 +464,7 @@ pub fn verify_archive_streamed<R: Read>(
     };
     let trap = Rc::new(RefCell::new(None));
     let walked = {
-        let decoder = compression
-            .decoder(&mut hr)
-            .map_err(|source| ArchiveError::Decompress {
-                algorithm: compression.algorithm(),
-                source,
-            })?;
-        let src = BufReader::with_capacity(
-            BUF_SIZE,
-            ErrorTrap {
-                inner: decoder,
-                error: Rc::clone(&trap),
-            },
-        );
+        let src = decompressed(&mut hr, compression, &trap)?;
         walk::walk(src, io::sink(), None, None, |rec| {
             check_entry_safe(&rec)?;
             entries_checked += 1;
