@@ -387,16 +387,7 @@ async fn hooks_run_in_the_app_container_around_the_cut() {
     assert_eq!(hook_log(&c), "pre:writer\npost\n");
     let r = result(&run);
     let hooks = r["consistency"]["hooks"].as_array().unwrap();
-    let seen: Vec<(String, String, String)> = hooks
-        .iter()
-        .map(|h| {
-            (
-                h["phase"].as_str().unwrap().into(),
-                h["container"].as_str().unwrap().into(),
-                h["result"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
+    let seen = hook_triples(hooks, "result");
     assert_eq!(
         seen,
         [
@@ -407,18 +398,10 @@ async fn hooks_run_in_the_app_container_around_the_cut() {
     // The manifest records both hooks and their outcome; inspect shows them.
     let header: Value =
         serde_json::from_slice(&std::fs::read(r["manifest"].as_str().unwrap()).unwrap()).unwrap();
-    let recorded: Vec<(String, String, String)> = header["consistency"]["hooks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            (
-                h["phase"].as_str().unwrap().into(),
-                h["container"].as_str().unwrap().into(),
-                h["outcome"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
+    let recorded = hook_triples(
+        header["consistency"]["hooks"].as_array().unwrap(),
+        "outcome",
+    );
     assert_eq!(
         recorded,
         [
@@ -953,4 +936,19 @@ async fn restore_in_place_keeps_a_snapshot_that_restores_the_old_content() {
         std::fs::read(vol.join("config.txt")).unwrap(),
         b"version one\n"
     );
+}
+
+/// (phase, container, `outcome_field`) of each hook, as the result (`result`) or the manifest
+/// (`outcome`) lists them.
+fn hook_triples(hooks: &[Value], outcome_field: &str) -> Vec<(String, String, String)> {
+    hooks
+        .iter()
+        .map(|h| {
+            (
+                h["phase"].as_str().unwrap().into(),
+                h["container"].as_str().unwrap().into(),
+                h[outcome_field].as_str().unwrap().into(),
+            )
+        })
+        .collect()
 }

@@ -1113,7 +1113,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::{HashMap, HashSet};
 
     use tokio::io::{DuplexStream, WriteHalf};
@@ -1214,9 +1214,9 @@ mod tests {
         }));
     }
 
-    /// A minimal SPDY client: frames are read by a task into an unbounded queue (so the server
-    /// never blocks on us), written from the test body.
-    struct Client {
+    /// A minimal SPDY client (exec's and port-forward's tests): frames are read by a task into
+    /// an unbounded queue (so the server never blocks on us), written from the test body.
+    pub(crate) struct Client {
         _reader: AbortOnDrop,
         w: WriteHalf<DuplexStream>,
         compressor: HeaderCompressor,
@@ -1224,12 +1224,12 @@ mod tests {
     }
 
     impl Client {
-        fn new(io: DuplexStream) -> Self {
+        pub(crate) fn new(io: DuplexStream) -> Self {
             let (mut r, w) = tokio::io::split(io);
             let (tx, frames) = mpsc::unbounded_channel();
             let reader = tokio::spawn(async move {
                 let mut headers = HeaderDecompressor::new();
-                while let Some(frame) = read_frame(&mut r, &mut headers).await.unwrap() {
+                while let Ok(Some(frame)) = read_frame(&mut r, &mut headers).await {
                     if tx.send(frame).is_err() {
                         return;
                     }
@@ -1243,23 +1243,34 @@ mod tests {
             }
         }
 
-        async fn send(&mut self, frame: Frame) {
+        pub(crate) async fn send(&mut self, frame: Frame) {
             let mut out = BytesMut::new();
             encode_frame(&frame, &mut self.compressor, &mut out).unwrap();
             self.w.write_all(&out).await.unwrap();
         }
 
-        async fn next(&mut self) -> Option<Frame> {
+        /// The next frame; `None` once the server closed the connection.
+        pub(crate) async fn next(&mut self) -> Option<Frame> {
             tokio::time::timeout(Duration::from_secs(20), self.frames.recv())
                 .await
                 .expect("timed out waiting for a frame")
         }
 
         async fn open(&mut self, stream_id: u32, stream_type: &str) {
+            self.open_with(stream_id, &[("streamtype", stream_type)])
+                .await;
+        }
+
+        /// Opens a stream with these headers (SYN_STREAM).
+        pub(crate) async fn open_with(&mut self, stream_id: u32, headers: &[(&str, &str)]) {
+            let headers = headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
             self.send(Frame::SynStream {
                 stream_id,
                 fin: false,
-                headers: vec![("streamtype".into(), stream_type.into())],
+                headers,
             })
             .await;
         }

@@ -404,83 +404,33 @@ async fn forward_pair(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exec_transport::spdy::{read_frame, HeaderDecompressor};
-    use tokio::io::{AsyncReadExt, DuplexStream, WriteHalf};
+    use crate::exec_transport::spdy::tests::Client;
+    use tokio::io::AsyncReadExt;
 
-    /// A spdystream-like client: frames read by a task, written from the test body.
-    struct Client {
-        _reader: AbortOnDrop,
-        w: WriteHalf<DuplexStream>,
-        compressor: HeaderCompressor,
-        frames: mpsc::UnboundedReceiver<Frame>,
+    /// The next frame, which must come.
+    async fn next(c: &mut Client) -> Frame {
+        c.next().await.expect("connection closed")
     }
 
-    impl Client {
-        fn new(io: DuplexStream) -> Self {
-            let (mut r, w) = tokio::io::split(io);
-            let (tx, frames) = mpsc::unbounded_channel();
-            let reader = tokio::spawn(async move {
-                let mut headers = HeaderDecompressor::new();
-                while let Ok(Some(frame)) = read_frame(&mut r, &mut headers).await {
-                    if tx.send(frame).is_err() {
-                        return;
-                    }
-                }
-            });
-            Client {
-                _reader: AbortOnDrop(reader),
-                w,
-                compressor: HeaderCompressor::new().unwrap(),
-                frames,
-            }
-        }
-
-        async fn send(&mut self, frame: Frame) {
-            let mut out = BytesMut::new();
-            encode_frame(&frame, &mut self.compressor, &mut out).unwrap();
-            self.w.write_all(&out).await.unwrap();
-        }
-
-        async fn open(&mut self, stream_id: u32, headers: &[(&str, &str)]) {
-            let headers = headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            self.send(Frame::SynStream {
+    /// Collects data of `data`/`error` until both carried FIN.
+    async fn until_fin(c: &mut Client, data: u32, error: u32) -> (Vec<u8>, Vec<u8>) {
+        let (mut d, mut e, mut fins) = (Vec::new(), Vec::new(), 0);
+        while fins < 2 {
+            if let Frame::Data {
                 stream_id,
-                fin: false,
-                headers,
-            })
-            .await;
-        }
-
-        async fn next(&mut self) -> Frame {
-            tokio::time::timeout(Duration::from_secs(10), self.frames.recv())
-                .await
-                .expect("timed out waiting for a frame")
-                .expect("connection closed")
-        }
-
-        /// Collects data of `data`/`error` until both carried FIN.
-        async fn until_fin(&mut self, data: u32, error: u32) -> (Vec<u8>, Vec<u8>) {
-            let (mut d, mut e, mut fins) = (Vec::new(), Vec::new(), 0);
-            while fins < 2 {
-                if let Frame::Data {
-                    stream_id,
-                    fin,
-                    data: bytes,
-                } = self.next().await
-                {
-                    match stream_id {
-                        id if id == data => d.extend_from_slice(&bytes),
-                        id if id == error => e.extend_from_slice(&bytes),
-                        other => panic!("data on stream {other}"),
-                    }
-                    fins += usize::from(fin);
+                fin,
+                data: bytes,
+            } = next(c).await
+            {
+                match stream_id {
+                    id if id == data => d.extend_from_slice(&bytes),
+                    id if id == error => e.extend_from_slice(&bytes),
+                    other => panic!("data on stream {other}"),
                 }
+                fins += usize::from(fin);
             }
-            (d, e)
         }
+        (d, e)
     }
 
     fn pair_headers<'a>(port: &'a str, id: &'a str, ty: &'a str) -> [(&'a str, &'a str); 3] {
@@ -513,10 +463,12 @@ mod tests {
         let mut c = Client::new(client_io);
 
         let p = port.to_string();
-        c.open(1, &pair_headers(&p, "0", "error")).await;
-        c.open(3, &pair_headers(&p, "0", "data")).await;
+        c.open_with(1, &pair_headers(&p, "0", "error")).await;
+        c.open_with(3, &pair_headers(&p, "0", "data")).await;
         for id in [1, 3] {
-            assert!(matches!(c.next().await, Frame::SynReply { stream_id, .. } if stream_id == id));
+            assert!(
+                matches!(next(&mut c).await, Frame::SynReply { stream_id, .. } if stream_id == id)
+            );
         }
         let input: Vec<u8> = (0..300_000u32).map(|i| (i % 249) as u8).collect();
         for chunk in input.chunks(16 * 1024) {
@@ -527,14 +479,14 @@ mod tests {
             })
             .await;
         }
-        let (echoed, error) = c.until_fin(3, 1).await;
+        let (echoed, error) = until_fin(&mut c, 3, 1).await;
         assert!(echoed == input, "echo differs");
         assert!(error.is_empty(), "{}", String::from_utf8_lossy(&error));
 
         let q = closed.to_string();
-        c.open(5, &pair_headers(&q, "1", "error")).await;
-        c.open(7, &pair_headers(&q, "1", "data")).await;
-        let (data, error) = c.until_fin(7, 5).await;
+        c.open_with(5, &pair_headers(&q, "1", "error")).await;
+        c.open_with(7, &pair_headers(&q, "1", "data")).await;
+        let (data, error) = until_fin(&mut c, 7, 5).await;
         assert!(data.is_empty());
         let error = String::from_utf8(error).unwrap();
         assert!(
@@ -544,23 +496,23 @@ mod tests {
             "{error}"
         );
 
-        c.open(9, &[("streamType", "data"), ("requestID", "2")])
+        c.open_with(9, &[("streamType", "data"), ("requestID", "2")])
             .await;
         assert_eq!(
-            c.next().await,
+            next(&mut c).await,
             Frame::RstStream {
                 stream_id: 9,
                 status: RST_CANCEL
             }
         );
 
-        c.open(11, &pair_headers(&p, "3", "error")).await;
+        c.open_with(11, &pair_headers(&p, "3", "error")).await;
         let timed_out = loop {
             if let Frame::Data {
                 stream_id: 11,
                 data,
                 ..
-            } = c.next().await
+            } = next(&mut c).await
             {
                 break String::from_utf8(data.to_vec()).unwrap();
             }
