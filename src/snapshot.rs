@@ -594,17 +594,16 @@ impl KeptSnapshot {
     }
 }
 
-/// Cuts a snapshot of `pvc` (the target of `restore --in-place`) and waits until it is
-/// readyToUse: the restore deletes the volume's content next, and a snapshot that is cut but
-/// still being processed by the driver (an upload) may yet fail, which would leave no rollback.
-/// `Ok(Err(reason))`: under `auto`, no snapshot can be cut (the reason is for a note).
-pub async fn snapshot_before_restore(
+/// Whether `restore --in-place` of `pvc` gets its rollback snapshot, read-only (what
+/// [`snapshot_before_restore`] and `restore --dry-run` decide by): `Ok(class)` (the
+/// VolumeSnapshotClass to name, `None` for the driver's default) or `Err(why not)`; under
+/// `always` a "not" is the refusal.
+pub async fn rollback_class(
     client: &kube::Client,
     ns: &str,
     pvc: &PersistentVolumeClaim,
-    run_id: &str,
     rs: &RollbackSettings,
-) -> Result<Result<KeptSnapshot, String>, Failure> {
+) -> Result<Result<Option<String>, String>, Failure> {
     let pvc_name = pvc.metadata.name.clone().unwrap_or_default();
     let without = |why: String| {
         match rs.mode {
@@ -623,16 +622,32 @@ pub async fn snapshot_before_restore(
     };
     // Decided as under auto: a clone is no snapshot, and `always` is refused here with a
     // restore's words rather than a backup's.
-    let class = match decide(SnapshotMode::Auto, rs.class.as_deref(), &offer) {
-        Ok(Decision::Snapshot { class }) => class,
-        Ok(Decision::Live { reason }) => return without(reason),
-        Ok(Decision::Clone) => {
-            return without(format!(
-                "no VolumeSnapshotClass for driver {}",
-                offer.driver.as_deref().unwrap_or("(unknown)")
-            ))
-        }
-        Err(m) => return Err(Failure::refused(m)),
+    match decide(SnapshotMode::Auto, rs.class.as_deref(), &offer) {
+        Ok(Decision::Snapshot { class }) => Ok(Ok(class)),
+        Ok(Decision::Live { reason }) => without(reason),
+        Ok(Decision::Clone) => without(format!(
+            "no VolumeSnapshotClass for driver {}",
+            offer.driver.as_deref().unwrap_or("(unknown)")
+        )),
+        Err(m) => Err(Failure::refused(m)),
+    }
+}
+
+/// Cuts a snapshot of `pvc` (the target of `restore --in-place`) and waits until it is
+/// readyToUse: the restore deletes the volume's content next, and a snapshot that is cut but
+/// still being processed by the driver (an upload) may yet fail, which would leave no rollback.
+/// `Ok(Err(reason))`: under `auto`, no snapshot can be cut (the reason is for a note).
+pub async fn snapshot_before_restore(
+    client: &kube::Client,
+    ns: &str,
+    pvc: &PersistentVolumeClaim,
+    run_id: &str,
+    rs: &RollbackSettings,
+) -> Result<Result<KeptSnapshot, String>, Failure> {
+    let pvc_name = pvc.metadata.name.clone().unwrap_or_default();
+    let class = match rollback_class(client, ns, pvc, rs).await? {
+        Ok(class) => class,
+        Err(why) => return Ok(Err(why)),
     };
     let name = object_name(&pvc_name, "before-restore", run_id);
     let metadata = json!({"name": name, "labels": {

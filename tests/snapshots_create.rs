@@ -857,6 +857,57 @@ async fn restore_in_place_keeps_a_snapshot_that_restores_the_old_content() {
     std::fs::write(vol.join("db/table"), vec![9u8; 400 << 10]).unwrap();
     std::fs::write(vol.join("written-since"), b"new\n").unwrap();
 
+    // --dry-run says the snapshot would be cut, and with which class; it cuts nothing.
+    let dry = plugin(&c, &["restore", &manifest, "--in-place", "--dry-run"]).await;
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    assert!(
+        dry.stdout
+            .contains("a VolumeSnapshot of default/data (class csi-hostpath) is cut first"),
+        "{}",
+        dry.stdout
+    );
+    let dry = plugin(
+        &c,
+        &[
+            "restore",
+            &manifest,
+            "--in-place",
+            "--dry-run",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(
+        json(&dry)["rollbackSnapshot"],
+        json!({"cut": true, "class": "csi-hostpath"}),
+        "{}",
+        dry.stdout
+    );
+    let dry = plugin(
+        &c,
+        &[
+            "restore",
+            &manifest,
+            "--in-place",
+            "--dry-run",
+            "--snapshot",
+            "never",
+        ],
+    )
+    .await;
+    assert!(
+        dry.stdout
+            .contains("no snapshot (--snapshot never), so no rollback"),
+        "{}",
+        dry.stdout
+    );
+    assert!(names(&c, "volumesnapshots").is_empty());
+    assert_eq!(
+        std::fs::read(vol.join("config.txt")).unwrap(),
+        b"version two\n"
+    );
+
     let run = plugin(
         &c,
         &["restore", &manifest, "--in-place", "--yes", "-o", "json"],

@@ -299,6 +299,13 @@ pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
     };
     if plan.dry_run {
         let pod = request(&run_id).map(|r| build_helper_pod(&r));
+        // What the run would decide about its rollback snapshot (under `always`, a refusal).
+        let rollback = match (&state.pvc, plan.in_place) {
+            (Some(pvc), true) => {
+                Some(crate::snapshot::rollback_class(&conn.client, &ns, pvc, &plan.rollback).await?)
+            }
+            _ => None,
+        };
         let doc = serde_json::json!({
             "dryRun": true,
             "backup": verify_loc.destination.locate(&verify_loc.manifest_key),
@@ -313,6 +320,10 @@ pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
             "refused": if !state.users.is_empty() && !plan.force { Some("the PVC is mounted by running pods; --force is needed") } else { None },
             "helperPod": pod.as_ref().ok(),
             "placementRefused": pod.as_ref().err().map(|f| f.message.clone()),
+            "rollbackSnapshot": rollback.as_ref().map(|r| match r {
+                Ok(class) => serde_json::json!({"cut": true, "class": class}),
+                Err(why) => serde_json::json!({"cut": false, "reason": why}),
+            }),
         });
         return match plan.output {
             OutputFormat::Json | OutputFormat::Yaml => output::structured(plan.output, &doc),
@@ -321,8 +332,16 @@ pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
                     "dry run: restore {} → {ns}/{name} ({mode_label}); nothing is changed\n",
                     doc["backup"].as_str().unwrap_or_default()
                 );
-                if plan.in_place {
-                    text.push_str("in place: the current content is deleted first, then the backup is extracted straight into the volume; no rollback\n");
+                match &rollback {
+                    Some(Ok(class)) => text.push_str(&format!(
+                        "in place: a VolumeSnapshot of {ns}/{name} (class {}) is cut first and holds the current content; then it is deleted and the backup extracted straight into the volume\n",
+                        class.as_deref().unwrap_or("the driver's default")
+                    )),
+                    Some(Err(why)) => text.push_str(&format!(
+                        "in place: the current content is deleted first, then the backup is extracted straight into the volume; no snapshot ({why}), so no rollback\n"
+                    )),
+                    None if plan.in_place => text.push_str("in place: the current content is deleted first, then the backup is extracted straight into the volume; no rollback\n"),
+                    None => {}
                 }
                 text.push_str(&summary_table(
                     &name,
