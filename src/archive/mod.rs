@@ -6,6 +6,7 @@
 //! is never buffered whole, and buffers are [`BUF_SIZE`] bytes.
 
 mod compression;
+mod pipeline;
 mod safety;
 mod sorted;
 mod verify;
@@ -13,7 +14,7 @@ mod walk;
 
 use std::borrow::Cow;
 use std::fmt;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -332,7 +333,7 @@ impl<W: Write> Write for HashingWriter<W> {
 /// ones the restore-safety rules refuse (which a tar of a real directory never
 /// holds) are listed by [`ArchiveSummary::unsafe_entries`] for the caller to
 /// refuse the backup.
-pub fn stream_backup<R: Read, W: Write>(
+pub fn stream_backup<R: Read, W: Write + Send>(
     tar_stream: R,
     compression: Compression,
     out: W,
@@ -350,25 +351,59 @@ pub fn stream_backup<R: Read, W: Write>(
 /// [`stream_backup`] at any file count: each member's record goes to `visit` as it is read
 /// (a [`Spool`] sorts them in bounded memory) and [`ArchiveSummary::entries`] stays empty.
 /// An error of `visit` ends the walk as [`ArchiveError::Spool`].
-pub fn stream_backup_each<R: Read, W: Write>(
+///
+/// Two threads share the work (see [`pipeline`]): this one walks the tar stream and hashes
+/// each file ([`walk_stage`]), a second one compresses, hashes the stored bytes and writes
+/// them to `out` ([`pipeline::store`]).
+pub fn stream_backup_each<R: Read, W: Write + Send>(
     tar_stream: R,
     compression: Compression,
     out: W,
     progress: &dyn Fn(u64),
     visit: &mut dyn FnMut(EntryRecord) -> io::Result<()>,
 ) -> Result<ArchiveSummary, ArchiveError> {
-    let sink = HashingWriter::new(BufWriter::with_capacity(BUF_SIZE, out));
-    let encoder = compression
-        .encoder(sink)
-        .map_err(|source| ArchiveError::Write { source })?;
+    let (tar_out, stored_in) = pipeline::link();
+    std::thread::scope(|scope| {
+        let store = std::thread::Builder::new()
+            .name("pvbackup-store".into())
+            .spawn_scoped(scope, move || pipeline::store(stored_in, compression, out))
+            .map_err(|source| ArchiveError::Write { source })?;
+        let walked = walk_stage(tar_stream, tar_out, progress, visit);
+        let stored = store
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        // A store that failed (the destination) explains a walk that could not hand its
+        // bytes on; otherwise the walk's own error explains a store that stopped with it.
+        let (mut summary, (mut out, archive_sha256, stored_bytes)) = match (walked, stored) {
+            (Ok(w), Ok(s)) => (w, s),
+            (Ok(_) | Err(ArchiveError::Write { .. }), Err(e)) => return Err(e),
+            (Err(e), _) => return Err(e),
+        };
+        out.flush()
+            .map_err(|source| ArchiveError::Write { source })?;
+        summary.archive_sha256 = archive_sha256;
+        summary.stored_bytes = stored_bytes;
+        Ok(summary)
+    })
+}
 
+/// The backup's walk stage: reads the tar stream, records every member (regular files
+/// hashed) for `visit`, and writes the tar bytes to keep (device nodes left out) to `tar_out`,
+/// which it finishes at the end. The summary's `archive_sha256` and `stored_bytes` are left
+/// for the store stage to fill in.
+pub(crate) fn walk_stage<R: Read>(
+    tar_stream: R,
+    tar_out: pipeline::ChunkWriter,
+    progress: &dyn Fn(u64),
+    visit: &mut dyn FnMut(EntryRecord) -> io::Result<()>,
+) -> Result<ArchiveSummary, ArchiveError> {
     let mut skipped = Vec::new();
     let mut entry_count = 0u64;
     let mut file_count = 0u64;
     let mut total_file_bytes = 0u64;
-    let (read, tar_bytes, encoder) = walk::walk(
+    let (read, tar_bytes, tar_out) = walk::walk(
         BufReader::with_capacity(BUF_SIZE, tar_stream),
-        encoder,
+        tar_out,
         Some(progress),
         Some(&mut |s| skipped.push(s)),
         |rec| {
@@ -380,17 +415,13 @@ pub fn stream_backup_each<R: Read, W: Write>(
             visit(rec).map_err(|source| ArchiveError::Spool { source })
         },
     )?;
-
-    let sink = encoder
+    tar_out
         .finish()
-        .map_err(|source| ArchiveError::Write { source })?;
-    let (mut out, archive_sha256, stored_bytes) = sink.into_parts();
-    out.flush()
         .map_err(|source| ArchiveError::Write { source })?;
     progress(read);
     Ok(ArchiveSummary {
-        archive_sha256,
-        stored_bytes,
+        archive_sha256: String::new(),
+        stored_bytes: 0,
         tar_bytes,
         entries: Vec::new(),
         entry_count,
