@@ -451,8 +451,5 @@ async fn mixed_tree(bench: &BenchCluster) -> (String, serde_json::Value) {
         ));
     }
     md.push('\n');
-    (
-        md,
-        serde_json::json!({"volume_bytes": bytes, "rows": rows}),
-    )
+    (md, serde_json::json!({"volume_bytes": bytes, "rows": rows}))
 }

@@ -26,8 +26,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::{
-    env_or, fill_mixed_set, fill_text, first_line, kubectl, machine, measured, median,
-    tree_digest, BenchCluster, FileHashes, Noise, Sample, Volume, NAMESPACE,
+    env_or, fill_mixed_set, fill_text, first_line, kubectl, machine, measured, median, tree_digest,
+    BenchCluster, FileHashes, Noise, Sample, Volume, NAMESPACE,
 };
 
 fn main() {

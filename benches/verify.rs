@@ -16,7 +16,7 @@
 //! ([`support::fill_mixed`]).
 //!
 //! `cargo bench --bench verify` (env: PVBACKUP_BENCH_SETS=set,mixed, PVBACKUP_BENCH_MIB=1024,
-//! PVBACKUP_BENCH_RUNS=5). Writes benches/results/verify.md and verify.json.
+//! PVBACKUP_BENCH_RUNS=5, PVBACKUP_BENCH_BEFORE=another kubectl-pvbackup binary to time too). Writes benches/results/verify.md and verify.json.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -100,7 +100,8 @@ fn sha2_seconds(path: &Path) -> f64 {
 
 /// Whether this CPU has the SHA extensions (`sha_ni` in /proc/cpuinfo) that `sha2` uses.
 fn sha_ni() -> bool {
-    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.split_whitespace().any(|w| w == "sha_ni"))
+    std::fs::read_to_string("/proc/cpuinfo")
+        .is_ok_and(|c| c.split_whitespace().any(|w| w == "sha_ni"))
 }
 
 fn main() {
@@ -114,6 +115,12 @@ fn main() {
     let mib: usize = env_or("PVBACKUP_BENCH_MIB", 1024);
     let n: usize = env_or("PVBACKUP_BENCH_RUNS", 5);
     let plugin = env!("CARGO_BIN_EXE_kubectl-pvbackup");
+    // Another build of the plugin (say, the last release) measured on the same archives.
+    let mut builds = vec![("this".to_string(), std::path::PathBuf::from(plugin))];
+    if let Some(b) = std::env::var_os("PVBACKUP_BENCH_BEFORE") {
+        let b = std::path::PathBuf::from(b);
+        builds.push((format!("other ({})", b.display()), b));
+    }
     let load_before = load_average();
     let mut rows = Vec::new();
     let mut md_rows = String::new();
@@ -146,37 +153,39 @@ fn main() {
                 let _ = sha2_seconds(&archive); // warm-up: into the page cache
                 reference = median((0..n).map(|_| sha2_seconds(&archive)).collect());
             }
-            let mut verify = Command::new(plugin);
-            verify.arg("verify").arg(&manifest).arg("--no-progress");
             let mut sum = Command::new("sha256sum");
             sum.arg(&archive);
-            let v = runs(&verify, n);
             let s = runs(&sum, n);
-            assert!(v.iter().all(Sample::ok), "verify failed on a good archive");
             assert!(s.iter().all(Sample::ok), "sha256sum failed");
-            let vt = median(v.iter().map(|x| x.secs).collect());
             let st = median(s.iter().map(|x| x.secs).collect());
-            let vrss = median(v.iter().map(|x| x.max_rss_kib as f64).collect()) / 1024.0;
-            let vcpu = median(v.iter().map(|x| x.cpu_secs).collect());
             let mb = |b: u64, s: f64| b as f64 / 1e6 / s;
-            let row = serde_json::json!({
-                "set": set,
-                "compression": c.algorithm(),
-                "stored_mb": stored as f64 / 1e6,
-                "data_mb": data as f64 / 1e6,
-                "tar_mb": tar_bytes as f64 / 1e6,
-                "verify_secs": vt,
-                "verify_cpu_secs": vcpu,
-                "sha256sum_secs": st,
-                "sha2_reference_secs": reference,
-                "sha2_reference_mb_s": mb(tar_bytes, reference),
-                "sha256sum_mb_s": mb(stored, st),
-                "verify_tar_mb_s": mb(tar_bytes, vt),
-                "verify_peak_rss_mib": vrss,
-                "verify_to_reference_throughput": reference / vt,
-            });
-            md_rows.push_str(&format!(
-                "| {what} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.0} | **{:.2}×** |\n",
+            for (build, bin) in builds.iter() {
+                let mut verify = Command::new(bin);
+                verify.arg("verify").arg(&manifest).arg("--no-progress");
+                let v = runs(&verify, n);
+                assert!(v.iter().all(Sample::ok), "verify failed on a good archive");
+                let vt = median(v.iter().map(|x| x.secs).collect());
+                let vrss = median(v.iter().map(|x| x.max_rss_kib as f64).collect()) / 1024.0;
+                let vcpu = median(v.iter().map(|x| x.cpu_secs).collect());
+                let row = serde_json::json!({
+                    "set": set,
+                    "build": build,
+                    "compression": c.algorithm(),
+                    "stored_mb": stored as f64 / 1e6,
+                    "data_mb": data as f64 / 1e6,
+                    "tar_mb": tar_bytes as f64 / 1e6,
+                    "verify_secs": vt,
+                    "verify_cpu_secs": vcpu,
+                    "sha256sum_secs": st,
+                    "sha2_reference_secs": reference,
+                    "sha2_reference_mb_s": mb(tar_bytes, reference),
+                    "sha256sum_mb_s": mb(stored, st),
+                    "verify_tar_mb_s": mb(tar_bytes, vt),
+                    "verify_peak_rss_mib": vrss,
+                    "verify_to_reference_throughput": reference / vt,
+                });
+                md_rows.push_str(&format!(
+                "| {what} | {build} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.0} | **{:.2}×** |\n",
                 c.algorithm(),
                 stored as f64 / 1e6,
                 tar_bytes as f64 / 1e6,
@@ -189,11 +198,12 @@ fn main() {
                 mb(tar_bytes, reference),
                 reference / vt,
             ));
-            rows.push(row);
+                rows.push(row);
+            }
         }
     }
     let md = format!(
-        "# verify throughput next to sha256\n\nProduced by `cargo bench --bench verify`. Machine: {}, SHA extensions (sha_ni): {}. Load average (1, 5, 15 min) before: {load_before}, after: {}. Medians of {n} runs after one warm-up, archive in the page cache. `sha256sum` hashes the stored archive only; the reference hashes the uncompressed tar bytes with the `sha2` crate in one thread (no decompression, no checks); `verify` decompresses, walks the tar, hashes every file and the stored bytes and checks every entry against the manifest. Goal (issue #14): verify ≥ 0.8× the reference's throughput over the same uncompressed bytes.\n\n| data | compression | stored MB | tar MB | sha256sum s | sha256sum MB/s | verify s | verify MB/s (tar) | verify CPU s | verify peak RSS MiB | reference MB/s (tar) | verify / reference throughput |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n{md_rows}",
+        "# verify throughput next to sha256\n\nProduced by `cargo bench --bench verify`. Machine: {}, SHA extensions (sha_ni): {}. Load average (1, 5, 15 min) before: {load_before}, after: {}. Medians of {n} runs after one warm-up, archive in the page cache. `sha256sum` hashes the stored archive only; the reference hashes the uncompressed tar bytes with the `sha2` crate in one thread (no decompression, no checks); `verify` decompresses, walks the tar, hashes every file and the stored bytes and checks every entry against the manifest. Goal (issue #14): verify ≥ 0.8× the reference's throughput over the same uncompressed bytes.\n\n| data | build | compression | stored MB | tar MB | sha256sum s | sha256sum MB/s | verify s | verify MB/s (tar) | verify CPU s | verify peak RSS MiB | reference MB/s (tar) | verify / reference throughput |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n{md_rows}",
         machine(),
         if sha_ni() { "yes" } else { "no" },
         load_average()

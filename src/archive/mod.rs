@@ -14,7 +14,7 @@ mod walk;
 
 use std::borrow::Cow;
 use std::fmt;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -333,7 +333,7 @@ impl<W: Write> Write for HashingWriter<W> {
 /// ones the restore-safety rules refuse (which a tar of a real directory never
 /// holds) are listed by [`ArchiveSummary::unsafe_entries`] for the caller to
 /// refuse the backup.
-pub fn stream_backup<R: Read, W: Write + Send>(
+pub fn stream_backup<R: Read, W: Write>(
     tar_stream: R,
     compression: Compression,
     out: W,
@@ -352,58 +352,32 @@ pub fn stream_backup<R: Read, W: Write + Send>(
 /// (a [`Spool`] sorts them in bounded memory) and [`ArchiveSummary::entries`] stays empty.
 /// An error of `visit` ends the walk as [`ArchiveError::Spool`].
 ///
-/// Two threads share the work (see [`pipeline`]): this one walks the tar stream and hashes
-/// each file ([`walk_stage`]), a second one compresses, hashes the stored bytes and writes
-/// them to `out` ([`pipeline::store`]).
-pub fn stream_backup_each<R: Read, W: Write + Send>(
+/// One thread does it all, in series: walk and hash each file, compress, hash the stored bytes,
+/// write. Two threads ([`pipeline`]'s channels: walk | compress + hash + write) were measured
+/// and dropped (issue #14, `cargo bench --bench backup`, mixed set, side by side with this, on
+/// 2 cores that kubesim and other builds shared): +0.4 s of client CPU (2.07 against 1.69 s,
+/// medians of 5) and no faster (7.2 s against 4.6 s). perf put the extra CPU in the second
+/// thread's writes to the page cache (`copy_folio_from_iter_atomic`, 16× this path's); why is
+/// not understood yet, so this stays serial until a quiet machine says otherwise.
+pub fn stream_backup_each<R: Read, W: Write>(
     tar_stream: R,
     compression: Compression,
     out: W,
     progress: &dyn Fn(u64),
     visit: &mut dyn FnMut(EntryRecord) -> io::Result<()>,
 ) -> Result<ArchiveSummary, ArchiveError> {
-    let (tar_out, stored_in) = pipeline::link();
-    std::thread::scope(|scope| {
-        let store = std::thread::Builder::new()
-            .name("pvbackup-store".into())
-            .spawn_scoped(scope, move || pipeline::store(stored_in, compression, out))
-            .map_err(|source| ArchiveError::Write { source })?;
-        let walked = walk_stage(tar_stream, tar_out, progress, visit);
-        let stored = store
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p));
-        // A store that failed (the destination) explains a walk that could not hand its
-        // bytes on; otherwise the walk's own error explains a store that stopped with it.
-        let (mut summary, (mut out, archive_sha256, stored_bytes)) = match (walked, stored) {
-            (Ok(w), Ok(s)) => (w, s),
-            (Ok(_) | Err(ArchiveError::Write { .. }), Err(e)) => return Err(e),
-            (Err(e), _) => return Err(e),
-        };
-        out.flush()
-            .map_err(|source| ArchiveError::Write { source })?;
-        summary.archive_sha256 = archive_sha256;
-        summary.stored_bytes = stored_bytes;
-        Ok(summary)
-    })
-}
+    let sink = HashingWriter::new(BufWriter::with_capacity(BUF_SIZE, out));
+    let encoder = compression
+        .encoder(sink)
+        .map_err(|source| ArchiveError::Write { source })?;
 
-/// The backup's walk stage: reads the tar stream, records every member (regular files
-/// hashed) for `visit`, and writes the tar bytes to keep (device nodes left out) to `tar_out`,
-/// which it finishes at the end. The summary's `archive_sha256` and `stored_bytes` are left
-/// for the store stage to fill in.
-pub(crate) fn walk_stage<R: Read>(
-    tar_stream: R,
-    tar_out: pipeline::ChunkWriter,
-    progress: &dyn Fn(u64),
-    visit: &mut dyn FnMut(EntryRecord) -> io::Result<()>,
-) -> Result<ArchiveSummary, ArchiveError> {
     let mut skipped = Vec::new();
     let mut entry_count = 0u64;
     let mut file_count = 0u64;
     let mut total_file_bytes = 0u64;
-    let (read, tar_bytes, tar_out) = walk::walk(
+    let (read, tar_bytes, encoder) = walk::walk(
         BufReader::with_capacity(BUF_SIZE, tar_stream),
-        tar_out,
+        encoder,
         Some(progress),
         Some(&mut |s| skipped.push(s)),
         |rec| {
@@ -415,13 +389,17 @@ pub(crate) fn walk_stage<R: Read>(
             visit(rec).map_err(|source| ArchiveError::Spool { source })
         },
     )?;
-    tar_out
+
+    let sink = encoder
         .finish()
+        .map_err(|source| ArchiveError::Write { source })?;
+    let (mut out, archive_sha256, stored_bytes) = sink.into_parts();
+    out.flush()
         .map_err(|source| ArchiveError::Write { source })?;
     progress(read);
     Ok(ArchiveSummary {
-        archive_sha256: String::new(),
-        stored_bytes: 0,
+        archive_sha256,
+        stored_bytes,
         tar_bytes,
         entries: Vec::new(),
         entry_count,

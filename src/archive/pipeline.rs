@@ -1,17 +1,12 @@
-//! The stages of the backup and verify data paths on their own threads, connected by bounded
-//! channels of owned chunks (issue #14: one thread doing everything in series was the
-//! bottleneck of `create` and `verify`).
+//! Stages of a data path on their own threads, connected by bounded channels of owned chunks
+//! (issue #14: `verify` did everything in series on one thread).
 //!
 //! A stage hands bytes on as [`CHUNK`]-byte buffers through a channel of [`DEPTH`] slots; the
 //! receiver gives every buffer back through a second channel, so the same few buffers go round
-//! and memory stays at about `(DEPTH + 2) × CHUNK` per link whatever the volume holds. The
-//! stages:
-//!
-//! * backup: the tar walk with each file's sha256 ([`super::walk`]) writes into a
-//!   [`ChunkWriter`]; [`store`] compresses what it receives, hashes the stored bytes and writes
-//!   them to the destination.
-//! * verify and restore: [`unpack`] reads the stored bytes, hashes them and decompresses them
-//!   into a [`ChunkWriter`]; the walk reads a [`ChunkReader`].
+//! and memory stays at about `(DEPTH + 2) × CHUNK` per link whatever the volume holds. Verify
+//! and restore: [`unpack`] reads the stored bytes, hashes them and decompresses them into a
+//! [`ChunkWriter`]; the tar walk reads the [`ChunkReader`]. (A backup stays on one thread: see
+//! [`super::stream_backup_each`].)
 //!
 //! An end is explicit: the sender's [`ChunkWriter::finish`] says "that was all". A receiver
 //! that sees the channel close without it knows its sender failed (that sender's error is the
@@ -22,7 +17,7 @@ use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 
 use sha2::{Digest, Sha256};
 
-use super::{ArchiveError, Compression, HashingWriter, BUF_SIZE};
+use super::{ArchiveError, Compression};
 
 /// Bytes per buffer handed between stages.
 pub(crate) const CHUNK: usize = 1 << 20;
@@ -166,34 +161,6 @@ impl Read for ChunkReader {
     }
 }
 
-/// The backup's store stage: compresses the tar bytes `input` receives, hashes (sha256) and
-/// counts the stored bytes and writes them to `out`. Returns `out` (flushed), the stored
-/// bytes' sha256 and their count once `input`'s sender finished; if the sender failed, returns
-/// that failure as a write error (the caller reports the sender's own error instead) and
-/// leaves `out` incomplete.
-pub(crate) fn store<W: Write>(
-    input: ChunkReader,
-    compression: Compression,
-    out: W,
-) -> Result<(W, String, u64), ArchiveError> {
-    let write = |source| ArchiveError::Write { source };
-    let sink = HashingWriter::new(io::BufWriter::with_capacity(BUF_SIZE, out));
-    let mut encoder = compression.encoder(sink).map_err(write)?;
-    let mut input = input;
-    loop {
-        let chunk = input.fill_buf().map_err(write)?;
-        if chunk.is_empty() {
-            break;
-        }
-        let n = chunk.len();
-        encoder.write_all(chunk).map_err(write)?;
-        input.consume(n);
-    }
-    let (out, sha256, count) = encoder.finish().map_err(write)?.into_parts();
-    let out = out.into_inner().map_err(|e| write(e.into_error()))?;
-    Ok((out, sha256, count))
-}
-
 /// What [`unpack`] saw of the stored bytes.
 pub(crate) struct Unpacked {
     /// sha256 of every stored byte read (the whole file, unless reading it failed).
@@ -290,4 +257,86 @@ pub(crate) fn unpack<R: Read>(
         read_error: hr.error,
         decompress_error,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn bytes_come_out_in_order_across_chunks() {
+        let data = pattern(3 * CHUNK + 12_345);
+        let (mut w, mut r) = link();
+        let sent = data.clone();
+        let sender = std::thread::spawn(move || {
+            // Odd write sizes, so that writes straddle chunk boundaries.
+            for part in sent.chunks(99_991) {
+                w.write_all(part).unwrap();
+            }
+            w.finish().unwrap();
+        });
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).unwrap();
+        sender.join().unwrap();
+        assert_eq!(got, data);
+    }
+
+    /// A stage that dies must not look like a stream that ended: a backup of a cut stream
+    /// would otherwise be stored as complete.
+    #[test]
+    fn a_sender_gone_without_finish_is_an_error_not_an_end() {
+        let (mut w, mut r) = link();
+        w.write_all(&pattern(CHUNK + 10)).unwrap();
+        drop(w);
+        let mut got = Vec::new();
+        let e = r.read_to_end(&mut got).unwrap_err();
+        assert!(e.to_string().contains("without finishing"), "{e}");
+
+        let (mut w, mut r) = link();
+        w.write_all(b"abc").unwrap();
+        w.fail(&io::Error::other("zstd: corrupt block"));
+        let e = r.read_to_end(&mut Vec::new()).unwrap_err();
+        assert_eq!(e.to_string(), "zstd: corrupt block");
+    }
+
+    /// The unpack stage hashes the whole stored file even when the walk stops reading early
+    /// (a restore stops at the first problem), and reports a corrupt stream as corrupt.
+    #[test]
+    fn unpack_hashes_every_stored_byte() {
+        let data = pattern(3 * CHUNK);
+        let mut enc = Compression::Zstd { level: 1 }.encoder(Vec::new()).unwrap();
+        enc.write_all(&data).unwrap();
+        let stored = enc.finish().unwrap();
+        let want = hex::encode(Sha256::digest(&stored));
+
+        let (w, r) = link();
+        let reader = std::thread::spawn(move || {
+            let mut r = r;
+            let mut first = vec![0u8; 1000];
+            r.read_exact(&mut first).unwrap();
+            drop(r);
+            first
+        });
+        let u = unpack(&stored[..], Compression::Zstd { level: 1 }, w).unwrap();
+        assert_eq!(reader.join().unwrap(), data[..1000]);
+        assert_eq!((u.sha256, u.count), (want, stored.len() as u64));
+        assert!(u.read_error.is_none() && u.decompress_error.is_none());
+
+        let mut bad = stored.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0xff;
+        let (w, mut r) = link();
+        let reader = std::thread::spawn(move || r.read_to_end(&mut Vec::new()).is_err());
+        let u = unpack(&bad[..], Compression::Zstd { level: 1 }, w).unwrap();
+        assert!(
+            reader.join().unwrap(),
+            "the walk saw the stream end cleanly"
+        );
+        assert!(u.decompress_error.is_some());
+        assert_eq!(u.count, bad.len() as u64);
+    }
 }

@@ -305,7 +305,9 @@ fn unpacked_walk<R: Read + Send>(
     std::thread::scope(|scope| {
         let unpack = std::thread::Builder::new()
             .name("pvbackup-unpack".into())
-            .spawn_scoped(scope, move || pipeline::unpack(stored, compression, tar_out));
+            .spawn_scoped(scope, move || {
+                pipeline::unpack(stored, compression, tar_out)
+            });
         let unpack = match unpack {
             Ok(u) => u,
             Err(source) => return (Ok(()), Err(ArchiveError::Read { source })),
