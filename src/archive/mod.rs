@@ -6,7 +6,6 @@
 //! is never buffered whole, and buffers are [`BUF_SIZE`] bytes.
 
 mod compression;
-mod pipeline;
 mod safety;
 mod sorted;
 mod verify;
@@ -351,14 +350,6 @@ pub fn stream_backup<R: Read, W: Write>(
 /// [`stream_backup`] at any file count: each member's record goes to `visit` as it is read
 /// (a [`Spool`] sorts them in bounded memory) and [`ArchiveSummary::entries`] stays empty.
 /// An error of `visit` ends the walk as [`ArchiveError::Spool`].
-///
-/// One thread does it all, in series: walk and hash each file, compress, hash the stored bytes,
-/// write. Two threads ([`pipeline`]'s channels: walk | compress + hash + write) were measured
-/// and dropped (issue #14, `cargo bench --bench backup`, mixed set, side by side with this, on
-/// 2 cores that kubesim and other builds shared): +0.4 s of client CPU (2.07 against 1.69 s,
-/// medians of 5) and no faster (7.2 s against 4.6 s). perf put the extra CPU in the second
-/// thread's writes to the page cache (`copy_folio_from_iter_atomic`, 16× this path's); why is
-/// not understood yet, so this stays serial until a quiet machine says otherwise.
 pub fn stream_backup_each<R: Read, W: Write>(
     tar_stream: R,
     compression: Compression,

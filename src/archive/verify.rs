@@ -3,13 +3,15 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, Read, Write};
+use std::rc::Rc;
 
-use super::pipeline::{self, ChunkReader, Unpacked};
+use sha2::{Digest, Sha256};
+
 use super::safety::canonical_key;
 use super::{
     check_entries_safe, check_entry_safe, spool_entry, walk, ArchiveError, ArchiveOrder,
-    Compression, EntryKind, EntryRecord, LinkRef, SortedProblem, SortedRules, Spool,
+    Compression, EntryKind, EntryRecord, LinkRef, SortedProblem, SortedRules, Spool, BUF_SIZE,
 };
 use crate::manifest::Manifest;
 
@@ -99,6 +101,71 @@ impl VerifyReport {
     }
 }
 
+/// Reader that hashes and counts what passes and keeps the first error so
+/// a real I/O failure is not mistaken for corruption.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+    error: Option<io::Error>,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.inner.read(buf) {
+            Ok(n) => {
+                self.hasher.update(&buf[..n]);
+                self.count += n as u64;
+                Ok(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(e),
+            Err(e) => {
+                let copy = io::Error::new(e.kind(), e.to_string());
+                self.error.get_or_insert(e);
+                Err(copy)
+            }
+        }
+    }
+}
+
+/// The stored bytes decompressed and buffered for the tar walk, with the decompressor's first
+/// error kept in `trap` (the walk only sees that the stream ended).
+fn decompressed<'a, R: Read + 'a>(
+    stored: R,
+    compression: Compression,
+    trap: &Rc<RefCell<Option<String>>>,
+) -> Result<BufReader<ErrorTrap<Box<dyn Read + 'a>>>, ArchiveError> {
+    let decoder = compression
+        .decoder(stored)
+        .map_err(|source| ArchiveError::Decompress {
+            algorithm: compression.algorithm(),
+            source,
+        })?;
+    Ok(BufReader::with_capacity(
+        BUF_SIZE,
+        ErrorTrap {
+            inner: decoder,
+            error: Rc::clone(trap),
+        },
+    ))
+}
+
+/// Records the first error of the decompressor (shared: the walker owns it).
+struct ErrorTrap<R> {
+    inner: R,
+    error: Rc<RefCell<Option<String>>>,
+}
+
+impl<R: Read> Read for ErrorTrap<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).inspect_err(|e| {
+            if e.kind() != io::ErrorKind::Interrupted {
+                self.error.borrow_mut().get_or_insert_with(|| e.to_string());
+            }
+        })
+    }
+}
+
 fn opt(s: &Option<String>) -> String {
     s.clone().unwrap_or_else(|| "none".into())
 }
@@ -136,7 +203,7 @@ fn compare(m: &EntryRecord, a: &EntryRecord, problems: &mut Vec<Problem>) {
 /// (check [`VerifyReport::is_ok`]). `Err` is returned when `stored` cannot
 /// be read (an I/O error, not corruption) and when the manifest or the
 /// archive contains an entry that would be unsafe to restore.
-pub fn verify_archive<R: Read + Send>(
+pub fn verify_archive<R: Read>(
     stored: R,
     compression: Compression,
     manifest: &Manifest,
@@ -157,7 +224,7 @@ pub fn verify_archive<R: Read + Send>(
 /// `members` is told of every admitted member in archive order, before any of its bytes reach
 /// `sink` (a restore cuts the in-pod hashing into chunks by it: the archive's order, not the
 /// manifest's, says when `tar` has finished a file).
-pub fn stream_verified<R: Read + Send, W: Write>(
+pub fn stream_verified<R: Read, W: Write>(
     stored: R,
     compression: Compression,
     manifest: &Manifest,
@@ -167,7 +234,7 @@ pub fn stream_verified<R: Read + Send, W: Write>(
     verify_inner(stored, compression, manifest, sink, Some(members))
 }
 
-fn verify_inner<R: Read + Send, W: Write>(
+fn verify_inner<R: Read, W: Write>(
     stored: R,
     compression: Compression,
     manifest: &Manifest,
@@ -199,7 +266,15 @@ fn verify_inner<R: Read + Send, W: Write>(
     };
     let mut entries_checked = 0u64;
     let mut files_hashed = 0u64;
-    let (walked, unpacked) = unpacked_walk(stored, compression, |src| {
+    let mut hr = HashingReader {
+        inner: stored,
+        hasher: Sha256::new(),
+        count: 0,
+        error: None,
+    };
+    let trap = Rc::new(RefCell::new(None));
+    let walked = {
+        let src = decompressed(&mut hr, compression, &trap)?;
         let visit = |mut rec: EntryRecord| {
             if !gated {
                 order.borrow_mut().check(&rec)?;
@@ -265,10 +340,9 @@ fn verify_inner<R: Read + Send, W: Write>(
         } else {
             walk::walk(src, sink, None, None, visit).map(|_| ())
         }
-    });
-    let unpacked = unpacked?;
+    };
     let mut problems = problems.into_inner();
-    let complete = finish_walk(&unpacked, walked, stopped.get(), &mut problems)?;
+    let complete = finish_walk(&mut hr, walked, stopped.get(), &trap, &mut problems)?;
     if complete {
         let mut missing: Vec<usize> = expected
             .borrow()
@@ -284,7 +358,7 @@ fn verify_inner<R: Read + Send, W: Write>(
         }
     }
     Ok(report(
-        unpacked,
+        hr,
         manifest,
         problems,
         complete,
@@ -293,51 +367,28 @@ fn verify_inner<R: Read + Send, W: Write>(
     ))
 }
 
-/// Runs `walk` on the decompressed tar stream of `stored` while the unpack stage
-/// ([`pipeline::unpack`]: read, hash, decompress) runs on a second thread. Returns the walk's
-/// result and what the unpack stage saw (`Err` if the decompressor could not even start).
-fn unpacked_walk<R: Read + Send>(
-    stored: R,
-    compression: Compression,
-    walk: impl FnOnce(ChunkReader) -> Result<(), ArchiveError>,
-) -> (Result<(), ArchiveError>, Result<Unpacked, ArchiveError>) {
-    let (tar_out, tar_in) = pipeline::link();
-    std::thread::scope(|scope| {
-        let unpack = std::thread::Builder::new()
-            .name("pvbackup-unpack".into())
-            .spawn_scoped(scope, move || {
-                pipeline::unpack(stored, compression, tar_out)
-            });
-        let unpack = match unpack {
-            Ok(u) => u,
-            Err(source) => return (Ok(()), Err(ArchiveError::Read { source })),
-        };
-        let walked = walk(tar_in);
-        let unpacked = unpack
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p));
-        (walked, unpacked)
-    })
-}
-
-/// After a walk: turns how it ended into problems. Returns whether the tar stream was read
-/// through its end (`Err` for a read error of the stored bytes, not the archive's fault).
-fn finish_walk(
-    unpacked: &Unpacked,
+/// After a walk: hashes whatever the decompressor did not consume (trailing bytes, or
+/// everything after a corruption) so that the archive hash covers the file, and turns how the
+/// walk ended into problems. Returns whether the tar stream was read through its end (`Err`
+/// for a read error of the stored bytes, not the archive's fault).
+fn finish_walk<R: Read>(
+    hr: &mut HashingReader<R>,
     walked: Result<(), ArchiveError>,
     stopped: bool,
+    trap: &RefCell<Option<String>>,
     problems: &mut Vec<Problem>,
 ) -> Result<bool, ArchiveError> {
-    if let Some(e) = &unpacked.read_error {
-        return Err(ArchiveError::Read {
-            source: io::Error::new(e.kind(), e.to_string()),
-        });
+    if hr.error.is_none() {
+        let _ = io::copy(hr, &mut io::sink());
+    }
+    if let Some(source) = hr.error.take() {
+        return Err(ArchiveError::Read { source });
     }
     Ok(match walked {
         Ok(_) => true,
         Err(_) if stopped => false,
         Err(e) => {
-            if let Some(detail) = unpacked.decompress_error.clone() {
+            if let Some(detail) = trap.borrow_mut().take() {
                 problems.push(Problem::Decompression { detail });
             } else {
                 match e {
@@ -361,16 +412,16 @@ fn finish_walk(
 }
 
 /// The report, archive-level findings first: they explain the rest.
-fn report(
-    unpacked: Unpacked,
+fn report<R>(
+    hr: HashingReader<R>,
     manifest: &Manifest,
     mut problems: Vec<Problem>,
     complete: bool,
     entries_checked: u64,
     files_hashed: u64,
 ) -> VerifyReport {
-    let archive_sha256 = unpacked.sha256;
-    let stored_bytes = unpacked.count;
+    let archive_sha256 = hex::encode(hr.hasher.finalize());
+    let stored_bytes = hr.count;
     let mut head = Vec::new();
     if archive_sha256 != manifest.archive.sha256 {
         head.push(Problem::ArchiveSha256 {
@@ -401,7 +452,7 @@ fn report(
 /// sorted streams are compared side by side; the rules across entries are checked on the
 /// members in that pass ([`SortedRules`], in archive order). Memory stays bounded whatever the
 /// number of entries; problems come in path order.
-pub fn verify_archive_streamed<R: Read + Send>(
+pub fn verify_archive_streamed<R: Read>(
     stored: R,
     compression: Compression,
     manifest: &Manifest,
@@ -412,7 +463,15 @@ pub fn verify_archive_streamed<R: Read + Send>(
     let mut links: Spool<LinkRef> = Spool::default();
     let mut entries_checked = 0u64;
     let mut files_hashed = 0u64;
-    let (walked, unpacked) = unpacked_walk(stored, compression, |src| {
+    let mut hr = HashingReader {
+        inner: stored,
+        hasher: Sha256::new(),
+        count: 0,
+        error: None,
+    };
+    let trap = Rc::new(RefCell::new(None));
+    let walked = {
+        let src = decompressed(&mut hr, compression, &trap)?;
         walk::walk(src, io::sink(), None, None, |rec| {
             check_entry_safe(&rec)?;
             entries_checked += 1;
@@ -422,10 +481,9 @@ pub fn verify_archive_streamed<R: Read + Send>(
             spool_entry(&mut members, &mut links, &rec).map_err(spool)
         })
         .map(|_| ())
-    });
-    let unpacked = unpacked?;
+    };
     let mut problems = Vec::new();
-    let complete = finish_walk(&unpacked, walked, false, &mut problems)?;
+    let complete = finish_walk(&mut hr, walked, false, &trap, &mut problems)?;
 
     let mut rules = SortedRules::new(links.finish().map_err(spool)?, true);
     let mut members = members.finish().map_err(spool)?;
@@ -469,7 +527,7 @@ pub fn verify_archive_streamed<R: Read + Send>(
         Err(SortedProblem::Io(e)) => return Err(spool(e)),
     }
     Ok(report(
-        unpacked,
+        hr,
         manifest,
         problems,
         complete,
