@@ -1,10 +1,20 @@
-//! Backup throughput and peak RSS on kubesim, side by side in one run: kubectl-pvbackup
-//! (default zstd-1, `--compression none`, gzip-1) to a local directory and to an S3 bucket
-//! (moto's S3 server on loopback), next to `kubectl cp` and the hand-rolled
-//! `kubectl exec -- tar cf - | gzip -1`, on the same volume, medians of several runs.
+//! Backup throughput and peak RSS on kubesim, side by side in one run, on two data sets:
 //!
-//! `cargo bench --bench backup` (env: PVBACKUP_BENCH_MIB=1024, PVBACKUP_BENCH_RUNS=3; moto
-//! from PVBACKUP_MOTO_SERVER or target/ci-tools/moto, see .ci/run).
+//! * `set`, the mixed set of issue #14 (2,000 compressible files of ~60 KB and 4 random files
+//!   of 100 MiB, [`support::fill_mixed_set`]): `create` (default zstd-1, to a directory) next to
+//!   `kubectl cp` pod → local, runs alternating between the two, with wall time, client CPU
+//!   per GB and peak RSS; the goal is `create` ≤ 0.8× `kubectl cp`'s wall time.
+//! * `mixed`, a 1 GiB tree ([`support::fill_mixed`]): kubectl-pvbackup (default zstd-1,
+//!   `--compression none`, gzip-1) to a local directory and to an S3 bucket (moto's S3 server
+//!   on loopback), next to `kubectl cp` and the hand-rolled `kubectl exec -- tar cf - | gzip -1`.
+//!
+//! Medians of several runs; the load average before and after is recorded, as the machine is
+//! shared.
+//!
+//! `cargo bench --bench backup` (env: PVBACKUP_BENCH_SETS=set,mixed, PVBACKUP_BENCH_SET_RUNS=5,
+//! PVBACKUP_BENCH_BEFORE=another kubectl-pvbackup binary to measure in the `set` rows too,
+//! PVBACKUP_BENCH_MIB=1024, PVBACKUP_BENCH_RUNS=3; moto from PVBACKUP_MOTO_SERVER or
+//! target/ci-tools/moto, see .ci/run).
 //! Writes benches/results/backup.md and backup.json.
 
 #[path = "support/mod.rs"]
@@ -14,7 +24,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{env_or, fill_mixed, kubectl, machine, measured, median, BenchCluster};
+use support::{
+    env_or, fill_mixed, fill_mixed_set, kubectl, load_average, machine, measured, median,
+    BenchCluster, Sample,
+};
 
 /// moto's S3 server on a free loopback port, for the S3 rows.
 struct Moto {
@@ -110,9 +123,145 @@ fn main() {
 }
 
 async fn bench() {
+    let sets: String = env_or("PVBACKUP_BENCH_SETS", "set,mixed".to_string());
+    let bench = BenchCluster::start().await;
+    let mut md = format!(
+        "# Backup benchmark (kubesim, one run)\n\nMachine: {}. Load average (1, 5, 15 min) at the start: {}.\n\n",
+        machine(),
+        load_average()
+    );
+    let mut json = serde_json::Map::new();
+    if sets.split(',').any(|s| s == "set") {
+        let (text, rows) = mixed_set(&bench).await;
+        md.push_str(&text);
+        json.insert("set".into(), rows);
+    }
+    if sets.split(',').any(|s| s == "mixed") {
+        let (text, rows) = mixed_tree(&bench).await;
+        md.push_str(&text);
+        json.insert("mixed".into(), rows);
+    }
+    md.push_str(&format!("Load average at the end: {}.\n", load_average()));
+    println!("{md}");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("backup.md"), &md).unwrap();
+    json.insert("machine".into(), machine().into());
+    std::fs::write(
+        dir.join("backup.json"),
+        serde_json::to_string_pretty(&serde_json::Value::Object(json)).unwrap(),
+    )
+    .unwrap();
+    bench.cluster.shutdown().await;
+}
+
+/// The mixed set of issue #14: `create` next to `kubectl cp` pod → local, runs alternating.
+async fn mixed_set(bench: &BenchCluster) -> (String, serde_json::Value) {
+    let runs: usize = env_or("PVBACKUP_BENCH_SET_RUNS", 5);
+    let vol = bench.volume("set", "setapp", 700 << 20).await;
+    let bytes = fill_mixed_set(&vol.path, 2_000, 100);
+    let plugin = PathBuf::from(env!("CARGO_BIN_EXE_kubectl-pvbackup"));
+    let work = tempfile::tempdir().unwrap();
+    let kcfg = bench.cluster.kubeconfig().to_path_buf();
+    type Make<'a> = Box<dyn Fn(&Path) -> Command + 'a>;
+    // Another build of the plugin (say, the last release) measured in the same run.
+    let before = std::env::var_os("PVBACKUP_BENCH_BEFORE").map(PathBuf::from);
+    let create = |bin: PathBuf| -> Make {
+        Box::new(move |out: &Path| {
+            let mut c = Command::new(&bin);
+            c.args(["create", "set", "-n", "bench", "--no-progress", "--to"])
+                .arg(out);
+            c
+        })
+    };
+    let mut tools: Vec<(String, Make)> = vec![
+        (
+            "kubectl cp pod → local".into(),
+            Box::new(|out: &Path| {
+                let mut c = Command::new(kubectl());
+                c.args(["cp", "-c", "app", "bench/setapp:/data"])
+                    .arg(out.join("copy"));
+                c
+            }),
+        ),
+        (
+            "kubectl-pvbackup create (zstd-1, default)".into(),
+            create(plugin.clone()),
+        ),
+    ];
+    if let Some(b) = before {
+        tools.push((
+            format!("kubectl-pvbackup create, other build ({})", b.display()),
+            create(b),
+        ));
+    }
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); tools.len()];
+    // Run 1 of each tool, then run 2, …: a slow spell of the shared machine hits both alike.
+    for r in 0..runs {
+        for (i, (name, make)) in tools.iter().enumerate() {
+            let out = work.path().join(format!("{i}-{r}"));
+            std::fs::create_dir_all(&out).unwrap();
+            let mut cmd = make(&out);
+            cmd.env("KUBECONFIG", &kcfg);
+            let s = measured(&cmd, Path::new("/dev/null"), Path::new("/dev/null"), None);
+            eprintln!(
+                "set: {name} run {r}: {:.2}s cpu {:.2}s rss {} MiB ok={}",
+                s.secs,
+                s.cpu_secs,
+                s.max_rss_kib / 1024,
+                s.ok()
+            );
+            assert!(s.ok(), "{name} failed");
+            samples[i].push(s);
+            let _ = std::fs::remove_dir_all(&out);
+        }
+    }
+    let gb = bytes as f64 / 1e9;
+    let rows: Vec<serde_json::Value> = tools
+        .iter()
+        .zip(&samples)
+        .map(|((name, _), s)| {
+            let secs = median(s.iter().map(|s| s.secs).collect());
+            let cpu = median(s.iter().map(|s| s.cpu_secs).collect());
+            serde_json::json!({
+                "tool": name,
+                "median_seconds": secs,
+                "seconds": s.iter().map(|s| s.secs).collect::<Vec<_>>(),
+                "median_cpu_seconds": cpu,
+                "cpu_seconds_per_gb": cpu / gb,
+                "median_peak_rss_mib": median(s.iter().map(|s| s.max_rss_kib as f64 / 1024.0).collect()),
+                "runs": runs,
+            })
+        })
+        .collect();
+    let cp = rows[0]["median_seconds"].as_f64().unwrap();
+    let mut md = format!(
+        "## Mixed set (issue #14): `create` next to `kubectl cp` pod → local\n\n{} MB: 2,000 compressible files of 50–70 KB + 4 random files of 100 MiB. {runs} runs of each, alternating, medians. Goal: `create` ≤ 0.8× `kubectl cp`'s wall time, client CPU ≤ 2.65 s/GB (half of 5.3).\n\n| tool | wall (s) | × kubectl cp wall | client CPU (s) | client CPU (s/GB) | peak RSS (MiB) |\n|---|---|---|---|---|---|\n",
+        bytes / 1_000_000
+    );
+    for r in &rows {
+        let s = r["median_seconds"].as_f64().unwrap();
+        md.push_str(&format!(
+            "| {} | {:.2} | {:.2}× | {:.2} | {:.2} | {:.0} |\n",
+            r["tool"].as_str().unwrap(),
+            s,
+            s / cp,
+            r["median_cpu_seconds"].as_f64().unwrap(),
+            r["cpu_seconds_per_gb"].as_f64().unwrap(),
+            r["median_peak_rss_mib"].as_f64().unwrap(),
+        ));
+    }
+    md.push('\n');
+    (
+        md,
+        serde_json::json!({"volume_bytes": bytes, "runs": runs, "rows": rows}),
+    )
+}
+
+/// The 1 GiB tree: every way of making the backup, to a directory and to S3.
+async fn mixed_tree(bench: &BenchCluster) -> (String, serde_json::Value) {
     let mib: usize = env_or("PVBACKUP_BENCH_MIB", 1024);
     let runs: usize = env_or("PVBACKUP_BENCH_RUNS", 3);
-    let bench = BenchCluster::start().await;
     let vol = bench
         .volume("big", "app", ((mib + mib / 4 + 64) as u64) << 20)
         .await;
@@ -283,11 +432,10 @@ async fn bench() {
         .map(|r| r["median_seconds"].as_f64().unwrap())
         .unwrap_or(f64::NAN);
     let mut md = format!(
-        "# Backup benchmark (kubesim, one run)\n\nVolume: {} MiB ({}), {} runs each, medians. Machine: {}. Ratio = kubectl cp time / tool time.\n\n| tool | time (s) | MiB/s | peak RSS (MiB) | client CPU (s) | vs kubectl cp | all ok |\n|---|---|---|---|---|---|---|\n",
+        "## Mixed tree: every way of making the backup\n\nVolume: {} MiB ({}), {} runs each, medians. Ratio = kubectl cp time / tool time.\n\n| tool | time (s) | MiB/s | peak RSS (MiB) | client CPU (s) | vs kubectl cp | all ok |\n|---|---|---|---|---|---|---|\n",
         bytes >> 20,
         "half random, half JSON-like; 64 MiB files + many small files",
         runs,
-        machine()
     );
     for r in &rows {
         let s = r["median_seconds"].as_f64().unwrap();
@@ -302,15 +450,6 @@ async fn bench() {
             r["all_ok"]
         ));
     }
-    println!("{md}");
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("backup.md"), &md).unwrap();
-    std::fs::write(
-        dir.join("backup.json"),
-        serde_json::to_string_pretty(&serde_json::json!({"volume_bytes": bytes, "rows": rows}))
-            .unwrap(),
-    )
-    .unwrap();
-    bench.cluster.shutdown().await;
+    md.push('\n');
+    (md, serde_json::json!({"volume_bytes": bytes, "rows": rows}))
 }

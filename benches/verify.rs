@@ -1,11 +1,22 @@
-//! `verify` throughput next to `sha256sum` on the same archive, medians of several runs, no
-//! cluster: a 1 GiB mixed tree is packed the way `create` packs it (busybox tar →
-//! `stream_backup`), once per compression, then each command reads the stored archive.
-//! `sha256sum` only hashes the stored bytes; `verify` also decompresses, walks the tar and hashes
-//! every entry against the manifest, so the ratio says what that extra checking costs.
+//! `verify` throughput next to plain sha256 on the same bytes, medians of several runs, no
+//! cluster. A data set is packed the way `create` packs it (busybox tar → `stream_backup`),
+//! once per compression, then each command reads the stored archive:
 //!
-//! `cargo bench --bench verify` (env: PVBACKUP_BENCH_MIB=1024, PVBACKUP_BENCH_RUNS=5).
-//! Writes benches/results/verify.md and verify.json.
+//! * `sha256sum` hashes the stored archive only;
+//! * the SHA-NI reference of issue #14 hashes the uncompressed tar bytes in this process with
+//!   the `sha2` crate (which uses the CPU's SHA extensions when it has them; the report says
+//!   whether it does), 1 MiB reads from the page cache: the least any check of every byte can
+//!   cost on one core;
+//! * `verify` decompresses, walks the tar, hashes every file and the stored bytes, and checks
+//!   every entry against the manifest. Goal: its throughput in uncompressed bytes ≥ 0.8× the
+//!   reference's.
+//!
+//! Data sets: `set`, the mixed set of issue #14 (2,000 compressible files of ~60 KB + 4 random
+//! files of 100 MiB, [`support::fill_mixed_set`]), and `mixed`, a 1 GiB tree
+//! ([`support::fill_mixed`]).
+//!
+//! `cargo bench --bench verify` (env: PVBACKUP_BENCH_SETS=set,mixed, PVBACKUP_BENCH_MIB=1024,
+//! PVBACKUP_BENCH_RUNS=5, PVBACKUP_BENCH_BEFORE=another kubectl-pvbackup binary to time too). Writes benches/results/verify.md and verify.json.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -15,7 +26,9 @@ use std::process::{Command, Stdio};
 
 use kubectl_pvbackup::archive::{stream_backup, Compression};
 use kubectl_pvbackup::manifest::{ClusterInfo, Manifest, ManifestMeta, PvcInfo};
-use support::{env_or, fill_mixed, machine, measured, median, Sample};
+use support::{
+    env_or, fill_mixed, fill_mixed_set, load_average, machine, measured, median, Sample,
+};
 
 /// Packs `src` like `create` does and writes archive + manifest into `dest`; returns the paths.
 fn pack(src: &Path, dest: &Path, c: Compression) -> (std::path::PathBuf, std::path::PathBuf) {
@@ -66,6 +79,31 @@ fn runs(cmd: &Command, n: usize) -> Vec<Sample> {
     (0..n).map(|_| measured(cmd, null, null, None)).collect()
 }
 
+/// Seconds to sha256 `path` with the `sha2` crate, 1 MiB reads (the file is in the page cache).
+fn sha2_seconds(path: &Path) -> f64 {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let started = std::time::Instant::now();
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut h = Sha256::new();
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    std::hint::black_box(h.finalize());
+    started.elapsed().as_secs_f64()
+}
+
+/// Whether this CPU has the SHA extensions (`sha_ni` in /proc/cpuinfo) that `sha2` uses.
+fn sha_ni() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .is_ok_and(|c| c.split_whitespace().any(|w| w == "sha_ni"))
+}
+
 fn main() {
     if support::launcher_main() {
         return;
@@ -73,65 +111,103 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` asks; nothing to list
     }
+    let sets: String = env_or("PVBACKUP_BENCH_SETS", "set,mixed".to_string());
     let mib: usize = env_or("PVBACKUP_BENCH_MIB", 1024);
     let n: usize = env_or("PVBACKUP_BENCH_RUNS", 5);
     let plugin = env!("CARGO_BIN_EXE_kubectl-pvbackup");
-    let work = tempfile::tempdir().unwrap();
-    let src = work.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    let data = fill_mixed(&src, mib);
+    // Another build of the plugin (say, the last release) measured on the same archives.
+    let mut builds = vec![("this".to_string(), std::path::PathBuf::from(plugin))];
+    if let Some(b) = std::env::var_os("PVBACKUP_BENCH_BEFORE") {
+        let b = std::path::PathBuf::from(b);
+        builds.push((format!("other ({})", b.display()), b));
+    }
+    let load_before = load_average();
     let mut rows = Vec::new();
-    for c in [
-        Compression::None,
-        Compression::Zstd { level: 1 },
-        Compression::Gzip { level: 1 },
-    ] {
-        let dir = work.path().join(c.algorithm());
-        std::fs::create_dir_all(&dir).unwrap();
-        let (archive, manifest) = pack(&src, &dir, c);
-        let stored = std::fs::metadata(&archive).unwrap().len();
-        let mut verify = Command::new(plugin);
-        verify.arg("verify").arg(&manifest).arg("--no-progress");
-        let mut sum = Command::new("sha256sum");
-        sum.arg(&archive);
-        let v = runs(&verify, n);
-        let s = runs(&sum, n);
-        assert!(v.iter().all(Sample::ok), "verify failed on a good archive");
-        assert!(s.iter().all(Sample::ok), "sha256sum failed");
-        let vt = median(v.iter().map(|x| x.secs).collect());
-        let st = median(s.iter().map(|x| x.secs).collect());
-        let vrss = median(v.iter().map(|x| x.max_rss_kib as f64).collect()) / 1024.0;
-        rows.push(serde_json::json!({
-            "compression": c.algorithm(),
-            "stored_mib": stored as f64 / 1048576.0,
-            "data_mib": data as f64 / 1048576.0,
-            "verify_secs": vt,
-            "sha256sum_secs": st,
-            "verify_stored_mib_s": stored as f64 / 1048576.0 / vt,
-            "sha256sum_mib_s": stored as f64 / 1048576.0 / st,
-            "verify_data_mib_s": data as f64 / 1048576.0 / vt,
-            "verify_peak_rss_mib": vrss,
-            "ratio_verify_to_sha256sum": vt / st,
-        }));
+    let mut md_rows = String::new();
+    for set in sets.split(',') {
+        let work = tempfile::tempdir().unwrap();
+        let src = work.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        let (data, what) = match set {
+            "set" => (
+                fill_mixed_set(&src, 2_000, 100),
+                "mixed set (2,000 files of ~60 KB + 4 × 100 MiB random)".to_string(),
+            ),
+            "mixed" => (fill_mixed(&src, mib), format!("{mib} MiB mixed tree")),
+            other => panic!("unknown data set {other:?}: use set or mixed"),
+        };
+        // The uncompressed tar stream, for the reference: what `verify` hashes file by file.
+        let mut tar_bytes = 0u64;
+        let mut reference = f64::NAN;
+        for c in [
+            Compression::None,
+            Compression::Zstd { level: 1 },
+            Compression::Gzip { level: 1 },
+        ] {
+            let dir = work.path().join(c.algorithm());
+            std::fs::create_dir_all(&dir).unwrap();
+            let (archive, manifest) = pack(&src, &dir, c);
+            let stored = std::fs::metadata(&archive).unwrap().len();
+            if c == Compression::None {
+                tar_bytes = stored;
+                let _ = sha2_seconds(&archive); // warm-up: into the page cache
+                reference = median((0..n).map(|_| sha2_seconds(&archive)).collect());
+            }
+            let mut sum = Command::new("sha256sum");
+            sum.arg(&archive);
+            let s = runs(&sum, n);
+            assert!(s.iter().all(Sample::ok), "sha256sum failed");
+            let st = median(s.iter().map(|x| x.secs).collect());
+            let mb = |b: u64, s: f64| b as f64 / 1e6 / s;
+            for (build, bin) in builds.iter() {
+                let mut verify = Command::new(bin);
+                verify.arg("verify").arg(&manifest).arg("--no-progress");
+                let v = runs(&verify, n);
+                assert!(v.iter().all(Sample::ok), "verify failed on a good archive");
+                let vt = median(v.iter().map(|x| x.secs).collect());
+                let vrss = median(v.iter().map(|x| x.max_rss_kib as f64).collect()) / 1024.0;
+                let vcpu = median(v.iter().map(|x| x.cpu_secs).collect());
+                let row = serde_json::json!({
+                    "set": set,
+                    "build": build,
+                    "compression": c.algorithm(),
+                    "stored_mb": stored as f64 / 1e6,
+                    "data_mb": data as f64 / 1e6,
+                    "tar_mb": tar_bytes as f64 / 1e6,
+                    "verify_secs": vt,
+                    "verify_cpu_secs": vcpu,
+                    "sha256sum_secs": st,
+                    "sha2_reference_secs": reference,
+                    "sha2_reference_mb_s": mb(tar_bytes, reference),
+                    "sha256sum_mb_s": mb(stored, st),
+                    "verify_tar_mb_s": mb(tar_bytes, vt),
+                    "verify_peak_rss_mib": vrss,
+                    "verify_to_reference_throughput": reference / vt,
+                });
+                md_rows.push_str(&format!(
+                "| {what} | {build} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.0} | **{:.2}×** |\n",
+                c.algorithm(),
+                stored as f64 / 1e6,
+                tar_bytes as f64 / 1e6,
+                st,
+                mb(stored, st),
+                vt,
+                mb(tar_bytes, vt),
+                vcpu,
+                vrss,
+                mb(tar_bytes, reference),
+                reference / vt,
+            ));
+                rows.push(row);
+            }
+        }
     }
-    let mut md = format!(
-        "# verify throughput next to sha256sum\n\nProduced by `cargo bench --bench verify`. Machine: {}. Data: {mib} MiB mixed tree (half random, half JSON-like; 64 MiB files plus small files), packed as `create` packs it. Medians of {n} runs after one warm-up, archive in the page cache. `sha256sum` hashes the stored archive only; `verify` also decompresses, walks the tar and checks every entry against the manifest.\n\n| compression | stored MiB | sha256sum s | sha256sum MiB/s | verify s | verify MiB/s (stored) | verify MiB/s (data) | verify peak RSS MiB | verify / sha256sum |\n|---|---|---|---|---|---|---|---|---|\n",
-        machine()
+    let md = format!(
+        "# verify throughput next to sha256\n\nProduced by `cargo bench --bench verify`. Machine: {}, SHA extensions (sha_ni): {}. Load average (1, 5, 15 min) before: {load_before}, after: {}. Medians of {n} runs after one warm-up, archive in the page cache. `sha256sum` hashes the stored archive only; the reference hashes the uncompressed tar bytes with the `sha2` crate in one thread (no decompression, no checks); `verify` decompresses, walks the tar, hashes every file and the stored bytes and checks every entry against the manifest. Goal (issue #14): verify ≥ 0.8× the reference's throughput over the same uncompressed bytes.\n\n| data | build | compression | stored MB | tar MB | sha256sum s | sha256sum MB/s | verify s | verify MB/s (tar) | verify CPU s | verify peak RSS MiB | reference MB/s (tar) | verify / reference throughput |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n{md_rows}",
+        machine(),
+        if sha_ni() { "yes" } else { "no" },
+        load_average()
     );
-    for r in &rows {
-        md.push_str(&format!(
-            "| {} | {:.0} | {:.2} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0} | {:.2}× |\n",
-            r["compression"].as_str().unwrap(),
-            r["stored_mib"].as_f64().unwrap(),
-            r["sha256sum_secs"].as_f64().unwrap(),
-            r["sha256sum_mib_s"].as_f64().unwrap(),
-            r["verify_secs"].as_f64().unwrap(),
-            r["verify_stored_mib_s"].as_f64().unwrap(),
-            r["verify_data_mib_s"].as_f64().unwrap(),
-            r["verify_peak_rss_mib"].as_f64().unwrap(),
-            r["ratio_verify_to_sha256sum"].as_f64().unwrap(),
-        ));
-    }
     print!("{md}");
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/results");
     std::fs::create_dir_all(&out).unwrap();
@@ -139,7 +215,7 @@ fn main() {
     std::fs::write(
         out.join("verify.json"),
         serde_json::to_string_pretty(
-            &serde_json::json!({"machine": machine(), "mib": mib, "runs": n, "rows": rows}),
+            &serde_json::json!({"machine": machine(), "sha_ni": sha_ni(), "load_before": load_before, "mib": mib, "runs": n, "rows": rows}),
         )
         .unwrap(),
     )
