@@ -42,6 +42,9 @@ pub enum Leftover {
     /// A schema-2 entries stream (`<pvc>.entries.jsonl[.gz|.zst]`) whose header was never
     /// written: `create` died between the two, the last steps of a commit.
     EntriesWithoutManifest,
+    /// An encrypted backup's details (`<pvc>.details.json.age`) whose header was never written:
+    /// `create` writes them just before the header.
+    DetailsWithoutManifest,
 }
 
 impl Leftover {
@@ -52,6 +55,7 @@ impl Leftover {
             Leftover::MultipartUpload => "multipart upload",
             Leftover::ArchiveWithoutManifest => "archive without manifest",
             Leftover::EntriesWithoutManifest => "entries without manifest",
+            Leftover::DetailsWithoutManifest => "details without manifest",
         }
     }
 }
@@ -216,10 +220,23 @@ pub fn select(
             target: Target::Object(obj.key.clone()),
         });
     }
-    // `group_keys` (what `list` reads) knows archives and headers only; an entries stream
-    // belongs to the backup whose header has the same stem.
+    // `group_keys` (what `list` reads) knows archives and headers only; an entries stream and
+    // an encrypted backup's details belong to the backup whose header has the same stem.
+    let parts = [
+        (
+            crate::manifest::ENTRIES_SUFFIX,
+            Leftover::EntriesWithoutManifest,
+        ),
+        (
+            crate::encryption::DETAILS_SUFFIX,
+            Leftover::DetailsWithoutManifest,
+        ),
+    ];
     for obj in stored {
-        let Some((stem, _)) = obj.key.split_once(crate::manifest::ENTRIES_SUFFIX) else {
+        let Some((stem, kind)) = parts
+            .iter()
+            .find_map(|(suffix, kind)| obj.key.split_once(suffix).map(|(stem, _)| (stem, *kind)))
+        else {
             continue;
         };
         let id = stem.split('/').next().unwrap_or_default();
@@ -231,7 +248,7 @@ pub fn select(
             continue;
         }
         items.push(Item {
-            kind: Leftover::EntriesWithoutManifest,
+            kind,
             key: obj.key.clone(),
             location: locate(&obj.key),
             upload_id: None,
@@ -378,6 +395,11 @@ mod tests {
             obj(&format!("{ID}/shop/cache.tar.zst"), 30),
             obj("20261130T230000Z-0001/shop/cache.tar.zst", 0),
             obj(&format!("{ID}/shop/cache.entries.jsonl.zst"), 30),
+            obj(&format!("{ID}/shop/cache.details.json.age"), 30),
+            // An encrypted backup that is complete: its details stay.
+            obj(&format!("{ID}/shop/web.tar.zst.age"), 900),
+            obj(&format!("{ID}/shop/web.details.json.age"), 900),
+            obj(&format!("{ID}/shop/web.manifest.json"), 900),
             // Not of our layout: someone else's files.
             obj("notes/shop/cache.tar.zst", 900),
             obj(&format!("{ID}/shop/readme.txt"), 900),
@@ -433,6 +455,11 @@ mod tests {
                 (
                     format!("{ID}/shop/cache.entries.jsonl.zst").as_str(),
                     Leftover::EntriesWithoutManifest,
+                    Outcome::WouldRemove
+                ),
+                (
+                    format!("{ID}/shop/cache.details.json.age").as_str(),
+                    Leftover::DetailsWithoutManifest,
                     Outcome::WouldRemove
                 ),
             ]

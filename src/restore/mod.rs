@@ -338,9 +338,10 @@ struct Job {
 
 /// Streams the archive, decompressed, into the helper pod's `tar -x`, checking it against the
 /// manifest on the way ([`crate::archive::stream_verified`]): the archive is read once, and
-/// `tar` only ever sees members the manifest describes. Whether the stream was whole (every
-/// file's sha256, the stored archive's size and sha256) is known at its end, so what was
-/// extracted is trusted only when this returns `Ok`: a failure rolls the volume back. A
+/// `tar` only ever sees members the manifest describes. Whether the stream was whole (the
+/// stored archive's size and sha256) is known at its end, so what was extracted is trusted only
+/// when this returns `Ok` and the pod's hashes of the files it wrote match the manifest's: a
+/// failure rolls the volume back. A
 /// damaged archive is an integrity failure (exit 3, never retried); a write that fails is the
 /// connection's or the pod's problem (runtime, retried).
 fn feed<W: tokio::io::AsyncWrite + Unpin>(
