@@ -1427,3 +1427,53 @@ fn delete(
         }),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn headers(accept_encoding: &str) -> hyper::HeaderMap {
+        let mut h = hyper::HeaderMap::new();
+        h.insert("accept-encoding", accept_encoding.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn gzip_is_taken_when_offered_and_not_refused() {
+        assert!(accepts_gzip(&headers("gzip")));
+        assert!(accepts_gzip(&headers("deflate, gzip;q=0.5")));
+        assert!(!accepts_gzip(&headers("gzip;q=0")));
+        assert!(!accepts_gzip(&headers("identity")));
+        assert!(!accepts_gzip(&hyper::HeaderMap::new()));
+    }
+
+    #[tokio::test]
+    async fn large_responses_are_gzipped_small_ones_and_streams_are_not() {
+        let big = json!({"items": (0..20_000).map(|i| format!("pod-{i}")).collect::<Vec<_>>()});
+        let plain = serde_json::to_vec(&big).unwrap();
+        assert!(plain.len() > GZIP_THRESHOLD);
+        let r = compressed(json_response(StatusCode::OK, &big)).await;
+        assert_eq!(r.headers()["content-encoding"], "gzip");
+        assert_eq!(r.headers()["vary"], "Accept-Encoding");
+        assert_eq!(r.headers()["content-type"], "application/json");
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        let mut unzipped = Vec::new();
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_end(&mut unzipped)
+            .unwrap();
+        assert_eq!(unzipped, plain);
+
+        let small = compressed(json_response(StatusCode::OK, &json!({"kind": "Pod"}))).await;
+        assert!(!small.headers().contains_key("content-encoding"));
+
+        let mut streamed = json_response(StatusCode::OK, &big);
+        streamed
+            .headers_mut()
+            .insert("transfer-encoding", "chunked".parse().unwrap());
+        assert!(!compressed(streamed)
+            .await
+            .headers()
+            .contains_key("content-encoding"));
+    }
+}
