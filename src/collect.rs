@@ -2,6 +2,7 @@
 
 use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, Pod};
 use kube::api::{Api, ListParams};
+use serde::de::DeserializeOwned;
 
 use crate::connect::{explain, Connection};
 use crate::exit::Failure;
@@ -12,7 +13,32 @@ pub struct Inventory {
     pub namespaces: Vec<Namespace>,
 }
 
-/// Pods (filtered by `selector`), PVCs and namespaces in the connection's scope.
+/// Objects per list call: kubectl's chunk size (`--chunk-size`, default 500). The API server
+/// then serves a big collection as a series of bounded responses rather than one that it must
+/// build whole (kubernetes.io/docs/reference/using-api/api-concepts/#retrieving-large-results-sets-in-chunks),
+/// and this side decodes each page while the next is on its way.
+pub const PAGE: u32 = 500;
+
+/// Every object of a list, asked for in pages of [`PAGE`] following `metadata.continue`:
+/// one consistent list (every page is read at the first page's resourceVersion).
+pub async fn list_all<K>(api: &Api<K>, lp: &ListParams) -> Result<Vec<K>, kube::Error>
+where
+    K: Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let mut lp = lp.clone().limit(PAGE);
+    let mut items = Vec::new();
+    loop {
+        let page = api.list(&lp).await?;
+        items.extend(page.items);
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => lp = lp.continue_token(&token),
+            None => return Ok(items),
+        }
+    }
+}
+
+/// Pods (filtered by `selector`), PVCs and namespaces in the connection's scope: one paged
+/// list per kind, whatever the number of namespaces or pods.
 pub async fn collect_inventory(
     conn: &Connection,
     selector: Option<&str>,
@@ -33,27 +59,21 @@ pub async fn collect_inventory(
     // The three reads are independent: asked at once, the slowest (pods, in a big cluster)
     // sets the time instead of the sum.
     let pods = async {
-        pods_api
-            .list(&lp)
+        list_all(&pods_api, &lp)
             .await
-            .map(|l| l.items)
             .map_err(|e| explain("listing pods", &e))
     };
     let pvcs = async {
-        pvc_api
-            .list(&ListParams::default())
+        list_all(&pvc_api, &ListParams::default())
             .await
-            .map(|l| l.items)
             .map_err(|e| explain("listing persistentvolumeclaims", &e))
     };
     // Namespace labels only refine mesh detection (Istio ambient); a user who may not read
     // namespaces still gets a result.
     let namespaces = async {
         if conn.all_namespaces {
-            ns_api
-                .list(&ListParams::default())
+            list_all(&ns_api, &ListParams::default())
                 .await
-                .map(|l| l.items)
                 .unwrap_or_default()
         } else {
             ns_api
@@ -96,8 +116,7 @@ pub async fn whoami(client: &kube::Client) -> Option<String> {
 
 pub async fn collect_nodes(conn: &Connection) -> Vec<Node> {
     let api: Api<Node> = Api::all(conn.client.clone());
-    api.list(&ListParams::default())
+    list_all(&api, &ListParams::default())
         .await
-        .map(|l| l.items)
         .unwrap_or_default()
 }

@@ -113,6 +113,7 @@ pub async fn handle(sim: SimRef, req: Request<Incoming>) -> Result<Response<Body
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let protobuf = prefers_protobuf(req.headers());
+    let gzip = accepts_gzip(req.headers());
     let resp = match route(sim, req).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
@@ -122,6 +123,7 @@ pub async fn handle(sim: SimRef, req: Request<Incoming>) -> Result<Response<Body
     } else {
         resp
     };
+    let resp = if gzip { compressed(resp).await } else { resp };
     tracing::debug!(%method, %path, status = resp.status().as_u16(), "request");
     Ok(resp)
 }
@@ -205,6 +207,63 @@ fn prefers_protobuf(headers: &hyper::HeaderMap) -> bool {
         }
     }
     false
+}
+
+/// Whether the client takes `Content-Encoding: gzip` (Go's HTTP transport, and so kubectl and
+/// client-go, ask for it on every request; kube-rs without its `gzip` feature does not).
+fn accepts_gzip(headers: &hyper::HeaderMap) -> bool {
+    headers
+        .get_all("accept-encoding")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|e| {
+            let mut parts = e.split(';').map(str::trim);
+            parts.next() == Some("gzip")
+                && !parts
+                    .any(|p| p.strip_prefix("q=").and_then(|q| q.parse::<f32>().ok()) == Some(0.0))
+        })
+}
+
+/// Responses above this size are compressed for a client that accepts gzip, at this level:
+/// the API server's `defaultGzipThresholdBytes` (128 KiB) and `defaultGzipContentEncodingLevel`
+/// (1; kubernetes/kubernetes#112296), staging/src/k8s.io/apiserver/pkg/endpoints/handlers/
+/// responsewriters/writers.go. Large lists are what crosses it.
+const GZIP_THRESHOLD: usize = 128 * 1024;
+const GZIP_LEVEL: u32 = 1;
+
+/// Gzips a whole (not streamed) response larger than [`GZIP_THRESHOLD`], adding
+/// `Content-Encoding: gzip` and `Vary: Accept-Encoding` as the API server does. Watches, logs
+/// and upgraded streams are left as they are.
+async fn compressed(resp: Response<Body>) -> Response<Body> {
+    use std::io::Write;
+    let streamed = resp.headers().contains_key("transfer-encoding")
+        || resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let small = hyper::body::Body::size_hint(resp.body())
+        .exact()
+        .is_none_or(|n| n as usize <= GZIP_THRESHOLD);
+    if streamed || small {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = body.collect().await.map(|c| c.to_bytes()) else {
+        return Response::from_parts(parts, full(Bytes::new()));
+    };
+    let mut gz = flate2::write::GzEncoder::new(
+        Vec::with_capacity(bytes.len() / 4),
+        flate2::Compression::new(GZIP_LEVEL),
+    );
+    let Ok(out) = gz.write_all(&bytes).and_then(|_| gz.finish()) else {
+        return Response::from_parts(parts, full(bytes));
+    };
+    parts
+        .headers
+        .insert("content-encoding", "gzip".parse().expect("static"));
+    parts
+        .headers
+        .append("vary", "Accept-Encoding".parse().expect("static"));
+    parts.headers.remove("content-length");
+    Response::from_parts(parts, full(out))
 }
 
 /// Re-encodes a JSON response whose kind has a protobuf encoding (objects, lists, `Status`).
@@ -551,7 +610,7 @@ async fn resource(
             )?;
             Ok(json_response(
                 StatusCode::OK,
-                &maybe_table(t.def, vec![obj], req.headers(), &q, None),
+                &maybe_table(t.def, obj, req.headers(), &q),
             ))
         }
         (_, "create") => {
@@ -643,36 +702,21 @@ fn wants_table(headers: &hyper::HeaderMap) -> bool {
         .is_some_and(|a| a.contains("as=Table"))
 }
 
+/// A single object, or its Table (`Accept: application/json;as=Table;…`).
 fn maybe_table(
     def: &ResourceDef,
-    items: Vec<Value>,
+    obj: Value,
     headers: &hyper::HeaderMap,
     q: &HashMap<String, Vec<String>>,
-    list_rv: Option<u64>,
 ) -> Value {
     if wants_table(headers) {
-        let include = match q1(q, "includeObject") {
-            Some("None") => tables::IncludeObject::None,
-            Some("Object") => tables::IncludeObject::Object,
-            _ => tables::IncludeObject::Metadata,
-        };
-        let mut t = tables::to_table(def, &items, include);
-        if let Some(rv) = list_rv {
-            t["metadata"]["resourceVersion"] = json!(rv.to_string());
-        }
-        return t;
+        return tables::to_table(def, &[obj], include_of(q));
     }
-    match list_rv {
-        Some(rv) => json!({
-            "kind": format!("{}List", def.kind),
-            "apiVersion": def.api_version(),
-            "metadata": {"resourceVersion": rv.to_string()},
-            "items": items,
-        }),
-        None => items.into_iter().next().unwrap_or(Value::Null),
-    }
+    obj
 }
 
+/// GET on a collection: one page (`limit`, `continue`; see [`crate::paging`]) of the objects
+/// the selectors keep, as a `<Kind>List` or a Table.
 fn list(
     sim: &SimRef,
     t: &Target,
@@ -680,15 +724,93 @@ fn list(
     headers: &hyper::HeaderMap,
 ) -> ApiResult<Response<Body>> {
     let (l, f) = selectors(t, q)?;
-    let (items, rv) = sim.store.list(t.def, t.namespace.as_deref());
-    let items: Vec<Value> = items
-        .into_iter()
-        .filter(|o| l.matches(o["metadata"]["labels"].as_object()) && f.matches(o))
-        .collect();
-    Ok(json_response(
-        StatusCode::OK,
-        &maybe_table(t.def, items, headers, q, Some(rv)),
-    ))
+    let ns = t.namespace.as_deref();
+    let rv = q1(q, "resourceVersion").filter(|s| !s.is_empty());
+    let limit = match q1(q, "limit").filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => match s.parse::<i64>() {
+            Ok(n) if n < 0 => return Err(ApiError::bad_request("limit must not be negative")),
+            Ok(n) => Some(n as usize),
+            Err(_) => {
+                return Err(ApiError::bad_request(format!(
+                    "unable to parse quantity \"limit\": invalid value {s:?}"
+                )))
+            }
+        },
+    }
+    // `limit=0` is no limit; with resourceVersion=0 the list comes from the watch cache,
+    // which serves everything regardless of limit (kubernetes/kubernetes#70735).
+    .filter(|n| *n > 0 && rv != Some("0"));
+    let (snap, start) = match q1(q, "continue").filter(|s| !s.is_empty()) {
+        None => (sim.store.snapshot(t.def, ns), None),
+        Some(token) => {
+            if rv.is_some() {
+                return Err(ApiError::bad_request(
+                    "specifying resource version is not allowed when using continue",
+                ));
+            }
+            let c = crate::paging::decode(token)
+                .map_err(|e| ApiError::bad_request(format!("invalid continue token: {e}")))?;
+            let snap = if c.rv < 0 {
+                sim.store.snapshot(t.def, ns)
+            } else {
+                sim.store
+                    .kept_snapshot(t.def, ns, c.rv as u64)
+                    .ok_or_else(|| {
+                        ApiError::continue_expired(crate::paging::encode(&c.start, -1))
+                    })?
+            };
+            (snap, Some(c.start))
+        }
+    };
+    let page = crate::paging::page(
+        &snap,
+        start.as_deref(),
+        limit,
+        |o| l.matches(o["metadata"]["labels"].as_object()) && f.matches(o),
+        l.is_empty() && f.is_empty(),
+    );
+    if page.continue_token.is_some() {
+        sim.store.keep_snapshot(t.def, ns, &snap);
+    }
+    let mut meta = json!({"resourceVersion": snap.rv.to_string()});
+    if let Some(c) = &page.continue_token {
+        meta["continue"] = json!(c);
+    }
+    if let Some(n) = page.remaining {
+        meta["remainingItemCount"] = json!(n);
+    }
+    if wants_table(headers) {
+        let items: Vec<Value> = page.items.iter().map(|v| Value::clone(v)).collect();
+        let mut table = tables::to_table(t.def, &items, include_of(q));
+        table["metadata"] = meta;
+        return Ok(json_response(StatusCode::OK, &table));
+    }
+    Ok(list_response(t.def, &meta, &page.items))
+}
+
+/// A `<Kind>List` written item by item from the shared objects, with no copy of them first.
+fn list_response(
+    def: &ResourceDef,
+    meta: &Value,
+    items: &[std::sync::Arc<Value>],
+) -> Response<Body> {
+    let mut out = Vec::with_capacity(items.len() * 4096 + 256);
+    let head = json!({"kind": format!("{}List", def.kind), "apiVersion": def.api_version(), "metadata": meta});
+    let head = serde_json::to_vec(&head).unwrap_or_default();
+    // The head object without its closing brace, then the items.
+    out.extend_from_slice(&head[..head.len().saturating_sub(1)]);
+    out.extend_from_slice(b",\"items\":[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let _ = serde_json::to_writer(&mut out, item.as_ref());
+    }
+    out.extend_from_slice(b"]}");
+    let mut r = json_response(StatusCode::OK, &Value::Null);
+    *r.body_mut() = full(out);
+    r
 }
 
 fn event_matches(ev: &WatchEvent, t: &Target, l: &LabelSelector, f: &FieldSelector) -> bool {
@@ -1304,4 +1426,54 @@ fn delete(
             "details": {"name": name, "kind": t.def.plural, "group": t.def.group, "uid": cur["metadata"]["uid"]},
         }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn headers(accept_encoding: &str) -> hyper::HeaderMap {
+        let mut h = hyper::HeaderMap::new();
+        h.insert("accept-encoding", accept_encoding.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn gzip_is_taken_when_offered_and_not_refused() {
+        assert!(accepts_gzip(&headers("gzip")));
+        assert!(accepts_gzip(&headers("deflate, gzip;q=0.5")));
+        assert!(!accepts_gzip(&headers("gzip;q=0")));
+        assert!(!accepts_gzip(&headers("identity")));
+        assert!(!accepts_gzip(&hyper::HeaderMap::new()));
+    }
+
+    #[tokio::test]
+    async fn large_responses_are_gzipped_small_ones_and_streams_are_not() {
+        let big = json!({"items": (0..20_000).map(|i| format!("pod-{i}")).collect::<Vec<_>>()});
+        let plain = serde_json::to_vec(&big).unwrap();
+        assert!(plain.len() > GZIP_THRESHOLD);
+        let r = compressed(json_response(StatusCode::OK, &big)).await;
+        assert_eq!(r.headers()["content-encoding"], "gzip");
+        assert_eq!(r.headers()["vary"], "Accept-Encoding");
+        assert_eq!(r.headers()["content-type"], "application/json");
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        let mut unzipped = Vec::new();
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_end(&mut unzipped)
+            .unwrap();
+        assert_eq!(unzipped, plain);
+
+        let small = compressed(json_response(StatusCode::OK, &json!({"kind": "Pod"}))).await;
+        assert!(!small.headers().contains_key("content-encoding"));
+
+        let mut streamed = json_response(StatusCode::OK, &big);
+        streamed
+            .headers_mut()
+            .insert("transfer-encoding", "chunked".parse().unwrap());
+        assert!(!compressed(streamed)
+            .await
+            .headers()
+            .contains_key("content-encoding"));
+    }
 }

@@ -380,8 +380,8 @@ fn collect_garbage(sim: &SimRef) {
             }
         }
     }
-    let (jobs, _) = sim.store.list(resources::jobs(), None);
-    let (pods, _) = sim.store.list(resources::pods(), None);
+    let (jobs, _) = sim.store.list_shared(resources::jobs(), None);
+    let (pods, _) = sim.store.list_shared(resources::pods(), None);
     for pod in &pods {
         if !pod["metadata"]["deletionTimestamp"].is_null() {
             continue;

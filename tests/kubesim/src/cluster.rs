@@ -192,8 +192,12 @@ impl Cluster {
         Ok(cluster)
     }
 
-    fn load_demo(&self) -> Result<(), ClusterError> {
-        for obj in crate::scenario::demo_objects() {
+    /// Creates objects (each with `kind` and, when namespaced, `metadata.namespace`; `default`
+    /// when absent) through the API server's create path, admission included, as
+    /// `kubectl create -f` would, without the HTTP round trips: for scenarios of thousands of
+    /// objects (`scenario::fleet_objects`).
+    pub fn apply(&self, objects: Vec<Value>) -> Result<(), ClusterError> {
+        for obj in objects {
             let kind = obj["kind"].as_str().unwrap_or_default();
             let def = resources::by_kind(kind).ok_or_else(|| ClusterError::Setup {
                 what: kind.to_string(),
@@ -207,6 +211,11 @@ impl Cluster {
             };
             create(&self.sim, def, ns.as_deref(), obj)?;
         }
+        Ok(())
+    }
+
+    fn load_demo(&self) -> Result<(), ClusterError> {
+        self.apply(crate::scenario::demo_objects())?;
         // Fill each volume once it is provisioned (PVCs bind on the next reconcile).
         crate::controllers::reconcile(&self.sim);
         for (ns, pvc) in crate::scenario::volume_names() {
@@ -229,7 +238,7 @@ impl Cluster {
     pub async fn wait_for_pods_running(&self, timeout: Duration) -> Result<(), ClusterError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let (pods, _) = self.sim.store.list(resources::pods(), None);
+            let (pods, _) = self.sim.store.list_shared(resources::pods(), None);
             if !pods.is_empty() && pods.iter().all(|p| p["status"]["phase"] == "Running") {
                 return Ok(());
             }

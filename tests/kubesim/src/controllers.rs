@@ -45,7 +45,7 @@ pub fn reconcile(sim: &SimRef) {
 /// Node Ready condition, and the taints the node lifecycle controller adds to a NotReady
 /// node (node.kubernetes.io/unreachable, pkg/controller/nodelifecycle).
 fn node_status(sim: &SimRef) {
-    let (nodes, _) = sim.store.list(resources::nodes(), None);
+    let (nodes, _) = sim.store.list_shared(resources::nodes(), None);
     for n in nodes {
         let name = n["metadata"]["name"]
             .as_str()
@@ -113,7 +113,7 @@ pub fn quantity_bytes(q: &str) -> Option<u64> {
 /// Dynamic provisioning and binding (pkg/controller/volume/persistentvolume/pv_controller.go).
 /// `WaitForFirstConsumer` claims wait for the scheduler's `volume.kubernetes.io/selected-node`.
 fn bind_claims(sim: &SimRef) {
-    let (pvcs, _) = sim.store.list(resources::pvcs(), None);
+    let (pvcs, _) = sim.store.list_shared(resources::pvcs(), None);
     for pvc in pvcs {
         if pvc["status"]["phase"] != "Pending" || !pvc["metadata"]["deletionTimestamp"].is_null() {
             continue;
@@ -332,8 +332,8 @@ fn schedule(sim: &SimRef) {
     if pending.is_empty() {
         return;
     }
-    let (pods, _) = sim.store.list(resources::pods(), None);
-    let (nodes, _) = sim.store.list(resources::nodes(), None);
+    let (pods, _) = sim.store.list_shared(resources::pods(), None);
+    let (nodes, _) = sim.store.list_shared(resources::nodes(), None);
     // Pods per node when the pass starts (least-loaded choice below).
     let mut load: std::collections::HashMap<String, usize> = Default::default();
     for p in &pods {
@@ -519,7 +519,7 @@ fn protect_and_reclaim(sim: &SimRef) {
     let pods = if pvcs.is_empty() {
         Vec::new()
     } else {
-        sim.store.list(resources::pods(), None).0
+        sim.store.list_shared(resources::pods(), None).0
     };
     for pvc in &pvcs {
         let ns = pvc["metadata"]["namespace"].as_str().unwrap_or_default();
@@ -554,7 +554,7 @@ fn protect_and_reclaim(sim: &SimRef) {
             }
         }
     }
-    let (pvs, _) = sim.store.list(resources::pvs(), None);
+    let (pvs, _) = sim.store.list_shared(resources::pvs(), None);
     for pv in pvs
         .iter()
         .filter(|p| !p["metadata"]["deletionTimestamp"].is_null())
@@ -571,7 +571,7 @@ fn protect_and_reclaim(sim: &SimRef) {
 
 /// The namespace controller: delete everything in a Terminating namespace, then the namespace.
 fn finish_namespaces(sim: &SimRef) {
-    let (nss, _) = sim.store.list(resources::namespaces(), None);
+    let (nss, _) = sim.store.list_shared(resources::namespaces(), None);
     for ns in nss
         .iter()
         .filter(|n| !n["metadata"]["deletionTimestamp"].is_null())

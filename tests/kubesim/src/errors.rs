@@ -14,6 +14,8 @@ pub struct ApiError {
     pub reason: &'static str,
     pub message: String,
     pub details: Option<Value>,
+    /// `metadata.continue` of the Status: the token to finish a list whose snapshot expired.
+    pub continue_token: Option<String>,
 }
 
 /// One `details.causes[]` item of a 422 Invalid.
@@ -33,6 +35,7 @@ impl ApiError {
             reason,
             message: message.into(),
             details: None,
+            continue_token: None,
         }
     }
 
@@ -182,6 +185,19 @@ impl ApiError {
         Self::new(410, "Expired", message)
     }
 
+    /// 410 for a list continued after its snapshot was compacted away, with a token that
+    /// continues from the current state (etcd3 `handleCompactedErrorForPaging`; the text is
+    /// its `inconsistentContinue`).
+    pub fn continue_expired(token: String) -> Self {
+        let mut e = Self::new(
+            410,
+            "Expired",
+            "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
+        );
+        e.continue_token = Some(token);
+        e
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(
             500,
@@ -206,6 +222,9 @@ impl ApiError {
         });
         if let Some(d) = &self.details {
             v["details"] = d.clone();
+        }
+        if let Some(c) = &self.continue_token {
+            v["metadata"]["continue"] = json!(c);
         }
         v
     }

@@ -47,7 +47,7 @@ pub fn node_objects(count: usize) -> Vec<Value> {
 /// The names of the hollow nodes.
 pub fn nodes(sim: &Sim) -> std::collections::HashSet<String> {
     sim.store
-        .list(resources::nodes(), None)
+        .list_shared(resources::nodes(), None)
         .0
         .iter()
         .filter(|n| n["metadata"]["labels"][LABEL] == "true")

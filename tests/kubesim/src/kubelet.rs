@@ -1183,8 +1183,8 @@ fn attach(sim: &Sim, pv: &str, node: &str, ns: &str, pod_uid: &str) -> Result<()
 }
 
 fn pods_using_pv_on(sim: &Sim, pv: &str, node: &str, except_uid: &str) -> Vec<(String, String)> {
-    let (pods, _) = sim.store.list(resources::pods(), None);
-    let (pvcs, _) = sim.store.list(resources::pvcs(), None);
+    let (pods, _) = sim.store.list_shared(resources::pods(), None);
+    let (pvcs, _) = sim.store.list_shared(resources::pvcs(), None);
     let claim = pvcs.iter().find(|c| c["spec"]["volumeName"] == pv);
     let Some(claim) = claim else { return vec![] };
     let cns = claim["metadata"]["namespace"].as_str().unwrap_or_default();

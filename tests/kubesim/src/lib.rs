@@ -17,6 +17,7 @@ pub mod hollow;
 pub mod host;
 pub mod kubelet;
 pub mod openapi;
+pub mod paging;
 pub mod patch;
 pub mod portforward;
 pub mod protobuf;

@@ -352,6 +352,55 @@ pub fn demo_objects() -> Vec<Value> {
     objects
 }
 
+/// Namespaces of the scale fleet ([`fleet_objects`]).
+pub const FLEET_NAMESPACES: usize = 50;
+
+/// A fleet for scale tests on hollow nodes: `pods` pods spread over [`FLEET_NAMESPACES`]
+/// namespaces `team-00` …, where namespaces 0–2 of every 5 are Istio-injected (label), the 4th
+/// Linkerd-injected (annotation) and the 5th plain; every 5th pod (`app-000`, `app-005`, …)
+/// mounts its own 1Mi ReadWriteOnce claim `data-<pod>`. Pods select hollow nodes
+/// (`kubesim.dev/hollow=true`), so the cluster needs some (`ClusterOptions::hollow_nodes`).
+/// Objects in creation order, like [`demo_objects`].
+pub fn fleet_objects(pods: usize) -> Vec<Value> {
+    let mut objects = vec![storage_class("standard", "Immediate", true)];
+    let per_ns = pods.div_ceil(FLEET_NAMESPACES);
+    let mut left = pods;
+    for n in 0..FLEET_NAMESPACES {
+        let ns = format!("team-{n:02}");
+        objects.push(match n % 5 {
+            0..=2 => namespace(&ns, &[("istio-injection", "enabled")], &[]),
+            3 => namespace(&ns, &[], &[("linkerd.io/inject", "enabled")]),
+            _ => namespace(&ns, &[], &[]),
+        });
+        for i in 0..per_ns.min(left) {
+            let name = format!("app-{i:03}");
+            let mut spec = json!({
+                "nodeSelector": {crate::hollow::LABEL: "true"},
+                "containers": [{"name": "app", "image": IMAGE, "command": ["sh", "-c", KEEP_RUNNING]}],
+            });
+            if i % 5 == 0 {
+                let claim = format!("data-{name}");
+                objects.push(json!({
+                    "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": claim, "namespace": ns},
+                    "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Mi"}}},
+                }));
+                spec["volumes"] =
+                    json!([{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]);
+                spec["containers"][0]["volumeMounts"] =
+                    json!([{"name": "data", "mountPath": "/data"}]);
+            }
+            objects.push(json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": ns, "labels": {"app": "web"}},
+                "spec": spec,
+            }));
+        }
+        left -= per_ns.min(left);
+    }
+    objects
+}
+
 /// `(namespace, pvc)` of every demo claim, in creation order.
 pub fn volume_names() -> Vec<(String, String)> {
     CLAIMS

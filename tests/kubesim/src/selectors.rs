@@ -98,6 +98,11 @@ impl LabelSelector {
         )
     }
 
+    /// Selects everything (no requirement).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn matches(&self, labels: Option<&serde_json::Map<String, Value>>) -> bool {
         let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(|v| v.as_str());
         self.0.iter().all(|r| match r {
@@ -175,6 +180,11 @@ impl FieldSelector {
             reqs.push((k.to_string(), eq, v.trim().to_string()));
         }
         Ok(FieldSelector(reqs))
+    }
+
+    /// Selects everything (no requirement).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     pub fn matches(&self, obj: &Value) -> bool {

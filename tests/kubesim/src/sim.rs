@@ -47,10 +47,10 @@ impl Sim {
         let uid = obj["metadata"]["uid"].as_str().unwrap_or_default();
         let events = resources::events();
         let now = now_rfc3339();
-        let (existing, _) = self.store.list(events, Some(ns));
-        if let Some(e) = existing.iter().find(|e| {
+        let existing = self.store.list_where(events, Some(ns), |e| {
             e["involvedObject"]["uid"] == uid && e["reason"] == reason && e["message"] == message
-        }) {
+        });
+        if let Some(e) = existing.first() {
             let ename = e["metadata"]["name"]
                 .as_str()
                 .unwrap_or_default()

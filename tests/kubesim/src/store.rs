@@ -3,9 +3,16 @@
 //!
 //! Like etcd-backed storage, a watch from a resourceVersion older than the retained history gets
 //! 410 Gone `too old resource version` (staging/src/k8s.io/apiserver/pkg/storage/cacher).
+//!
+//! Objects are kept behind `Arc`s, so a list is a vector of pointers taken under the lock, not
+//! a deep copy of every object: with thousands of pods the control loops (several passes a
+//! second) and the API's lists would otherwise spend their time copying JSON trees. A paged
+//! list keeps its snapshot (see [`Store::keep_snapshot`]) the way etcd keeps old revisions
+//! until the API server compacts them.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
@@ -14,6 +21,15 @@ use crate::errors::{ApiError, ApiResult};
 use crate::resources::ResourceDef;
 
 const HISTORY: usize = 20_000;
+
+/// How long the snapshot behind a continue token is kept: the API server compacts etcd every
+/// 5 minutes (`--etcd-compaction-interval`, default 5m), after which continuing the list gets
+/// 410 Expired.
+pub const SNAPSHOT_RETENTION: Duration = Duration::from_secs(300);
+
+/// At most this many paged-list snapshots are kept at once (the oldest go first), so a client
+/// that starts paged lists in a loop cannot grow the store without bound.
+const SNAPSHOTS_KEPT: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventType {
@@ -46,10 +62,24 @@ type Key = (String, String, String);
 /// Past events to replay, and the receiver for what follows.
 pub type WatchStart = (Vec<Arc<WatchEvent>>, broadcast::Receiver<Arc<WatchEvent>>);
 
+/// The objects of one resource (in one namespace, or all) at one resourceVersion, in etcd's
+/// key order: `<namespace>/<name>` for a list across namespaces, `<name>` within one (the
+/// key below `/registry/<resource>/`, compared as bytes, so `a-b/x` sorts before `a/x` as in
+/// etcd). What a paged list reads its pages from.
+#[derive(Clone)]
+pub struct Snapshot {
+    pub rv: u64,
+    pub items: Arc<Vec<(String, Arc<Value>)>>,
+}
+
+/// Which list a snapshot answers: resource, namespace (None: all), resourceVersion.
+type SnapshotKey = (String, Option<String>, u64);
+
 struct Inner {
     rv: u64,
-    objects: BTreeMap<Key, Value>,
+    objects: BTreeMap<Key, Arc<Value>>,
     history: VecDeque<Arc<WatchEvent>>,
+    snapshots: HashMap<SnapshotKey, (Instant, Snapshot)>,
 }
 
 pub struct Store {
@@ -95,6 +125,7 @@ impl Store {
                 rv: 1,
                 objects: BTreeMap::new(),
                 history: VecDeque::new(),
+                snapshots: HashMap::new(),
             }),
             tx,
         }
@@ -155,34 +186,53 @@ impl Store {
         md["creationTimestamp"] = json!(now_rfc3339());
         md["resourceVersion"] = json!(rv.to_string());
         md["generation"] = json!(1);
-        inner.objects.insert(k, obj.clone());
+        inner.objects.insert(k, Arc::new(obj.clone()));
         self.emit(&mut inner, EventType::Added, res, ns, &obj);
         Ok(obj)
     }
 
     pub fn get(&self, res: &ResourceDef, ns: Option<&str>, name: &str) -> ApiResult<Value> {
-        self.lock()
-            .objects
-            .get(&key(res, ns, name))
-            .cloned()
+        self.try_get(res, ns, name)
             .ok_or_else(|| ApiError::not_found(&res.qualified(), name))
     }
 
     pub fn try_get(&self, res: &ResourceDef, ns: Option<&str>, name: &str) -> Option<Value> {
-        self.lock().objects.get(&key(res, ns, name)).cloned()
+        self.lock()
+            .objects
+            .get(&key(res, ns, name))
+            .map(|v| Value::clone(v))
+    }
+
+    /// The stored objects of a resource (in one namespace, or all), visited in key order
+    /// without copying them: a range of the map, not a scan of every object of every kind.
+    fn each<'a>(
+        inner: &'a Inner,
+        q: &'a str,
+        ns: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a Arc<Value>> + 'a {
+        let from = (
+            q.to_string(),
+            ns.unwrap_or_default().to_string(),
+            String::new(),
+        );
+        inner
+            .objects
+            .range(from..)
+            .take_while(move |((r, n, _), _)| r == q && ns.is_none_or(|ns| n == ns))
+            .map(|(_, v)| v)
     }
 
     /// Every object of a resource (in one namespace, or all), and the list's resourceVersion.
     pub fn list(&self, res: &ResourceDef, ns: Option<&str>) -> (Vec<Value>, u64) {
+        let (items, rv) = self.list_shared(res, ns);
+        (items.iter().map(|v| Value::clone(v)).collect(), rv)
+    }
+
+    /// [`Store::list`] without copying the objects: for readers that only look.
+    pub fn list_shared(&self, res: &ResourceDef, ns: Option<&str>) -> (Vec<Arc<Value>>, u64) {
         let inner = self.lock();
         let q = res.qualified();
-        let items = inner
-            .objects
-            .iter()
-            .filter(|((r, n, _), _)| *r == q && ns.is_none_or(|ns| n == ns))
-            .map(|(_, v)| v.clone())
-            .collect();
-        (items, inner.rv)
+        (Self::each(&inner, &q, ns).cloned().collect(), inner.rv)
     }
 
     /// The objects of a resource that `keep` selects, cloning only those: the control loops
@@ -196,12 +246,65 @@ impl Store {
     ) -> Vec<Value> {
         let inner = self.lock();
         let q = res.qualified();
-        inner
-            .objects
-            .iter()
-            .filter(|((r, n, _), v)| *r == q && ns.is_none_or(|ns| n == ns) && keep(v))
-            .map(|(_, v)| v.clone())
+        Self::each(&inner, &q, ns)
+            .filter(|v| keep(v))
+            .map(|v| Value::clone(v))
             .collect()
+    }
+
+    /// The objects of a resource now, in etcd key order, for a list (paged or not).
+    pub fn snapshot(&self, res: &ResourceDef, ns: Option<&str>) -> Snapshot {
+        let (items, rv) = self.list_shared(res, ns);
+        let mut items: Vec<(String, Arc<Value>)> = items
+            .into_iter()
+            .map(|v| {
+                let name = v["metadata"]["name"].as_str().unwrap_or_default();
+                let k = match (ns, v["metadata"]["namespace"].as_str()) {
+                    (None, Some(n)) if res.namespaced => format!("{n}/{name}"),
+                    _ => name.to_string(),
+                };
+                (k, v)
+            })
+            .collect();
+        items.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        Snapshot {
+            rv,
+            items: Arc::new(items),
+        }
+    }
+
+    /// Keeps a snapshot so that the pages after the first read the same state (a consistent
+    /// list), for [`SNAPSHOT_RETENTION`].
+    pub fn keep_snapshot(&self, res: &ResourceDef, ns: Option<&str>, snap: &Snapshot) {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        inner
+            .snapshots
+            .retain(|_, (at, _)| now.duration_since(*at) < SNAPSHOT_RETENTION);
+        let k = (res.qualified(), ns.map(str::to_string), snap.rv);
+        inner.snapshots.entry(k).or_insert((now, snap.clone()));
+        while inner.snapshots.len() > SNAPSHOTS_KEPT {
+            let oldest = inner
+                .snapshots
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => inner.snapshots.remove(&k),
+                None => break,
+            };
+        }
+    }
+
+    /// The snapshot a continue token points to, if it is still kept.
+    pub fn kept_snapshot(&self, res: &ResourceDef, ns: Option<&str>, rv: u64) -> Option<Snapshot> {
+        let inner = self.lock();
+        let k = (res.qualified(), ns.map(str::to_string), rv);
+        inner
+            .snapshots
+            .get(&k)
+            .filter(|(at, _)| at.elapsed() < SNAPSHOT_RETENTION)
+            .map(|(_, s)| s.clone())
     }
 
     /// Mutates an object in place. The closure may refuse with an error; an unchanged object
@@ -223,15 +326,15 @@ impl Store {
             .get(&k)
             .cloned()
             .ok_or_else(|| ApiError::not_found(&res.qualified(), name))?;
-        let mut next = current.clone();
+        let mut next = Value::clone(&current);
         f(&mut next)?;
         // Identity fields are not the caller's to change.
         next["metadata"]["name"] = current["metadata"]["name"].clone();
         next["metadata"]["uid"] = current["metadata"]["uid"].clone();
         next["metadata"]["creationTimestamp"] = current["metadata"]["creationTimestamp"].clone();
         next["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
-        if next == current {
-            return Ok(current);
+        if next == *current {
+            return Ok(Value::clone(&current));
         }
         if next["spec"] != current["spec"] {
             let g = current["metadata"]["generation"].as_i64().unwrap_or(1);
@@ -239,7 +342,7 @@ impl Store {
         }
         inner.rv += 1;
         next["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
-        inner.objects.insert(k, next.clone());
+        inner.objects.insert(k, Arc::new(next.clone()));
         self.emit(&mut inner, EventType::Modified, res, ns, &next);
         Ok(next)
     }
@@ -250,6 +353,7 @@ impl Store {
         let mut obj = inner
             .objects
             .remove(&key(res, ns, name))
+            .map(Arc::unwrap_or_clone)
             .ok_or_else(|| ApiError::not_found(&res.qualified(), name))?;
         inner.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(inner.rv.to_string());

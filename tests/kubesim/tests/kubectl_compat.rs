@@ -1012,3 +1012,60 @@ async fn port_forward_to_an_http_server_in_a_pod() {
     }
     c.shutdown().await;
 }
+
+/// kubectl lists in chunks of 500 (`--chunk-size`): a fleet of 1,200 pods on hollow nodes comes
+/// back whole, as objects and as a Table, in three requests that follow `continue`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_pods_in_chunks_of_500() {
+    let c = Cluster::start(ClusterOptions {
+        hollow_nodes: 3,
+        ..Default::default()
+    })
+    .await
+    .expect("cluster starts");
+    c.apply(kubesim::scenario::fleet_objects(1200))
+        .expect("fleet");
+    c.wait_for_pods_running(Duration::from_secs(120))
+        .await
+        .expect("fleet runs");
+    for v in VERSIONS {
+        let args = [
+            "get",
+            "pods",
+            "-A",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name}{\"\\n\"}{end}",
+            "-v=6",
+        ];
+        let out = kubectl(&c, v, &args, None).await;
+        let names = ok(v, &args, &out);
+        let mut names: Vec<&str> = names.lines().collect();
+        assert_eq!(names.len(), 1200, "kubectl {v}");
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), 1200, "kubectl {v}: no pod twice");
+        let log = text(&out.stderr);
+        let lists: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("GET") && l.contains("/api/v1/pods?"))
+            .collect();
+        assert_eq!(lists.len(), 3, "kubectl {v}: {log}");
+        assert!(lists.iter().all(|l| l.contains("limit=500")), "{log}");
+        assert_eq!(
+            lists.iter().filter(|l| l.contains("continue=")).count(),
+            2,
+            "{log}"
+        );
+
+        let args = ["get", "pods", "-A", "--no-headers"];
+        let table = ok(v, &args, &kubectl(&c, v, &args, None).await);
+        assert_eq!(table.lines().count(), 1200, "kubectl {v}");
+        assert!(
+            table
+                .lines()
+                .all(|l| l.contains("team-") && l.contains("Running")),
+            "kubectl {v}: {table}"
+        );
+    }
+    c.shutdown().await;
+}
