@@ -244,7 +244,8 @@ async fn run(
                     if let Some(tx) = &tx {
                         if tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_ok() {
                             faults_sim.faults.count_exec_stdout(n);
-                pump_delivered.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                            pump_delivered
+                                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                         }
                     }
                     // A container crash: the exec'd process and the container die together.

@@ -142,8 +142,9 @@ impl Faults {
                 let mut s = self.state();
                 s.bandwidth = *per_stream;
                 s.shared_bandwidth = *shared;
-                *self.shared.lock().unwrap_or_else(|p| p.into_inner()) =
-                    shared.filter(|r| *r > 0).map(|r| Arc::new(SharedLink::new(r)));
+                *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = shared
+                    .filter(|r| *r > 0)
+                    .map(|r| Arc::new(SharedLink::new(r)));
             }
             FaultRequest::NodeNotReady { node } => {
                 let mut s = self.state();
@@ -294,7 +295,11 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
         "Ki" => 1 << 10,
         "Mi" => 1 << 20,
         "Gi" => 1 << 30,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?}; write e.g. 40MB/s, 40MiB/s or 40000000")),
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?}; write e.g. 40MB/s, 40MiB/s or 40000000"
+            ))
+        }
     };
     let n: f64 = num
         .parse()
@@ -413,7 +418,14 @@ impl LinkDirection {
     /// A read size that keeps the pacing smooth: about 1/20 s of the slowest cap.
     pub fn chunk_size(&self) -> usize {
         let shared = self.shared.as_ref().map(|(l, _)| l.down.rate);
-        match self.own.as_ref().map(|p| p.rate).into_iter().chain(shared).min() {
+        match self
+            .own
+            .as_ref()
+            .map(|p| p.rate)
+            .into_iter()
+            .chain(shared)
+            .min()
+        {
             Some(r) => (r / 20).clamp(512, 64 * 1024) as usize,
             None => 64 * 1024,
         }
@@ -476,6 +488,9 @@ mod tests {
         std::thread::sleep(Duration::from_millis(250));
         let now = Instant::now();
         let c = p.book(1_000_000);
-        assert!(c >= now + Duration::from_millis(100), "idle time was banked");
+        assert!(
+            c >= now + Duration::from_millis(100),
+            "idle time was banked"
+        );
     }
 }

@@ -242,9 +242,7 @@ async fn run(command: Command) -> Result<(), String> {
                 FaultCmd::Bandwidth { bytes_per_second } => {
                     FaultRequest::Bandwidth { bytes_per_second }
                 }
-                FaultCmd::Link { per_stream, shared } => {
-                    FaultRequest::Link { per_stream, shared }
-                }
+                FaultCmd::Link { per_stream, shared } => FaultRequest::Link { per_stream, shared },
                 FaultCmd::NodeNotReady { node } => FaultRequest::NodeNotReady { node },
                 FaultCmd::NodeReady { node } => FaultRequest::NodeReady { node },
                 FaultCmd::FailImage { image } => FaultRequest::FailImage { image },

@@ -684,7 +684,10 @@ async fn link_model_caps_each_stream_then_all_together() {
     });
     let (a, b) = pair().await;
     for t in [a, b] {
-        assert!((1.8..3.0).contains(&t), "each stream alone at 3 MB/s: {a:.2}s, {b:.2}s");
+        assert!(
+            (1.8..3.0).contains(&t),
+            "each stream alone at 3 MB/s: {a:.2}s, {b:.2}s"
+        );
     }
     // Shared 4 MB/s binds: the two split it, 2 MB/s each (3 s), instead of 3 MB/s.
     c.fault(FaultRequest::Link {
@@ -693,7 +696,10 @@ async fn link_model_caps_each_stream_then_all_together() {
     });
     let (a, b) = pair().await;
     for t in [a, b] {
-        assert!((2.8..4.2).contains(&t), "two streams sharing 4 MB/s: {a:.2}s, {b:.2}s");
+        assert!(
+            (2.8..4.2).contains(&t),
+            "two streams sharing 4 MB/s: {a:.2}s, {b:.2}s"
+        );
     }
     // `bandwidth` alone is the per-stream cap: nothing shared, each at 6 MB/s (1 s).
     c.fault(FaultRequest::Clear);
@@ -702,7 +708,10 @@ async fn link_model_caps_each_stream_then_all_together() {
     });
     let (a, b) = pair().await;
     for t in [a, b] {
-        assert!((0.9..1.9).contains(&t), "per-stream cap only: {a:.2}s, {b:.2}s");
+        assert!(
+            (0.9..1.9).contains(&t),
+            "per-stream cap only: {a:.2}s, {b:.2}s"
+        );
     }
     c.shutdown().await;
 }
