@@ -292,7 +292,7 @@ pub struct ScheduleCreateArgs {
     /// Helper image of each run (create's --image)
     #[arg(
         long,
-        default_value = "busybox:1.36",
+        default_value = crate::helper_pod::DEFAULT_IMAGE,
         value_name = "IMAGE",
         help_heading = "Job"
     )]
@@ -451,7 +451,7 @@ pub struct RetryArgs {
 #[command(next_help_heading = "Helper pod")]
 pub struct HelperArgs {
     /// Helper image (any image with busybox-compatible sh, tar, find, stat, xargs, sha256sum, awk)
-    #[arg(long, default_value = "busybox:1.36", value_name = "IMAGE")]
+    #[arg(long, default_value = crate::helper_pod::DEFAULT_IMAGE, value_name = "IMAGE")]
     pub image: String,
     /// Run the helper as this UID instead of root (for PodSecurity `restricted` namespaces)
     #[arg(long, value_name = "UID")]

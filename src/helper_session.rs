@@ -258,9 +258,10 @@ fn diagnose(pod: &Pod, events: &[Event]) -> Option<String> {
                 || reason == "InvalidImageName"
             {
                 return Some(format!(
-                    "its image {} cannot be pulled ({reason}: {}). In an air-gapped cluster, mirror busybox and pass --image REGISTRY/busybox:1.36",
+                    "its image {} cannot be pulled ({reason}: {}). In an air-gapped cluster, mirror busybox and pass --image REGISTRY/{}",
                     cs.image,
-                    w.message.clone().unwrap_or_default()
+                    w.message.clone().unwrap_or_default(),
+                    crate::helper_pod::DEFAULT_IMAGE
                 ));
             }
         }
