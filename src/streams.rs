@@ -128,14 +128,21 @@ pub struct Piece {
 /// an empty name, the directories NUL-terminated, an empty name, then `du -a -k -d 1 DIR`'s
 /// lines (`KIB<TAB>PATH`). Names come from `find`, exact; sizes are looked up by name, so a
 /// name with a newline (which would break `du`'s lines) is seen and makes DIR unexpandable.
+/// A directory of more than [`LIST_MAX`] entries prints only `many` (it could not be named on
+/// a command line anyway), so the listing stays small whatever the volume holds.
 pub const LIST: &str = r#"
 cd "$1" || exit 1
+n=$(find "$2" -mindepth 1 -maxdepth 1 | head -n 2049 | wc -l)
+[ "$n" -gt 2048 ] && { echo many; exit 0; }
 find "$2" -mindepth 1 -maxdepth 1 ! -type d -print0 || exit 1
 printf '\0'
 find "$2" -mindepth 1 -maxdepth 1 -type d -print0 || exit 1
 printf '\0'
 du -a -k -d 1 "$2" || exit 1
 "#;
+
+/// [`LIST`]'s most entries of a directory.
+pub const LIST_MAX: usize = 2048;
 
 /// `sh -c HARD_LINKS sh MOUNT`: the non-directories with more than one link, NUL-terminated,
 /// at most [`HARD_LINKS_MAX`] bytes of them.
@@ -532,12 +539,11 @@ impl Spools {
     }
 
     /// Copies stream `i` into its spool until it ends, then records how it ended.
+    /// Once the merge is dropped (the archive writer failed) the stream is dropped too, as a
+    /// single tar's stdout would be: the attempt is over.
     fn pump(&self, i: usize, mut r: impl Read) {
         let end = self.pump_inner(i, &mut r);
-        if end.is_err() || self.lock().closed {
-            // Drain, so that the session ends by itself rather than stalling.
-            let _ = std::io::copy(&mut r, &mut std::io::sink());
-        }
+        drop(r);
         let mut st = self.lock();
         st.sources[i].end = Some(end);
         st.generation += 1;
@@ -843,8 +849,9 @@ mod tests {
         assert_eq!(parse_children(".", odd), None);
         // Not UTF-8.
         assert_eq!(parse_children(".", b"./\xff\0\0\0"), None);
-        // Cut short.
+        // Cut short, or too many entries to name.
         assert_eq!(parse_children(".", b"./a\0"), None);
+        assert_eq!(parse_children(".", b"many\n"), None);
     }
 
     /// The benchmark's mixed set: 20 directories of ~6 MB and 4 blobs of 100 MiB: the root and
