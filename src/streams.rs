@@ -835,7 +835,12 @@ mod tests {
 
     #[test]
     fn list_output_parses_and_odd_names_keep_a_directory_whole() {
-        let out = b"./a.bin\0./l\0\0./docs\0\0102400\t./a.bin\n0\t./l\n20480\t./docs\n122880\t.\n";
+        let out = [
+            &b"./a.bin\0./l\0\0./docs\0\0"[..],
+            b"102400\t./a.bin\n0\t./l\n20480\t./docs\n122880\t.\n",
+        ]
+        .concat();
+        let out = &out[..];
         assert_eq!(
             parse_children(".", out),
             Some(vec![

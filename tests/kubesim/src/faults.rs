@@ -305,7 +305,8 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
         .parse()
         .map_err(|_| format!("{s:?} is not a rate; write e.g. 40MB/s, 40MiB/s or 40000000"))?;
     let r = (n * mult as f64).round();
-    if !(r >= 1.0) {
+    // NaN (from "nan") fails this as well.
+    if r.is_nan() || r < 1.0 {
         return Err(format!("{s:?}: a rate must be at least 1 byte/s"));
     }
     Ok(r as u64)
