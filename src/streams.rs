@@ -387,12 +387,16 @@ pub struct TarSource {
 /// Starts the plan's tars in `helper`; each stream gets `watch`'s stall limit.
 pub async fn start(helper: &HelperPod, plan: &Plan, watch: Watch) -> Result<TarSource, Failure> {
     let argvs = plan.argvs();
+    // All at once: each exec's upgrade is a round trip to the API server and the kubelet.
+    let opened = futures::future::try_join_all(argvs.iter().map(|argv| async move {
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        helper.session(&argv, false, watch).await
+    }))
+    .await?;
     let mut sessions = Vec::new();
     let mut stdouts = Vec::new();
     let mut stderr = Vec::new();
-    for argv in &argvs {
-        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let mut session = helper.session(&argv, false, watch).await?;
+    for mut session in opened {
         let stdout = session
             .stdout
             .take()
