@@ -269,7 +269,7 @@ _kubectl__pvbackup() {
             return 0
             ;;
         kubectl__pvbackup__subcmd__create)
-            opts="-l -n -A -o -v -h -V --to --mesh --selector --all-pvcs --compression --level --snapshot --snapshot-class --snapshot-timeout --require-consistent --pre-hook --post-hook --hook-container --hook-timeout --hook-on-error --image --run-as-user --pod-timeout --retries --retry-timeout --stall-timeout --parallel --max-per-node --dry-run --encrypt-to --encrypt-to-file --endpoint --part-size --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
+            opts="-l -n -A -o -v -h -V --to --mesh --selector --all-pvcs --compression --level --snapshot --snapshot-class --snapshot-timeout --require-consistent --pre-hook --post-hook --hook-container --hook-timeout --hook-on-error --image --run-as-user --pod-timeout --retries --retry-timeout --stall-timeout --parallel --max-per-node --streams --dry-run --encrypt-to --encrypt-to-file --endpoint --part-size --kubeconfig --context --namespace --all-namespaces --output --verbose --no-progress --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -360,6 +360,10 @@ _kubectl__pvbackup() {
                     return 0
                     ;;
                 --max-per-node)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --streams)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -89,6 +89,7 @@ complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l stall-timeout -d 'Declare a data stream dead when no byte moves for this long (e.g. 60s, 2m)' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l parallel -d 'Back up this many PVCs at once' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l max-per-node -d 'At most this many helper pods on any one node at a time' -r
+complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l streams -d 'Exec streams per volume, `auto` or 1-16 (auto: one below 64 MiB, then one per 32 MiB, up to 4); several fill a distant link that one stream cannot, into one archive' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l encrypt-to -d 'Encrypt the backup with age to this recipient: an X25519 key `age1…` or an SSH public key (`ssh-ed25519 …`, `ssh-rsa …`). Repeatable' -r
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l encrypt-to-file -d 'Encrypt to every recipient in FILE (one per line, `#` comments; age\'s `-R` format). Repeatable' -r -F
 complete -c kubectl-pvbackup -n "__fish_kubectl_pvbackup_using_subcommand create" -l endpoint -d 'Endpoint of an S3-compatible store (MinIO, Ceph RGW), Azurite or a GCS emulator (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL for s3://)' -r

@@ -95,6 +95,7 @@ Register-ArgumentCompleter -Native -CommandName 'kubectl-pvbackup' -ScriptBlock 
             [CompletionResult]::new('--stall-timeout', '--stall-timeout', [CompletionResultType]::ParameterName, 'Declare a data stream dead when no byte moves for this long (e.g. 60s, 2m)')
             [CompletionResult]::new('--parallel', '--parallel', [CompletionResultType]::ParameterName, 'Back up this many PVCs at once')
             [CompletionResult]::new('--max-per-node', '--max-per-node', [CompletionResultType]::ParameterName, 'At most this many helper pods on any one node at a time')
+            [CompletionResult]::new('--streams', '--streams', [CompletionResultType]::ParameterName, 'Exec streams per volume, `auto` or 1-16 (auto: one below 64 MiB, then one per 32 MiB, up to 4); several fill a distant link that one stream cannot, into one archive')
             [CompletionResult]::new('--encrypt-to', '--encrypt-to', [CompletionResultType]::ParameterName, 'Encrypt the backup with age to this recipient: an X25519 key `age1…` or an SSH public key (`ssh-ed25519 …`, `ssh-rsa …`). Repeatable')
             [CompletionResult]::new('--encrypt-to-file', '--encrypt-to-file', [CompletionResultType]::ParameterName, 'Encrypt to every recipient in FILE (one per line, `#` comments; age''s `-R` format). Repeatable')
             [CompletionResult]::new('--endpoint', '--endpoint', [CompletionResultType]::ParameterName, 'Endpoint of an S3-compatible store (MinIO, Ceph RGW), Azurite or a GCS emulator (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL for s3://)')

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, Pod};
 use kube::api::Api;
 use serde::Serialize;
-use tokio::io::AsyncReadExt;
 
 use crate::archive::{
     check_entry_safe, spool_entry, stream_backup_each, Compression, SortedProblem, SortedRules,
@@ -41,6 +40,8 @@ pub struct BackupSettings {
     pub node_slots: crate::node_slots::NodeSlots,
     /// Encrypt the archive, the entries and the details to these recipients.
     pub encryption: Option<crate::encryption::Recipients>,
+    /// Exec streams per volume (`--streams`, streams.rs).
+    pub streams: crate::streams::StreamCount,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -312,6 +313,7 @@ async fn stream(
     let copy = &prepared.source;
     // A cheap size estimate for the progress bar; the backup does not depend on it, so it
     // gets a short leash.
+    let mut volume_bytes = None;
     if let Ok(Ok(du)) =
         tokio::time::timeout(Duration::from_secs(30), helper.run(&["du", "-sk", "/data"])).await
     {
@@ -321,6 +323,7 @@ async fn stream(
             .and_then(|n| n.parse::<u64>().ok())
         {
             bar.set_length(kib * 1024);
+            volume_bytes = Some(kib * 1024);
         }
     }
     let live = copy.method == crate::snapshot::CopyMethod::Live;
@@ -336,25 +339,22 @@ async fn stream(
                 ))
             })?;
     }
-    bar.note("streaming");
-    let mut session = helper
-        .session(
-            &["tar", "-cf", "-", "-C", "/data", "."],
-            false,
-            Watch {
-                stdout_stall: Some(s.retry.stall),
-                stdin_stall: None,
-            },
-        )
-        .await?;
-    let stdout = session
-        .stdout
-        .take()
-        .ok_or_else(|| Failure::runtime("exec gave no stdout"))?;
-    let mut stderr = session
-        .stderr
-        .take()
-        .ok_or_else(|| Failure::runtime("exec gave no stderr"))?;
+    // One tar, or several whose members streams.rs merges into one tar stream.
+    let plan = crate::streams::plan(helper, s.streams, volume_bytes).await;
+    bar.note(&match plan.streams() {
+        1 => "streaming".to_string(),
+        n => format!("streaming over {n} exec streams"),
+    });
+    let mut tar = crate::streams::start(
+        helper,
+        &plan,
+        Watch {
+            stdout_stall: Some(s.retry.stall),
+            stdin_stall: None,
+        },
+    )
+    .await?;
+    let tar_reader = std::mem::replace(&mut tar.reader, Box::new(std::io::empty()));
     let key = archive_key(
         &s.backup_id,
         &ctx.target.namespace,
@@ -368,7 +368,7 @@ async fn stream(
     let stored_name = file_name(&ctx.target.pvc, s);
     let writer_job = tokio::task::spawn_blocking(move || -> Result<Streamed, Failure> {
         let _active = ActiveWriter::enter();
-        let reader = tokio_util::io::SyncIoBridge::new(stdout);
+        let reader = tar_reader;
         let mut writer = dest2.create(&key)?;
         // Entries are spooled in path order as they come, in bounded memory (issue #14); the
         // rules on single entries are checked here, the ones across entries when the sorted
@@ -415,34 +415,16 @@ async fn stream(
             stored,
         })
     });
-    let stderr_job = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        let _ = (&mut stderr).take(64 << 10).read_to_end(&mut buf).await;
-        String::from_utf8_lossy(&buf).to_string()
-    });
     let written = writer_job
         .await
         .map_err(|e| Failure::runtime(format!("the archive writer failed: {e}")))?;
-    let errors = stderr_job.await.unwrap_or_default();
-    let st = session.finish(s.retry.stall).await;
-    // The copy counts only when tar exited 0, said nothing alarming, and the stream ended with
-    // the end-of-archive marker (checked by stream_backup). Anything else discards the partial
-    // file (the writer's Drop removes it). A lost session explains itself best, so it wins.
-    let streamed = match (st, written) {
-        (Err(lost), _) => return Err(lost),
-        (Ok(st), _) if st.status.as_deref() != Some("Success") => {
-            return Err(Failure::runtime(format!(
-                "tar in helper pod {} failed: {}{}",
-                helper.name,
-                crate::helper_session::describe_status(&st),
-                if errors.trim().is_empty() {
-                    String::new()
-                } else {
-                    format!(" (stderr: {})", errors.trim())
-                }
-            )))
-        }
-        (Ok(_), Ok(w)) => w,
+    // The copy counts only when every tar exited 0, said nothing alarming, and the stream ended
+    // with the end-of-archive marker (checked by stream_backup). Anything else discards the
+    // partial file (the writer's Drop removes it). A lost session explains itself best, so it
+    // wins, then a failed tar (TarSource::finish).
+    let streamed = match (tar.finish(s.retry.stall, &helper.name).await, written) {
+        (Err(f), _) => return Err(f),
+        (Ok(errors), Ok(w)) => (w, errors),
         (Ok(_), Err(f)) => {
             return Err(Failure::new(
                 ExitKind::Runtime,
@@ -450,6 +432,7 @@ async fn stream(
             ))
         }
     };
+    let (streamed, errors) = streamed;
     let (sockets, serious) = tar_stderr(&errors);
     if !serious.is_empty() {
         return Err(Failure::runtime(format!(

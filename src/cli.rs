@@ -357,6 +357,11 @@ pub struct CreateArgs {
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=32))]
     #[arg(help_heading = "Run")]
     pub max_per_node: u16,
+    /// Exec streams per volume, `auto` or 1-16 (auto: one below 64 MiB, then one per 32 MiB,
+    /// up to 4); several fill a distant link that one stream cannot, into one archive
+    #[arg(long, value_name = "N", default_value = "auto", value_parser = parse_streams)]
+    #[arg(help_heading = "Run")]
+    pub streams: StreamsArg,
     /// Print the plan and the helper pod spec; create nothing
     #[arg(long)]
     #[arg(help_heading = "Run")]
@@ -926,4 +931,23 @@ pub struct StoreArgs {
     /// (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL for s3://)
     #[arg(long, value_name = "URL")]
     pub endpoint: Option<String>,
+}
+
+/// `--streams`: `auto` or a count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamsArg {
+    Auto,
+    Count(u16),
+}
+
+fn parse_streams(s: &str) -> Result<StreamsArg, String> {
+    if s == "auto" {
+        return Ok(StreamsArg::Auto);
+    }
+    match s.parse::<u16>() {
+        Ok(n @ 1..=16) => Ok(StreamsArg::Count(n)),
+        _ => Err(format!(
+            "{s:?} is not a stream count; use auto or a number from 1 to 16"
+        )),
+    }
 }

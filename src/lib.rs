@@ -29,3 +29,4 @@ pub mod run;
 pub mod schedule;
 pub mod signals;
 pub mod snapshot;
+pub mod streams;

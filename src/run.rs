@@ -158,6 +158,12 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 consistency: consistency(&a.consistency),
                 parallel: a.parallel as usize,
                 max_per_node: a.max_per_node as usize,
+                streams: match a.streams {
+                    crate::cli::StreamsArg::Auto => crate::streams::StreamCount::Auto,
+                    crate::cli::StreamsArg::Count(n) => {
+                        crate::streams::StreamCount::Fixed(n as usize)
+                    }
+                },
                 dry_run: a.dry_run,
                 output: out,
                 progress: !cli.global.no_progress,

@@ -40,6 +40,8 @@ pub struct CreatePlan {
     pub parallel: usize,
     /// Helper pods per node at once (`--max-per-node`).
     pub max_per_node: usize,
+    /// Exec streams per volume (`--streams`).
+    pub streams: crate::streams::StreamCount,
     pub dry_run: bool,
     pub output: OutputFormat,
     pub progress: bool,
@@ -195,6 +197,7 @@ pub async fn run(conn: &Connection, plan: CreatePlan) -> Result<(), Failure> {
             crate::node_slots::eligible(&nodes),
         ),
         encryption: plan.encryption.clone(),
+        streams: plan.streams,
     };
     let mut contexts = Vec::new();
     for t in targets {

@@ -68,6 +68,9 @@ pub struct ClusterOptions {
     /// Images whose containers run a host binary (IMAGE → path) instead of the busybox
     /// userland, e.g. the plugin's own image → the plugin binary under test (README: images).
     pub image_binaries: Vec<(String, PathBuf)>,
+    /// The link model exec streams cross from the start (faults.rs `SharedLink`); the
+    /// `link`/`bandwidth`/`clear` faults change it later.
+    pub link: crate::faults::LinkCaps,
 }
 
 pub struct Cluster {
@@ -147,6 +150,9 @@ impl Cluster {
             ca_pem: OnceLock::new(),
             image_binaries: opts.image_binaries.clone(),
         });
+        if opts.link != crate::faults::LinkCaps::default() {
+            sim.faults.apply(&opts.link.fault());
+        }
         let _ = sim.ca_pem.set(certs.ca_pem.clone());
         let _ = sim.server_url.set(url.clone());
         let admin_token = new_token();
@@ -304,6 +310,11 @@ impl Cluster {
     /// the difference of two readings to measure one command.
     pub fn exec_bytes(&self) -> crate::faults::ExecByteCount {
         self.sim.faults.exec_bytes()
+    }
+
+    /// The latest exec sessions that ended (pod, argv, stdout bytes), oldest first.
+    pub fn exec_sessions(&self) -> Vec<crate::faults::ExecSession> {
+        self.sim.faults.exec_sessions()
     }
 
     pub fn url(&self) -> &str {

@@ -2,13 +2,14 @@
 //! connection (WebSocket or SPDY, see `exec_transport`), runs the command inside the
 //! container, and reports the outcome as the kubelet's remotecommand server does
 //! (staging/src/k8s.io/kubelet/pkg/cri/streaming/remotecommand/exec.go: `NonZeroExitCode`
-//! with an `ExitCode` cause). Faults: kill after N bytes, bandwidth caps, outages (the
+//! with an `ExitCode` cause). Faults: kill after N bytes, the link model (faults.rs `SharedLink`:
+//! per-stream and shared caps), outages (the
 //! connection is reset, no status), NotReady nodes (the stream stalls, see [`reachable`]).
 //! A process whose stream is gone keeps running to its end, stdin closed (`Ended::Aborted`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -129,7 +130,7 @@ pub async fn handle(
                 return;
             }
         };
-        run(sim2, container, node, argv, io).await;
+        run(sim2, container, node, argv, io, format!("{ns}/{name}")).await;
     });
     let mut resp = Response::new(full(Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -156,31 +157,20 @@ pub(crate) fn kubelet_node(sim: &SimRef, pod: &Value) -> ApiResult<String> {
     Ok(node)
 }
 
-/// Sleeps as needed so that `sent` bytes since `start` stay within `rate` bytes/s.
-async fn throttle(rate: Option<u64>, start: Instant, sent: u64) {
-    if let Some(rate) = rate.filter(|r| *r > 0) {
-        let due = Duration::from_secs_f64(sent as f64 / rate as f64);
-        let elapsed = start.elapsed();
-        if due > elapsed {
-            tokio::time::sleep(due - elapsed).await;
-        }
-    }
-}
-
-fn chunk_size(rate: Option<u64>) -> usize {
-    match rate {
-        Some(r) if r > 0 => (r / 20).clamp(512, 64 * 1024) as usize,
-        _ => 64 * 1024,
-    }
-}
-
 enum Ended {
     Exited(i32),
     /// The connection went away (client gone, outage): no status is sent.
     Aborted,
 }
 
-async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<String>, io: ExecIo) {
+async fn run(
+    sim: SimRef,
+    container: Arc<Container>,
+    node: String,
+    argv: Vec<String>,
+    io: ExecIo,
+    pod: String,
+) {
     let ExecIo {
         stdin,
         stdout,
@@ -201,7 +191,9 @@ async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<Str
             return;
         }
     };
-    let rate = sim.faults.bandwidth();
+    // The link this session crosses (faults.rs `SharedLink`): its own per-stream window and
+    // the pipe all sessions share, each direction on its own.
+    let crate::faults::SessionLink { down, up } = sim.faults.link();
     let kill_after = sim.faults.kill_exec_threshold();
     let mut child_stdin = child.stdin.take();
     let child_stdout = child.stdout.take();
@@ -214,12 +206,9 @@ async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<Str
         let Some(w) = child_stdin.as_mut() else {
             return;
         };
-        let start = Instant::now();
-        let mut total = 0u64;
         while let Some(chunk) = rx.recv().await {
             reachable(&stdin_sim, &stdin_node, None).await;
-            total += chunk.len() as u64;
-            throttle(rate, start, total).await;
+            up.pass(chunk.len()).await;
             if w.write_all(&chunk).await.is_err() {
                 return;
             }
@@ -231,13 +220,15 @@ async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<Str
 
     let faults_sim = sim.clone();
     let pump_node = node.clone();
+    // What this session delivered to the client, for the session log.
+    let delivered = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let pump_delivered = delivered.clone();
     let pump = |r: Option<tokio::process::ChildStdout>,
                 tx: Option<tokio::sync::mpsc::Sender<Bytes>>,
                 limit: Option<u64>,
                 container: Arc<Container>| async move {
         let Some(mut r) = r else { return true };
-        let mut buf = vec![0u8; chunk_size(rate)];
-        let start = Instant::now();
+        let mut buf = vec![0u8; down.chunk_size()];
         let mut total = 0u64;
         // Once the client is gone the process is not killed: its output goes nowhere
         // (see `Ended::Aborted`).
@@ -253,6 +244,8 @@ async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<Str
                     if let Some(tx) = &tx {
                         if tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_ok() {
                             faults_sim.faults.count_exec_stdout(n);
+                            pump_delivered
+                                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                         }
                     }
                     // A container crash: the exec'd process and the container die together.
@@ -265,7 +258,7 @@ async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<Str
                 continue;
             }
             total += n as u64;
-            throttle(rate, start, total).await;
+            down.pass(n).await;
             if !reachable(&faults_sim, &pump_node, tx.as_ref()).await {
                 gone = true;
                 continue;
@@ -276,6 +269,7 @@ async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<Str
                     continue;
                 }
                 faults_sim.faults.count_exec_stdout(n);
+                pump_delivered.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
             }
         }
     };
@@ -326,6 +320,11 @@ async fn run(sim: SimRef, container: Arc<Container>, node: String, argv: Vec<Str
         _ = outage.changed() => Ended::Aborted,
     };
     stdin_task.abort();
+    sim.faults.record_exec_session(crate::faults::ExecSession {
+        pod,
+        argv: argv.clone(),
+        stdout_bytes: delivered.load(std::sync::atomic::Ordering::Relaxed),
+    });
     match ended {
         Ended::Exited(0) => {
             let _ = status.send(json!({"metadata": {}, "status": "Success"}));

@@ -55,6 +55,14 @@ enum Command {
         /// program, e.g. `--image-binary ghcr.io/x/kubectl-pvbackup:0.1.0=target/debug/kubectl-pvbackup`.
         #[arg(long, value_name = "IMAGE=PATH", env = "KUBESIM_IMAGE_BINARIES", value_delimiter = ',', value_parser = parse_image_binary)]
         image_binary: Vec<(String, PathBuf)>,
+        /// Cap every exec stream (each direction) at RATE, e.g. `40MB/s`: a long path's
+        /// window/RTT limit per connection (the link model, README "faults").
+        #[arg(long, value_name = "RATE", value_parser = kubesim::faults::parse_rate)]
+        link_per_stream: Option<u64>,
+        /// Cap all exec streams together (each direction) at RATE, e.g. `100MB/s`: the thin
+        /// pipe every stream shares.
+        #[arg(long, value_name = "RATE", value_parser = kubesim::faults::parse_rate)]
+        link_shared: Option<u64>,
     },
     /// Tell whether the kubesim a kubeconfig points to is up: prints `ready <server-url>` and
     /// exits 0, or says why not and exits 1.
@@ -89,10 +97,19 @@ enum FaultCmd {
         #[arg(long)]
         seconds: f64,
     },
-    /// Cap exec streams at N bytes per second.
+    /// Cap exec streams at N bytes per second (the link model's per-stream cap alone).
     Bandwidth {
         #[arg(long)]
         bytes_per_second: u64,
+    },
+    /// Set the link model: each exec stream at most --per-stream, all together at most
+    /// --shared (each direction; an omitted cap is no cap), e.g. `link --per-stream 40MB/s
+    /// --shared 100MB/s`.
+    Link {
+        #[arg(long, value_name = "RATE", value_parser = kubesim::faults::parse_rate)]
+        per_stream: Option<u64>,
+        #[arg(long, value_name = "RATE", value_parser = kubesim::faults::parse_rate)]
+        shared: Option<u64>,
     },
     /// Mark a node NotReady (its kubelet stops answering).
     NodeNotReady { node: String },
@@ -128,6 +145,8 @@ fn main() -> ExitCode {
             ready_timeout,
             without_snapshot_api,
             image_binary,
+            link_per_stream,
+            link_shared,
         } => {
             let scenario = match scenario {
                 ScenarioArg::Demo => Scenario::Demo,
@@ -141,6 +160,10 @@ fn main() -> ExitCode {
                     scenario,
                     without_snapshot_api,
                     image_binaries: image_binary,
+                    link: kubesim::faults::LinkCaps {
+                        per_stream: link_per_stream,
+                        shared: link_shared,
+                    },
                     ..Default::default()
                 },
                 ready_timeout,
@@ -219,6 +242,7 @@ async fn run(command: Command) -> Result<(), String> {
                 FaultCmd::Bandwidth { bytes_per_second } => {
                     FaultRequest::Bandwidth { bytes_per_second }
                 }
+                FaultCmd::Link { per_stream, shared } => FaultRequest::Link { per_stream, shared },
                 FaultCmd::NodeNotReady { node } => FaultRequest::NodeNotReady { node },
                 FaultCmd::NodeReady { node } => FaultRequest::NodeReady { node },
                 FaultCmd::FailImage { image } => FaultRequest::FailImage { image },

@@ -643,6 +643,79 @@ async fn kill_exec_fault_ends_the_stream_early() {
     c.shutdown().await;
 }
 
+/// The link model (faults.rs `SharedLink`): each exec stream gets the per-stream cap on its
+/// own, and streams together get no more than the shared cap, which they split evenly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_model_caps_each_stream_then_all_together() {
+    let c = start(Scenario::Empty).await;
+    let pods: Api<Pod> = Api::namespaced(client_for(c.kubeconfig()).await, "default");
+    pods.create(&PostParams::default(), &sleeper("link", "busybox:1.36"))
+        .await
+        .expect("create");
+    running(&pods, "link").await;
+    const BYTES: u64 = 6_000_000;
+    // Two streams at once, each reading BYTES; the seconds each took.
+    let pair = || async {
+        let one = || async {
+            let started = tokio::time::Instant::now();
+            let mut p = pods
+                .exec(
+                    "link",
+                    ["head", "-c", &BYTES.to_string(), "/dev/zero"],
+                    &AttachParams::default().stderr(false),
+                )
+                .await
+                .expect("exec");
+            let out = read_all(p.stdout()).await;
+            assert_eq!(out.len() as u64, BYTES);
+            started.elapsed().as_secs_f64()
+        };
+        let (a, b) = tokio::time::timeout(Duration::from_secs(60), async {
+            tokio::join!(one(), one())
+        })
+        .await
+        .expect("both streams finish in 60s");
+        (a, b)
+    };
+    // Per stream 3 MB/s, shared 12 MB/s: the shared cap does not bind, each gets 3 MB/s (2 s).
+    c.fault(FaultRequest::Link {
+        per_stream: Some(3_000_000),
+        shared: Some(12_000_000),
+    });
+    let (a, b) = pair().await;
+    for t in [a, b] {
+        assert!(
+            (1.8..3.0).contains(&t),
+            "each stream alone at 3 MB/s: {a:.2}s, {b:.2}s"
+        );
+    }
+    // Shared 4 MB/s binds: the two split it, 2 MB/s each (3 s), instead of 3 MB/s.
+    c.fault(FaultRequest::Link {
+        per_stream: Some(3_000_000),
+        shared: Some(4_000_000),
+    });
+    let (a, b) = pair().await;
+    for t in [a, b] {
+        assert!(
+            (2.8..4.2).contains(&t),
+            "two streams sharing 4 MB/s: {a:.2}s, {b:.2}s"
+        );
+    }
+    // `bandwidth` alone is the per-stream cap: nothing shared, each at 6 MB/s (1 s).
+    c.fault(FaultRequest::Clear);
+    c.fault(FaultRequest::Bandwidth {
+        bytes_per_second: 6_000_000,
+    });
+    let (a, b) = pair().await;
+    for t in [a, b] {
+        assert!(
+            (0.9..1.9).contains(&t),
+            "per-stream cap only: {a:.2}s, {b:.2}s"
+        );
+    }
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_fails_requests_then_recovers() {
     let c = start(Scenario::Empty).await;
