@@ -273,32 +273,6 @@ pub fn fill_text(buf: &mut [u8]) {
     }
 }
 
-/// `files` text-like files of 50–70 KB in 20 directories (`docs/NN/`), and 4 noise files of
-/// `big_mib` MiB (`blobs/N.bin`): the mixed set of the restore and link benchmarks.
-pub fn fill_mixed_set(dir: &Path, files: usize, big_mib: usize) -> u64 {
-    let mut total = 0u64;
-    let mut noise = Noise::default();
-    for i in 0..files {
-        let size = 50_000 + (i * 7919) % 20_000;
-        let mut buf = vec![0u8; size];
-        fill_text(&mut buf);
-        // Each file differs from the others (a real set would), and stays compressible.
-        buf[..8].copy_from_slice(&(i as u64).to_le_bytes());
-        let d = dir.join(format!("docs/{:02}", i % 20));
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join(format!("{i:05}.json")), &buf).unwrap();
-        total += size as u64;
-    }
-    std::fs::create_dir_all(dir.join("blobs")).unwrap();
-    let mut buf = vec![0u8; big_mib << 20];
-    for i in 0..4 {
-        noise.fill(&mut buf);
-        std::fs::write(dir.join(format!("blobs/{i}.bin")), &buf).unwrap();
-        total += buf.len() as u64;
-    }
-    total
-}
-
 /// Half incompressible, half text-like; 64 MiB files for 90% of the bytes and up to 20,000
 /// small ones for the rest. Returns the bytes written.
 pub fn fill_mixed(dir: &Path, mib: usize) -> u64 {
@@ -332,8 +306,9 @@ pub fn fill_mixed(dir: &Path, mib: usize) -> u64 {
     total
 }
 
-/// The mixed set of issues #11 and #14 (restore, backup and verify benches): `files` text-like
-/// files of 50–70 KB in 20 directories (2,000 there), and 4 noise files of `big_mib` MiB (100).
+/// The mixed set of issues #11 and #14 (restore, backup, verify and link benches): `files`
+/// text-like files of 50–70 KB in 20 directories (`docs/NN/`, 2,000 there), and 4 noise files of
+/// `big_mib` MiB (`blobs/N.bin`, 100).
 pub fn fill_mixed_set(dir: &Path, files: usize, big_mib: usize) -> u64 {
     let mut total = 0u64;
     let mut noise = Noise::default();
