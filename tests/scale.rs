@@ -5,14 +5,12 @@
 //! 64 MiB, `list` under 32 MiB.
 //!
 //! `cargo test --test scale` (env: PVBACKUP_SCALE_FILES=1000000 files; PVBACKUP_SCALE_STEPS,
-//! default `create,verify,list,inspect`, any of those and `restore,drill`). It runs without the
-//! libtest harness (`harness = false` in Cargo.toml) because the launcher is this binary itself.
+//! default all of `create,verify,list,inspect,restore,drill`). It runs without the libtest
+//! harness (`harness = false` in Cargo.toml) because the launcher is this binary itself.
 //!
-//! `restore` and `drill` still hold every entry in memory (the in-pod listing, the hash plan and
-//! the gate of the streamed extraction compare with the manifest through maps: 162 MiB at
-//! 100,000 files), so they are not in the default steps until they compare sorted streams too;
-//! with PVBACKUP_SCALE_STEPS naming them the test measures them and holds them to the same
-//! ceiling.
+//! `restore` goes into a fresh PVC (`--create-pvc`, so it extracts straight into the empty
+//! volume) and the test checks every restored byte; `drill` restores into its own scratch PVC,
+//! verifies it there and deletes it.
 
 #[path = "../benches/support/mod.rs"]
 mod support;
@@ -70,7 +68,7 @@ fn main() {
     let files: usize = env_or("PVBACKUP_SCALE_FILES", 1_000_000);
     let steps: String = env_or(
         "PVBACKUP_SCALE_STEPS",
-        "create,verify,list,inspect".to_string(),
+        "create,verify,list,inspect,restore,drill".to_string(),
     );
     let want = |s: &str| steps.split(',').any(|x| x == s);
     support::run(async move {
