@@ -1017,7 +1017,10 @@ const CLOSE: u8 = 255;
 /// arrives or the server closes.
 async fn receive_loop(
     mut rx: impl futures::Stream<
-            Item = Result<tokio_tungstenite::tungstenite::Message, tokio_tungstenite::tungstenite::Error>,
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
         > + Unpin,
     mut stdout: Option<tokio::io::WriteHalf<Pipe>>,
     mut stderr: Option<tokio::io::WriteHalf<Pipe>>,

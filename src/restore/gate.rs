@@ -11,9 +11,9 @@ use sha2::{Digest, Sha256};
 
 use super::entries::Entries;
 use crate::archive::{
-    canonical_key, check_entry_safe, compare_entry, decompressed, finish_walk, report,
-    walk_gated, ArchiveError, EntryKind, EntryRecord, HashingReader, Problem, UnsafeEntry,
-    UnsafeReason, VerifyReport,
+    canonical_key, check_entry_safe, compare_entry, decompressed, finish_walk, report, walk_gated,
+    ArchiveError, EntryKind, EntryRecord, HashingReader, Problem, UnsafeEntry, UnsafeReason,
+    VerifyReport,
 };
 use crate::manifest::Manifest;
 
@@ -89,10 +89,13 @@ pub fn stream_checked<R: Read, W: Write>(
                 Some((i, want)) if !seen.borrow().get(i) => {
                     if rec.kind == EntryKind::Hardlink {
                         let target = rec.raw_link_target().unwrap_or_default();
-                        let earlier = match table.get(&canonical_key(&target)).map_err(lookup_failed)? {
-                            Some((j, t)) => j != i && seen.borrow().get(j) && t.kind != EntryKind::Dir,
-                            None => false,
-                        };
+                        let earlier =
+                            match table.get(&canonical_key(&target)).map_err(lookup_failed)? {
+                                Some((j, t)) => {
+                                    j != i && seen.borrow().get(j) && t.kind != EntryKind::Dir
+                                }
+                                None => false,
+                            };
                         if !earlier {
                             return Err(UnsafeEntry {
                                 path: rec.path.clone(),

@@ -1333,7 +1333,14 @@ async fn fix_symlink_owners(helper: &HelperPod, job: &Job, dir: &str) -> Result<
         if owners.is_empty() {
             return Ok(());
         }
-        run(helper, &Step::FixSymlinks { dir, owners: &owners }).await?;
+        run(
+            helper,
+            &Step::FixSymlinks {
+                dir,
+                owners: &owners,
+            },
+        )
+        .await?;
     }
 }
 

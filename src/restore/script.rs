@@ -860,6 +860,8 @@ fn stat_line(line: &str, path: &[u8]) -> Result<Seen, String> {
     })
 }
 
+/// Where [`compare`] gets a regular file's hash: by its path, and what the volume holds there.
+pub type HashOf<'a> = dyn FnMut(&[u8], &Seen) -> Result<Option<String>, Failure> + 'a;
 
 /// Problems [`compare`] keeps (a restore shows the first 20).
 const PROBLEMS_KEPT: usize = 100;
@@ -872,7 +874,7 @@ const PROBLEMS_KEPT: usize = 100;
 pub fn compare(
     entries: &mut dyn Iterator<Item = Result<(Vec<u8>, EntryRecord), Failure>>,
     seen: &Table<Seen>,
-    hash_of: &mut dyn FnMut(&[u8], &Seen) -> Result<Option<String>, Failure>,
+    hash_of: &mut HashOf<'_>,
     exact: bool,
 ) -> Result<Vec<String>, Failure> {
     let reread = |e: std::io::Error| {

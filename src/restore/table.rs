@@ -65,7 +65,7 @@ impl<T: Serialize> TableWriter<T> {
                 ),
             ));
         }
-        if self.len % BLOCK == 0 {
+        if self.len.is_multiple_of(BLOCK) {
             self.blocks.push((key.to_vec(), self.pos));
         }
         let payload = serde_json::to_vec(item)?;
@@ -118,7 +118,9 @@ impl<T: DeserializeOwned> Table<T> {
         while let Some((k, payload)) = record(&mut r)? {
             match k.cmp(key) {
                 std::cmp::Ordering::Less => i += 1,
-                std::cmp::Ordering::Equal => return Ok(Some((i, serde_json::from_slice(payload)?))),
+                std::cmp::Ordering::Equal => {
+                    return Ok(Some((i, serde_json::from_slice(payload)?)))
+                }
                 std::cmp::Ordering::Greater => break,
             }
         }
@@ -229,12 +231,7 @@ impl<T, I: Iterator<Item = io::Result<(Vec<u8>, T)>>> Ahead<I> {
                 }
                 Some(Ok(_)) | None => return Ok(None),
                 Some(Err(_)) => {
-                    return Err(self
-                        .it
-                        .next()
-                        .expect("peeked")
-                        .err()
-                        .expect("an error"))
+                    return Err(self.it.next().expect("peeked").err().expect("an error"))
                 }
             }
         }
@@ -259,7 +256,10 @@ mod tests {
                     t.get(format!("k{:06}", i * 2).as_bytes()).unwrap(),
                     Some((i, i))
                 );
-                assert_eq!(t.get(format!("k{:06}", i * 2 + 1).as_bytes()).unwrap(), None);
+                assert_eq!(
+                    t.get(format!("k{:06}", i * 2 + 1).as_bytes()).unwrap(),
+                    None
+                );
             }
             assert_eq!(t.get(b"a").unwrap(), None);
             assert_eq!(t.get(b"z").unwrap(), None);
