@@ -970,7 +970,7 @@ async fn extract_verified(
         done: done.clone(),
         to,
     };
-    let hashes = Mutex::new(Spool::<String>::default());
+    let hashes = Mutex::new(Spool::<String>::with_budget(table::SPOOL_BYTES));
     let hashing = futures::future::try_join_all(
         from.into_iter()
             .map(|rx| hash(helper, dir, &done, rx, &hashes)),

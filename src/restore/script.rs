@@ -1045,7 +1045,7 @@ pub struct ListingTable {
 impl ListingTable {
     pub fn new() -> ListingTable {
         ListingTable {
-            spool: Spool::default(),
+            spool: Spool::with_budget(super::table::SPOOL_BYTES),
         }
     }
 

@@ -18,7 +18,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Items per block: a lookup reads one block (a few KiB) and parses only the item it wants.
-pub const BLOCK: u64 = 32;
+pub const BLOCK: u64 = 64;
+
+/// The run budget of the [`crate::archive::Spool`]s that sort a restore's listing and hashes
+/// into tables: a quarter of the default, because a restore holds a spool next to its tables,
+/// the archive's stream and the exec sessions' buffers (a million entries then make about
+/// 70 runs, 4.5 MiB of read buffers while they merge).
+pub const SPOOL_BYTES: usize = 2 << 20;
 
 /// Writes a [`Table`]: items pushed in strictly increasing key order.
 pub struct TableWriter<T> {
