@@ -59,7 +59,7 @@ impl Entries {
                 "writing the manifest's entries to a temporary file failed: {e}; check that the temporary directory (TMPDIR, else /tmp) has free space, then retry"
             ))
         };
-        let mut w = TableWriter::new().map_err(tmp)?;
+        let mut w = TableWriter::new(super::table::LOOKED_UP).map_err(tmp)?;
         let mut tally = Tally::default();
         let mut links: Spool<LinkRef> = Spool::default();
         let mut add = |key: &[u8], e: &EntryRecord| -> Result<(), Failure> {

@@ -780,7 +780,7 @@ async fn steps(helper: &HelperPod, job: &Job, phase: &Mutex<Phase>) -> Result<()
         return Ok(());
     }
     // The staged files' inodes and hashes by path, for the check after the swap.
-    let mut carry = table::TableWriter::new().map_err(Extracted::tmp)?;
+    let mut carry = table::TableWriter::new(table::READ_IN_ORDER).map_err(Extracted::tmp)?;
     mismatches(
         "the extracted files do not match the manifest, so the volume was not changed",
         &extracted.check(job, true, Some(&mut carry))?,
@@ -1012,7 +1012,7 @@ async fn extract_verified(
     // The hashes by path, and the files whose hash is not the manifest's (side by side with
     // the entries, in path order).
     let (hashes, again) = tokio::task::block_in_place(|| -> Result<_, Failure> {
-        let mut w = table::TableWriter::new().map_err(Extracted::tmp)?;
+        let mut w = table::TableWriter::new(table::READ_IN_ORDER).map_err(Extracted::tmp)?;
         let mut again = Vec::new();
         let mut sorted = hashes.finish().map_err(Extracted::tmp)?.peekable();
         for e in job.entries.each() {
@@ -1107,7 +1107,7 @@ impl Extracted {
 /// Chunks queued per hashing session while it is busy: when the hashing falls that far
 /// behind `tar`, the stream waits for it (memory stays bounded; `tar` has by then long
 /// written the files the oldest queued chunk waits for, so the wait always ends).
-const HASH_CHUNKS_QUEUED: usize = 64;
+const HASH_CHUNKS_QUEUED: usize = 16;
 
 /// Cuts the regular files into [`script::HASH`] chunks while the archive streams, in the
 /// archive's order ([`script::HashChunks`]), and hands each to its session. Told of every

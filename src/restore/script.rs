@@ -1054,7 +1054,7 @@ impl ListingTable {
     }
 
     pub fn finish(self) -> std::io::Result<Table<Seen>> {
-        let mut w = TableWriter::new()?;
+        let mut w = TableWriter::new(super::table::READ_IN_ORDER)?;
         for s in self.spool.finish()? {
             let s = s?;
             w.push(&s.key, &s.item)?;

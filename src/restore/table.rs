@@ -1,5 +1,5 @@
 //! A table of items sorted by byte key, on disk: written once in key order, then read in
-//! order or looked up by key, in memory that grows only with one key per [`BLOCK`] items.
+//! order or looked up by key, in memory that grows only with one key per block of items.
 //!
 //! A restore needs the manifest's entries by path in archive order (the gate of the streamed
 //! extraction), the volume's listing by path (a hard link's target), and both in path order
@@ -17,17 +17,22 @@ use std::os::unix::fs::FileExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// Items per block: a lookup reads one block (a few KiB) and parses only the item it wants.
-pub const BLOCK: u64 = 64;
+/// Items per block of a table looked up once per entry (the manifest's, by the gate): a
+/// lookup reads one block (a few KiB) and parses only the item it wants.
+pub const LOOKED_UP: u64 = 32;
+/// Items per block of a table mostly read in order (the listing, the hashes): a lookup (a hard
+/// link's target) is rare, so the keys kept in memory are few.
+pub const READ_IN_ORDER: u64 = 1024;
 
 /// The run budget of the [`crate::archive::Spool`]s that sort a restore's listing and hashes
 /// into tables: a quarter of the default, because a restore holds a spool next to its tables,
-/// the archive's stream and the exec sessions' buffers (a million entries then make about
-/// 70 runs, 4.5 MiB of read buffers while they merge).
-pub const SPOOL_BYTES: usize = 2 << 20;
+/// the archive's stream and the exec sessions' buffers. A smaller budget makes more runs, each
+/// with a 64 KiB read buffer while they merge: 3 MiB keeps both near 4 MiB at a million entries.
+pub const SPOOL_BYTES: usize = 3 << 20;
 
 /// Writes a [`Table`]: items pushed in strictly increasing key order.
 pub struct TableWriter<T> {
+    block: u64,
     out: BufWriter<File>,
     blocks: Vec<(Vec<u8>, u64)>,
     pos: u64,
@@ -39,6 +44,7 @@ pub struct TableWriter<T> {
 /// A sorted table written by [`TableWriter`]: `(key, item)`s, item `i` being the `i`-th
 /// smallest key.
 pub struct Table<T> {
+    block: u64,
     file: File,
     /// First key of each block, and the block's offset.
     blocks: Vec<(Vec<u8>, u64)>,
@@ -48,8 +54,10 @@ pub struct Table<T> {
 }
 
 impl<T: Serialize> TableWriter<T> {
-    pub fn new() -> io::Result<Self> {
+    /// A table of `block` items per block ([`LOOKED_UP`], [`READ_IN_ORDER`]).
+    pub fn new(block: u64) -> io::Result<Self> {
         Ok(TableWriter {
+            block: block.max(1),
             out: BufWriter::with_capacity(1 << 16, tempfile::tempfile()?),
             blocks: Vec::new(),
             pos: 0,
@@ -71,7 +79,7 @@ impl<T: Serialize> TableWriter<T> {
                 ),
             ));
         }
-        if self.len.is_multiple_of(BLOCK) {
+        if self.len.is_multiple_of(self.block) {
             self.blocks.push((key.to_vec(), self.pos));
         }
         let payload = serde_json::to_vec(item)?;
@@ -90,6 +98,7 @@ impl<T: Serialize> TableWriter<T> {
     pub fn finish(self) -> io::Result<Table<T>> {
         let file = self.out.into_inner().map_err(|e| e.into_error())?;
         Ok(Table {
+            block: self.block,
             file,
             blocks: self.blocks,
             end: self.pos,
@@ -120,7 +129,7 @@ impl<T: DeserializeOwned> Table<T> {
         let mut buf = vec![0u8; (end - start) as usize];
         self.file.read_exact_at(&mut buf, start)?;
         let mut r = &buf[..];
-        let mut i = b as u64 * BLOCK;
+        let mut i = b as u64 * self.block;
         while let Some((k, payload)) = record(&mut r)? {
             match k.cmp(key) {
                 std::cmp::Ordering::Less => i += 1,
@@ -250,8 +259,9 @@ mod tests {
 
     #[test]
     fn a_table_finds_every_key_and_none_between_them_and_reads_back_in_order() {
+        const BLOCK: u64 = LOOKED_UP;
         for n in [0u64, 1, BLOCK - 1, BLOCK, BLOCK + 1, 10 * BLOCK + 7] {
-            let mut w: TableWriter<u64> = TableWriter::new().unwrap();
+            let mut w: TableWriter<u64> = TableWriter::new(BLOCK).unwrap();
             for i in 0..n {
                 w.push(format!("k{:06}", i * 2).as_bytes(), &i).unwrap();
             }
@@ -293,7 +303,7 @@ mod tests {
 
     #[test]
     fn a_key_out_of_order_or_repeated_is_refused() {
-        let mut w: TableWriter<u8> = TableWriter::new().unwrap();
+        let mut w: TableWriter<u8> = TableWriter::new(LOOKED_UP).unwrap();
         w.push(b"b", &1).unwrap();
         for k in [&b"b"[..], b"a"] {
             let e = w.push(k, &2).unwrap_err();
