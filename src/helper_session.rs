@@ -975,30 +975,109 @@ impl Drop for Exec {
 /// the channel protocol of k8s.io/apimachinery `pkg/util/remotecommand`), with stdin sent in
 /// messages of up to [`STDIN_MESSAGE`] bytes. Ends when the status arrives, the server closes
 /// the connection, or it fails (then `status` is dropped unsent).
+///
+/// Sending and receiving run side by side, never one after the other: a command that writes
+/// while it reads (the in-pod hashing prints a line per file it is sent) stops reading its
+/// stdin when its stdout is not drained, and then the API server stops taking stdin
+/// messages. A loop that waited in a send of stdin without receiving meanwhile never
+/// drained that stdout, so both ends waited on each other until a timeout (a 1,000,000-file
+/// restore failed so: "failed to send a stdin data: timed out"). Likewise a consumer that
+/// is slow to read stdout no longer holds up stdin.
 async fn exec_loop(
     conn: kube::client::Connection,
     stdin: tokio::io::ReadHalf<Pipe>,
+    stdout: Option<tokio::io::WriteHalf<Pipe>>,
+    stderr: Option<tokio::io::WriteHalf<Pipe>>,
+    status: tokio::sync::oneshot::Sender<Status>,
+) -> Result<(), String> {
+    use futures::StreamExt;
+    let closes = conn.supports_stream_close();
+    let (tx, rx) = conn.into_stream().split();
+    let receive = receive_loop(rx, stdout, stderr, status);
+    let send = send_loop(tx, stdin, closes);
+    tokio::pin!(receive, send);
+    // Receiving decides the end; sending ends early only when it fails.
+    tokio::select! {
+        r = &mut receive => r,
+        r = &mut send => match r {
+            Err(e) => Err(e),
+            Ok(()) => receive.await,
+        },
+    }
+}
+
+// Channels of k8s.io/apimachinery `pkg/util/remotecommand/constants.go`; 255 is v5's close
+// signal.
+const STDIN: u8 = 0;
+const STDOUT: u8 = 1;
+const STDERR: u8 = 2;
+const STATUS: u8 = 3;
+const CLOSE: u8 = 255;
+
+/// The receiving half of [`exec_loop`]: the command's output into its pipes, until the status
+/// arrives or the server closes.
+async fn receive_loop(
+    mut rx: impl futures::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
     mut stdout: Option<tokio::io::WriteHalf<Pipe>>,
     mut stderr: Option<tokio::io::WriteHalf<Pipe>>,
     status: tokio::sync::oneshot::Sender<Status>,
 ) -> Result<(), String> {
-    use futures::{SinkExt, StreamExt};
+    use futures::StreamExt;
     use tokio::io::AsyncWriteExt;
     use tokio_tungstenite::tungstenite::Message;
-    // Channels of k8s.io/apimachinery `pkg/util/remotecommand/constants.go`; 255 is v5's
-    // close signal.
-    const STDIN: u8 = 0;
-    const STDOUT: u8 = 1;
-    const STDERR: u8 = 2;
-    const STATUS: u8 = 3;
-    const CLOSE: u8 = 255;
-    let closes = conn.supports_stream_close();
-    let (mut tx, mut rx) = conn.into_stream().split();
+    loop {
+        match rx.next().await {
+            Some(Ok(Message::Binary(b))) if b.len() > 1 => {
+                let to = match b[0] {
+                    STDOUT => stdout.as_mut(),
+                    STDERR => stderr.as_mut(),
+                    STATUS => {
+                        let st: Status = serde_json::from_slice(&b[1..])
+                            .map_err(|e| format!("the exec status is unreadable: {e}"))?;
+                        let _ = status.send(st);
+                        break;
+                    }
+                    _ => None,
+                };
+                if let Some(w) = to {
+                    w.write_all(&b[1..])
+                        .await
+                        .map_err(|e| format!("passing on the command's output failed: {e}"))?;
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(format!("receiving from the exec stream failed: {e}")),
+            None => break,
+        }
+    }
+    for w in [stdout.as_mut(), stderr.as_mut()].into_iter().flatten() {
+        let _ = w.shutdown().await;
+    }
+    Ok(())
+}
+
+/// The sending half of [`exec_loop`]: stdin in messages, its end, and a ping a minute (an
+/// idle connection is kept alive through proxies, as kube-rs does). Returns only on a
+/// failure, or `Ok` once the connection was closed for the end of stdin (before v5).
+async fn send_loop(
+    mut tx: impl futures::Sink<
+            tokio_tungstenite::tungstenite::Message,
+            Error = tokio_tungstenite::tungstenite::Error,
+        > + Unpin,
+    stdin: tokio::io::ReadHalf<Pipe>,
+    closes: bool,
+) -> Result<(), String> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
     let mut input = Some(tokio_util::io::ReaderStream::with_capacity(
         stdin,
         STDIN_MESSAGE,
     ));
-    // Keeps an idle connection alive through proxies, as kube-rs does.
     let mut ping = tokio::time::interval(Duration::from_secs(60));
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.reset();
@@ -1015,29 +1094,6 @@ async fn exec_loop(
                     .await
                     .map_err(|e| format!("sending a ping failed: {e}"))?;
             }
-            m = rx.next() => match m {
-                Some(Ok(Message::Binary(b))) if b.len() > 1 => {
-                    let to = match b[0] {
-                        STDOUT => stdout.as_mut(),
-                        STDERR => stderr.as_mut(),
-                        STATUS => {
-                            let st: Status = serde_json::from_slice(&b[1..])
-                                .map_err(|e| format!("the exec status is unreadable: {e}"))?;
-                            let _ = status.send(st);
-                            break;
-                        }
-                        _ => None,
-                    };
-                    if let Some(w) = to {
-                        w.write_all(&b[1..])
-                            .await
-                            .map_err(|e| format!("passing on the command's output failed: {e}"))?;
-                    }
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(format!("receiving from the exec stream failed: {e}")),
-                None => break,
-            },
             chunk = next_input => match chunk {
                 Some(Ok(bytes)) => {
                     let mut m = Vec::with_capacity(bytes.len() + 1);
@@ -1057,16 +1113,13 @@ async fn exec_loop(
                             .map_err(|e| format!("closing stdin failed: {e}"))?;
                     } else {
                         tx.close().await.map_err(|e| format!("closing stdin failed: {e}"))?;
+                        return Ok(());
                     }
                     input = None;
                 }
             },
         }
     }
-    for w in [stdout.as_mut(), stderr.as_mut()].into_iter().flatten() {
-        let _ = w.shutdown().await;
-    }
-    Ok(())
 }
 
 /// A running exec: its watched streams and, at the end, its exit status.

@@ -30,6 +30,11 @@ pub use sorted::{
     spool_entry, Duplicate, LinkRef, Sorted, SortedProblem, SortedRules, Spool, Spooled,
 };
 pub use verify::{stream_verified, verify_archive, verify_archive_streamed, Problem, VerifyReport};
+// The parts of a verification a restore's gated stream over an on-disk index reuses.
+pub(crate) use verify::{
+    compare as compare_entry, decompressed, finish_walk, report, HashingReader,
+};
+pub(crate) use walk::walk_gated;
 
 /// Size of the read/write buffers on the hot path.
 pub const BUF_SIZE: usize = 256 * 1024;

@@ -103,11 +103,11 @@ impl VerifyReport {
 
 /// Reader that hashes and counts what passes and keeps the first error so
 /// a real I/O failure is not mistaken for corruption.
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-    count: u64,
-    error: Option<io::Error>,
+pub(crate) struct HashingReader<R> {
+    pub(crate) inner: R,
+    pub(crate) hasher: Sha256,
+    pub(crate) count: u64,
+    pub(crate) error: Option<io::Error>,
 }
 
 impl<R: Read> Read for HashingReader<R> {
@@ -130,7 +130,7 @@ impl<R: Read> Read for HashingReader<R> {
 
 /// The stored bytes decompressed and buffered for the tar walk, with the decompressor's first
 /// error kept in `trap` (the walk only sees that the stream ended).
-fn decompressed<'a, R: Read + 'a>(
+pub(crate) fn decompressed<'a, R: Read + 'a>(
     stored: R,
     compression: Compression,
     trap: &Rc<RefCell<Option<String>>>,
@@ -151,7 +151,7 @@ fn decompressed<'a, R: Read + 'a>(
 }
 
 /// Records the first error of the decompressor (shared: the walker owns it).
-struct ErrorTrap<R> {
+pub(crate) struct ErrorTrap<R> {
     inner: R,
     error: Rc<RefCell<Option<String>>>,
 }
@@ -170,7 +170,7 @@ fn opt(s: &Option<String>) -> String {
     s.clone().unwrap_or_else(|| "none".into())
 }
 
-fn compare(m: &EntryRecord, a: &EntryRecord, problems: &mut Vec<Problem>) {
+pub(crate) fn compare(m: &EntryRecord, a: &EntryRecord, problems: &mut Vec<Problem>) {
     let mut diff = |field: &'static str, expected: String, actual: String| {
         if expected != actual {
             problems.push(Problem::Mismatch {
@@ -371,7 +371,7 @@ fn verify_inner<R: Read, W: Write>(
 /// everything after a corruption) so that the archive hash covers the file, and turns how the
 /// walk ended into problems. Returns whether the tar stream was read through its end (`Err`
 /// for a read error of the stored bytes, not the archive's fault).
-fn finish_walk<R: Read>(
+pub(crate) fn finish_walk<R: Read>(
     hr: &mut HashingReader<R>,
     walked: Result<(), ArchiveError>,
     stopped: bool,
@@ -412,7 +412,7 @@ fn finish_walk<R: Read>(
 }
 
 /// The report, archive-level findings first: they explain the rest.
-fn report<R>(
+pub(crate) fn report<R>(
     hr: HashingReader<R>,
     manifest: &Manifest,
     mut problems: Vec<Problem>,

@@ -15,7 +15,6 @@ use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde::Serialize;
 
-use crate::archive::check_entries_safe;
 use crate::cli::OutputFormat;
 use crate::collect::collect_nodes;
 use crate::connect::{explain, Connection};
@@ -23,12 +22,12 @@ use crate::discover::{parse_quantity_bytes, AccessMode, Target};
 use crate::exit::{ExitKind, Failure};
 use crate::helper_pod::{APP_NAME, LABEL_MANAGED_BY};
 use crate::helper_session::Registry;
-use crate::locate::{locate, Located};
+use crate::locate::Located;
 use crate::output;
 use crate::retry::{AttemptRecord, RetryPolicy};
 
 use crate::helper_pod::HelperOptions;
-use crate::restore::{execute, needed_bytes, new_pvc, new_run_id, Execution, Mode};
+use crate::restore::{execute, new_pvc, new_run_id, Execution, Mode};
 
 /// The label that marks a scratch PVC of a drill (its value: the backup id).
 pub const LABEL_DRILL: &str = "pvbackup.dev/drill";
@@ -130,14 +129,18 @@ fn scratch_pvc(
 
 pub async fn run(conn: &Connection, plan: DrillPlan) -> Result<(), Failure> {
     let started = Instant::now();
-    let loc = Arc::new(locate(
-        &plan.backup,
-        plan.from.as_deref(),
-        &plan.store,
-        plan.keys.as_ref(),
-    )?);
+    // The manifest's entries are read (and checked: safe to restore, hard links to files of
+    // the backup) into a table on disk.
+    let (loc, entries) = tokio::task::block_in_place(|| {
+        crate::restore::entries::locate(
+            &plan.backup,
+            plan.from.as_deref(),
+            &plan.store,
+            plan.keys.as_ref(),
+        )
+    })?;
+    let (loc, entries) = (Arc::new(loc), Arc::new(entries));
     let m = loc.manifest.clone();
-    check_entries_safe(&m.entries).map_err(|e| Failure::integrity(e.to_string()))?;
     if m.pvc.volume_mode.as_deref() == Some("Block") {
         return Err(Failure::refused(
             "the backup is of a Block volume, which restore (and so drill) does not support",
@@ -147,7 +150,7 @@ pub async fn run(conn: &Connection, plan: DrillPlan) -> Result<(), Failure> {
         .namespace
         .clone()
         .unwrap_or_else(|| m.namespace.clone());
-    let needed = needed_bytes(&m);
+    let needed = entries.needed;
     let size = plan
         .size
         .clone()
@@ -167,7 +170,7 @@ pub async fn run(conn: &Connection, plan: DrillPlan) -> Result<(), Failure> {
         .clone()
         .or_else(|| m.pvc.storage_class.clone());
     let name = scratch_name(&m.pvc.name);
-    let files = m.entries.iter().filter(|e| e.sha256.is_some()).count() as u64;
+    let files = entries.files;
     let registry = Registry::default();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(conn.client.clone(), &ns);
     let created = std::sync::atomic::AtomicBool::new(false);
@@ -199,6 +202,7 @@ pub async fn run(conn: &Connection, plan: DrillPlan) -> Result<(), Failure> {
             .flatten();
         let exec = Execution {
             loc: loc.clone(),
+            entries: entries.clone(),
             ns: ns.clone(),
             name: name.clone(),
             target: Target {

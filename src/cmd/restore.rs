@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod};
 use kube::api::{Api, ListParams, PostParams};
 
-use crate::archive::check_entries_safe;
 use crate::cli::{OutputFormat, RestoreModeArg};
 use crate::collect::collect_nodes;
 use crate::connect::{explain, Connection};
@@ -20,10 +19,10 @@ use crate::helper_pod::{
     LABEL_MANAGED_BY,
 };
 use crate::helper_session::Registry;
-use crate::locate::{locate, Located};
+use crate::locate::Located;
 use crate::manifest::Manifest;
 use crate::output;
-use crate::restore::{execute, needed_bytes, new_pvc, new_run_id, Execution, Mode};
+use crate::restore::{execute, new_pvc, new_run_id, Execution, Mode};
 use crate::retry::RetryPolicy;
 
 pub struct RestorePlan {
@@ -83,7 +82,6 @@ pub fn check_in_place(
 /// while it streams into the helper pod (one read instead of two), before anything is swapped
 /// in (see `restore::execute`).
 fn preflight(loc: &Located) -> Result<(), Failure> {
-    check_entries_safe(&loc.manifest.entries).map_err(|e| Failure::integrity(e.to_string()))?;
     drop(loc.open_archive()?);
     Ok(())
 }
@@ -192,12 +190,16 @@ async fn target_state(
 
 pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
     let started = Instant::now();
-    let loc = locate(
-        &plan.backup,
-        plan.from.as_deref(),
-        &plan.store,
-        plan.keys.as_ref(),
-    )?;
+    // The manifest's entries are read (and checked: safe to restore, hard links to files of
+    // the backup) into a table on disk.
+    let (loc, entries) = tokio::task::block_in_place(|| {
+        crate::restore::entries::locate(
+            &plan.backup,
+            plan.from.as_deref(),
+            &plan.store,
+            plan.keys.as_ref(),
+        )
+    })?;
     if let Some(warning) = crate::manifest::skipped_warning(&loc.manifest.skipped) {
         eprintln!("{warning}");
     }
@@ -222,8 +224,8 @@ pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
     }
     // 2. The target.
     let state = target_state(conn, &ns, &name, &m).await?;
-    let needed = needed_bytes(&m);
-    let files = m.entries.iter().filter(|e| e.sha256.is_some()).count() as u64;
+    let needed = entries.needed;
+    let files = entries.files;
     let create_size = match (&state.pvc, plan.create_pvc) {
         (None, false) => {
             return Err(Failure::refused(format!(
@@ -372,6 +374,7 @@ pub async fn run(conn: &Connection, plan: RestorePlan) -> Result<(), Failure> {
     let registry = Registry::default();
     let exec = Execution {
         loc: verify_loc.clone(),
+        entries: Arc::new(entries),
         ns: ns.clone(),
         name: name.clone(),
         target: state.target.clone(),

@@ -15,8 +15,11 @@
 //! `cmd::restore` and `cmd::drill` turn their plans into an [`Execution`] and report what
 //! [`execute`] returns.
 
+pub mod entries;
+mod gate;
 pub mod script;
 pub mod step;
+pub mod table;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +34,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::Api;
 use tokio::io::AsyncReadExt;
 
+use crate::archive::Spool;
 use crate::attempts::with_retries;
 use crate::discover::Target;
 use crate::exit::{ExitKind, Failure};
@@ -47,7 +51,8 @@ use crate::output;
 use crate::progress::Progress;
 use crate::retry::{AttemptRecord, RetryPolicy};
 
-pub use script::{compare, needed_bytes, parse_listing, Recovered};
+pub use entries::Entries;
+pub use script::{compare, parse_listing, Recovered};
 use step::{InPod, Step};
 
 /// What a restore does with the files already on the volume.
@@ -134,6 +139,8 @@ fn partly_restored(ns: &str, name: &str) -> String {
 /// Everything the in-cluster half of a restore needs; built by `restore` and `drill`.
 pub struct Execution {
     pub loc: Arc<Located>,
+    /// The manifest's entries ([`Entries::read`]).
+    pub entries: Arc<Entries>,
     pub ns: String,
     pub name: String,
     pub target: Target,
@@ -326,6 +333,7 @@ enum Phase {
 
 struct Job {
     loc: Arc<Located>,
+    entries: Arc<Entries>,
     run_id: String,
     mode: Mode,
     in_place: bool,
@@ -346,6 +354,7 @@ struct Job {
 /// connection's or the pod's problem (runtime, retried).
 fn feed<W: tokio::io::AsyncWrite + Unpin>(
     loc: &Located,
+    entries: &Entries,
     stdin: W,
     hashing: HashFeed,
 ) -> Result<u64, Failure> {
@@ -359,10 +368,10 @@ fn feed<W: tokio::io::AsyncWrite + Unpin>(
         ))
     };
     let mut hashing = hashing;
-    let report = crate::archive::stream_verified(
+    let report = gate::stream_checked(
         std::io::BufReader::with_capacity(1 << 20, reader),
-        m.compression,
         m,
+        entries,
         &mut bridge,
         &mut |e| hashing.member(e),
     );
@@ -408,6 +417,7 @@ impl Job {
     fn of(ex: &Execution) -> Job {
         Job {
             loc: ex.loc.clone(),
+            entries: ex.entries.clone(),
             run_id: ex.run_id.clone(),
             mode: ex.mode,
             in_place: ex.in_place,
@@ -420,13 +430,7 @@ impl Job {
 
     /// Top-level names a replace keeps: `lost+found` when the backup has none.
     fn keep(&self) -> Vec<String> {
-        let has = self
-            .loc
-            .manifest
-            .entries
-            .iter()
-            .any(|e| crate::archive::canonical_key(&e.raw_path()) == b"lost+found");
-        if has {
+        if self.entries.has_lost_found {
             Vec::new()
         } else {
             vec!["lost+found".to_string()]
@@ -554,25 +558,98 @@ fn mismatches(what: &str, problems: &[String]) -> Result<(), Failure> {
     Err(Failure::integrity(format!("{what}: {}", first.join("; "))))
 }
 
-/// Lists `dir` in the helper pod; `hash`: regular files are hashed too.
+/// Lists `dir` in the helper pod ([`script::LIST`], regular files not hashed), parsing the
+/// output as it arrives into a table by path: memory stays bounded whatever the number of
+/// entries.
 async fn listing(
     helper: &HelperPod,
     dir: &str,
     job: &Job,
-    hash: bool,
-) -> Result<Vec<script::Seen>, Failure> {
+) -> Result<table::Table<script::Seen>, Failure> {
+    use tokio::io::AsyncReadExt;
     let step = Step::List {
         dir,
         run_id: &job.run_id,
-        hash,
+        hash: false,
     };
-    let out = run(helper, &step).await?;
-    parse_listing(&out, hash).map_err(|e| {
+    let argv = step.argv(&in_pod(helper));
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let began = std::time::Instant::now();
+    let mut session = helper.session(&argv, false, Watch::default()).await?;
+    let mut stdout = session
+        .stdout
+        .take()
+        .ok_or_else(|| Failure::runtime("exec gave no stdout"))?;
+    let mut stderr = session
+        .stderr
+        .take()
+        .ok_or_else(|| Failure::runtime("exec gave no stderr"))?;
+    let unreadable = |e: String| {
         Failure::runtime(format!(
             "the file listing from helper pod {} is unreadable: {e}",
             helper.name
         ))
-    })
+    };
+    let spool_failed = |e: std::io::Error| {
+        Failure::runtime(format!(
+            "writing the volume's listing to a temporary file failed: {e}; check that the temporary directory (TMPDIR, else /tmp) has free space, then retry"
+        ))
+    };
+    let read = async {
+        let mut parser = script::ListingParser::new(false);
+        let mut table = script::ListingTable::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = stdout.read(&mut buf).await.map_err(|e| {
+                Failure::runtime(format!("reading from helper pod {}: {e}", helper.name))
+            })?;
+            if n == 0 {
+                break;
+            }
+            let mut io_error = None;
+            parser
+                .feed(&buf[..n], &mut |s| {
+                    table.push(s).map_err(|e| {
+                        let m = e.to_string();
+                        io_error = Some(e);
+                        m
+                    })
+                })
+                .map_err(|e| match io_error.take() {
+                    Some(io) => spool_failed(io),
+                    None => unreadable(e),
+                })?;
+        }
+        parser.finish().map_err(unreadable)?;
+        Ok::<_, Failure>(table)
+    };
+    let mut err = Vec::new();
+    let mut se = (&mut stderr).take(64 << 10);
+    let (table, _) = tokio::join!(read, se.read_to_end(&mut err));
+    if let Some(why) = session.lost_reason() {
+        return Err(Failure::runtime(why));
+    }
+    let st = session.finish(Duration::from_secs(60)).await?;
+    if st.status.as_deref() != Some("Success") {
+        return Err(Failure::runtime(format!(
+            "listing the files in helper pod {} failed: {} {}",
+            helper.name,
+            crate::helper_session::describe_status(&st),
+            String::from_utf8_lossy(&err).trim()
+        )));
+    }
+    let table = table?;
+    let table = tokio::task::spawn_blocking(move || table.finish())
+        .await
+        .map_err(|e| Failure::runtime(format!("sorting the volume's listing failed: {e}")))?
+        .map_err(spool_failed)?;
+    tracing::debug!(
+        "{}: listed {} entries in {:.2}s",
+        helper.name,
+        table.len(),
+        began.elapsed().as_secs_f64()
+    );
+    Ok(table)
 }
 
 /// What [`script::ROOM`] measured on the volume.
@@ -640,7 +717,6 @@ async fn steps(helper: &HelperPod, job: &Job, phase: &Mutex<Phase>) -> Result<()
     if job.in_place {
         return steps_in_place(helper, job, phase).await;
     }
-    let m = &job.loc.manifest;
     let keep = job.keep();
     // From here PREPARE may have created the staging directory or the direct-restore record.
     set(phase, Phase::NeedsRecovery);
@@ -692,7 +768,7 @@ async fn steps(helper: &HelperPod, job: &Job, phase: &Mutex<Phase>) -> Result<()
         // empties the volume again (ROLLBACK).
         mismatches(
             "the restored files do not match the manifest, so the volume was emptied again",
-            &compare(m, &extracted, true),
+            &extracted.check(job, true, None)?,
         )?;
         run(
             helper,
@@ -704,11 +780,14 @@ async fn steps(helper: &HelperPod, job: &Job, phase: &Mutex<Phase>) -> Result<()
         set(phase, Phase::Done);
         return Ok(());
     }
-    let staged = extracted;
+    // The staged files' inodes and hashes by path, for the check after the swap.
+    let mut carry = table::TableWriter::new(table::READ_IN_ORDER).map_err(Extracted::tmp)?;
     mismatches(
         "the extracted files do not match the manifest, so the volume was not changed",
-        &compare(m, &staged, true),
+        &extracted.check(job, true, Some(&mut carry))?,
     )?;
+    drop(extracted);
+    let staged = carry.finish().map_err(Extracted::tmp)?;
     // Swap.
     run(
         helper,
@@ -720,10 +799,25 @@ async fn steps(helper: &HelperPod, job: &Job, phase: &Mutex<Phase>) -> Result<()
     )
     .await?;
     // Verify in place: every path, type, mode, owner, size, mtime and link; file contents by
-    // identity with the staged files just hashed (see `script::carry_hashes`).
-    let mut seen = listing(helper, &helper.mount, job, false).await?;
-    script::carry_hashes(&staged, &mut seen);
-    let problems = compare(m, &seen, job.mode == Mode::Replace);
+    // identity with the staged files just hashed: `rename(2)` keeps the inode and the
+    // content, and the staged files were hashed and checked against the manifest a moment
+    // ago, so a regular file in place takes the hash of the staged file at its path when it
+    // is that same inode, and none (a difference) otherwise.
+    let seen = listing(helper, &helper.mount, job).await?;
+    let mut carried = table::Ahead::new(staged.iter());
+    let problems = tokio::task::block_in_place(|| {
+        compare(
+            &mut job.entries.each(),
+            &seen,
+            &mut |key, s| {
+                Ok(match carried.find(key).map_err(entries::reread)? {
+                    Some((inode, h)) if inode == s.inode => Some(h),
+                    _ => None,
+                })
+            },
+            job.mode == Mode::Replace,
+        )
+    })?;
     mismatches(
         "after the swap the volume does not match the manifest",
         &problems,
@@ -782,7 +876,6 @@ async fn steps_in_place(
     job: &Job,
     phase: &Mutex<Phase>,
 ) -> Result<(), Failure> {
-    let m = &job.loc.manifest;
     // Once the delete starts there is no way back, so the room must be known, not guessed.
     let room = room(helper, job).await?.ok_or_else(|| {
         Failure::runtime(format!(
@@ -796,8 +889,8 @@ async fn steps_in_place(
     set(phase, Phase::PartlyRestored);
     let keep = job.keep();
     run(helper, &Step::Clear { keep: &keep }).await?;
-    let seen = extract_verified(helper, job, &helper.mount, room.cpus).await?;
-    let problems = compare(m, &seen, true);
+    let extracted = extract_verified(helper, job, &helper.mount, room.cpus).await?;
+    let problems = extracted.check(job, true, None)?;
     mismatches(
         "the files restored in place do not match the manifest",
         &problems,
@@ -855,35 +948,34 @@ pub async fn check_room(
 /// Extracts the archive into `dir` while the helper pod hashes the files `tar` has finished
 /// (`hashers(cpus)` sessions of [`script::HASH`], fed chunk by chunk in the archive's order as
 /// it streams, see [`HashFeed`]), restores the owners of symlinks, and lists `dir`: every
-/// entry as it is on the volume, regular files with the sha256 of their content there. A file
-/// whose in-flight hash does not match the manifest is hashed once more now that `tar` is done
-/// (a member order other than `tar -c`'s can open a gate early), so only what is on the volume
-/// decides.
+/// entry as it is on the volume, and regular files' sha256 of their content there, each by
+/// path on disk ([`Extracted`]). A file whose in-flight hash does not match the manifest is
+/// hashed once more now that `tar` is done (a member order other than `tar -c`'s can open a
+/// gate early), so only what is on the volume decides.
 async fn extract_verified(
     helper: &HelperPod,
     job: &Job,
     dir: &str,
     cpus: usize,
-) -> Result<Vec<script::Seen>, Failure> {
+) -> Result<Extracted, Failure> {
     let m = &job.loc.manifest;
     let done = script::extracted_marker(&helper.mount, &job.run_id);
     // No more sessions than chunks.
-    let files = m
-        .entries
-        .iter()
-        .filter(|e| e.kind == crate::archive::EntryKind::File)
-        .count();
+    let files = job.entries.files as usize;
     let sessions = hashers(cpus).min(files.div_ceil(script::HASH_CHUNK_FILES));
     let (to, from): (Vec<_>, Vec<_>) = (0..sessions)
-        .map(|_| tokio::sync::mpsc::unbounded_channel())
+        .map(|_| tokio::sync::mpsc::channel(HASH_CHUNKS_QUEUED))
         .unzip();
     let feed = HashFeed {
         chunks: script::HashChunks::new(sessions),
         done: done.clone(),
         to,
     };
-    let hashing =
-        futures::future::try_join_all(from.into_iter().map(|rx| hash(helper, dir, &done, rx)));
+    let hashes = Mutex::new(Spool::<String>::with_budget(table::SPOOL_BYTES));
+    let hashing = futures::future::try_join_all(
+        from.into_iter()
+            .map(|rx| hash(helper, dir, &done, rx, &hashes)),
+    );
     let step = Step::Extract {
         dir,
         done: &done,
@@ -907,7 +999,7 @@ async fn extract_verified(
         helper.name,
         began.elapsed().as_secs_f64()
     );
-    let hashed = match hashed {
+    match hashed {
         Some(h) => h,
         None => hashing.await,
     }?;
@@ -916,41 +1008,116 @@ async fn extract_verified(
         helper.name,
         began.elapsed().as_secs_f64(),
     );
-    let mut hashes: std::collections::HashMap<Vec<u8>, String> =
-        hashed.into_iter().flatten().collect();
+    // (taken: the finished sessions still borrow it)
+    let hashes = std::mem::take(&mut *hashes.lock().unwrap_or_else(|p| p.into_inner()));
+    // The hashes by path, and the files whose hash is not the manifest's (side by side with
+    // the entries, in path order).
+    let (hashes, again) = tokio::task::block_in_place(|| -> Result<_, Failure> {
+        let mut w = table::TableWriter::new(table::READ_IN_ORDER).map_err(Extracted::tmp)?;
+        let mut again = Vec::new();
+        let mut sorted = hashes.finish().map_err(Extracted::tmp)?.peekable();
+        for e in job.entries.each() {
+            let (key, e) = e?;
+            if e.kind != crate::archive::EntryKind::File {
+                continue;
+            }
+            let mut got = None;
+            while let Some(h) = sorted.next_if(|h| !matches!(h, Ok(h) if h.key > key)) {
+                let h = h.map_err(Extracted::tmp)?;
+                if h.key == key {
+                    w.push(&h.key, &h.item).map_err(Extracted::tmp)?;
+                    got = Some(h.item);
+                }
+            }
+            if got != e.sha256 {
+                again.push(e);
+            }
+        }
+        Ok((w.finish().map_err(Extracted::tmp)?, again))
+    })?;
     fix_symlink_owners(helper, job, dir).await?;
-    let again: Vec<crate::archive::EntryRecord> = m
-        .entries
-        .iter()
-        .filter(|e| {
-            e.kind == crate::archive::EntryKind::File
-                && hashes.get(&crate::archive::canonical_key(&e.raw_path())) != e.sha256.as_ref()
-        })
-        .cloned()
-        .collect();
+    let mut rehashed = std::collections::HashMap::new();
     if !again.is_empty() {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        for chunk in script::hash_after_extraction(&again, &done) {
-            let _ = tx.send(chunk);
+        let chunks = script::hash_after_extraction(&again, &done);
+        let (tx, rx) = tokio::sync::mpsc::channel(chunks.len().max(1));
+        for chunk in chunks {
+            let _ = tx.try_send(chunk);
         }
         drop(tx);
-        hashes.extend(hash(helper, dir, &done, rx).await?);
+        let again = Mutex::new(Spool::<String>::default());
+        hash(helper, dir, &done, rx, &again).await?;
+        let again = again.into_inner().unwrap_or_else(|p| p.into_inner());
+        for h in again.finish().map_err(Extracted::tmp)? {
+            let h = h.map_err(Extracted::tmp)?;
+            rehashed.insert(h.key, h.item);
+        }
     }
-    let mut seen = listing(helper, dir, job, false).await?;
-    for s in seen.iter_mut().filter(|s| s.kind == 'F') {
-        s.sha256 = hashes.get(&s.path).cloned();
-    }
-    Ok(seen)
+    let seen = listing(helper, dir, job).await?;
+    Ok(Extracted {
+        seen,
+        hashes,
+        rehashed,
+    })
 }
+
+/// What [`extract_verified`] found on the volume, by path.
+struct Extracted {
+    seen: table::Table<script::Seen>,
+    /// The regular files' hashes as the sessions printed them while `tar` ran.
+    hashes: table::Table<String>,
+    /// The files hashed again after the extraction (few: see [`extract_verified`]).
+    rehashed: std::collections::HashMap<Vec<u8>, String>,
+}
+
+impl Extracted {
+    fn tmp(e: std::io::Error) -> Failure {
+        Failure::runtime(format!(
+            "a temporary file of the restore failed: {e}; check that the temporary directory (TMPDIR, else /tmp) has free space, then retry"
+        ))
+    }
+
+    /// The differences from the manifest ([`compare`]); `carry` gets every regular file's
+    /// inode and hash by path.
+    fn check(
+        &self,
+        job: &Job,
+        exact: bool,
+        mut carry: Option<&mut table::TableWriter<(u64, String)>>,
+    ) -> Result<Vec<String>, Failure> {
+        let mut hashes = table::Ahead::new(self.hashes.iter());
+        tokio::task::block_in_place(|| {
+            compare(
+                &mut job.entries.each(),
+                &self.seen,
+                &mut |key, s| {
+                    let h = match self.rehashed.get(key) {
+                        Some(h) => Some(h.clone()),
+                        None => hashes.find(key).map_err(Extracted::tmp)?,
+                    };
+                    if let (Some(w), Some(h)) = (carry.as_deref_mut(), &h) {
+                        w.push(key, &(s.inode, h.clone())).map_err(Extracted::tmp)?;
+                    }
+                    Ok(h)
+                },
+                exact,
+            )
+        })
+    }
+}
+
+/// Chunks queued per hashing session while it is busy: when the hashing falls that far
+/// behind `tar`, the stream waits for it (memory stays bounded; `tar` has by then long
+/// written the files the oldest queued chunk waits for, so the wait always ends).
+const HASH_CHUNKS_QUEUED: usize = 16;
 
 /// Cuts the regular files into [`script::HASH`] chunks while the archive streams, in the
 /// archive's order ([`script::HashChunks`]), and hands each to its session. Told of every
-/// member before `tar` sees it (by [`crate::archive::stream_verified`]), so a chunk reaches its
+/// member before `tar` sees it (by [`gate::stream_checked`]), so a chunk reaches its
 /// session while `tar` is still writing the files before its gate.
 struct HashFeed {
     chunks: script::HashChunks,
     done: String,
-    to: Vec<tokio::sync::mpsc::UnboundedSender<script::HashChunk>>,
+    to: Vec<tokio::sync::mpsc::Sender<script::HashChunk>>,
 }
 
 impl HashFeed {
@@ -968,22 +1135,24 @@ impl HashFeed {
         }
     }
 
+    /// Called from the feeder's blocking thread.
     fn send(&self, c: script::HashChunk) {
         // A session that is gone reports its own failure.
         if let Some(to) = self.to.get(c.shard) {
-            let _ = to.send(c);
+            let _ = to.blocking_send(c);
         }
     }
 }
 
-/// One [`script::HASH`] session: the chunks `from` sends on its stdin, the hashes it printed by
-/// path.
+/// One [`script::HASH`] session: the chunks `from` sends on its stdin; the hashes it prints,
+/// parsed as they arrive, go to `into` by path.
 async fn hash(
     helper: &HelperPod,
     dir: &str,
     done: &str,
-    mut from: tokio::sync::mpsc::UnboundedReceiver<script::HashChunk>,
-) -> Result<std::collections::HashMap<Vec<u8>, String>, Failure> {
+    mut from: tokio::sync::mpsc::Receiver<script::HashChunk>,
+    into: &Mutex<Spool<String>>,
+) -> Result<(), Failure> {
     use tokio::io::AsyncWriteExt;
     let argv = Step::Hash { dir, done }.argv(&in_pod(helper));
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
@@ -1010,21 +1179,38 @@ async fn hash(
         .stderr
         .take()
         .ok_or_else(|| Failure::runtime("exec gave no stderr"))?;
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let mut names = Vec::new();
+    let mut err = Vec::new();
+    // The names sent and not yet answered, in order: they say where each output line ends.
+    let names = Mutex::new(std::collections::VecDeque::new());
     let write = async {
         while let Some(c) = from.recv().await {
+            names
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(c.names);
             stdin.write_all(&c.stdin).await?;
-            names.extend(c.names);
         }
         stdin.shutdown().await
     };
+    let read = async {
+        let mut parser = script::HashParser::default();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = stdout.read(&mut buf).await.map_err(|e| e.to_string())?;
+            let mut names = names.lock().unwrap_or_else(|p| p.into_inner());
+            if n == 0 {
+                return parser.finish(&names);
+            }
+            let mut into = into.lock().unwrap_or_else(|p| p.into_inner());
+            parser.feed(&buf[..n], &mut names, &mut |key, h| {
+                into.push(key, &h).map_err(|e| {
+                    format!("writing them to a temporary file failed: {e}; check that the temporary directory (TMPDIR, else /tmp) has free space")
+                })
+            })?;
+        }
+    };
     let mut stderr = (&mut stderr).take(64 << 10);
-    let (w, o, _) = tokio::join!(
-        write,
-        stdout.read_to_end(&mut out),
-        stderr.read_to_end(&mut err)
-    );
+    let (w, o, _) = tokio::join!(write, read, stderr.read_to_end(&mut err));
     let st = session.finish(Duration::from_secs(60)).await?;
     if st.status.as_deref() != Some("Success") {
         return Err(Failure::runtime(format!(
@@ -1034,13 +1220,13 @@ async fn hash(
             String::from_utf8_lossy(&err).trim()
         )));
     }
-    w.and(o.map(|_| ())).map_err(|e| {
+    w.map_err(|e| {
         Failure::runtime(format!(
             "the hashing session in helper pod {} broke: {e}",
             helper.name
         ))
     })?;
-    script::parse_hashes(&out, &names).map_err(|e| {
+    o.map_err(|e| {
         Failure::runtime(format!(
             "the file hashes from helper pod {} are unreadable: {e}",
             helper.name
@@ -1080,8 +1266,8 @@ async fn extract(
         .stderr
         .take()
         .ok_or_else(|| Failure::runtime("exec gave no stderr"))?;
-    let loc = job.loc.clone();
-    let feeder = tokio::task::spawn_blocking(move || feed(&loc, stdin, hashing));
+    let (loc, entries) = (job.loc.clone(), job.entries.clone());
+    let feeder = tokio::task::spawn_blocking(move || feed(&loc, &entries, stdin, hashing));
     let drain = tokio::spawn(async move {
         let mut out = Vec::new();
         let mut err = Vec::new();
@@ -1120,13 +1306,43 @@ async fn extract(
     Ok(())
 }
 
-/// Ownership of symlinks under `dir` (busybox tar leaves them to root).
+/// Ownership of symlinks under `dir` (busybox tar leaves them to root): `chown -h` in batches
+/// of 500, from the entries in path order. Names that are not UTF-8 cannot travel as exec
+/// arguments and are skipped (the in-pod verification then reports them).
 async fn fix_symlink_owners(helper: &HelperPod, job: &Job, dir: &str) -> Result<(), Failure> {
-    let owners = script::symlink_owners(&job.loc.manifest);
-    for chunk in owners.chunks(500) {
-        run(helper, &Step::FixSymlinks { dir, owners: chunk }).await?;
+    let mut entries = job.entries.each();
+    loop {
+        let owners = tokio::task::block_in_place(|| -> Result<Vec<(String, String)>, Failure> {
+            let mut owners = Vec::new();
+            for e in entries.by_ref() {
+                let (key, e) = e?;
+                if e.kind == crate::archive::EntryKind::Symlink
+                    && (e.uid != 0 || e.gid != 0)
+                    && e.path_hex.is_none()
+                {
+                    owners.push((
+                        format!("{}:{}", e.uid, e.gid),
+                        format!("./{}", String::from_utf8_lossy(&key)),
+                    ));
+                    if owners.len() == 500 {
+                        break;
+                    }
+                }
+            }
+            Ok(owners)
+        })?;
+        if owners.is_empty() {
+            return Ok(());
+        }
+        run(
+            helper,
+            &Step::FixSymlinks {
+                dir,
+                owners: &owners,
+            },
+        )
+        .await?;
     }
-    Ok(())
 }
 
 /// Rolls the volume back in a fresh helper pod (the first one died or is unreachable).

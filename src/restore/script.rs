@@ -29,10 +29,11 @@
 //! the swap can be interrupted in, and [`COMMIT`], which drops them once the restored tree
 //! was verified in place.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 
-use crate::archive::{canonical_key, EntryKind, EntryRecord};
-use crate::manifest::Manifest;
+use super::table::{Table, TableWriter};
+use crate::archive::{canonical_key, EntryKind, EntryRecord, Spool};
+use crate::exit::Failure;
 
 pub const MOUNT: &str = "/data";
 
@@ -581,25 +582,66 @@ pub fn hash_after_extraction(entries: &[EntryRecord], done: &str) -> Vec<HashChu
     out
 }
 
-/// Parses the `sha256sum` lines of a [`HASH`] session (or of `xargs sha256sum` over `names`):
-/// the hash of every name but the padding, by canonical path.
-pub fn parse_hashes(out: &[u8], names: &[Vec<u8>]) -> Result<HashMap<Vec<u8>, String>, String> {
-    let mut cur = Cursor { out, at: 0 };
-    let mut hashes = HashMap::with_capacity(names.len());
-    for n in names {
-        let h = cur.hash_line(n)?;
-        if n != PAD {
-            hashes.insert(canonical_key(n.strip_prefix(b"./").unwrap_or(n)), h);
+/// Parses the `sha256sum` lines of [`HASH`] sessions as their output arrives: each line
+/// names the next of the files sent (in the order they were sent), so the names say where a
+/// line ends (busybox prints a name as is, newlines included).
+#[derive(Debug, Default)]
+pub struct HashParser {
+    buf: Vec<u8>,
+}
+
+impl HashParser {
+    /// Parses what `data` completes; `names` holds the names sent and not yet answered, and
+    /// `out` gets the hash of each but the padding, by canonical path.
+    pub fn feed(
+        &mut self,
+        data: &[u8],
+        names: &mut VecDeque<Vec<u8>>,
+        out: &mut dyn FnMut(Vec<u8>, String) -> Result<(), String>,
+    ) -> Result<(), String> {
+        self.buf.extend_from_slice(data);
+        let mut cur = Cursor {
+            out: &self.buf,
+            at: 0,
+        };
+        while !cur.done() {
+            let Some(n) = names.front() else {
+                return Err("sha256sum printed more lines than there are files".into());
+            };
+            let at = cur.at;
+            match cur.hash_line(n) {
+                Ok(h) => {
+                    let n = names.pop_front().expect("a front");
+                    if n != PAD {
+                        out(canonical_key(n.strip_prefix(b"./").unwrap_or(&n)), h)?;
+                    }
+                }
+                Err(Parse::Short) => {
+                    cur.at = at;
+                    break;
+                }
+                Err(Parse::Bad(m)) => return Err(m),
+            }
         }
+        let used = cur.at;
+        self.buf.drain(..used);
+        Ok(())
     }
-    if !cur.done() {
-        return Err("sha256sum printed more lines than there are files".into());
+
+    /// The output ended: every name must have had its line.
+    pub fn finish(&self, names: &VecDeque<Vec<u8>>) -> Result<(), String> {
+        if !self.buf.is_empty() || !names.is_empty() {
+            return Err(format!(
+                "sha256sum's output ends early ({} files without a hash)",
+                names.len()
+            ));
+        }
+        Ok(())
     }
-    Ok(hashes)
 }
 
 /// One entry as the helper pod saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Seen {
     pub kind: char,
     pub mode: u32,
@@ -608,46 +650,123 @@ pub struct Seen {
     pub size: u64,
     pub inode: u64,
     pub mtime: i64,
+    /// The canonical path (in a [`Table`], its key, so not stored twice).
+    #[serde(skip)]
     pub path: Vec<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link_target: Option<Vec<u8>>,
 }
 
-/// Parses [`LIST`]'s output; `hashed`: it was run with HOW = `hash`.
-pub fn parse_listing(out: &[u8], hashed: bool) -> Result<Vec<Seen>, String> {
-    let mut cur = Cursor { out, at: 0 };
-    let mut seen = Vec::new();
-    while !cur.done() {
-        if cur.field()? != b"B" {
-            return Err("a batch does not start with its marker".into());
+/// Parses [`LIST`]'s output as it arrives, batch by batch; `hashed`: it was run with HOW =
+/// `hash`.
+#[derive(Debug)]
+pub struct ListingParser {
+    buf: Vec<u8>,
+    hashed: bool,
+}
+
+impl ListingParser {
+    pub fn new(hashed: bool) -> ListingParser {
+        ListingParser {
+            buf: Vec::new(),
+            hashed,
         }
-        let mut paths = Vec::new();
+    }
+
+    /// Parses the batches `data` completes; `out` gets every entry.
+    pub fn feed(
+        &mut self,
+        data: &[u8],
+        out: &mut dyn FnMut(Seen) -> Result<(), String>,
+    ) -> Result<(), String> {
+        self.buf.extend_from_slice(data);
+        let mut used = 0;
         loop {
-            let p = cur.field()?;
-            if p.is_empty() {
+            let mut cur = Cursor {
+                out: &self.buf,
+                at: used,
+            };
+            if cur.done() {
                 break;
             }
-            paths.push(p);
-        }
-        let first = seen.len();
-        for p in &paths {
-            let line = String::from_utf8_lossy(cur.until(b'\n')?).into_owned();
-            seen.push(stat_line(&line, p)?);
-        }
-        for s in seen[first..].iter_mut().filter(|s| s.kind == 'L') {
-            let t = cur.field()?;
-            s.link_target = Some(t.strip_suffix(b"\n").unwrap_or(t).to_vec());
-        }
-        for (i, s) in seen[first..].iter_mut().enumerate() {
-            if hashed && s.kind == 'F' {
-                s.sha256 = Some(cur.hash_line(paths[i])?);
+            match batch(&mut cur, self.hashed) {
+                Ok(seen) => {
+                    used = cur.at;
+                    for s in seen {
+                        out(s)?;
+                    }
+                }
+                Err(Parse::Short) => break,
+                Err(Parse::Bad(m)) => return Err(m),
             }
+        }
+        self.buf.drain(..used);
+        Ok(())
+    }
+
+    /// The output ended: nothing may be left half-parsed.
+    pub fn finish(&self) -> Result<(), String> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err("the listing is truncated".into())
+        }
+    }
+}
+
+/// Parses [`LIST`]'s whole output; `hashed`: it was run with HOW = `hash`.
+pub fn parse_listing(out: &[u8], hashed: bool) -> Result<Vec<Seen>, String> {
+    let mut p = ListingParser::new(hashed);
+    let mut seen = Vec::new();
+    p.feed(out, &mut |s| {
+        seen.push(s);
+        Ok(())
+    })?;
+    p.finish()?;
+    Ok(seen)
+}
+
+/// One batch of [`LIST`]'s output.
+fn batch(cur: &mut Cursor<'_>, hashed: bool) -> Result<Vec<Seen>, Parse> {
+    if cur.field()? != b"B" {
+        return Err(Parse::Bad("a batch does not start with its marker".into()));
+    }
+    let mut paths = Vec::new();
+    loop {
+        let p = cur.field()?;
+        if p.is_empty() {
+            break;
+        }
+        paths.push(p);
+    }
+    let mut seen = Vec::with_capacity(paths.len());
+    for p in &paths {
+        let line = String::from_utf8_lossy(cur.until(b'\n')?).into_owned();
+        seen.push(stat_line(&line, p).map_err(Parse::Bad)?);
+    }
+    for s in seen.iter_mut().filter(|s| s.kind == 'L') {
+        let t = cur.field()?;
+        s.link_target = Some(t.strip_suffix(b"\n").unwrap_or(t).to_vec());
+    }
+    for (i, s) in seen.iter_mut().enumerate() {
+        if hashed && s.kind == 'F' {
+            s.sha256 = Some(cur.hash_line(paths[i])?);
         }
     }
     Ok(seen)
 }
 
-/// Reads [`LIST`]'s output front to back.
+/// Why output could not be parsed: it stops before the item ends (more may come), or it is
+/// wrong.
+#[derive(Debug)]
+enum Parse {
+    Short,
+    Bad(String),
+}
+
+/// Reads [`LIST`]'s (or [`HASH`]'s) output front to back.
 struct Cursor<'a> {
     out: &'a [u8],
     at: usize,
@@ -658,44 +777,51 @@ impl<'a> Cursor<'a> {
         self.at >= self.out.len()
     }
     /// Bytes up to (not including) the next `end`, which is consumed.
-    fn until(&mut self, end: u8) -> Result<&'a [u8], String> {
+    fn until(&mut self, end: u8) -> Result<&'a [u8], Parse> {
         let rest = &self.out[self.at..];
-        let n = rest
-            .iter()
-            .position(|b| *b == end)
-            .ok_or("the listing is truncated")?;
+        let n = rest.iter().position(|b| *b == end).ok_or(Parse::Short)?;
         self.at += n + 1;
         Ok(&rest[..n])
     }
-    fn field(&mut self) -> Result<&'a [u8], String> {
+    fn field(&mut self) -> Result<&'a [u8], Parse> {
         self.until(0)
     }
     /// One line of `sha256sum PATH`: the hash, two separator characters, then the name.
     /// busybox prints the name as is (it may hold newlines, so its length is what counts);
     /// GNU coreutils escapes an odd name and marks the line with a leading backslash.
-    fn hash_line(&mut self, path: &[u8]) -> Result<String, String> {
+    fn hash_line(&mut self, path: &[u8]) -> Result<String, Parse> {
         let rest = &self.out[self.at..];
         let escaped = rest.first() == Some(&b'\\');
         let rest = &rest[usize::from(escaped)..];
-        let hash = rest
-            .get(..64)
-            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
-            .ok_or("a sha256sum line does not start with a hash")?;
+        let hash = rest.get(..64).ok_or(Parse::Short)?;
+        if !hash.iter().all(u8::is_ascii_hexdigit) {
+            return Err(Parse::Bad(
+                "a sha256sum line does not start with a hash".into(),
+            ));
+        }
         let hash = String::from_utf8_lossy(hash).into_owned();
+        let start = self.at;
         self.at += usize::from(escaped) + 64;
         if escaped {
-            self.until(b'\n')?;
+            if let Err(e) = self.until(b'\n') {
+                self.at = start;
+                return Err(e);
+            }
         } else {
             let line = rest.get(64..64 + 2 + path.len() + 1);
             match line {
                 Some(l) if &l[2..2 + path.len()] == path && l.ends_with(b"\n") => {
                     self.at += l.len();
                 }
+                None if path.starts_with(&rest[(64 + 2).min(rest.len())..]) => {
+                    self.at = start;
+                    return Err(Parse::Short);
+                }
                 _ => {
-                    return Err(format!(
+                    return Err(Parse::Bad(format!(
                         "the sha256sum line for {:?} names another file",
                         String::from_utf8_lossy(path)
-                    ))
+                    )))
                 }
             }
         }
@@ -734,40 +860,81 @@ fn stat_line(line: &str, path: &[u8]) -> Result<Seen, String> {
     })
 }
 
-/// After the swap, the files in place are the staged files renamed: `rename(2)` keeps the
-/// inode and the content, and the staged files were hashed and checked against the manifest
-/// a moment ago. So a regular file in place takes the hash its inode had in `staged`, rather
-/// than being read a second time; one that is not a staged inode gets none, which
-/// [`compare`] reports as a mismatch.
-pub fn carry_hashes(staged: &[Seen], in_place: &mut [Seen]) {
-    let by_inode: HashMap<u64, &str> = staged
-        .iter()
-        .filter_map(|s| Some((s.inode, s.sha256.as_deref()?)))
-        .collect();
-    for s in in_place.iter_mut().filter(|s| s.kind == 'F') {
-        s.sha256 = by_inode.get(&s.inode).map(|h| h.to_string());
-    }
-}
+/// Where [`compare`] gets a regular file's hash: by its path, and what the volume holds there.
+pub type HashOf<'a> = dyn FnMut(&[u8], &Seen) -> Result<Option<String>, Failure> + 'a;
 
-/// Compares what is on the volume with the manifest. `exact`: entries the manifest does not
-/// list are differences (replace mode, and always in staging). Returns one line per difference.
-pub fn compare(manifest: &Manifest, seen: &[Seen], exact: bool) -> Vec<String> {
-    let by_path: HashMap<&[u8], &Seen> = seen.iter().map(|s| (s.path.as_slice(), s)).collect();
+/// Problems [`compare`] keeps (a restore shows the first 20).
+const PROBLEMS_KEPT: usize = 100;
+
+/// Compares what is on the volume (`seen`, by path) with the manifest's `entries` (in path
+/// order), side by side. `exact`: entries the manifest does not list are differences (replace
+/// mode, and always in staging). A regular file's content is its hash from `hash_of`, asked
+/// for in path order (`None`: not hashed, a difference). Returns one line per difference (the
+/// first [`PROBLEMS_KEPT`], then how many more).
+pub fn compare(
+    entries: &mut dyn Iterator<Item = Result<(Vec<u8>, EntryRecord), Failure>>,
+    seen: &Table<Seen>,
+    hash_of: &mut HashOf<'_>,
+    exact: bool,
+) -> Result<Vec<String>, Failure> {
+    let reread = |e: std::io::Error| {
+        Failure::runtime(format!(
+            "reading the volume's listing back from a temporary file failed: {e}"
+        ))
+    };
     let mut problems = Vec::new();
-    let mut listed = std::collections::HashSet::with_capacity(manifest.entries.len());
+    let mut more = 0usize;
+    let mut problem = |p: String| {
+        if problems.len() < PROBLEMS_KEPT {
+            problems.push(p);
+        } else {
+            more += 1;
+        }
+    };
     let show = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
-    for e in &manifest.entries {
-        let key = canonical_key(&e.raw_path());
-        let Some(s) = by_path.get(key.as_slice()) else {
-            problems.push(format!("{:?}: missing", e.path));
-            listed.insert(key);
-            continue;
+    let mut listing = seen.iter();
+    let mut next_seen = || -> Result<Option<Seen>, Failure> {
+        Ok(match listing.next().transpose().map_err(reread)? {
+            Some((key, mut s)) => {
+                s.path = key;
+                Some(s)
+            }
+            None => None,
+        })
+    };
+    let mut have = next_seen()?;
+    let mut want = entries.next().transpose()?;
+    loop {
+        let order = match (&want, &have) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((key, _)), Some(s)) => key.as_slice().cmp(&s.path),
         };
+        match order {
+            std::cmp::Ordering::Greater => {
+                let s = have.take().expect("an entry on the volume");
+                if exact && s.path != b"lost+found" {
+                    problem(format!("{:?}: not in the backup", show(&s.path)));
+                }
+                have = next_seen()?;
+                continue;
+            }
+            std::cmp::Ordering::Less => {
+                let (_, e) = want.take().expect("a manifest entry");
+                problem(format!("{:?}: missing", e.path));
+                want = entries.next().transpose()?;
+                continue;
+            }
+            std::cmp::Ordering::Equal => {}
+        }
+        let (key, e) = want.take().expect("a manifest entry");
+        let s = have.take().expect("an entry on the volume");
         // Formatted only when they differ: a restore compares every field of every entry.
         let mut diff =
             |field: &str, same: bool, want: &dyn Fn() -> String, got: &dyn Fn() -> String| {
                 if !same {
-                    problems.push(format!(
+                    problem(format!(
                         "{:?}: {field} is {}, the backup has {}",
                         e.path,
                         got(),
@@ -808,12 +975,13 @@ pub fn compare(manifest: &Manifest, seen: &[Seen], exact: bool) -> Vec<String> {
                     diff("size", s.size == e.size, &|| e.size.to_string(), &|| {
                         s.size.to_string()
                     });
+                    let got = hash_of(&key, &s)?;
                     diff(
                         "sha256",
-                        s.sha256.as_deref().unwrap_or_default()
+                        got.as_deref().unwrap_or_default()
                             == e.sha256.as_deref().unwrap_or_default(),
                         &|| e.sha256.clone().unwrap_or_default(),
-                        &|| s.sha256.clone().unwrap_or_default(),
+                        &|| got.clone().unwrap_or_default(),
                     );
                     diff(
                         "mtime",
@@ -842,14 +1010,14 @@ pub fn compare(manifest: &Manifest, seen: &[Seen], exact: bool) -> Vec<String> {
                         .raw_link_target()
                         .map(|t| canonical_key(&t))
                         .unwrap_or_default();
-                    match by_path.get(target.as_slice()) {
-                        Some(t) if t.inode == s.inode => {}
-                        Some(_) => problems.push(format!(
+                    match seen.get(&target).map_err(reread)? {
+                        Some((_, t)) if t.inode == s.inode => {}
+                        Some(_) => problem(format!(
                             "{:?}: is not a hard link to {:?}",
                             e.path,
                             show(&target)
                         )),
-                        None => problems.push(format!(
+                        None => problem(format!(
                             "{:?}: its hard link target {:?} is missing",
                             e.path,
                             show(&target)
@@ -859,60 +1027,52 @@ pub fn compare(manifest: &Manifest, seen: &[Seen], exact: bool) -> Vec<String> {
                 _ => {}
             }
         }
-        if exact {
-            listed.insert(key);
-        }
+        want = entries.next().transpose()?;
+        have = next_seen()?;
     }
-    if exact {
-        for s in seen {
-            if !listed.contains(&s.path) && s.path != b"lost+found" {
-                problems.push(format!("{:?}: not in the backup", show(&s.path)));
-            }
-        }
+    if more > 0 {
+        problems.push(format!("and {more} more differences"));
     }
-    problems
+    Ok(problems)
 }
 
-/// Bytes the restored tree occupies, estimated generously: every file rounded up to 4 KiB
-/// pages, a page per directory and symlink, never less than the tar stream itself, plus 1 MiB
-/// for filesystem metadata.
-pub fn needed_bytes(m: &Manifest) -> u64 {
-    let pages: u64 = m
-        .entries
-        .iter()
-        .map(|e: &EntryRecord| match e.kind {
-            EntryKind::File => e.size.div_ceil(4096) * 4096 + 4096,
-            EntryKind::Hardlink => 0,
-            _ => 4096,
-        })
-        .sum();
-    pages.max(m.uncompressed_size) + (1 << 20)
+/// Writes a listing, in any order, to a [`Table`] by path (sorted on the way by a
+/// [`Spool`]: bounded memory whatever the number of entries).
+pub struct ListingTable {
+    spool: Spool<Seen>,
 }
 
-/// Symlinks whose owner busybox tar leaves as root: `(uid:gid, path)` for [`FIX_SYMLINKS`].
-/// Names that are not UTF-8 cannot travel as exec arguments and are skipped (the in-pod
-/// verification then reports them).
-pub fn symlink_owners(m: &Manifest) -> Vec<(String, String)> {
-    m.entries
-        .iter()
-        .filter(|e| {
-            e.kind == EntryKind::Symlink && (e.uid != 0 || e.gid != 0) && e.path_hex.is_none()
-        })
-        .map(|e| {
-            (
-                format!("{}:{}", e.uid, e.gid),
-                format!(
-                    "./{}",
-                    String::from_utf8_lossy(&canonical_key(e.path.as_bytes()))
-                ),
-            )
-        })
-        .collect()
+impl ListingTable {
+    pub fn new() -> ListingTable {
+        ListingTable {
+            spool: Spool::with_budget(super::table::SPOOL_BYTES),
+        }
+    }
+
+    pub fn push(&mut self, s: Seen) -> std::io::Result<()> {
+        self.spool.push(s.path.clone(), &s)
+    }
+
+    pub fn finish(self) -> std::io::Result<Table<Seen>> {
+        let mut w = TableWriter::new(super::table::READ_IN_ORDER)?;
+        for s in self.spool.finish()? {
+            let s = s?;
+            w.push(&s.key, &s.item)?;
+        }
+        w.finish()
+    }
+}
+
+impl Default for ListingTable {
+    fn default() -> Self {
+        ListingTable::new()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifest::Manifest;
 
     #[test]
     fn listing_parses() {
@@ -964,8 +1124,8 @@ mod tests {
             sha256: None,
             link_target: Some(target.to_vec()),
         };
-        assert!(compare(&m, &[seen(b"/a\xff")], true).is_empty());
-        let p = compare(&m, &[seen(b"/a\xfe")], true);
+        assert!(compare_with(&m, vec![seen(b"/a\xff")], true).is_empty());
+        let p = compare_with(&m, vec![seen(b"/a\xfe")], true);
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(
             p[0].contains("link target is /a\\xfe, the backup has /a\\xff"),
@@ -992,7 +1152,7 @@ mod tests {
         for i in 0..20_000 {
             std::fs::write(d.join(format!("sub/deeper/f{i:05}")), i.to_string()).unwrap();
         }
-        let list = |how: &str| {
+        let raw = |how: &str| {
             let out = std::process::Command::new(&busybox)
                 .args(["sh", "-c", LIST, LIST])
                 .arg(d)
@@ -1005,8 +1165,9 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(&out.stderr)
             );
-            parse_listing(&out.stdout, how == "hash").unwrap()
+            out.stdout
         };
+        let list = |how: &str| parse_listing(&raw(how), how == "hash").unwrap();
         let seen = list("hash");
         let get = |p: &[u8]| seen.iter().find(|s| s.path == p).unwrap();
         assert_eq!(seen.len(), 20_000 + 7);
@@ -1018,17 +1179,129 @@ mod tests {
         assert_eq!(get(b"sub/link").link_target.as_deref(), Some(&b"top"[..]));
         assert_eq!(get(b"sub").kind, 'D');
         assert!(seen.iter().all(|s| !s.path.starts_with(b".pvbackup")));
-        // without hashing: the same entries, no hashes; hashes carried over by inode
-        let mut stat_only = list("stat");
+        // without hashing: the same entries, no hashes
+        let stat_only = list("stat");
         assert_eq!(stat_only.len(), seen.len());
         assert!(stat_only.iter().all(|s| s.sha256.is_none()));
-        carry_hashes(&seen, &mut stat_only);
-        assert_eq!(stat_only, seen);
-        // a file that is not one of the hashed inodes gets no hash
-        let i = stat_only.iter().position(|s| s.path == b"top").unwrap();
-        stat_only[i].inode = u64::MAX;
-        carry_hashes(&seen, &mut stat_only);
-        assert_eq!(stat_only[i].sha256, None);
+        let unhashed = |s: &Seen| Seen {
+            sha256: None,
+            ..s.clone()
+        };
+        assert_eq!(stat_only, seen.iter().map(unhashed).collect::<Vec<_>>());
+        // Parsed as it arrives, in pieces cut anywhere: the same entries.
+        let out = raw("hash");
+        for piece in [4093, 1 << 16] {
+            let mut p = ListingParser::new(true);
+            let mut got = Vec::new();
+            for c in out.chunks(piece) {
+                p.feed(c, &mut |s| {
+                    got.push(s);
+                    Ok(())
+                })
+                .unwrap();
+            }
+            p.finish().unwrap();
+            assert_eq!(got, seen, "in pieces of {piece}");
+        }
+        let mut p = ListingParser::new(true);
+        p.feed(&out[..out.len() - 3], &mut |_| Ok(())).unwrap();
+        assert!(p.finish().is_err(), "a cut listing is refused");
+        // By path in a table, whatever the order they came in.
+        let t = table_of(seen.clone());
+        assert_eq!(t.len(), seen.len() as u64);
+        let mut sorted = seen.clone();
+        sorted.sort_by(|a, b| a.path.cmp(&b.path));
+        let back: Vec<Seen> = t
+            .iter()
+            .map(|r| {
+                let (k, mut s) = r.unwrap();
+                s.path = k;
+                s
+            })
+            .collect();
+        assert_eq!(back, sorted);
+    }
+
+    /// `seen` in a [`Table`] by path.
+    fn table_of(seen: Vec<Seen>) -> Table<Seen> {
+        let mut t = ListingTable::new();
+        for s in seen {
+            t.push(s).unwrap();
+        }
+        t.finish().unwrap()
+    }
+
+    /// [`compare`] of `seen` with `m`'s entries, hashes from the listing itself.
+    fn compare_with(m: &Manifest, seen: Vec<Seen>, exact: bool) -> Vec<String> {
+        let mut entries: Vec<(Vec<u8>, EntryRecord)> = m
+            .entries
+            .iter()
+            .map(|e| (canonical_key(&e.raw_path()), e.clone()))
+            .collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        compare(
+            &mut entries.into_iter().map(Ok),
+            &table_of(seen),
+            &mut |_, s| Ok(s.sha256.clone()),
+            exact,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn compare_reports_each_difference_side_by_side() {
+        let e = |path: &str, kind: EntryKind, target: Option<&str>| EntryRecord {
+            kind,
+            link_target: target.map(str::to_string),
+            sha256: (kind == EntryKind::File).then(|| "ab".repeat(32)),
+            ..file(path, 0)
+        };
+        let v = serde_json::json!({
+            "schema_version": 1, "kind": "PVBackupManifest", "backup_id": "b", "tool_version": "t",
+            "created": "2025-01-01T00:00:00Z", "cluster": {"server": "s"}, "namespace": "n",
+            "pvc": {"name": "p", "uid": "u"}, "helper_image": "busybox",
+            "compression": {"algorithm": "none"},
+            "archive": {"file_name": "p.tar", "size": 0, "sha256": "0".repeat(64)},
+            "uncompressed_size": 0, "entry_count": 5,
+            "entries": [e(".", EntryKind::Dir, None), e("z", EntryKind::File, None),
+                        e("a", EntryKind::Hardlink, Some("z")), e("b", EntryKind::File, None),
+                        e("gone", EntryKind::File, None)]
+        });
+        let m = Manifest::from_json(v.to_string().as_bytes()).unwrap();
+        let s = |path: &str, kind: char, inode: u64| Seen {
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            inode,
+            mtime: 0,
+            path: path.as_bytes().to_vec(),
+            sha256: (kind == 'F').then(|| "ab".repeat(32)),
+            link_target: None,
+        };
+        let good = vec![
+            s("z", 'F', 7),
+            s(".", 'D', 1),
+            s("b", 'F', 8),
+            s("a", 'F', 7),
+            s("gone", 'F', 9),
+        ];
+        assert_eq!(compare_with(&m, good.clone(), true), Vec::<String>::new());
+        let mut bad = good.clone();
+        bad[3].inode = 10; // "a" no longer a link to "z"
+        bad[2].sha256 = Some("cd".repeat(32)); // "b" changed
+        bad.remove(4); // "gone" missing
+        bad.push(s("extra", 'F', 11));
+        bad.push(s("lost+found", 'D', 12));
+        let p = compare_with(&m, bad.clone(), true);
+        assert_eq!(p.len(), 4, "{p:?}");
+        assert!(p[0].contains("\"a\": is not a hard link to \"z\""), "{p:?}");
+        assert!(p[1].contains("\"b\": sha256 is cdcd"), "{p:?}");
+        assert!(p[2].contains("\"extra\": not in the backup"), "{p:?}");
+        assert!(p[3].contains("\"gone\": missing"), "{p:?}");
+        // Not exact (a merge in place): what the backup does not list is fine.
+        assert_eq!(compare_with(&m, bad, false).len(), 3);
     }
 
     fn file(path: &str, size: u64) -> EntryRecord {
@@ -1216,10 +1489,26 @@ mod tests {
             .map(|c| c.wait_with_output().unwrap())
             .collect();
         let names = writer.join().unwrap();
-        let mut got = HashMap::new();
+        // Parsed as the output arrives, in pieces cut anywhere.
+        let parse = |out: &[u8], names: &[Vec<u8>], piece: usize| {
+            let mut names: VecDeque<Vec<u8>> = names.iter().cloned().collect();
+            let mut p = HashParser::default();
+            let mut got = Vec::new();
+            for c in out.chunks(piece) {
+                p.feed(c, &mut names, &mut |k, h| {
+                    got.push((k, h));
+                    Ok(())
+                })?;
+            }
+            p.finish(&names)?;
+            Ok::<_, String>(got)
+        };
+        let mut got = std::collections::HashMap::new();
         for (out, names) in outs.iter().zip(&names) {
             assert!(out.status.success());
-            got.extend(parse_hashes(&out.stdout, names).unwrap());
+            let whole = parse(&out.stdout, names, usize::MAX).unwrap();
+            assert_eq!(parse(&out.stdout, names, 5).unwrap(), whole);
+            got.extend(whole);
         }
         assert_eq!(got.len(), entries.len());
         for e in &entries {
@@ -1228,8 +1517,11 @@ mod tests {
             ));
             assert_eq!(got[e.path.as_bytes()], want, "{:?}", e.path);
         }
-        // A line naming another file, or one too many, is refused.
-        assert!(parse_hashes(b"", &names[0]).is_err());
+        // Output that ends early, or names another file, is refused.
+        assert!(parse(b"", &names[0], 1).is_err());
+        let mut other = names[0].clone();
+        other.rotate_left(1);
+        assert!(parse(&outs[0].stdout, &other, 64).is_err());
     }
 
     /// PREPARE in busybox: an empty volume (an empty `lost+found` at most) goes direct and
