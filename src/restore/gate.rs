@@ -43,9 +43,10 @@ impl Bits {
 /// reaches `sink` only after its header was found among `entries` (not seen before) with the
 /// same type, size, mode, owner, mtime and link target, a hard link only once its target was
 /// (a non-directory member before it: `tar` extracts in order), and the walk stops at the
-/// first problem, so `tar` sees nothing past it. Whether the stream was whole (every file's
-/// sha256, the stored archive's size and sha256, no entry missing) is known at the end: until
-/// [`VerifyReport::is_ok`], what `sink` extracted must not be trusted.
+/// first problem, so `tar` sees nothing past it. Files' content is not hashed here (the
+/// helper pod hashes what it wrote). Whether the stream was whole (the stored archive's size
+/// and sha256, no entry missing) is known at the end: until [`VerifyReport::is_ok`], what
+/// `sink` extracted must not be trusted.
 ///
 /// `members` is told of every admitted member in archive order, before any of its bytes reach
 /// `sink` (the in-pod hashing is cut into chunks by it). `Err(ArchiveError::Write)` is a
@@ -129,7 +130,7 @@ pub fn stream_checked<R: Read, W: Write>(
             members(rec);
             Ok(())
         };
-        let visit = |rec: EntryRecord| -> Result<(), ArchiveError> {
+        let visit = |mut rec: EntryRecord| -> Result<(), ArchiveError> {
             entries_checked += 1;
             if rec.sha256.is_some() {
                 files_hashed += 1;
@@ -138,6 +139,9 @@ pub fn stream_checked<R: Read, W: Write>(
             let before = problems.len();
             match pending.borrow_mut().take() {
                 Some(want) if canonical_key(&want.raw_path()) == canonical_key(&rec.raw_path()) => {
+                    // The gated walk does not hash content: the helper pod hashes each file it
+                    // wrote, and compares it with the manifest.
+                    rec.sha256.clone_from(&want.sha256);
                     compare_entry(&want, &rec, &mut problems)
                 }
                 _ => problems.push(Problem::Unexpected { path: rec.path }),
