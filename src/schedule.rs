@@ -222,6 +222,9 @@ fn pod_annotations() -> Value {
     a
 }
 
+/// The emptyDir every container of a schedule's pod has at `/tmp`.
+const TMP_VOLUME: &str = "tmp";
+
 fn container(plan: &SchedulePlan, name: &str, args: Vec<String>) -> Value {
     let mut c = json!({
         "name": name,
@@ -232,6 +235,9 @@ fn container(plan: &SchedulePlan, name: &str, args: Vec<String>) -> Value {
             "readOnlyRootFilesystem": true,
             "capabilities": {"drop": ["ALL"]},
         },
+        // The root is read-only: `create` and `restore`/`drill` sort entries through temporary
+        // files in TMPDIR (else /tmp), which must be writable.
+        "volumeMounts": [{"name": TMP_VOLUME, "mountPath": "/tmp"}],
     });
     if let Some(s) = &plan.credentials_secret {
         c["envFrom"] = json!([{"secretRef": {"name": s}}]);
@@ -255,6 +261,7 @@ fn cron_job(plan: &SchedulePlan, name: String, cron: &str, mut containers: Vec<V
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [main],
+        "volumes": [{"name": TMP_VOLUME, "emptyDir": {}}],
     });
     if !containers.is_empty() {
         pod_spec["initContainers"] = json!(containers);

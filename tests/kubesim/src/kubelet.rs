@@ -972,9 +972,17 @@ impl PodWorker {
                 });
             } else if v.get("emptyDir").is_some() {
                 let dir = self.pod_dir.join("volumes").join(&vname);
-                std::fs::create_dir_all(&dir).map_err(|e| {
-                    VolumeWait::Retry("FailedMount".into(), e.to_string(), "kubelet")
-                })?;
+                // World-writable, as the kubelet makes it (pkg/volume/emptydir/empty_dir.go:
+                // `const perm os.FileMode = 0777`, applied by setupDir whatever the umask), so a
+                // container running as non-root can write to it.
+                std::fs::create_dir_all(&dir)
+                    .and_then(|()| {
+                        use std::os::unix::fs::PermissionsExt;
+                        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
+                    })
+                    .map_err(|e| {
+                        VolumeWait::Retry("FailedMount".into(), e.to_string(), "kubelet")
+                    })?;
                 out.push(PodVolume {
                     name: vname,
                     host_path: dir,
