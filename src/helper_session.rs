@@ -80,18 +80,35 @@ impl Registry {
 /// so another pod may work on the volume. The one "wait until gone" of every command.
 pub async fn wait_gone(api: &Api<Pod>, name: &str, uid: Option<&str>, limit: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
+    let gone = move |p: Option<&Pod>| match (p, uid) {
+        (None, _) => true,
+        (Some(p), Some(uid)) => p.metadata.uid.as_deref() != Some(uid),
+        (Some(_), None) => false,
+    };
     loop {
-        if let Ok(Ok(p)) = tokio::time::timeout(Duration::from_secs(10), api.get_opt(name)).await {
-            match (p, uid) {
-                (None, _) => return true,
-                (Some(p), Some(uid)) if p.metadata.uid.as_deref() != Some(uid) => return true,
-                _ => {}
+        // A watch on the one pod ends the wait as the API server reports it deleted. Polling
+        // every 250 ms added up to that much to every command that removes a helper pod.
+        let rest = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let watched = kube::runtime::wait::await_condition(api.clone(), name, gone);
+        match tokio::time::timeout(rest, watched).await {
+            Ok(Ok(_)) => return true,
+            Err(_) => return false,
+            // The watch failed (a dropped connection, a proxy that cuts watches): look once,
+            // then watch again.
+            Ok(Err(_)) => {
+                if let Ok(Ok(p)) =
+                    tokio::time::timeout(Duration::from_secs(10), api.get_opt(name)).await
+                {
+                    if gone(p.as_ref()) {
+                        return true;
+                    }
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

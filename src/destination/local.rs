@@ -118,7 +118,40 @@ struct LocalWriter {
     dest: PathBuf,
     file: Option<BufWriter<File>>,
     in_flight: Arc<Mutex<HashSet<PathBuf>>>,
+    /// Bytes taken by `write`, and how far the file's writeback was started.
+    accepted: u64,
+    written_back: u64,
 }
+
+/// Writes of at least this size skip the `BufWriter`'s copy (the compressor and the age writer
+/// hand over 64–128 KiB chunks); smaller ones, such as the manifest's JSON, are gathered.
+const WRITE_BUFFER: usize = 64 << 10;
+
+/// Writeback is started every this many bytes while an archive streams, so that the `fsync` of
+/// the commit waits for the last stretch only, not for the whole archive at once (it took
+/// 0.23 s of a 2.1 s backup of 540 MB here). PostgreSQL's `pg_flush_data` does the same for
+/// the same reason (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, src/backend/storage/file/fd.c).
+const WRITEBACK_STEP: u64 = 16 << 20;
+
+/// Asks the kernel to start writing `len` bytes from `offset` to disk, without waiting. A hint:
+/// the commit's `fsync` still waits for everything and reports any error.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open for as long as `file` is borrowed, and sync_file_range
+    // only reads its integer arguments.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_: &File, _: u64, _: u64) {}
 
 impl LocalWriter {
     fn forget(&self) {
@@ -131,7 +164,19 @@ impl LocalWriter {
 
 impl Write for LocalWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.file.as_mut().expect("written after commit").write(buf)
+        let file = self.file.as_mut().expect("written after commit");
+        let n = file.write(buf)?;
+        self.accepted += n as u64;
+        let in_file = self.accepted - file.buffer().len() as u64;
+        if in_file - self.written_back >= WRITEBACK_STEP {
+            start_writeback(
+                file.get_ref(),
+                self.written_back,
+                in_file - self.written_back,
+            );
+            self.written_back = in_file;
+        }
+        Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.file.as_mut().expect("flushed after commit").flush()
@@ -191,8 +236,10 @@ impl Destination for LocalDir {
         Ok(Box::new(LocalWriter {
             tmp,
             dest,
-            file: Some(BufWriter::with_capacity(1 << 20, file)),
+            file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
             in_flight: self.in_flight.clone(),
+            accepted: 0,
+            written_back: 0,
         }))
     }
 
