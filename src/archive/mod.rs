@@ -6,6 +6,7 @@
 //! is never buffered whole, and buffers are [`BUF_SIZE`] bytes.
 
 mod compression;
+mod pipeline;
 mod safety;
 mod sorted;
 mod verify;
@@ -31,9 +32,8 @@ pub use sorted::{
 };
 pub use verify::{stream_verified, verify_archive, verify_archive_streamed, Problem, VerifyReport};
 // The parts of a verification a restore's gated stream over an on-disk index reuses.
-pub(crate) use verify::{
-    compare as compare_entry, decompressed, finish_walk, report, HashingReader,
-};
+pub(crate) use pipeline::unpacked_walk;
+pub(crate) use verify::{compare as compare_entry, finish_walk, report};
 pub(crate) use walk::walk_gated;
 
 /// Size of the read/write buffers on the hot path.

@@ -3,15 +3,15 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{self, BufReader, Read, Write};
-use std::rc::Rc;
+use std::io::{self, Read, Write};
 
 use sha2::{Digest, Sha256};
 
+use super::pipeline::{unpacked_walk, Unpacked};
 use super::safety::canonical_key;
 use super::{
     check_entries_safe, check_entry_safe, spool_entry, walk, ArchiveError, ArchiveOrder,
-    Compression, EntryKind, EntryRecord, LinkRef, SortedProblem, SortedRules, Spool, BUF_SIZE,
+    Compression, EntryKind, EntryRecord, LinkRef, SortedProblem, SortedRules, Spool,
 };
 use crate::manifest::Manifest;
 
@@ -128,44 +128,6 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// The stored bytes decompressed and buffered for the tar walk, with the decompressor's first
-/// error kept in `trap` (the walk only sees that the stream ended).
-pub(crate) fn decompressed<'a, R: Read + 'a>(
-    stored: R,
-    compression: Compression,
-    trap: &Rc<RefCell<Option<String>>>,
-) -> Result<BufReader<ErrorTrap<Box<dyn Read + 'a>>>, ArchiveError> {
-    let decoder = compression
-        .decoder(stored)
-        .map_err(|source| ArchiveError::Decompress {
-            algorithm: compression.algorithm(),
-            source,
-        })?;
-    Ok(BufReader::with_capacity(
-        BUF_SIZE,
-        ErrorTrap {
-            inner: decoder,
-            error: Rc::clone(trap),
-        },
-    ))
-}
-
-/// Records the first error of the decompressor (shared: the walker owns it).
-pub(crate) struct ErrorTrap<R> {
-    inner: R,
-    error: Rc<RefCell<Option<String>>>,
-}
-
-impl<R: Read> Read for ErrorTrap<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf).inspect_err(|e| {
-            if e.kind() != io::ErrorKind::Interrupted {
-                self.error.borrow_mut().get_or_insert_with(|| e.to_string());
-            }
-        })
-    }
-}
-
 fn opt(s: &Option<String>) -> String {
     s.clone().unwrap_or_else(|| "none".into())
 }
@@ -203,7 +165,7 @@ pub(crate) fn compare(m: &EntryRecord, a: &EntryRecord, problems: &mut Vec<Probl
 /// (check [`VerifyReport::is_ok`]). `Err` is returned when `stored` cannot
 /// be read (an I/O error, not corruption) and when the manifest or the
 /// archive contains an entry that would be unsafe to restore.
-pub fn verify_archive<R: Read>(
+pub fn verify_archive<R: Read + Send>(
     stored: R,
     compression: Compression,
     manifest: &Manifest,
@@ -224,7 +186,7 @@ pub fn verify_archive<R: Read>(
 /// `members` is told of every admitted member in archive order, before any of its bytes reach
 /// `sink` (a restore cuts the in-pod hashing into chunks by it: the archive's order, not the
 /// manifest's, says when `tar` has finished a file).
-pub fn stream_verified<R: Read, W: Write>(
+pub fn stream_verified<R: Read + Send, W: Write>(
     stored: R,
     compression: Compression,
     manifest: &Manifest,
@@ -234,7 +196,7 @@ pub fn stream_verified<R: Read, W: Write>(
     verify_inner(stored, compression, manifest, sink, Some(members))
 }
 
-fn verify_inner<R: Read, W: Write>(
+fn verify_inner<R: Read + Send, W: Write>(
     stored: R,
     compression: Compression,
     manifest: &Manifest,
@@ -266,15 +228,7 @@ fn verify_inner<R: Read, W: Write>(
     };
     let mut entries_checked = 0u64;
     let mut files_hashed = 0u64;
-    let mut hr = HashingReader {
-        inner: stored,
-        hasher: Sha256::new(),
-        count: 0,
-        error: None,
-    };
-    let trap = Rc::new(RefCell::new(None));
-    let walked = {
-        let src = decompressed(&mut hr, compression, &trap)?;
+    let (walked, mut unpacked) = unpacked_walk(stored, compression, |src| {
         let visit = |mut rec: EntryRecord| {
             if !gated {
                 order.borrow_mut().check(&rec)?;
@@ -340,9 +294,9 @@ fn verify_inner<R: Read, W: Write>(
         } else {
             walk::walk(src, sink, None, None, visit).map(|_| ())
         }
-    };
+    })?;
     let mut problems = problems.into_inner();
-    let complete = finish_walk(&mut hr, walked, stopped.get(), &trap, &mut problems)?;
+    let complete = finish_walk(&mut unpacked, walked, stopped.get(), &mut problems)?;
     if complete {
         let mut missing: Vec<usize> = expected
             .borrow()
@@ -358,7 +312,7 @@ fn verify_inner<R: Read, W: Write>(
         }
     }
     Ok(report(
-        hr,
+        unpacked,
         manifest,
         problems,
         complete,
@@ -367,28 +321,23 @@ fn verify_inner<R: Read, W: Write>(
     ))
 }
 
-/// After a walk: hashes whatever the decompressor did not consume (trailing bytes, or
-/// everything after a corruption) so that the archive hash covers the file, and turns how the
-/// walk ended into problems. Returns whether the tar stream was read through its end (`Err`
-/// for a read error of the stored bytes, not the archive's fault).
-pub(crate) fn finish_walk<R: Read>(
-    hr: &mut HashingReader<R>,
+/// After a walk ([`unpacked_walk`]): turns how it ended into problems. Returns whether the
+/// tar stream was read through its end (`Err` for a read error of the stored bytes, not the
+/// archive's fault).
+pub(crate) fn finish_walk(
+    unpacked: &mut Unpacked,
     walked: Result<(), ArchiveError>,
     stopped: bool,
-    trap: &RefCell<Option<String>>,
     problems: &mut Vec<Problem>,
 ) -> Result<bool, ArchiveError> {
-    if hr.error.is_none() {
-        let _ = io::copy(hr, &mut io::sink());
-    }
-    if let Some(source) = hr.error.take() {
+    if let Some(source) = unpacked.read_error.take() {
         return Err(ArchiveError::Read { source });
     }
     Ok(match walked {
         Ok(_) => true,
         Err(_) if stopped => false,
         Err(e) => {
-            if let Some(detail) = trap.borrow_mut().take() {
+            if let Some(detail) = unpacked.decompress_error.take() {
                 problems.push(Problem::Decompression { detail });
             } else {
                 match e {
@@ -412,16 +361,16 @@ pub(crate) fn finish_walk<R: Read>(
 }
 
 /// The report, archive-level findings first: they explain the rest.
-pub(crate) fn report<R>(
-    hr: HashingReader<R>,
+pub(crate) fn report(
+    unpacked: Unpacked,
     manifest: &Manifest,
     mut problems: Vec<Problem>,
     complete: bool,
     entries_checked: u64,
     files_hashed: u64,
 ) -> VerifyReport {
-    let archive_sha256 = hex::encode(hr.hasher.finalize());
-    let stored_bytes = hr.count;
+    let archive_sha256 = unpacked.sha256;
+    let stored_bytes = unpacked.count;
     let mut head = Vec::new();
     if archive_sha256 != manifest.archive.sha256 {
         head.push(Problem::ArchiveSha256 {
@@ -452,7 +401,7 @@ pub(crate) fn report<R>(
 /// sorted streams are compared side by side; the rules across entries are checked on the
 /// members in that pass ([`SortedRules`], in archive order). Memory stays bounded whatever the
 /// number of entries; problems come in path order.
-pub fn verify_archive_streamed<R: Read>(
+pub fn verify_archive_streamed<R: Read + Send>(
     stored: R,
     compression: Compression,
     manifest: &Manifest,
@@ -463,15 +412,7 @@ pub fn verify_archive_streamed<R: Read>(
     let mut links: Spool<LinkRef> = Spool::default();
     let mut entries_checked = 0u64;
     let mut files_hashed = 0u64;
-    let mut hr = HashingReader {
-        inner: stored,
-        hasher: Sha256::new(),
-        count: 0,
-        error: None,
-    };
-    let trap = Rc::new(RefCell::new(None));
-    let walked = {
-        let src = decompressed(&mut hr, compression, &trap)?;
+    let (walked, mut unpacked) = unpacked_walk(stored, compression, |src| {
         walk::walk(src, io::sink(), None, None, |rec| {
             check_entry_safe(&rec)?;
             entries_checked += 1;
@@ -481,9 +422,9 @@ pub fn verify_archive_streamed<R: Read>(
             spool_entry(&mut members, &mut links, &rec).map_err(spool)
         })
         .map(|_| ())
-    };
+    })?;
     let mut problems = Vec::new();
-    let complete = finish_walk(&mut hr, walked, false, &trap, &mut problems)?;
+    let complete = finish_walk(&mut unpacked, walked, false, &mut problems)?;
 
     let mut rules = SortedRules::new(links.finish().map_err(spool)?, true);
     let mut members = members.finish().map_err(spool)?;
@@ -527,7 +468,7 @@ pub fn verify_archive_streamed<R: Read>(
         Err(SortedProblem::Io(e)) => return Err(spool(e)),
     }
     Ok(report(
-        hr,
+        unpacked,
         manifest,
         problems,
         complete,

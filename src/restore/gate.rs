@@ -5,15 +5,11 @@
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
-use std::rc::Rc;
-
-use sha2::{Digest, Sha256};
 
 use super::entries::Entries;
 use crate::archive::{
-    canonical_key, check_entry_safe, compare_entry, decompressed, finish_walk, report, walk_gated,
-    ArchiveError, EntryKind, EntryRecord, HashingReader, Problem, UnsafeEntry, UnsafeReason,
-    VerifyReport,
+    canonical_key, check_entry_safe, compare_entry, finish_walk, report, unpacked_walk, walk_gated,
+    ArchiveError, EntryKind, EntryRecord, Problem, UnsafeEntry, UnsafeReason, VerifyReport,
 };
 use crate::manifest::Manifest;
 
@@ -51,7 +47,7 @@ impl Bits {
 /// `members` is told of every admitted member in archive order, before any of its bytes reach
 /// `sink` (the in-pod hashing is cut into chunks by it). `Err(ArchiveError::Write)` is a
 /// failure of `sink`.
-pub fn stream_checked<R: Read, W: Write>(
+pub fn stream_checked<R: Read + Send, W: Write>(
     stored: R,
     manifest: &Manifest,
     entries: &Entries,
@@ -74,15 +70,7 @@ pub fn stream_checked<R: Read, W: Write>(
     };
     let mut entries_checked = 0u64;
     let mut files_hashed = 0u64;
-    let mut hr = HashingReader {
-        inner: stored,
-        hasher: Sha256::new(),
-        count: 0,
-        error: None,
-    };
-    let trap = Rc::new(RefCell::new(None));
-    let walked = {
-        let src = decompressed(&mut hr, manifest.compression, &trap)?;
+    let (walked, mut unpacked) = unpacked_walk(stored, manifest.compression, |src| {
         let mut admit = |rec: &EntryRecord| -> Result<(), ArchiveError> {
             check_entry_safe(rec)?;
             let key = canonical_key(&rec.raw_path());
@@ -152,9 +140,9 @@ pub fn stream_checked<R: Read, W: Write>(
             Ok(())
         };
         walk_gated(src, sink, &mut admit, visit).map(|_| ())
-    };
+    })?;
     let mut problems = problems.into_inner();
-    let complete = finish_walk(&mut hr, walked, stopped.get(), &trap, &mut problems)?;
+    let complete = finish_walk(&mut unpacked, walked, stopped.get(), &mut problems)?;
     let seen = seen.into_inner();
     if complete && seen.count() < table.len() {
         let mut missing = 0usize;
@@ -169,7 +157,7 @@ pub fn stream_checked<R: Read, W: Write>(
         }
     }
     Ok(report(
-        hr,
+        unpacked,
         manifest,
         problems,
         complete,
