@@ -345,7 +345,7 @@ struct Job {
 }
 
 /// Streams the archive, decompressed, into the helper pod's `tar -x`, checking it against the
-/// manifest on the way ([`crate::archive::stream_verified`]): the archive is read once, and
+/// manifest on the way ([`gate::stream_checked`]): the archive is read once, and
 /// `tar` only ever sees members the manifest describes. Whether the stream was whole (the
 /// stored archive's size and sha256) is known at its end, so what was extracted is trusted only
 /// when this returns `Ok` and the pod's hashes of the files it wrote match the manifest's: a
