@@ -545,14 +545,7 @@ impl HelperPod {
     pub async fn run_bytes(&self, argv: &[&str]) -> Result<Vec<u8>, Failure> {
         use tokio::io::AsyncReadExt;
         let mut s = self.session(argv, false, Watch::default()).await?;
-        let mut so = s
-            .stdout
-            .take()
-            .ok_or_else(|| Failure::runtime("exec gave no stdout"))?;
-        let mut se = s
-            .stderr
-            .take()
-            .ok_or_else(|| Failure::runtime("exec gave no stderr"))?;
+        let (mut so, mut se) = s.stdio()?;
         let mut out = Vec::new();
         let mut err = Vec::new();
         let mut se = (&mut se).take(64 << 10);
@@ -1141,15 +1134,33 @@ async fn send_loop(
 
 /// A running exec: its watched streams and, at the end, its exit status.
 pub struct Session {
-    pub stdin: Option<Watched<tokio::io::WriteHalf<Pipe>>>,
-    pub stdout: Option<Watched<tokio::io::ReadHalf<Pipe>>>,
-    pub stderr: Option<Watched<tokio::io::ReadHalf<Pipe>>>,
+    stdin: Option<SessionInput>,
+    stdout: Option<SessionOutput>,
+    stderr: Option<SessionOutput>,
     status: Option<tokio::sync::oneshot::Receiver<Option<Status>>>,
     lost: Lost,
     link: tokio::task::JoinHandle<()>,
 }
 
+/// The reading end of a session's stdout or stderr.
+pub type SessionOutput = Watched<tokio::io::ReadHalf<Pipe>>;
+/// The writing end of a session's stdin.
+pub type SessionInput = Watched<tokio::io::WriteHalf<Pipe>>;
+
 impl Session {
+    /// Takes the session's stdout and stderr (once: they are moved out of the session).
+    pub fn stdio(&mut self) -> Result<(SessionOutput, SessionOutput), Failure> {
+        Ok((
+            taken(&mut self.stdout, "stdout")?,
+            taken(&mut self.stderr, "stderr")?,
+        ))
+    }
+
+    /// Takes the session's stdin (once), which it has only if it was opened with stdin.
+    pub fn stdin(&mut self) -> Result<SessionInput, Failure> {
+        taken(&mut self.stdin, "stdin")
+    }
+
     /// Why the session was cut short, if it was.
     pub fn lost_reason(&self) -> Option<String> {
         self.lost.reason()
@@ -1175,6 +1186,13 @@ impl Session {
             ))),
         }
     }
+}
+
+/// A stream of a session, moved out of it; already taken (or never opened) is a bug of ours,
+/// reported rather than panicked on.
+fn taken<T>(slot: &mut Option<T>, what: &str) -> Result<T, Failure> {
+    slot.take()
+        .ok_or_else(|| Failure::runtime(format!("exec gave no {what}")))
 }
 
 impl Drop for Session {

@@ -57,6 +57,26 @@ impl Located {
     }
 }
 
+impl Located {
+    /// A schema-2 backup's entries, read again from the destination (through the decryptor
+    /// for an encrypted one), for a command that reads them more than once to keep its
+    /// memory flat (`inspect --files`). Refused if the manifest is no longer the one
+    /// located: the backup was replaced meanwhile.
+    pub fn reopen_entries(&self) -> Result<EntryReader<'static>, Failure> {
+        let keys = self.sealed.as_ref().map(|s| &s.keys);
+        let (manifest, entries, _) =
+            crate::manifest::open_with(self.destination.as_ref(), &self.manifest_key, keys)
+                .map_err(load_failure)?;
+        match entries {
+            Some(reader) if manifest == self.manifest => Ok(reader),
+            _ => Err(Failure::runtime(format!(
+                "the manifest {} changed while it was being read (was the backup replaced?); run the command again",
+                self.destination.locate(&self.manifest_key)
+            ))),
+        }
+    }
+}
+
 use crate::manifest::MANIFEST_SUFFIX;
 
 /// The manifest's file name for a BACKUP file name: itself, or the archive's with the

@@ -916,7 +916,7 @@ pub const SUMMARY_BUFFER: u64 = 1 << 20;
 /// (schema 1, or the expanded form) is read as a stream: each entry is parsed, its own fields checked and
 /// counted, and dropped, so the rules across entries (no duplicates, hard link targets,
 /// nothing beneath a symlink) are not checked here; `verify`, `inspect` and `restore`, which
-/// load the entries, check them.
+/// read every entry, check them.
 pub fn read_summary<R: Read>(mut reader: R) -> Result<Summary, SummaryError> {
     let mut head = Vec::new();
     reader
@@ -1275,7 +1275,8 @@ impl Read for Shared<'_> {
 ///
 /// Not checked here: that a hard link's target is an entry, which needs the entries before
 /// and after it. `verify`, `restore` and `drill` check it against the archive, in archive
-/// order ([`crate::archive::SortedRules`]); [`load`] checks it in memory.
+/// order ([`crate::archive::SortedRules`]); `inspect` in a second read of the entries, with
+/// the same rules; [`load`] checks it in memory.
 pub struct EntryReader<'a> {
     raw: Rc<RefCell<Hashing<Box<dyn Read + 'a>>>>,
     lines: BufReader<Box<dyn Read + 'a>>,
@@ -1865,4 +1866,4 @@ pub fn store_header(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

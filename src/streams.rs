@@ -397,14 +397,7 @@ pub async fn start(helper: &HelperPod, plan: &Plan, watch: Watch) -> Result<TarS
     let mut stdouts = Vec::new();
     let mut stderr = Vec::new();
     for mut session in opened {
-        let stdout = session
-            .stdout
-            .take()
-            .ok_or_else(|| Failure::runtime("exec gave no stdout"))?;
-        let mut err = session
-            .stderr
-            .take()
-            .ok_or_else(|| Failure::runtime("exec gave no stderr"))?;
+        let (stdout, mut err) = session.stdio()?;
         stderr.push(tokio::spawn(async move {
             let mut buf = Vec::new();
             let _ = (&mut err).take(64 << 10).read_to_end(&mut buf).await;

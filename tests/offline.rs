@@ -275,6 +275,67 @@ fn list_shows_leftovers_as_incomplete_and_inspect_summarises() {
     assert!(missing.stderr.contains("incomplete"), "{}", missing.stderr);
 }
 
+/// `inspect --files` reads a schema-2 backup's entries as a stream (twice: checked, then
+/// printed), yet prints the manifest `load` reads whole: the same JSON and YAML document, a
+/// table row per entry. A hard link to no entry is refused (exit 3), as a whole manifest is,
+/// before anything is printed, with or without `--files`.
+#[test]
+fn inspect_files_prints_the_whole_manifest_and_refuses_a_dangling_hard_link() {
+    use kubectl_pvbackup::archive::EntryKind;
+    let d = tempfile::tempdir().unwrap();
+    let (_, m) = make_backup(d.path(), "files", Compression::Zstd { level: 1 });
+    let m = m.to_str().unwrap();
+    let dest = kubectl_pvbackup::destination::local::LocalDir::new(d.path().to_path_buf());
+    let key = manifest_key("files", "shop", "db");
+    let whole = kubectl_pvbackup::manifest::load(&dest, &key).unwrap();
+    let json = plugin(&["inspect", m, "--files", "-o", "json"]);
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    assert_eq!(
+        Manifest::from_json(json.stdout.as_bytes()).unwrap(),
+        whole,
+        "{}",
+        json.stdout
+    );
+    let yaml = plugin(&["inspect", m, "--files", "-o", "yaml"]);
+    assert_eq!(yaml.code, 0, "{}", yaml.stderr);
+    assert_eq!(
+        serde_yaml::from_str::<Manifest>(&yaml.stdout).unwrap(),
+        whole,
+        "{}",
+        yaml.stdout
+    );
+    let table = plugin(&["inspect", m, "--files"]);
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    let rows = table.stdout.lines().skip_while(|l| !l.starts_with("TYPE"));
+    assert_eq!(rows.count(), 1 + whole.entries.len(), "{}", table.stdout);
+
+    let mut broken = whole.clone();
+    let e = broken
+        .entries
+        .iter_mut()
+        .find(|e| e.path == "notes with space.txt")
+        .unwrap();
+    e.kind = EntryKind::Hardlink;
+    e.link_target = Some("gone.txt".into());
+    e.sha256 = None;
+    e.size = 0;
+    kubectl_pvbackup::manifest::store(&dest, &key, &broken).unwrap();
+    for args in [
+        vec!["inspect", m, "--files"],
+        vec!["inspect", m],
+        vec!["inspect", m, "--files", "-o", "json"],
+    ] {
+        let out = plugin(&args);
+        assert_eq!(out.code, 3, "{args:?}: {}{}", out.stdout, out.stderr);
+        assert_eq!(out.stdout, "", "{args:?}: nothing printed");
+        assert!(
+            out.stderr.contains("notes with space.txt") && out.stderr.contains("gone.txt"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+}
+
 #[test]
 fn usage_errors_are_exit_2_and_version_prints() {
     assert_eq!(plugin(&["verify"]).code, 2);

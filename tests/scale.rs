@@ -150,6 +150,14 @@ fn main() {
         }
         if want("inspect") {
             done.push(step("inspect", arg(&["inspect", &m]), CEILING_KIB).await);
+            // Every entry printed, in a table aligned over all of them: read twice, never held.
+            let name = "inspect-files";
+            done.push(step(name, arg(&["inspect", &m, "--files"]), CEILING_KIB).await);
+            let table = std::fs::File::open(work.path().join(name)).unwrap();
+            let lines = std::io::BufRead::lines(std::io::BufReader::new(table)).map(Result::unwrap);
+            let rows = lines.skip_while(|l| !l.starts_with("TYPE")).skip(1);
+            let printed = rows.filter(|l| l.starts_with("file ")).count();
+            assert_eq!(printed, files, "inspect --files prints a row per file");
         }
         if want("restore") {
             done.push(

@@ -30,7 +30,7 @@ pub use safety::{
 pub use sorted::{
     spool_entry, Duplicate, LinkRef, Sorted, SortedProblem, SortedRules, Spool, Spooled,
 };
-pub use verify::{stream_verified, verify_archive, verify_archive_streamed, Problem, VerifyReport};
+pub use verify::{verify_archive, verify_archive_streamed, Problem, VerifyReport};
 // The parts of a verification a restore's gated stream over an on-disk index reuses.
 pub(crate) use pipeline::unpacked_walk;
 pub(crate) use verify::{compare as compare_entry, finish_walk, report};
@@ -406,4 +406,4 @@ pub fn stream_backup_each<R: Read, W: Write>(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -217,6 +217,25 @@ pub struct LinkRef {
     pub target: String,
 }
 
+impl LinkRef {
+    /// A hard link's [`LinkRef`] (`seq` its place in archive order, where known) and its
+    /// target's key, to spool by; `None` for any other entry.
+    pub fn of(e: &EntryRecord, seq: u64) -> Option<(Vec<u8>, LinkRef)> {
+        if e.kind != EntryKind::Hardlink {
+            return None;
+        }
+        let target = canonical_key(&e.raw_link_target()?);
+        Some((
+            target,
+            LinkRef {
+                path: e.path.clone(),
+                seq,
+                target: e.link_target.clone().unwrap_or_default(),
+            },
+        ))
+    }
+}
+
 /// The rules of [`super::safety`] on entries coming in path order, in bounded memory:
 /// [`check_entry_safe`] on each; no entry listed twice; nothing beneath a symlink (the
 /// symlinks still open are prefixes of the current path, so at most as many as it has
@@ -354,17 +373,8 @@ pub fn spool_entry(
     links: &mut Spool<LinkRef>,
     e: &EntryRecord,
 ) -> io::Result<()> {
-    if e.kind == EntryKind::Hardlink {
-        if let Some(t) = e.raw_link_target() {
-            links.push(
-                canonical_key(&t),
-                &LinkRef {
-                    path: e.path.clone(),
-                    seq: entries.len(),
-                    target: e.link_target.clone().unwrap_or_default(),
-                },
-            )?;
-        }
+    if let Some((target, link)) = LinkRef::of(e, entries.len()) {
+        links.push(target, &link)?;
     }
     entries.push(canonical_key(&e.raw_path()), e)
 }

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use super::*;
 use crate::manifest::{Manifest, ManifestMeta};
 
-const ALL: [Compression; 3] = [
+pub(crate) const ALL: [Compression; 3] = [
     Compression::None,
     Compression::Gzip { level: 6 },
     Compression::Zstd { level: 1 },
@@ -29,7 +29,7 @@ fn long_name() -> String {
 }
 
 /// A directory with every kind of entry busybox tar is expected to handle.
-fn fixture() -> tempfile::TempDir {
+pub(crate) fn fixture() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     fs::create_dir_all(d.join("a/b/c")).unwrap();
@@ -50,7 +50,7 @@ fn fixture() -> tempfile::TempDir {
     dir
 }
 
-fn busybox_tar(dir: &Path) -> Vec<u8> {
+pub(crate) fn busybox_tar(dir: &Path) -> Vec<u8> {
     let out = Command::new("busybox")
         .args(["tar", "-cf", "-", "-C"])
         .arg(dir)
@@ -65,7 +65,10 @@ fn busybox_tar(dir: &Path) -> Vec<u8> {
     out.stdout
 }
 
-fn backup(tar: &[u8], c: Compression) -> Result<(ArchiveSummary, Vec<u8>), ArchiveError> {
+pub(crate) fn backup(
+    tar: &[u8],
+    c: Compression,
+) -> Result<(ArchiveSummary, Vec<u8>), ArchiveError> {
     let mut out = Vec::new();
     let s = stream_backup(tar, c, &mut out, &|_| {})?;
     Ok((s, out))
@@ -85,7 +88,7 @@ fn decompress(c: Compression, stored: &[u8]) -> Vec<u8> {
     out
 }
 
-fn manifest_for(c: Compression, s: &ArchiveSummary) -> Manifest {
+pub(crate) fn manifest_for(c: Compression, s: &ArchiveSummary) -> Manifest {
     let meta = ManifestMeta {
         backup_id: "b1".into(),
         tool_version: "0.1.0".into(),
@@ -506,7 +509,12 @@ fn verify_reports_metadata_missing_and_unexpected() {
 }
 
 /// Header with raw name/link bytes, bypassing the Builder's own path checks.
-fn raw_entry(b: &mut tar::Builder<Vec<u8>>, kind: tar::EntryType, name: &str, link: &str) {
+pub(crate) fn raw_entry(
+    b: &mut tar::Builder<Vec<u8>>,
+    kind: tar::EntryType,
+    name: &str,
+    link: &str,
+) {
     let mut h = tar::Header::new_old();
     {
         let old = h.as_old_mut();
@@ -767,189 +775,6 @@ fn verify_with_detected_compression() {
 
 /// `sink` is `tar` up to the header of `name`, but for the padding of the member before it
 /// (the walker holds that back with the header that follows it).
-fn stops_before(sink: &[u8], tar: &[u8], name: &str) {
-    let at = header_at(tar, name);
-    assert!(tar.starts_with(sink));
-    assert!(
-        sink.len() + 512 > at && sink.len() <= at,
-        "{} vs {at}",
-        sink.len()
-    );
-}
-
-/// Byte offset in `tar` of the header naming `name` (`./name` as busybox writes it).
-fn header_at(tar: &[u8], name: &str) -> usize {
-    let want = format!("./{name}");
-    (0..tar.len())
-        .step_by(512)
-        .find(|&o| tar[o..].starts_with(want.as_bytes()) && tar[o + want.len()] == 0)
-        .unwrap()
-}
-
-#[test]
-fn stream_verified_passes_the_exact_tar_stream_once_checked() {
-    let tar = busybox_tar(fixture().path());
-    for c in ALL {
-        let (s, out) = backup(&tar, c).unwrap();
-        let manifest = manifest_for(c, &s);
-        let mut sink = Vec::new();
-        let r = stream_verified(&out[..], c, &manifest, &mut sink, &mut |_| {}).unwrap();
-        assert!(r.is_ok(), "{c:?}: {:?}", r.problems);
-        assert_eq!(r.entries_checked, s.entries.len() as u64);
-        assert_eq!(
-            sink, tar,
-            "{c:?}: the sink gets the tar stream byte for byte"
-        );
-    }
-}
-
-#[test]
-fn stream_verified_stops_before_a_member_the_manifest_does_not_describe() {
-    let tar = busybox_tar(fixture().path());
-    let (s, out) = backup(&tar, Compression::None).unwrap();
-    // Not in the manifest at all: its header never reaches the sink, nor anything after it.
-    let mut manifest = manifest_for(Compression::None, &s);
-    manifest.entries.retain(|e| e.path != "with space.txt");
-    let mut sink = Vec::new();
-    let r = stream_verified(
-        &out[..],
-        Compression::None,
-        &manifest,
-        &mut sink,
-        &mut |_| {},
-    )
-    .unwrap();
-    assert!(!r.is_ok() && !r.complete);
-    assert!(r.problems.contains(&Problem::Unexpected {
-        path: "with space.txt".into()
-    }));
-    stops_before(&sink, &tar, "with space.txt");
-    // In the manifest with another mode: the same, before its content is read.
-    let mut manifest = manifest_for(Compression::None, &s);
-    let i = manifest
-        .entries
-        .iter()
-        .position(|e| e.path == "secret")
-        .unwrap();
-    manifest.entries[i].mode = 0o644;
-    let mut sink = Vec::new();
-    let r = stream_verified(
-        &out[..],
-        Compression::None,
-        &manifest,
-        &mut sink,
-        &mut |_| {},
-    )
-    .unwrap();
-    assert!(!r.is_ok() && !r.complete);
-    assert!(r
-        .problems
-        .iter()
-        .any(|p| matches!(p, Problem::Mismatch { path, field: "mode", .. } if path == "secret")));
-    stops_before(&sink, &tar, "secret");
-}
-
-#[test]
-fn stream_verified_leaves_content_to_the_pod_and_fails_a_damaged_archive_by_its_hash() {
-    let tar = busybox_tar(fixture().path());
-    let (s, out) = backup(&tar, Compression::None).unwrap();
-    let manifest = manifest_for(Compression::None, &s);
-    let pos = out.windows(10).position(|w| w == b"top secret").unwrap();
-    let mut bad = out.clone();
-    bad[pos + 4] ^= 0x20;
-    let mut sink = Vec::new();
-    let r = stream_verified(
-        &bad[..],
-        Compression::None,
-        &manifest,
-        &mut sink,
-        &mut |_| {},
-    )
-    .unwrap();
-    // Files are not hashed on the client (the helper pod hashes what it wrote): the stream goes
-    // on to its end, where the stored archive's sha256 fails it, so nothing is swapped in.
-    assert!(!r.is_ok());
-    assert!(
-        r.problems
-            .iter()
-            .any(|p| matches!(p, Problem::ArchiveSha256 { .. })),
-        "{:?}",
-        r.problems
-    );
-    assert!(!r.problems.iter().any(|p| matches!(
-        p,
-        Problem::Mismatch {
-            field: "sha256",
-            ..
-        }
-    )));
-    assert_eq!(r.files_hashed, 0);
-    assert_eq!(
-        sink, bad,
-        "the damaged bytes went out whole, to be rolled back"
-    );
-}
-
-/// Schema 2 lists entries by path, not in archive order: the streaming check matches members
-/// by name, so any order of the manifest's entries passes the same stream through (symlinks,
-/// whatever their target, hard links after their target, as the archive has them).
-#[test]
-fn stream_verified_accepts_entries_in_any_order() {
-    let tar = busybox_tar(fixture().path());
-    let (s, out) = backup(&tar, Compression::None).unwrap();
-    let mut manifest = manifest_for(Compression::None, &s);
-    assert!(manifest
-        .entries
-        .iter()
-        .any(|e| e.kind == EntryKind::Symlink));
-    manifest
-        .entries
-        .sort_by(|a, b| a.raw_path().cmp(&b.raw_path()));
-    manifest.entries.reverse();
-    // The members are told in the archive's order, each before its first byte reaches the
-    // sink (a restore cuts the in-pod hashing by it).
-    let sink = Shared::default();
-    let mut told = Vec::new();
-    let r = stream_verified(
-        &out[..],
-        Compression::None,
-        &manifest,
-        sink.clone(),
-        &mut |e| told.push((e.path.clone(), sink.0.borrow().len())),
-    )
-    .unwrap();
-    assert!(r.is_ok(), "{:?}", r.problems);
-    assert_eq!(*sink.0.borrow(), tar);
-    let archive_order: Vec<&str> = s.entries.iter().map(|e| e.path.as_str()).collect();
-    assert_eq!(
-        told.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
-        archive_order
-    );
-    // (the regular files with names that fit a ustar header, which `header_at` finds)
-    let files = s
-        .entries
-        .iter()
-        .filter(|e| e.kind == EntryKind::File && e.path.len() < 90);
-    for f in files {
-        let sent = told.iter().find(|(p, _)| *p == f.path).unwrap().1;
-        assert!(sent <= header_at(&tar, &f.path), "{}: {sent}", f.path);
-    }
-}
-
-/// A sink whose bytes can be looked at while it is written.
-#[derive(Clone, Default)]
-struct Shared(std::rc::Rc<std::cell::RefCell<Vec<u8>>>);
-
-impl std::io::Write for Shared {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.borrow_mut().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// `verify` of a schema-2 backup compares the archive's members, spooled in path order, with
 /// the entries stream as two sorted streams: the same findings as the in-memory comparison
 /// (in path order), for an intact backup and for each kind of difference.

@@ -1,9 +1,8 @@
 //! Streaming verification of a stored archive against its manifest.
 
-use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 
 use sha2::{Digest, Sha256};
 
@@ -170,136 +169,39 @@ pub fn verify_archive<R: Read + Send>(
     compression: Compression,
     manifest: &Manifest,
 ) -> Result<VerifyReport, ArchiveError> {
-    verify_inner(stored, compression, manifest, io::sink(), None)
-}
-
-/// [`verify_archive`] for a restore: the decompressed tar stream goes to `sink` (the helper
-/// pod's `tar -x`) as it is checked, so the archive is read once. A member reaches `sink` only
-/// after its header was found in the manifest with the same type, size, mode, owner, mtime and
-/// link target (see [`super::walk::walk_gated`]); the walk stops at the first problem, so `tar`
-/// sees nothing past it. Files' content is not hashed here (the caller checks it where it
-/// lands, in the helper pod); the stored archive's size and sha256 are. The report is only
-/// known at the end: until [`VerifyReport::is_ok`], what `sink` extracted must not be trusted
-/// (a restore extracts into staging, or into an empty volume it empties again).
-/// `Err(ArchiveError::Write)` is a failure of `sink`.
-///
-/// `members` is told of every admitted member in archive order, before any of its bytes reach
-/// `sink` (a restore cuts the in-pod hashing into chunks by it: the archive's order, not the
-/// manifest's, says when `tar` has finished a file).
-pub fn stream_verified<R: Read + Send, W: Write>(
-    stored: R,
-    compression: Compression,
-    manifest: &Manifest,
-    sink: W,
-    members: &mut dyn FnMut(&EntryRecord),
-) -> Result<VerifyReport, ArchiveError> {
-    verify_inner(stored, compression, manifest, sink, Some(members))
-}
-
-fn verify_inner<R: Read + Send, W: Write>(
-    stored: R,
-    compression: Compression,
-    manifest: &Manifest,
-    sink: W,
-    mut members: Option<&mut dyn FnMut(&EntryRecord)>,
-) -> Result<VerifyReport, ArchiveError> {
-    let gated = members.is_some();
     check_entries_safe(&manifest.entries)?;
     let mut expected: HashMap<Vec<u8>, (usize, bool)> =
         HashMap::with_capacity(manifest.entries.len());
     for (i, e) in manifest.entries.iter().enumerate() {
         expected.insert(canonical_key(&e.raw_path()), (i, false));
     }
-    // Shared by the gate and the visitor of a gated walk.
-    let expected = RefCell::new(expected);
-
-    let problems = RefCell::new(Vec::new());
+    let mut problems = Vec::new();
     // Unsafe entries, including the rules that need the entries before (hard links to an
-    // earlier member): checked by the gate in a gated walk, before `tar` sees the member.
-    let order = RefCell::new(ArchiveOrder::default());
-    // Set when a gated walk stops at a problem (already recorded).
-    let stopped = Cell::new(false);
-    let stop = || {
-        stopped.set(true);
-        ArchiveError::Corrupt {
-            offset: 0,
-            source: io::Error::other("stopped at the first problem"),
-        }
-    };
+    // earlier member).
+    let mut order = ArchiveOrder::default();
     let mut entries_checked = 0u64;
     let mut files_hashed = 0u64;
     let (walked, mut unpacked) = unpacked_walk(stored, compression, |src| {
-        let visit = |mut rec: EntryRecord| {
-            if !gated {
-                order.borrow_mut().check(&rec)?;
-            }
+        let visit = |rec: EntryRecord| {
+            order.check(&rec)?;
             entries_checked += 1;
             if rec.sha256.is_some() {
                 files_hashed += 1;
             }
-            let mut problems = problems.borrow_mut();
-            let before = problems.len();
-            match expected
-                .borrow_mut()
-                .get_mut(canonical_key(&rec.raw_path()).as_slice())
-            {
+            match expected.get_mut(canonical_key(&rec.raw_path()).as_slice()) {
                 Some((i, seen)) if !*seen => {
                     *seen = true;
-                    let want = &manifest.entries[*i];
-                    if gated {
-                        // Not hashed here: the helper pod hashes each file it wrote.
-                        rec.sha256.clone_from(&want.sha256);
-                    }
-                    compare(want, &rec, &mut problems);
+                    compare(&manifest.entries[*i], &rec, &mut problems);
                 }
                 _ => problems.push(Problem::Unexpected { path: rec.path }),
             }
-            if gated && problems.len() > before {
-                return Err(stop());
-            }
             Ok(())
         };
-        if gated {
-            // Everything but the content hash, before the member reaches the sink.
-            let mut admit = |rec: &EntryRecord| {
-                order.borrow_mut().check(rec)?;
-                let mut problems = problems.borrow_mut();
-                match expected
-                    .borrow()
-                    .get(canonical_key(&rec.raw_path()).as_slice())
-                {
-                    Some((i, false)) => {
-                        let want = &manifest.entries[*i];
-                        let mut header = rec.clone();
-                        header.sha256 = want.sha256.clone();
-                        let before = problems.len();
-                        compare(want, &header, &mut problems);
-                        if problems.len() > before {
-                            return Err(stop());
-                        }
-                        if let Some(tell) = members.as_mut() {
-                            tell(rec);
-                        }
-                        Ok(())
-                    }
-                    _ => {
-                        problems.push(Problem::Unexpected {
-                            path: rec.path.clone(),
-                        });
-                        Err(stop())
-                    }
-                }
-            };
-            walk::walk_gated(src, sink, &mut admit, visit).map(|_| ())
-        } else {
-            walk::walk(src, sink, None, None, visit).map(|_| ())
-        }
+        walk::walk(src, io::sink(), None, None, visit).map(|_| ())
     })?;
-    let mut problems = problems.into_inner();
-    let complete = finish_walk(&mut unpacked, walked, stopped.get(), &mut problems)?;
+    let complete = finish_walk(&mut unpacked, walked, false, &mut problems)?;
     if complete {
         let mut missing: Vec<usize> = expected
-            .borrow()
             .values()
             .filter(|(_, seen)| !seen)
             .map(|(i, _)| *i)

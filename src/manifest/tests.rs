@@ -20,7 +20,7 @@ fn entry(path: &str, kind: EntryKind, sha: Option<&str>) -> EntryRecord {
 
 const SHA: &str = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
 
-fn sample() -> Manifest {
+pub(crate) fn sample() -> Manifest {
     let mut link = entry("a b/link", EntryKind::Symlink, None);
     link.link_target = Some("../ünï\ncode".into());
     let mut abs = entry("current", EntryKind::Symlink, None);
@@ -89,7 +89,7 @@ fn sample() -> Manifest {
 }
 
 /// `sample()` with every section filled.
-fn full() -> Manifest {
+pub(crate) fn full() -> Manifest {
     let mut m = sample();
     m.skipped = vec![SkippedEntry {
         path: "chroot/dev/null".into(),

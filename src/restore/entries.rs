@@ -63,18 +63,8 @@ impl Entries {
         let mut tally = Tally::default();
         let mut links: Spool<LinkRef> = Spool::default();
         let mut add = |key: &[u8], e: &EntryRecord| -> Result<(), Failure> {
-            if e.kind == EntryKind::Hardlink {
-                let target = e.raw_link_target().unwrap_or_default();
-                links
-                    .push(
-                        canonical_key(&target),
-                        &LinkRef {
-                            path: e.path.clone(),
-                            seq: 0,
-                            target: e.link_target.clone().unwrap_or_default(),
-                        },
-                    )
-                    .map_err(tmp)?;
+            if let Some((target, link)) = LinkRef::of(e, 0) {
+                links.push(target, &link).map_err(tmp)?;
             }
             tally.add(key, e);
             w.push(key, e).map_err(|err| match err.kind() {

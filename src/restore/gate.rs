@@ -165,3 +165,229 @@ pub fn stream_checked<R: Read + Send, W: Write>(
         files_hashed,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    //! What the gate lets through to `tar -x`, and what it stops: archives made by busybox
+    //! tar from the archive tests' fixture tree.
+
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::archive::tests::{backup, busybox_tar, fixture, manifest_for, raw_entry, ALL};
+    use crate::archive::Compression;
+    use crate::destination::local::LocalDir;
+    use crate::locate::Located;
+
+    /// [`stream_checked`] of `stored` against `manifest`'s entries, read into their table as a
+    /// restore reads a schema-1 manifest's.
+    fn checked<W: Write>(
+        stored: &[u8],
+        manifest: &Manifest,
+        sink: W,
+        members: &mut dyn FnMut(&EntryRecord),
+    ) -> Result<VerifyReport, ArchiveError> {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = Located {
+            destination: Arc::new(LocalDir::new(dir.path().to_path_buf())),
+            manifest_key: "b1.manifest.json".into(),
+            archive_key: "b1.tar".into(),
+            manifest: manifest.clone(),
+            sealed: None,
+        };
+        let entries = Entries::read(&loc, None).unwrap();
+        stream_checked(stored, manifest, &entries, sink, members)
+    }
+
+    fn stops_before(sink: &[u8], tar: &[u8], name: &str) {
+        let at = header_at(tar, name);
+        assert!(tar.starts_with(sink));
+        assert!(
+            sink.len() + 512 > at && sink.len() <= at,
+            "{} vs {at}",
+            sink.len()
+        );
+    }
+
+    /// Byte offset in `tar` of the header naming `name` (`./name` as busybox writes it).
+    fn header_at(tar: &[u8], name: &str) -> usize {
+        let want = format!("./{name}");
+        (0..tar.len())
+            .step_by(512)
+            .find(|&o| tar[o..].starts_with(want.as_bytes()) && tar[o + want.len()] == 0)
+            .unwrap()
+    }
+
+    #[test]
+    fn stream_checked_passes_the_exact_tar_stream_once_checked() {
+        let tar = busybox_tar(fixture().path());
+        for c in ALL {
+            let (s, out) = backup(&tar, c).unwrap();
+            let manifest = manifest_for(c, &s);
+            let mut sink = Vec::new();
+            let r = checked(&out[..], &manifest, &mut sink, &mut |_| {}).unwrap();
+            assert!(r.is_ok(), "{c:?}: {:?}", r.problems);
+            assert_eq!(r.entries_checked, s.entries.len() as u64);
+            assert_eq!(
+                sink, tar,
+                "{c:?}: the sink gets the tar stream byte for byte"
+            );
+        }
+    }
+
+    #[test]
+    fn stream_checked_stops_before_a_member_the_manifest_does_not_describe() {
+        let tar = busybox_tar(fixture().path());
+        let (s, out) = backup(&tar, Compression::None).unwrap();
+        // Not in the manifest at all: its header never reaches the sink, nor anything after it.
+        let mut manifest = manifest_for(Compression::None, &s);
+        manifest.entries.retain(|e| e.path != "with space.txt");
+        let mut sink = Vec::new();
+        let r = checked(&out[..], &manifest, &mut sink, &mut |_| {}).unwrap();
+        assert!(!r.is_ok() && !r.complete);
+        assert!(r.problems.contains(&Problem::Unexpected {
+            path: "with space.txt".into()
+        }));
+        stops_before(&sink, &tar, "with space.txt");
+        // In the manifest with another mode: the same, before its content is read.
+        let mut manifest = manifest_for(Compression::None, &s);
+        let i = manifest
+            .entries
+            .iter()
+            .position(|e| e.path == "secret")
+            .unwrap();
+        manifest.entries[i].mode = 0o644;
+        let mut sink = Vec::new();
+        let r = checked(&out[..], &manifest, &mut sink, &mut |_| {}).unwrap();
+        assert!(!r.is_ok() && !r.complete);
+        assert!(r.problems.iter().any(
+            |p| matches!(p, Problem::Mismatch { path, field: "mode", .. } if path == "secret")
+        ));
+        stops_before(&sink, &tar, "secret");
+    }
+
+    #[test]
+    fn stream_checked_leaves_content_to_the_pod_and_fails_a_damaged_archive_by_its_hash() {
+        let tar = busybox_tar(fixture().path());
+        let (s, out) = backup(&tar, Compression::None).unwrap();
+        let manifest = manifest_for(Compression::None, &s);
+        let pos = out.windows(10).position(|w| w == b"top secret").unwrap();
+        let mut bad = out.clone();
+        bad[pos + 4] ^= 0x20;
+        let mut sink = Vec::new();
+        let r = checked(&bad[..], &manifest, &mut sink, &mut |_| {}).unwrap();
+        // Files are not hashed on the client (the helper pod hashes what it wrote): the stream goes
+        // on to its end, where the stored archive's sha256 fails it, so nothing is swapped in.
+        assert!(!r.is_ok());
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| matches!(p, Problem::ArchiveSha256 { .. })),
+            "{:?}",
+            r.problems
+        );
+        assert!(!r.problems.iter().any(|p| matches!(
+            p,
+            Problem::Mismatch {
+                field: "sha256",
+                ..
+            }
+        )));
+        assert_eq!(r.files_hashed, 0);
+        assert_eq!(
+            sink, bad,
+            "the damaged bytes went out whole, to be rolled back"
+        );
+    }
+
+    /// Schema 2 lists entries by path, not in archive order: the streaming check matches members
+    /// by name, so any order of the manifest's entries passes the same stream through (symlinks,
+    /// whatever their target, hard links after their target, as the archive has them).
+    #[test]
+    fn stream_checked_accepts_entries_in_any_order() {
+        let tar = busybox_tar(fixture().path());
+        let (s, out) = backup(&tar, Compression::None).unwrap();
+        let mut manifest = manifest_for(Compression::None, &s);
+        assert!(manifest
+            .entries
+            .iter()
+            .any(|e| e.kind == EntryKind::Symlink));
+        manifest
+            .entries
+            .sort_by(|a, b| a.raw_path().cmp(&b.raw_path()));
+        manifest.entries.reverse();
+        // The members are told in the archive's order, each before its first byte reaches the
+        // sink (a restore cuts the in-pod hashing by it).
+        let sink = Shared::default();
+        let mut told = Vec::new();
+        let r = checked(&out[..], &manifest, sink.clone(), &mut |e| {
+            told.push((e.path.clone(), sink.0.borrow().len()))
+        })
+        .unwrap();
+        assert!(r.is_ok(), "{:?}", r.problems);
+        assert_eq!(*sink.0.borrow(), tar);
+        let archive_order: Vec<&str> = s.entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            told.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
+            archive_order
+        );
+        // (the regular files with names that fit a ustar header, which `header_at` finds)
+        let files = s
+            .entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File && e.path.len() < 90);
+        for f in files {
+            let sent = told.iter().find(|(p, _)| *p == f.path).unwrap().1;
+            assert!(sent <= header_at(&tar, &f.path), "{}: {sent}", f.path);
+        }
+    }
+
+    /// A sink whose bytes can be looked at while it is written.
+    #[derive(Clone, Default)]
+    struct Shared(std::rc::Rc<std::cell::RefCell<Vec<u8>>>);
+
+    impl std::io::Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.borrow_mut().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A member whose name would write outside the volume, or a hard link before its target
+    /// (`tar` extracts in order, so it would link to nothing, or to what is already on the
+    /// volume), is refused before its header reaches `tar`.
+    #[test]
+    fn stream_checked_refuses_unsafe_members_before_tar_sees_them() {
+        use tar::EntryType as T;
+        for (kind, name, link, says) in [
+            (T::Regular, "../evil", "", "../evil"),
+            (T::Regular, "/etc/passwd", "", "/etc/passwd"),
+            (T::Link, "h", "/etc/shadow", "/etc/shadow"),
+        ] {
+            let mut b = tar::Builder::new(Vec::new());
+            raw_entry(&mut b, kind, name, link);
+            let (s, out) = backup(&b.into_inner().unwrap(), Compression::None).unwrap();
+            // Not in the (clean) manifest either: the name is refused, not merely unexpected.
+            let mut manifest = manifest_for(Compression::None, &s);
+            manifest.entries.clear();
+            manifest.entry_count = 0;
+            let mut sink = Vec::new();
+            let err = checked(&out[..], &manifest, &mut sink, &mut |_| {}).unwrap_err();
+            assert!(matches!(err, ArchiveError::Unsafe(_)), "{name}: {err}");
+            assert!(err.to_string().contains(says), "{err}");
+            assert!(sink.is_empty(), "{name}: nothing reached tar");
+        }
+        let mut b = tar::Builder::new(Vec::new());
+        raw_entry(&mut b, T::Link, "h", "f");
+        raw_entry(&mut b, T::Regular, "f", "");
+        let (s, out) = backup(&b.into_inner().unwrap(), Compression::None).unwrap();
+        let manifest = manifest_for(Compression::None, &s);
+        let mut sink = Vec::new();
+        let err = checked(&out[..], &manifest, &mut sink, &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("does not come earlier"), "{err}");
+        assert!(sink.is_empty(), "the link's header never reached tar");
+    }
+}

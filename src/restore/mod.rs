@@ -345,7 +345,7 @@ struct Job {
 }
 
 /// Streams the archive, decompressed, into the helper pod's `tar -x`, checking it against the
-/// manifest on the way ([`crate::archive::stream_verified`]): the archive is read once, and
+/// manifest on the way ([`gate::stream_checked`]): the archive is read once, and
 /// `tar` only ever sees members the manifest describes. Whether the stream was whole (the
 /// stored archive's size and sha256) is known at its end, so what was extracted is trusted only
 /// when this returns `Ok` and the pod's hashes of the files it wrote match the manifest's: a
@@ -576,14 +576,7 @@ async fn listing(
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let began = std::time::Instant::now();
     let mut session = helper.session(&argv, false, Watch::default()).await?;
-    let mut stdout = session
-        .stdout
-        .take()
-        .ok_or_else(|| Failure::runtime("exec gave no stdout"))?;
-    let mut stderr = session
-        .stderr
-        .take()
-        .ok_or_else(|| Failure::runtime("exec gave no stderr"))?;
+    let (mut stdout, mut stderr) = session.stdio()?;
     let unreadable = |e: String| {
         Failure::runtime(format!(
             "the file listing from helper pod {} is unreadable: {e}",
@@ -1167,18 +1160,8 @@ async fn hash(
             },
         )
         .await?;
-    let mut stdin = session
-        .stdin
-        .take()
-        .ok_or_else(|| Failure::runtime("exec gave no stdin"))?;
-    let mut stdout = session
-        .stdout
-        .take()
-        .ok_or_else(|| Failure::runtime("exec gave no stdout"))?;
-    let mut stderr = session
-        .stderr
-        .take()
-        .ok_or_else(|| Failure::runtime("exec gave no stderr"))?;
+    let mut stdin = session.stdin()?;
+    let (mut stdout, mut stderr) = session.stdio()?;
     let mut err = Vec::new();
     // The names sent and not yet answered, in order: they say where each output line ends.
     let names = Mutex::new(std::collections::VecDeque::new());
@@ -1254,18 +1237,8 @@ async fn extract(
             },
         )
         .await?;
-    let stdin = session
-        .stdin
-        .take()
-        .ok_or_else(|| Failure::runtime("exec gave no stdin"))?;
-    let mut stdout = session
-        .stdout
-        .take()
-        .ok_or_else(|| Failure::runtime("exec gave no stdout"))?;
-    let mut stderr = session
-        .stderr
-        .take()
-        .ok_or_else(|| Failure::runtime("exec gave no stderr"))?;
+    let stdin = session.stdin()?;
+    let (mut stdout, mut stderr) = session.stdio()?;
     let (loc, entries) = (job.loc.clone(), job.entries.clone());
     let feeder = tokio::task::spawn_blocking(move || feed(&loc, &entries, stdin, hashing));
     let drain = tokio::spawn(async move {
