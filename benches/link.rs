@@ -99,6 +99,8 @@ async fn bench() {
     for (link, fault) in &links {
         cluster.fault(fault.clone());
         let mut samples: Vec<Vec<(support::Sample, u64)>> = vec![Vec::new(); TOOLS.len()];
+        // The streams each `create` run used and why (its `-o json` `streams`).
+        let mut choices: Vec<Vec<String>> = vec![Vec::new(); TOOLS.len()];
         for r in 0..runs {
             for (t, tool) in TOOLS.iter().enumerate() {
                 let out = work.path().join(format!("{t}-{r}"));
@@ -139,6 +141,20 @@ async fn bench() {
                     let out: serde_json::Value =
                         serde_json::from_slice(&std::fs::read(&stdout).unwrap()).unwrap();
                     let manifest = out["results"][0]["manifest"].as_str().unwrap().to_string();
+                    let c = &out["results"][0]["streams"];
+                    choices[t].push(match c["measuredBytesPerSecond"].as_f64() {
+                        Some(rate) => format!(
+                            "{} ({}, {:.0} MB/s measured)",
+                            c["streams"],
+                            c["reason"].as_str().unwrap_or_default(),
+                            rate / 1e6
+                        ),
+                        None => format!(
+                            "{} ({})",
+                            c["streams"],
+                            c["reason"].as_str().unwrap_or_default()
+                        ),
+                    });
                     let v = Command::new(&plugin)
                         .args(["verify", &manifest])
                         .env("KUBECONFIG", &kcfg)
@@ -188,6 +204,7 @@ async fn bench() {
                 "median_peak_rss_mib": median(v.iter().map(|(s, _)| s.max_rss_kib as f64 / 1024.0).collect()),
                 "ratio_to_kubectl_cp": secs[t] / cp,
                 "all_ok": v.iter().all(|(s, _)| s.ok()),
+                "streams": choices[t],
                 "runs": v.len(),
             }));
         }
@@ -200,13 +217,14 @@ async fn bench() {
          {runs} runs per tool, alternating, medians. Ratio = tool time / `kubectl cp` time (lower is better). \
          Every `create` backup was verified (`verify`) after its run. \"exec MB\" is what crossed exec streams (stdout). \
          Machine: {}. kubectl: {kubectl_version}. Plugin and kubesim: release builds (`cargo bench --bench link`).\n\n\
-         | link | tool | time (s) | MB/s | exec MB | client CPU (s) | peak RSS (MiB) | vs kubectl cp | all ok |\n|---|---|---|---|---|---|---|---|---|\n",
+         \"streams\" is what each `create` run used and why (its `-o json` `streams`: `auto` measures one stream first).\n\n\
+         | link | tool | time (s) | MB/s | exec MB | client CPU (s) | peak RSS (MiB) | vs kubectl cp | all ok | streams |\n|---|---|---|---|---|---|---|---|---|---|\n",
         bytes as f64 / 1e6,
         machine(),
     );
     for r in &rows {
         md.push_str(&format!(
-            "| {} | {} | {:.2} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2}× | {} |\n",
+            "| {} | {} | {:.2} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2}× | {} | {} |\n",
             r["link"].as_str().unwrap(),
             r["tool"].as_str().unwrap(),
             r["median_seconds"].as_f64().unwrap(),
@@ -216,6 +234,14 @@ async fn bench() {
             r["median_peak_rss_mib"].as_f64().unwrap(),
             r["ratio_to_kubectl_cp"].as_f64().unwrap(),
             r["all_ok"],
+            r["streams"]
+                .as_array()
+                .map(|v| v
+                    .iter()
+                    .filter_map(|c| c.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "))
+                .unwrap_or_default(),
         ));
     }
     println!("{md}");

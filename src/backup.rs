@@ -42,6 +42,9 @@ pub struct BackupSettings {
     pub encryption: Option<crate::encryption::Recipients>,
     /// Exec streams per volume (`--streams`, streams.rs).
     pub streams: crate::streams::StreamCount,
+    /// The client runs inside the cluster (a schedule's CronJob pod, connect.rs): `auto` is
+    /// one stream there.
+    pub in_cluster: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -73,6 +76,9 @@ pub struct TargetResult {
     /// How the copy was made: snapshot, clone or live; what changed during a live copy; hooks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consistency: Option<crate::snapshot::Consistency>,
+    /// The exec streams of the copy that was stored, and why (`--streams`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub streams: Option<crate::streams::Choice>,
 }
 
 /// What the cluster told us about the target, gathered once.
@@ -146,6 +152,7 @@ pub async fn backup_target(
         skipped: Vec::new(),
         seconds: 0.0,
         consistency: None,
+        streams: None,
     };
     let bar = progress.bar(&format!("{}/{}", ctx.target.namespace, ctx.target.pvc));
     let info = crate::snapshot::TargetInfo {
@@ -193,7 +200,13 @@ pub async fn backup_target(
     result.attempts = done.log.len() as u32;
     result.attempt_log = done.log;
     match done.result {
-        Ok((m, files, changes)) => {
+        Ok(Copied {
+            manifest: m,
+            files,
+            changes,
+            streams,
+        }) => {
+            result.streams = Some(streams);
             result.consistency = Some(crate::snapshot::Consistency {
                 source: prepared.source.clone(),
                 changed_files: changes.0,
@@ -285,7 +298,7 @@ async fn attempt(
     registry: &Registry,
     bar: &crate::progress::Bar,
     number: u32,
-) -> Result<(Manifest, u64, (Vec<String>, u64)), Failure> {
+) -> Result<Copied, Failure> {
     let copy = &prepared.source;
     let temp = (copy.method != crate::snapshot::CopyMethod::Live).then_some(copy.claim.as_str());
     let req = helper_request(ctx, s, number, temp)?;
@@ -309,7 +322,7 @@ async fn stream(
     prepared: &crate::snapshot::Prepared,
     dest: Arc<dyn Destination>,
     bar: &crate::progress::Bar,
-) -> Result<(Manifest, u64, (Vec<String>, u64)), Failure> {
+) -> Result<Copied, Failure> {
     let copy = &prepared.source;
     // A cheap size estimate for the progress bar; the backup does not depend on it, so it
     // gets a short leash.
@@ -327,24 +340,48 @@ async fn stream(
         }
     }
     let live = copy.method == crate::snapshot::CopyMethod::Live;
-    if live {
-        // Every file's size, mtime and ctime now, to compare with after the stream.
-        helper
-            .run(&["sh", "-c", crate::snapshot::CHANGE_LISTING, "sh", "before"])
-            .await
-            .map_err(|f| {
-                Failure::runtime(format!(
-                    "listing the volume before the copy failed ({}); the helper image needs find, xargs, stat and awk",
-                    f.message
-                ))
-            })?;
+    let listing = async {
+        if live {
+            // Every file's size, mtime and ctime now, to compare with after the stream.
+            helper
+                .run(&["sh", "-c", crate::snapshot::CHANGE_LISTING, "sh", "before"])
+                .await
+                .map_err(|f| {
+                    Failure::runtime(format!(
+                        "listing the volume before the copy failed ({}); the helper image needs find, xargs, stat and awk",
+                        f.message
+                    ))
+                })?;
+        }
+        Ok::<(), Failure>(())
+    };
+    // `--streams auto` measures the link (streams.rs `probe`) while the volume is listed.
+    let probing = crate::streams::needs_probe(s.streams, s.in_cluster, volume_bytes);
+    let measuring = async {
+        if probing {
+            bar.note("measuring the link");
+            Some(crate::streams::probe(helper).await)
+        } else {
+            None
+        }
+    };
+    let (listed, measured) = tokio::join!(listing, measuring);
+    listed?;
+    if let Some(Err(why)) = &measured {
+        tracing::info!(
+            "{}/{}: the link could not be measured ({why}); the streams follow the volume's size",
+            ctx.target.namespace,
+            ctx.target.pvc
+        );
     }
+    let mut choice = crate::streams::choose(s.streams, s.in_cluster, volume_bytes, measured);
     // One tar, or several whose members streams.rs merges into one tar stream.
-    let plan = crate::streams::plan(helper, s.streams, volume_bytes).await;
-    bar.note(&match plan.streams() {
-        1 => "streaming".to_string(),
-        n => format!("streaming over {n} exec streams"),
-    });
+    let plan = crate::streams::plan(helper, choice.streams).await;
+    if plan.streams() != choice.streams {
+        choice.wanted = Some(choice.streams);
+        choice.streams = plan.streams();
+    }
+    bar.note(&format!("streaming over {}", choice.describe()));
     let mut tar = crate::streams::start(
         helper,
         &plan,
@@ -509,7 +546,21 @@ async fn stream(
     // What was stored: for an encrypted backup, the archive as encrypted.
     manifest.archive = header.archive;
     manifest.encryption = header.encryption;
-    Ok((manifest, files, changes))
+    Ok(Copied {
+        manifest,
+        files,
+        changes,
+        streams: choice,
+    })
+}
+
+/// What a successful attempt hands back: the committed manifest, the files archived, what
+/// changed during a live copy (names, count), and the streams the copy used.
+struct Copied {
+    manifest: Manifest,
+    files: u64,
+    changes: (Vec<String>, u64),
+    streams: crate::streams::Choice,
 }
 
 /// Splits tar's stderr into the sockets it left out and the lines that make the copy

@@ -357,8 +357,10 @@ pub struct CreateArgs {
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=32))]
     #[arg(help_heading = "Run")]
     pub max_per_node: u16,
-    /// Exec streams per volume, `auto` or 1-16 (auto: one below 64 MiB, then one per 32 MiB,
-    /// up to 4); several fill a distant link that one stream cannot, into one archive
+    /// Exec streams per volume, `auto` or 1-16; several fill a distant link that one stream
+    /// cannot, into one archive. auto: one inside the cluster or below 64 MiB, else measured:
+    /// one if a stream carries 100 MB/s, else enough to make that up and one more (at most one
+    /// per 32 MiB, and 4)
     #[arg(long, value_name = "N", default_value = "auto", value_parser = parse_streams)]
     #[arg(help_heading = "Run")]
     pub streams: StreamsArg,

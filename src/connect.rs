@@ -12,6 +12,10 @@ pub struct Connection {
     pub all_namespaces: bool,
     pub server: String,
     pub context: Option<String>,
+    /// The client runs in a pod of the cluster it talks to, with the pod's service account (a
+    /// schedule's CronJob): its API server is on the cluster network, not across a distant
+    /// link, so `create --streams auto` uses one stream there.
+    pub in_cluster: bool,
 }
 
 /// A client config from a kubeconfig and `--context`, and the context's name.
@@ -50,22 +54,26 @@ pub struct ConnectOptions<'a> {
 }
 
 pub async fn connect(opts: &ConnectOptions<'_>) -> Result<Connection, Failure> {
-    let (mut config, context) = match opts.kubeconfig {
+    let (mut config, context, in_cluster) = match opts.kubeconfig {
         Some(p) => {
             let kc = Kubeconfig::read_from(p).map_err(|e| {
                 Failure::usage(format!("cannot read kubeconfig {}: {e}. Check the --kubeconfig path.", p.display()))
             })?;
-            from_kubeconfig(kc, opts.context).await?
+            let (config, context) = from_kubeconfig(kc, opts.context).await?;
+            (config, context, false)
         }
         None => match Kubeconfig::read() {
-            Ok(kc) => from_kubeconfig(kc, opts.context).await?,
+            Ok(kc) => {
+                let (config, context) = from_kubeconfig(kc, opts.context).await?;
+                (config, context, false)
+            }
             // As kubectl (client-go's loading rules): no kubeconfig at all, inside a pod, means
             // the pod's service account — what a CronJob running a drill uses.
             Err(_) if opts.context.is_none() && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
                 let config = kube::Config::incluster().map_err(|e| {
                     Failure::runtime(format!("no kubeconfig, and the in-cluster service account cannot be used: {e}"))
                 })?;
-                (config, None)
+                (config, None, true)
             }
             Err(e) => {
                 return Err(Failure::runtime(format!(
@@ -94,6 +102,7 @@ pub async fn connect(opts: &ConnectOptions<'_>) -> Result<Connection, Failure> {
         all_namespaces: opts.all_namespaces,
         server,
         context,
+        in_cluster,
     })
 }
 

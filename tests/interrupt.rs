@@ -451,3 +451,90 @@ async fn sigkill_during_a_direct_restore_leaves_the_volume_empty() {
     assert!(leftovers(&vol).is_empty(), "{:?}", leftovers(&vol));
     until_no_helper_pods(&cluster).await;
 }
+
+/// A `create --streams 3` killed with SIGKILL while its streams are spooled: the client can
+/// clean up nothing, and yet nothing of it stays in TMPDIR (the spools are files without a
+/// name, freed by the kernel with the process), what it left at DEST is a partial file that
+/// `cleanup --to` removes, and `cleanup` removes its helper pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_multi_stream_create_leaves_nothing_cleanup_does_not_remove() {
+    let cluster = demo().await;
+    let dest = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let vol = cluster.volume_path(NS, PVC);
+    // Three files of 2 MiB in three directories, each stream gets some.
+    for i in 0..3u8 {
+        std::fs::create_dir_all(vol.join(format!("part-{i}"))).unwrap();
+        let data: Vec<u8> = (0..2u32 << 20)
+            .map(|x| (x.wrapping_mul(2_654_435_761) >> (8 + i)) as u8)
+            .collect();
+        std::fs::write(vol.join(format!("part-{i}/blob.bin")), data).unwrap();
+    }
+    // ~7 MB over three streams at 500 kB/s each: several seconds of streaming.
+    cluster.fault(FaultRequest::Bandwidth {
+        bytes_per_second: 500_000,
+    });
+    let mut env = lease(LEASE);
+    env.push(("TMPDIR".into(), tmp.path().to_str().unwrap().into()));
+    let mut client = Client::start(
+        &cluster,
+        &[
+            "create",
+            PVC,
+            "-n",
+            NS,
+            "--all-pvcs",
+            "--to",
+            dest.path().to_str().unwrap(),
+            "--streams",
+            "3",
+        ],
+        &env,
+    );
+    // The archive's partial file exists once the streams run and the merge writes.
+    client
+        .until("a partial file at DEST", Duration::from_secs(60), |_| {
+            files_under(dest.path())
+                .iter()
+                .any(|p| p.to_string_lossy().contains(".partial-"))
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    client.kill();
+    cluster.fault(FaultRequest::Clear);
+
+    let in_tmp: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(in_tmp.is_empty(), "left in TMPDIR: {in_tmp:?}");
+    let left = files_under(dest.path());
+    assert!(
+        left.iter()
+            .all(|p| p.to_string_lossy().contains(".partial-")),
+        "a killed create left more than a partial file: {left:?}"
+    );
+    // The partial file is stale once untouched for --older-than.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let run = plugin(
+        &cluster,
+        &[
+            "cleanup",
+            "--to",
+            dest.path().to_str().unwrap(),
+            "--older-than",
+            "1s",
+            "--yes",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        files_under(dest.path()).is_empty(),
+        "cleanup --to left {:?}",
+        files_under(dest.path())
+    );
+    let run = plugin(&cluster, &["cleanup", "-n", NS, "--yes"]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    until_no_helper_pods(&cluster).await;
+}

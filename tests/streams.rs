@@ -192,3 +192,125 @@ async fn a_stream_killed_mid_copy_fails_or_retries_the_whole_backup() {
     assert_eq!(verify.code, 0, "{}", verify.stdout);
     assert!(helper_pods(&cluster).is_empty());
 }
+
+/// `len` bytes no compressor shrinks, from `seed`.
+fn random_file(path: &Path, len: usize, seed: u64) {
+    use std::io::Write;
+    let mut x = seed | 1;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    for _ in 0..len / 8 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        f.write_all(&x.to_le_bytes()).unwrap();
+    }
+}
+
+/// `create PVC` with the default streams: its result, and the exec sessions of the run.
+async fn create_json(
+    cluster: &Cluster,
+    pvc: &str,
+    dest: &Path,
+) -> (serde_json::Value, Vec<kubesim::faults::ExecSession>) {
+    let seen = cluster.exec_sessions().len();
+    let run = plugin(
+        cluster,
+        &[
+            "create",
+            pvc,
+            "-n",
+            NS,
+            "--all-pvcs",
+            "--to",
+            dest.to_str().unwrap(),
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let sessions = cluster.exec_sessions()[seen..].to_vec();
+    (json(&run)["results"][0].clone(), sessions)
+}
+
+/// `create --streams auto` (the default) on a volume big enough for several streams: the
+/// client measures what one exec stream carries and shows its choice. Unthrottled, one stream
+/// is as fast as the client can take in: one tar of the whole volume and no plan. Over a link
+/// that caps every stream (a distant cluster), it splits the volume over several streams; that
+/// backup restores byte-exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_measures_the_link_one_stream_when_fast_several_when_capped() {
+    const BIG: &str = "media";
+    let cluster = demo().await;
+    let vol = cluster.volume_path(NS, BIG);
+    fill(&vol);
+    // ~81 MiB in all: the size allows two streams (one per 32 MiB), so auto measures.
+    std::fs::create_dir_all(vol.join("big")).unwrap();
+    for i in 0..2 {
+        random_file(&vol.join(format!("big/part-{i}.bin")), 36 << 20, 7 + i);
+    }
+    let before = state(&vol);
+    let tars = |sessions: &[kubesim::faults::ExecSession], min: u64| {
+        sessions
+            .iter()
+            .filter(|s| s.argv.first().map(String::as_str) == Some("tar") && s.stdout_bytes >= min)
+            .count()
+    };
+    let probes = |sessions: &[kubesim::faults::ExecSession]| {
+        sessions
+            .iter()
+            .filter(|s| s.argv.first().map(String::as_str) == Some("dd"))
+            .count()
+    };
+
+    // Unthrottled: one stream, no plan (no listing of the volume's pieces).
+    let fast = tempfile::tempdir().unwrap();
+    let (r, sessions) = create_json(&cluster, BIG, fast.path()).await;
+    eprintln!("unthrottled: {}", r["streams"]);
+    assert_eq!(r["streams"]["streams"], 1, "{r}");
+    assert_eq!(r["streams"]["reason"], "fast-link", "{r}");
+    assert!(
+        r["streams"]["measuredBytesPerSecond"].as_u64().unwrap() >= 100_000_000,
+        "{r}"
+    );
+    assert_eq!(probes(&sessions), 1, "{sessions:#?}");
+    assert_eq!(tars(&sessions, 0), 1, "{sessions:#?}");
+    assert!(
+        !sessions.iter().any(|s| s
+            .argv
+            .iter()
+            .any(|a| a == kubectl_pvbackup::streams::LIST
+                || a == kubectl_pvbackup::streams::HARD_LINKS)),
+        "the volume was planned: {sessions:#?}"
+    );
+
+    // Each stream capped at 24 MB/s: several streams, each carrying a big file.
+    cluster.fault(FaultRequest::Link {
+        per_stream: Some(24_000_000),
+        shared: None,
+    });
+    let slow = tempfile::tempdir().unwrap();
+    let (r, sessions) = create_json(&cluster, BIG, slow.path()).await;
+    eprintln!("24 MB/s per stream: {}", r["streams"]);
+    cluster.fault(FaultRequest::Clear);
+    assert_eq!(r["streams"]["reason"], "slow-link", "{r}");
+    let measured = r["streams"]["measuredBytesPerSecond"].as_u64().unwrap();
+    assert!(measured <= 36_000_000, "measured {measured} B/s: {r}");
+    assert_eq!(r["streams"]["streams"], 2, "{r}");
+    assert_eq!(probes(&sessions), 1, "{sessions:#?}");
+    assert_eq!(tars(&sessions, 30 << 20), 2, "{sessions:#?}");
+
+    // That backup restores exactly, over a changed volume.
+    let manifest = r["manifest"].as_str().unwrap();
+    std::fs::remove_file(vol.join("big/part-0.bin")).unwrap();
+    std::fs::write(vol.join("notes/000.txt"), b"changed\n").unwrap();
+    // The storefront pods mount the volume but write nothing to it.
+    let run = plugin(
+        &cluster,
+        &["restore", manifest, "--yes", "--force", "-o", "json"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(json(&run)["verified"], true);
+    assert_same(&before, &state(&vol), "after restore");
+}

@@ -198,6 +198,7 @@ pub async fn run(conn: &Connection, plan: CreatePlan) -> Result<(), Failure> {
         ),
         encryption: plan.encryption.clone(),
         streams: plan.streams,
+        in_cluster: conn.in_cluster,
     };
     let mut contexts = Vec::new();
     for t in targets {
