@@ -218,10 +218,7 @@ pub async fn probe(helper: &HelperPod) -> Result<f64, String> {
             .session(&PROBE_ARGV, false, Watch::default())
             .await
             .map_err(|f| f.message)?;
-        let mut stdout = session
-            .stdout
-            .take()
-            .ok_or_else(|| "exec gave no stdout".to_string())?;
+        let (mut stdout, _stderr) = session.stdio().map_err(|f| f.message)?;
         let mut buf = vec![0u8; 256 << 10];
         let mut first = None;
         let mut after_first = 0u64;
