@@ -1,8 +1,8 @@
 //! Memory flat in the file count (issue #14): a volume of 1,000,000 small files is backed up,
-//! verified, listed, inspected, restored and drilled on kubesim, and each command's own peak
-//! RSS (wait4's `ru_maxrss`, taken by a small launcher process so that this process's size
-//! does not leak into the child's high-water mark; see `benches/support`) must stay under
-//! 64 MiB, `list` under 32 MiB.
+//! verified, listed, inspected (`inspect`, and `inspect --files`: every entry printed), restored
+//! and drilled on kubesim, and each command's own peak RSS (wait4's `ru_maxrss`, taken by a
+//! small launcher process so that this process's size does not leak into the child's
+//! high-water mark; see `benches/support`) must stay under 64 MiB, `list` under 32 MiB.
 //!
 //! `cargo test --test scale` (env: PVBACKUP_SCALE_FILES=1000000 files; PVBACKUP_SCALE_STEPS,
 //! default `create,verify,list,inspect`, any of those and `restore,drill`). It runs without the
