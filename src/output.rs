@@ -64,29 +64,31 @@ impl Columns {
 
     /// `row`'s line (lines, if a cell holds newlines), without a trailing newline.
     pub fn row<S: AsRef<str>>(&self, row: &[S]) -> String {
-        let cells: Vec<Vec<&str>> = self
-            .widths
-            .iter()
-            .enumerate()
-            .map(|(i, _)| {
-                row.get(i)
-                    .map_or(vec![""], |c| c.as_ref().split('\n').collect())
-            })
-            .collect();
-        let height = cells.iter().map(Vec::len).max().unwrap_or(1);
+        let cell = |i: usize| row.get(i).map_or("", |c| c.as_ref());
+        let height = (0..self.widths.len())
+            .map(|i| cell(i).split('\n').count())
+            .max()
+            .unwrap_or(1);
+        // A line at a time into one string (a row is printed a million times by `inspect`).
         let mut out = String::new();
         for n in 0..height {
             if n > 0 {
                 out.push('\n');
             }
-            let mut line = String::new();
-            for (cell, w) in cells.iter().zip(&self.widths) {
-                let text = cell.get(n).copied().unwrap_or("");
-                line.push(' ');
-                line.push_str(text);
-                line.extend(std::iter::repeat_n(' ', w.saturating_sub(text.width()) + 1));
+            let start = out.len();
+            for (i, w) in self.widths.iter().enumerate() {
+                let text = match height {
+                    1 => cell(i),
+                    _ => cell(i).split('\n').nth(n).unwrap_or(""),
+                };
+                out.push(' ');
+                out.push_str(text);
+                out.extend(std::iter::repeat_n(' ', w.saturating_sub(text.width()) + 1));
             }
-            out.push_str(line.trim_start().trim_end());
+            let end = start + out[start..].trim_end().len();
+            out.truncate(end);
+            let lead = end - start - out[start..].trim_start().len();
+            out.drain(start..start + lead);
         }
         out
     }
