@@ -263,16 +263,26 @@ async fn auto_measures_the_link_one_stream_when_fast_several_when_capped() {
             .count()
     };
 
-    // Unthrottled: one stream, no plan (no listing of the volume's pieces).
-    let fast = tempfile::tempdir().unwrap();
-    let (r, sessions) = create_json(&cluster, BIG, fast.path()).await;
-    eprintln!("unthrottled: {}", r["streams"]);
+    // Unthrottled: one stream, no plan (no listing of the volume's pieces). The probe measures
+    // this machine as well as the link: on a CI box busy with other test binaries one stream
+    // of this debug build may carry less than the 100 MB/s threshold, and then `auto` rightly
+    // chooses more. So up to three tries for a fast measurement, and every try's choice must
+    // follow its measurement.
+    let mut tries = 0;
+    let (r, sessions) = loop {
+        tries += 1;
+        let fast = tempfile::tempdir().unwrap();
+        let (r, sessions) = create_json(&cluster, BIG, fast.path()).await;
+        eprintln!("unthrottled, try {tries}: {}", r["streams"]);
+        let measured = r["streams"]["measuredBytesPerSecond"].as_u64().unwrap();
+        if measured >= 100_000_000 {
+            break (r, sessions);
+        }
+        assert_eq!(r["streams"]["reason"], "slow-link", "{r}");
+        assert!(tries < 3, "one stream never carried 100 MB/s here: {r}");
+    };
     assert_eq!(r["streams"]["streams"], 1, "{r}");
     assert_eq!(r["streams"]["reason"], "fast-link", "{r}");
-    assert!(
-        r["streams"]["measuredBytesPerSecond"].as_u64().unwrap() >= 100_000_000,
-        "{r}"
-    );
     assert_eq!(probes(&sessions), 1, "{sessions:#?}");
     assert_eq!(tars(&sessions, 0), 1, "{sessions:#?}");
     assert!(
