@@ -12,9 +12,9 @@
 //! volume) and the test checks every restored byte; `drill` restores into its own scratch PVC,
 //! verifies it there and deletes it. At 1,000,000 files `restore` peaked at 65.3–67.9 MiB until
 //! the pod's listing came in ARG_MAX-sized batches of ~70,000 paths (held twice while parsed);
-//! in batches of 2,048 it peaks at 47.2–47.4 MiB, `drill` at 44.4–44.7 MiB (two runs, debug
+//! in batches of 2,048 it peaks at 47.2–49.9 MiB, `drill` at 44.4–48.9 MiB (three runs, debug
 //! build, load 5–9; `restore` and the byte-for-byte check added about 140 s). `drill` runs the
-//! same extraction into an empty volume as this `restore`, for another 149–187 s at that load,
+//! same extraction into an empty volume as this `restore`, for another 102–187 s at that load,
 //! so it stays out of the default steps to keep CI's whole suite under 30 minutes.
 
 #[path = "../benches/support/mod.rs"]
