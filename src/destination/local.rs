@@ -141,10 +141,11 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
     // SAFETY: the descriptor is open for as long as `file` is borrowed, and sync_file_range
     // only reads its integer arguments.
     unsafe {
+        // `as _`: the offsets are off64_t with glibc and off_t with musl (both 64-bit).
         libc::sync_file_range(
             file.as_raw_fd(),
-            offset as libc::off64_t,
-            len as libc::off64_t,
+            offset as _,
+            len as _,
             libc::SYNC_FILE_RANGE_WRITE,
         );
     }
