@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -20,18 +19,6 @@ const PVC: &str = "scratch-unattached";
 const BUCKET: &str = "pv-backups";
 /// A backup id of `create`'s form, for leftovers a test places itself.
 const OLD_ID: &str = "20261101T000000Z-beef";
-
-/// `len` bytes that no compressor shrinks.
-fn random_file(path: &Path, len: usize, seed: u64) {
-    let mut x = seed | 1;
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    for _ in 0..len / 8 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        f.write_all(&x.to_le_bytes()).unwrap();
-    }
-}
 
 /// Makes `path` look untouched for `hours` (its mtime, which is what ages a local file).
 fn age_by(path: &Path, hours: u64) {

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::path::Path;
 use std::time::Duration;
 
 use common::fake_gcs::FakeGcs;
@@ -27,18 +25,6 @@ const SCRUB: &[&str] = &[
     "GOOGLE_BUCKET",
     "GCE_METADATA_IP",
 ];
-
-/// `len` bytes that no compressor shrinks.
-fn random_file(path: &Path, len: usize, seed: u64) {
-    let mut x = seed | 1;
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    for _ in 0..len / 8 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        f.write_all(&x.to_le_bytes()).unwrap();
-    }
-}
 
 fn command(cluster: &Cluster, gcs: &FakeGcs, args: &[&str]) -> std::process::Command {
     let mut c = plugin_command(cluster.kubeconfig(), args, &gcs.env());

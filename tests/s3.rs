@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::io::Write;
-use std::path::Path;
 use std::time::Duration;
 
 use common::moto::{Moto, SECRET};
@@ -16,18 +14,6 @@ use sha2::Digest;
 const NS: &str = "shop";
 const PVC: &str = "scratch-unattached";
 const BUCKET: &str = "pv-backups";
-
-/// `len` bytes that no compressor shrinks.
-fn random_file(path: &Path, len: usize, seed: u64) {
-    let mut x = seed | 1;
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    for _ in 0..len / 8 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        f.write_all(&x.to_le_bytes()).unwrap();
-    }
-}
 
 async fn run_s3(cluster: &Cluster, moto: &Moto, args: &[&str]) -> Run {
     plugin_env(cluster.kubeconfig(), args, &moto.env()).await

@@ -193,19 +193,6 @@ async fn a_stream_killed_mid_copy_fails_or_retries_the_whole_backup() {
     assert!(helper_pods(&cluster).is_empty());
 }
 
-/// `len` bytes no compressor shrinks, from `seed`.
-fn random_file(path: &Path, len: usize, seed: u64) {
-    use std::io::Write;
-    let mut x = seed | 1;
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    for _ in 0..len / 8 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        f.write_all(&x.to_le_bytes()).unwrap();
-    }
-}
-
 /// `create PVC` with the default streams: its result, and the exec sessions of the run.
 async fn create_json(
     cluster: &Cluster,

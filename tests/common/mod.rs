@@ -442,3 +442,16 @@ pub fn tree(root: &Path) -> BTreeMap<Vec<u8>, String> {
         })
         .collect()
 }
+
+/// A file of `len` bytes that no compressor shrinks, from `seed` (xorshift64).
+pub fn random_file(path: &Path, len: usize, seed: u64) {
+    use std::io::Write;
+    let mut x = seed | 1;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    for _ in 0..len / 8 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        f.write_all(&x.to_le_bytes()).unwrap();
+    }
+}
