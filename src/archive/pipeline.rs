@@ -1,11 +1,12 @@
-//! Reading a stored archive on two threads (issue #14: `verify` did everything in series on
+//! Reading a stored archive on three threads (issue #14: `verify` did everything in series on
 //! one thread, at 0.45× the speed of hashing the same bytes once).
 //!
 //! [`unpacked_walk`]: one thread reads the stored bytes and hashes them, a second decompresses
 //! them, and the caller's tar walk (which hashes each file for `verify`, or feeds the helper
 //! pod's `tar -x` for a restore) reads the result on this thread. Hashing the stored bytes,
-//! decompressing and walking cost about 0.22, 0.15 and 0.3 s for the 540 MB mixed set here, so
-//! on two cores the archive is checked in about the time of the walk alone, not of the sum.
+//! decompressing and walking cost about 0.3, 0.2 and 0.3 s of CPU for the 540 MB mixed set here
+//! (perf: 37/25/38%), so two cores check it in about half the time of the sum (0.5 s, not
+//! 0.85 s; benches/results/verify.md), and three would in about the time of the walk alone.
 //!
 //! A stage hands bytes on as [`CHUNK`]-byte buffers through a channel of [`DEPTH`] slots; the
 //! receiver gives every buffer back through a second channel, so the same few buffers go round
